@@ -1,0 +1,65 @@
+//! `curate convert`: move a table between formats, checking it on the way.
+
+use std::io::Write;
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use super::Context;
+use crate::ExitStatus;
+use crate::cli::ConvertArgs;
+use crate::table::{self, ColumnRole, Input, Output};
+
+pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
+    let input = Input::open(&args.input, args.input_format.map(Into::into))?;
+    let output = Output::create(&args.out, args.output_format.map(Into::into), args.force)?;
+
+    let mut query = input.scan()?;
+    if !args.columns.is_empty() {
+        let schema = input.schema()?;
+        let present: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        for name in &args.columns {
+            if !schema.contains(name) {
+                let role = ColumnRole::new(name, "--columns");
+                return Err(table::missing_column(input.label(), role, &present).into());
+            }
+        }
+        query = query.select(
+            args.columns
+                .iter()
+                .map(|name| col(name.as_str()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(limit) = args.limit {
+        query = query.limit(limit as IdxSize);
+    }
+    let spinner = context.printer.spinner("reading");
+    let frame = input.collect(query)?;
+    spinner.finish_and_clear();
+
+    table::require_rows(&frame, input.label())?;
+    if let Some(id_col) = &args.id_col {
+        table::require_unique_ids(&frame, input.label(), ColumnRole::new(id_col, "--id-col"))?;
+    }
+
+    let mut provenance = context.provenance();
+    provenance.add_input(input.digest()?);
+    let label = output.label().to_string();
+    let format = output.format();
+    let mut writer = output.writer(frame.schema(), Some(&provenance))?;
+    let bar = context
+        .printer
+        .progress_bar(frame.height() as u64, "writing");
+    writer.write_frame(&frame, &bar)?;
+    let rows = writer.finish()?;
+    bar.finish_and_clear();
+
+    if args.out != "-" {
+        writeln!(
+            context.printer.stderr(),
+            "wrote {rows} rows to {label} ({format})"
+        )?;
+    }
+    Ok(ExitStatus::Success)
+}

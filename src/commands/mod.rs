@@ -1,0 +1,33 @@
+//! One file per subcommand: read inputs, call the library, write outputs.
+
+mod convert;
+mod inspect;
+
+use anyhow::Result;
+
+use crate::ExitStatus;
+use crate::cli::Command;
+use crate::printer::Printer;
+use crate::table::Provenance;
+
+/// What every command gets besides its own arguments.
+pub struct Context {
+    pub printer: Printer,
+    pub seed: u64,
+    /// The full command line, recorded in provenance.
+    pub argv: Vec<String>,
+}
+
+impl Context {
+    /// Provenance for an output of this run; commands add their inputs.
+    pub fn provenance(&self) -> Provenance {
+        Provenance::new(self.argv.clone(), self.seed)
+    }
+}
+
+pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
+    match command {
+        Command::Inspect(args) => inspect::run(args, context),
+        Command::Convert(args) => convert::run(args, context),
+    }
+}

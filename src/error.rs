@@ -1,0 +1,146 @@
+//! Error kinds that decide the exit status. Everything else is a runtime failure (exit 3).
+
+use std::fmt;
+use std::io;
+
+/// Invalid input data: names the file and, where known, the column and first offending row.
+/// Rows count from 1 and exclude any header line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub file: String,
+    pub column: Option<String>,
+    pub row: Option<usize>,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
+        InputError {
+            file: file.into(),
+            column: None,
+            row: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn column(mut self, column: impl Into<String>) -> Self {
+        self.column = Some(column.into());
+        self
+    }
+
+    /// `row` is 1-based.
+    pub fn row(mut self, row: usize) -> Self {
+        self.row = Some(row);
+        self
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(column) = &self.column {
+            write!(f, ": column '{column}'")?;
+        }
+        if let Some(row) = self.row {
+            write!(f, ", row {row}")?;
+        }
+        // Messages from parsers can span lines; the error stays on one line.
+        write!(f, ": {}", one_line(&self.message))
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// A command line that cannot be acted on (bad flag value, output exists without `--force`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The user pressed Ctrl-C and the command stopped cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Build an `anyhow::Error` carrying a [`UsageError`].
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// True when the error chain bottoms out in a closed pipe on stdout (`curate ... | head`).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(io_err) = cause.downcast_ref::<io::Error>() {
+            return io_err.kind() == io::ErrorKind::BrokenPipe;
+        }
+        if let Some(polars_err) = cause.downcast_ref::<polars::error::PolarsError>() {
+            if let polars::error::PolarsError::IO { error, .. } = polars_err {
+                return error.kind() == io::ErrorKind::BrokenPipe;
+            }
+            return polars_err.to_string().contains("Broken pipe");
+        }
+        false
+    })
+}
+
+/// Collapse whitespace runs containing newlines so a message prints on one line.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_error_names_file_column_and_row() {
+        let err = InputError::new("data.csv", "duplicate id 7 (first seen at row 2)")
+            .column("id")
+            .row(5);
+        assert_eq!(
+            err.to_string(),
+            "data.csv: column 'id', row 5: duplicate id 7 (first seen at row 2)"
+        );
+        let bare = InputError::new("x.parquet", "file is empty");
+        assert_eq!(bare.to_string(), "x.parquet: file is empty");
+    }
+
+    #[test]
+    fn multi_line_messages_become_one_line() {
+        let err = InputError::new("f.jsonl", "bad\n\n  things\nhere ");
+        assert_eq!(err.to_string(), "f.jsonl: bad; things; here");
+    }
+
+    #[test]
+    fn broken_pipe_is_found_through_context() {
+        let io_err = io::Error::new(io::ErrorKind::BrokenPipe, "pipe");
+        let err = anyhow::Error::new(io_err).context("writing stdout");
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

@@ -1,0 +1,144 @@
+//! curate: curate training and evaluation data and attribute model behaviour to it.
+//!
+//! The binary is a thin shell over [`run`]; commands live in [`commands`] and call the library
+//! modules, which know nothing of flags or files.
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod interrupt;
+pub mod printer;
+pub mod table;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::error::{InputError, Interrupted, UsageError, is_broken_pipe};
+use crate::printer::{Printer, Verbosity};
+
+/// How a run ended; each maps to one exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: the command did what was asked.
+    Success,
+    /// 1: a quality gate failed; outputs were still written.
+    GateFailed,
+    /// 2: bad usage or invalid input; nothing was written.
+    InvalidInput,
+    /// 3: a runtime failure (I/O, model, endpoint).
+    Failure,
+    /// 130: stopped by Ctrl-C after cleaning up.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::GateFailed => 1,
+            ExitStatus::InvalidInput => 2,
+            ExitStatus::Failure => 3,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+
+    /// Classify an error by the kinds in its chain.
+    pub fn of_error(err: &anyhow::Error) -> ExitStatus {
+        if is_broken_pipe(err) {
+            return ExitStatus::Success;
+        }
+        for cause in err.chain() {
+            if cause.is::<Interrupted>() {
+                return ExitStatus::Interrupted;
+            }
+            if cause.is::<InputError>() || cause.is::<UsageError>() {
+                return ExitStatus::InvalidInput;
+            }
+        }
+        ExitStatus::Failure
+    }
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(status.code())
+    }
+}
+
+/// Run curate with the process's arguments.
+pub fn main() -> ExitCode {
+    run(std::env::args_os().collect()).into()
+}
+
+/// Parse `args` (program name first), run the command, print any error once on stderr and
+/// return the exit status.
+pub fn run(args: Vec<OsString>) -> ExitStatus {
+    // Provenance records the command as typed, with the program named `curate` rather than
+    // by the path it happened to be installed at.
+    let argv: Vec<String> = std::iter::once("curate".to_string())
+        .chain(
+            args.iter()
+                .skip(1)
+                .map(|arg| arg.to_string_lossy().into_owned()),
+        )
+        .collect();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitStatus::InvalidInput
+            } else {
+                ExitStatus::Success
+            };
+        }
+    };
+
+    let verbosity = if cli.global.quiet {
+        Verbosity::Quiet
+    } else {
+        match cli.global.verbose {
+            0 => Verbosity::Normal,
+            1 => Verbosity::Verbose,
+            _ => Verbosity::Debug,
+        }
+    };
+    init_logging(verbosity);
+    interrupt::install();
+
+    let context = commands::Context {
+        printer: Printer::new(verbosity, !cli.global.no_progress),
+        seed: cli.global.seed,
+        argv,
+    };
+    match commands::dispatch(cli.command, &context) {
+        Ok(status) => status,
+        Err(err) => {
+            let status = ExitStatus::of_error(&err);
+            if !matches!(status, ExitStatus::Success) {
+                eprintln!("curate: {}", error::one_line(&format!("{err:#}")));
+            }
+            status
+        }
+    }
+}
+
+fn init_logging(verbosity: Verbosity) {
+    use tracing_subscriber::EnvFilter;
+
+    let default = match verbosity {
+        Verbosity::Quiet => "error",
+        Verbosity::Normal => "warn",
+        Verbosity::Verbose => "info",
+        Verbosity::Debug => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

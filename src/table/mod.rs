@@ -1,0 +1,18 @@
+//! The columnar data layer: every command reads and writes tables through here.
+
+mod format;
+mod provenance;
+mod read;
+mod summary;
+mod validate;
+mod write;
+
+pub use format::Format;
+pub use provenance::{InputDigest, Provenance};
+pub use read::Input;
+pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
+pub use validate::{
+    ColumnRole, Expected, missing_column, require_column, require_rows, require_type,
+    require_unique_ids,
+};
+pub use write::{DEFAULT_BATCH_ROWS, Output, TableWriter};

@@ -1,0 +1,160 @@
+//! Provenance metadata: what made an output, from which inputs, with which seed.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const VERSION_KEY: &str = "curate.version";
+pub const COMMAND_KEY: &str = "curate.command";
+pub const INPUTS_KEY: &str = "curate.inputs";
+pub const SEED_KEY: &str = "curate.seed";
+
+/// One input as it was when read: its path as given and a hash of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputDigest {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl InputDigest {
+    pub fn of_bytes(path: impl Into<String>, bytes: &[u8]) -> Self {
+        InputDigest {
+            path: path.into(),
+            sha256: hex(&Sha256::digest(bytes)),
+            bytes: bytes.len() as u64,
+        }
+    }
+
+    /// Hash a file by streaming it, so inputs larger than memory are fine.
+    pub fn of_file(label: impl Into<String>, path: &Path) -> io::Result<Self> {
+        let mut file = File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            total += n as u64;
+        }
+        Ok(InputDigest {
+            path: label.into(),
+            sha256: hex(&hasher.finalize()),
+            bytes: total,
+        })
+    }
+}
+
+/// The metadata every curate output carries (Parquet and Arrow IPC, which store key-value
+/// metadata; CSV and JSON Lines have nowhere to put it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub version: String,
+    pub command: Vec<String>,
+    pub inputs: Vec<InputDigest>,
+    pub seed: u64,
+}
+
+impl Provenance {
+    pub fn new(command: Vec<String>, seed: u64) -> Self {
+        Provenance {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            command,
+            inputs: Vec::new(),
+            seed,
+        }
+    }
+
+    pub fn add_input(&mut self, digest: InputDigest) {
+        self.inputs.push(digest);
+    }
+
+    /// The key-value pairs written into the file footer. `command` and `inputs` are JSON so
+    /// they survive arguments with spaces and paths with any characters.
+    pub fn key_values(&self) -> Vec<(String, String)> {
+        vec![
+            (VERSION_KEY.to_string(), self.version.clone()),
+            (
+                COMMAND_KEY.to_string(),
+                serde_json::to_string(&self.command).expect("strings serialise"),
+            ),
+            (
+                INPUTS_KEY.to_string(),
+                serde_json::to_string(&self.inputs).expect("digests serialise"),
+            ),
+            (SEED_KEY.to_string(), self.seed.to_string()),
+        ]
+    }
+
+    /// Read provenance back from key-value metadata; `None` when the file was not written
+    /// by curate.
+    pub fn from_key_values<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<Self> {
+        let mut version = None;
+        let mut command = None;
+        let mut inputs = None;
+        let mut seed = None;
+        for (key, value) in pairs {
+            match key {
+                VERSION_KEY => version = Some(value.to_string()),
+                COMMAND_KEY => command = serde_json::from_str(value).ok(),
+                INPUTS_KEY => inputs = serde_json::from_str(value).ok(),
+                SEED_KEY => seed = value.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Provenance {
+            version: version?,
+            command: command.unwrap_or_default(),
+            inputs: inputs.unwrap_or_default(),
+            seed: seed.unwrap_or_default(),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_known_bytes() {
+        let digest = InputDigest::of_bytes("-", b"abc");
+        assert_eq!(
+            digest.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(digest.bytes, 3);
+    }
+
+    #[test]
+    fn file_digest_equals_bytes_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let from_file = InputDigest::of_file("x.bin", &path).unwrap();
+        assert_eq!(from_file, InputDigest::of_bytes("x.bin", &data));
+    }
+
+    #[test]
+    fn key_values_round_trip() {
+        let mut provenance = Provenance::new(vec!["curate".into(), "a b".into()], 7);
+        provenance.add_input(InputDigest::of_bytes("in.csv", b"x"));
+        let pairs = provenance.key_values();
+        let back = Provenance::from_key_values(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .unwrap();
+        assert_eq!(back, provenance);
+        assert!(Provenance::from_key_values([("other", "1")]).is_none());
+    }
+}

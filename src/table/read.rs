@@ -1,0 +1,288 @@
+//! Reading tables: one entry point for files and stdin in every supported format.
+
+use std::fs::File;
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use polars::io::mmap::MmapBytesReader;
+use polars::prelude::*;
+
+use super::format::{Format, unknown_extension_message};
+use super::provenance::InputDigest;
+use crate::error::InputError;
+
+/// A table input named on the command line: a file or `-` for stdin.
+#[derive(Debug, Clone)]
+pub struct Input {
+    label: String,
+    source: Source,
+    format: Format,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    /// Stdin, read whole: it cannot be scanned twice or memory-mapped.
+    Bytes(Arc<Vec<u8>>),
+}
+
+impl Input {
+    /// Resolve `path` (or `-`) and its format: `format` when given, else the extension; stdin
+    /// defaults to JSON Lines. Fails on a missing, empty or unrecognised file before any
+    /// work is done.
+    pub fn open(path: &str, format: Option<Format>) -> Result<Input, InputError> {
+        if path == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .map_err(|err| InputError::new("<stdin>", format!("cannot read: {err}")))?;
+            return Self::from_bytes("<stdin>", bytes, format.unwrap_or(Format::Jsonl));
+        }
+        let file_path = PathBuf::from(path);
+        let meta = std::fs::metadata(&file_path).map_err(|err| {
+            let reason = match err.kind() {
+                std::io::ErrorKind::NotFound => "file not found".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                _ => format!("cannot open: {err}"),
+            };
+            InputError::new(path, reason)
+        })?;
+        if meta.is_dir() {
+            return Err(InputError::new(path, "is a directory, expected a file"));
+        }
+        let format = match format {
+            Some(format) => format,
+            None => Format::from_path(&file_path)
+                .ok_or_else(|| InputError::new(path, unknown_extension_message(&file_path)))?,
+        };
+        if meta.len() == 0 {
+            return Err(InputError::new(path, "file is empty"));
+        }
+        Ok(Input {
+            label: path.to_string(),
+            source: Source::File(file_path),
+            format,
+        })
+    }
+
+    /// An input held in memory (stdin, or data a caller already has).
+    pub fn from_bytes(label: &str, bytes: Vec<u8>, format: Format) -> Result<Input, InputError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(InputError::new(label, "input is empty"));
+        }
+        Ok(Input {
+            label: label.to_string(),
+            source: Source::Bytes(Arc::new(bytes)),
+            format,
+        })
+    }
+
+    /// The name used in messages: the path as given, or `<stdin>`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::File(path) => Some(path),
+            Source::Bytes(_) => None,
+        }
+    }
+
+    /// A lazy scan, so commands read only the columns and rows they use.
+    pub fn scan(&self) -> Result<LazyFrame, InputError> {
+        let sources = match &self.source {
+            Source::File(path) => {
+                let file = File::open(path)
+                    .map_err(|err| InputError::new(&self.label, format!("cannot open: {err}")))?;
+                ScanSources::Files(Arc::from(vec![file]))
+            }
+            Source::Bytes(bytes) => {
+                ScanSources::Buffers(Arc::from(vec![polars_buffer::Buffer::from(
+                    bytes.as_ref().clone(),
+                )]))
+            }
+        };
+        let scanned = match self.format {
+            // One opened file or buffer: there is no directory layout to read partitions from.
+            Format::Parquet => LazyFrame::scan_parquet_sources(
+                sources,
+                ScanArgsParquet {
+                    hive_options: HiveOptions::new_disabled(),
+                    ..Default::default()
+                },
+            ),
+            Format::Ipc => LazyFrame::scan_ipc_sources(
+                sources,
+                IpcScanOptions::default(),
+                UnifiedScanArgs {
+                    hive_options: HiveOptions::new_disabled(),
+                    ..Default::default()
+                },
+            ),
+            // Types are inferred from every row: a late value that does not fit the type
+            // guessed from the first rows would otherwise fail mid-read.
+            Format::Csv => LazyCsvReader::new_with_sources(sources)
+                .with_infer_schema_length(None)
+                .with_raise_if_empty(true)
+                .finish(),
+            Format::Jsonl => LazyJsonLineReader::new_with_sources(sources)
+                .with_infer_schema_length(None)
+                .finish(),
+        };
+        scanned.map_err(|err| self.read_error(&err))
+    }
+
+    /// Read the whole table.
+    pub fn read(&self) -> Result<DataFrame, InputError> {
+        self.collect(self.scan()?)
+    }
+
+    /// Run a query built on [`scan`](Input::scan), reporting failures against this input.
+    pub fn collect(&self, query: LazyFrame) -> Result<DataFrame, InputError> {
+        query.collect().map_err(|err| self.read_error(&err))
+    }
+
+    /// The table's schema, from the file footer or a sample where the format allows.
+    pub fn schema(&self) -> Result<SchemaRef, InputError> {
+        self.scan()?
+            .collect_schema()
+            .map_err(|err| self.read_error(&err))
+    }
+
+    /// Row count without reading the data where the format allows (Parquet, IPC footers).
+    pub fn row_count(&self) -> Result<usize, InputError> {
+        let counted = self
+            .scan()?
+            .select([len().alias("rows")])
+            .collect()
+            .map_err(|err| self.read_error(&err))?;
+        let value = counted
+            .column("rows")
+            .and_then(|c| c.get(0))
+            .map_err(|err| self.read_error(&err))?;
+        Ok(value.extract::<usize>().unwrap_or(0))
+    }
+
+    /// Hash of the input's bytes for provenance.
+    pub fn digest(&self) -> Result<InputDigest, InputError> {
+        match &self.source {
+            Source::File(path) => InputDigest::of_file(&self.label, path)
+                .map_err(|err| InputError::new(&self.label, format!("cannot read: {err}"))),
+            Source::Bytes(bytes) => Ok(InputDigest::of_bytes("-", bytes)),
+        }
+    }
+
+    /// File-level key-value metadata (Parquet footer, IPC custom metadata). Empty for CSV and
+    /// JSON Lines, which have none.
+    pub fn key_value_metadata(&self) -> Result<Vec<(String, String)>, InputError> {
+        match self.format {
+            Format::Parquet => {
+                let pairs = match &self.source {
+                    Source::File(path) => parquet_metadata(self.open_file(path)?),
+                    Source::Bytes(bytes) => parquet_metadata(Cursor::new(bytes.as_slice())),
+                };
+                pairs.map_err(|err| self.read_error(&err))
+            }
+            Format::Ipc => {
+                let pairs = match &self.source {
+                    Source::File(path) => ipc_metadata(self.open_file(path)?),
+                    Source::Bytes(bytes) => ipc_metadata(Cursor::new(bytes.as_slice())),
+                };
+                pairs.map_err(|err| self.read_error(&err))
+            }
+            Format::Csv | Format::Jsonl => Ok(Vec::new()),
+        }
+    }
+
+    fn open_file(&self, path: &Path) -> Result<File, InputError> {
+        File::open(path).map_err(|err| InputError::new(&self.label, format!("cannot open: {err}")))
+    }
+
+    /// Turn a reader error into a one-line input error, pointing at the first bad row when
+    /// the format lets us find it.
+    fn read_error(&self, err: &PolarsError) -> InputError {
+        if self.format == Format::Jsonl
+            && let Some(located) = self.locate_bad_json_line()
+        {
+            return located;
+        }
+        InputError::new(
+            &self.label,
+            format!("cannot read as {}: {}", self.format, polars_message(err)),
+        )
+    }
+
+    fn locate_bad_json_line(&self) -> Option<InputError> {
+        let bytes = match &self.source {
+            Source::File(path) => std::fs::read(path).ok()?,
+            Source::Bytes(bytes) => bytes.as_ref().clone(),
+        };
+        let mut row = 0;
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            row += 1;
+            match serde_json::from_slice::<serde_json::Value>(line) {
+                Ok(serde_json::Value::Object(_)) => {}
+                Ok(_) => {
+                    return Some(
+                        InputError::new(&self.label, "expected a JSON object per line").row(row),
+                    );
+                }
+                Err(err) => {
+                    return Some(
+                        InputError::new(&self.label, format!("invalid JSON: {err}")).row(row),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
+fn parquet_metadata<R: MmapBytesReader>(reader: R) -> PolarsResult<Vec<(String, String)>> {
+    let mut reader = ParquetReader::new(reader);
+    let metadata = reader.get_metadata()?;
+    Ok(metadata
+        .key_value_metadata
+        .iter()
+        .flatten()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .collect())
+}
+
+/// IPC files keep metadata in two places: the footer (where curate writes provenance) and the
+/// schema (where pyarrow writes `schema.metadata`). Both are read, footer first.
+fn ipc_metadata<R: Read + std::io::Seek>(mut reader: R) -> PolarsResult<Vec<(String, String)>> {
+    let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut reader)?;
+    Ok([metadata.custom_metadata, metadata.custom_schema_metadata]
+        .into_iter()
+        .flatten()
+        .flat_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}
+
+/// Polars errors carry a kind prefix and sometimes a context stack over several lines; keep
+/// the first line of the message itself.
+pub(crate) fn polars_message(err: &PolarsError) -> String {
+    let text = err.to_string();
+    let first = text
+        .split("\n\nThis error occurred")
+        .next()
+        .unwrap_or(&text)
+        .trim();
+    crate::error::one_line(first)
+}

@@ -1,0 +1,268 @@
+//! Checks every command runs on its inputs, each failing with a one-line [`InputError`]
+//! that names the file, the column and the first offending row.
+
+use std::collections::HashMap;
+
+use polars::prelude::*;
+
+use crate::error::InputError;
+
+/// A column a command needs, and the flag that names it (for the hint in messages).
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnRole<'a> {
+    pub name: &'a str,
+    pub flag: &'a str,
+}
+
+impl<'a> ColumnRole<'a> {
+    pub fn new(name: &'a str, flag: &'a str) -> Self {
+        ColumnRole { name, flag }
+    }
+}
+
+/// The kind of values a column must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    Integer,
+    Number,
+    Text,
+    Boolean,
+    /// Identifiers: integers or strings.
+    Id,
+    IntegerList,
+}
+
+impl Expected {
+    fn describe(self) -> &'static str {
+        match self {
+            Expected::Integer => "integers",
+            Expected::Number => "numbers",
+            Expected::Text => "strings",
+            Expected::Boolean => "booleans",
+            Expected::Id => "integer or string ids",
+            Expected::IntegerList => "lists of integers",
+        }
+    }
+
+    fn accepts(self, dtype: &DataType) -> bool {
+        match self {
+            Expected::Integer => dtype.is_integer(),
+            Expected::Number => dtype.is_primitive_numeric(),
+            Expected::Text => matches!(dtype, DataType::String),
+            Expected::Boolean => matches!(dtype, DataType::Boolean),
+            Expected::Id => dtype.is_integer() || matches!(dtype, DataType::String),
+            Expected::IntegerList => {
+                matches!(dtype, DataType::List(inner) if inner.is_integer() || inner.is_null())
+            }
+        }
+    }
+}
+
+/// The input has at least one row.
+pub fn require_rows(frame: &DataFrame, file: &str) -> Result<(), InputError> {
+    if frame.height() == 0 {
+        return Err(InputError::new(file, "no rows"));
+    }
+    Ok(())
+}
+
+/// The column exists.
+pub fn require_column<'f>(
+    frame: &'f DataFrame,
+    file: &str,
+    role: ColumnRole,
+) -> Result<&'f Column, InputError> {
+    frame.column(role.name).map_err(|_| {
+        let names: Vec<&str> = frame
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        missing_column(file, role, &names)
+    })
+}
+
+/// The error for a column that is not there, listing the columns that are.
+pub fn missing_column(file: &str, role: ColumnRole, present: &[&str]) -> InputError {
+    InputError::new(
+        file,
+        format!(
+            "not found (columns: {}); name another with {}",
+            present.join(", "),
+            role.flag
+        ),
+    )
+    .column(role.name)
+}
+
+/// The column exists and holds `expected` values. When a text column should be numeric (CSV
+/// inference falls back to text on one bad cell), the first cell that does not parse is named.
+pub fn require_type<'f>(
+    frame: &'f DataFrame,
+    file: &str,
+    role: ColumnRole,
+    expected: Expected,
+) -> Result<&'f Column, InputError> {
+    let column = require_column(frame, file, role)?;
+    let dtype = column.dtype();
+    if expected.accepts(dtype) {
+        return Ok(column);
+    }
+    let mistyped = InputError::new(
+        file,
+        format!("expected {}, found {dtype}", expected.describe()),
+    )
+    .column(role.name);
+    if matches!(dtype, DataType::String) && matches!(expected, Expected::Integer | Expected::Number)
+    {
+        let values = column.str().expect("checked string type");
+        for (index, value) in values.iter().enumerate() {
+            let Some(text) = value else { continue };
+            let parses = match expected {
+                Expected::Integer => text.trim().parse::<i64>().is_ok(),
+                _ => text.trim().parse::<f64>().is_ok(),
+            };
+            if !parses {
+                return Err(InputError::new(
+                    file,
+                    format!("expected {}, found {text:?}", expected.describe()),
+                )
+                .column(role.name)
+                .row(index + 1));
+            }
+        }
+    }
+    Err(mistyped)
+}
+
+/// The id column holds integers or strings, none null, none repeated.
+pub fn require_unique_ids(
+    frame: &DataFrame,
+    file: &str,
+    role: ColumnRole,
+) -> Result<(), InputError> {
+    let column = require_type(frame, file, role, Expected::Id)?;
+    let null_row = |index: usize| {
+        InputError::new(file, "id is null")
+            .column(role.name)
+            .row(index + 1)
+    };
+    let duplicate = |index: usize, first: usize, shown: String| {
+        InputError::new(
+            file,
+            format!("duplicate id {shown} (first seen at row {})", first + 1),
+        )
+        .column(role.name)
+        .row(index + 1)
+    };
+    if column.dtype().is_integer() {
+        let values = column
+            .cast(&DataType::Int64)
+            .map_err(|e| InputError::new(file, e.to_string()).column(role.name))?;
+        let mut seen: HashMap<i64, usize> = HashMap::with_capacity(values.len());
+        for (index, value) in values.i64().expect("cast to i64").iter().enumerate() {
+            let value = value.ok_or_else(|| null_row(index))?;
+            if let Some(&first) = seen.get(&value) {
+                return Err(duplicate(index, first, value.to_string()));
+            }
+            seen.insert(value, index);
+        }
+    } else {
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(column.len());
+        for (index, value) in column.str().expect("checked string").iter().enumerate() {
+            let value = value.ok_or_else(|| null_row(index))?;
+            if let Some(&first) = seen.get(value) {
+                return Err(duplicate(index, first, format!("{value:?}")));
+            }
+            seen.insert(value, index);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> DataFrame {
+        df!(
+            "id" => [1i64, 2, 3, 2],
+            "name" => ["a", "b", "c", "a"],
+            "score" => ["1.5", "2", "x", "3"],
+            "weight" => [0.5f64, 1.0, 1.5, 2.0],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn missing_column_lists_columns_and_flag() {
+        let err =
+            require_column(&frame(), "t.csv", ColumnRole::new("label", "--label-col")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.csv: column 'label': not found (columns: id, name, score, weight); \
+             name another with --label-col"
+        );
+    }
+
+    #[test]
+    fn mistyped_text_column_names_first_bad_cell() {
+        let err = require_type(
+            &frame(),
+            "t.csv",
+            ColumnRole::new("score", "--score-col"),
+            Expected::Number,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.csv: column 'score', row 3: expected numbers, found \"x\""
+        );
+        let err = require_type(
+            &frame(),
+            "t.csv",
+            ColumnRole::new("weight", "-"),
+            Expected::Id,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.csv: column 'weight': expected integer or string ids, found f64"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_rows() {
+        let err =
+            require_unique_ids(&frame(), "t.csv", ColumnRole::new("id", "--id-col")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.csv: column 'id', row 4: duplicate id 2 (first seen at row 2)"
+        );
+        let err =
+            require_unique_ids(&frame(), "t.csv", ColumnRole::new("name", "--id-col")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.csv: column 'name', row 4: duplicate id \"a\" (first seen at row 1)"
+        );
+        let unique = df!("id" => ["x", "y"]).unwrap();
+        require_unique_ids(&unique, "u", ColumnRole::new("id", "--id-col")).unwrap();
+    }
+
+    #[test]
+    fn null_id_is_reported() {
+        let frame = df!("id" => [Some(1i64), None]).unwrap();
+        let err =
+            require_unique_ids(&frame, "n.parquet", ColumnRole::new("id", "--id-col")).unwrap_err();
+        assert_eq!(err.to_string(), "n.parquet: column 'id', row 2: id is null");
+    }
+
+    #[test]
+    fn empty_frame_is_rejected() {
+        let empty = df!("id" => Vec::<i64>::new()).unwrap();
+        assert_eq!(
+            require_rows(&empty, "e.jsonl").unwrap_err().to_string(),
+            "e.jsonl: no rows"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! Writing tables without ever leaving a half-written or clobbered file behind.
+//!
+//! An [`Output`] is opened before the work starts, so a refused target (exists without
+//! `--force`, missing directory) fails fast. Data goes to a temporary file beside the target
+//! and is renamed into place only by [`TableWriter::finish`]; dropping the writer on any error
+//! or Ctrl-C removes the temporary file and leaves whatever was there untouched.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
+use polars::prelude::*;
+use tempfile::TempPath;
+
+use super::format::{Format, unknown_extension_message};
+use super::provenance::Provenance;
+use crate::error::{UsageError, usage};
+use crate::interrupt;
+
+/// Rows per batch when a whole frame is written: bounds the memory the encoders hold and
+/// gives Parquet row groups of a sensible size.
+pub const DEFAULT_BATCH_ROWS: usize = 128 * 1024;
+
+/// Where a command's table goes: a file (atomically) or stdout.
+pub struct Output {
+    label: String,
+    format: Format,
+    sink: Sink,
+}
+
+enum Sink {
+    Stdout,
+    File {
+        file: File,
+        temp: TempPath,
+        target: PathBuf,
+        force: bool,
+    },
+}
+
+impl Output {
+    /// Prepare `path` (or `-` for stdout, JSON Lines unless `format` says otherwise). Refuses
+    /// an existing file unless `force`, and a path whose format cannot be told.
+    pub fn create(path: &str, format: Option<Format>, force: bool) -> Result<Output> {
+        if path == "-" {
+            return Ok(Output {
+                label: "<stdout>".to_string(),
+                format: format.unwrap_or(Format::Jsonl),
+                sink: Sink::Stdout,
+            });
+        }
+        let target = PathBuf::from(path);
+        let format = match format {
+            Some(format) => format,
+            None => Format::from_path(&target)
+                .ok_or_else(|| usage(format!("{path}: {}", unknown_extension_message(&target))))?,
+        };
+        if target.is_dir() {
+            bail!(UsageError(format!(
+                "{path}: is a directory, expected a file path"
+            )));
+        }
+        if target.exists() && !force {
+            bail!(UsageError(format!(
+                "{path}: already exists; pass --force to overwrite it"
+            )));
+        }
+        let dir = match target.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            bail!(UsageError(format!(
+                "{path}: directory '{}' does not exist",
+                dir.display()
+            )));
+        }
+        let (file, temp) = temp_file_beside(&target, &dir)
+            .with_context(|| {
+                format!(
+                    "{path}: cannot create a temporary file in '{}'",
+                    dir.display()
+                )
+            })?
+            .into_parts();
+        Ok(Output {
+            label: path.to_string(),
+            format,
+            sink: Sink::File {
+                file,
+                temp,
+                target,
+                force,
+            },
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Start writing batches of `schema`. Provenance goes into the file's key-value metadata
+    /// where the format has any (Parquet, IPC).
+    pub fn writer(self, schema: &Schema, provenance: Option<&Provenance>) -> Result<TableWriter> {
+        if !self.format.holds_nested()
+            && let Some((name, dtype)) = schema.iter().find(|(_, dtype)| dtype.is_nested())
+        {
+            bail!(UsageError(format!(
+                "{}: column '{name}' has nested type {dtype}, which CSV cannot hold; \
+                 write .parquet, .jsonl or .arrow instead",
+                self.label
+            )));
+        }
+        let stream: Box<dyn Write + Send> = match &self.sink {
+            Sink::Stdout => Box::new(io::stdout()),
+            Sink::File { file, .. } => Box::new(
+                file.try_clone()
+                    .with_context(|| format!("{}: cannot write", self.label))?,
+            ),
+        };
+        let key_values = provenance.map(Provenance::key_values).unwrap_or_default();
+        let encoder = match self.format {
+            Format::Parquet => {
+                let metadata = (!key_values.is_empty())
+                    .then(|| KeyValueMetadata::from_static(key_values.clone()));
+                Encoder::Parquet(
+                    ParquetWriter::new(stream)
+                        .with_key_value_metadata(metadata)
+                        .batched(schema)?,
+                )
+            }
+            Format::Ipc => {
+                let arrow_schema = schema.to_arrow(CompatLevel::newest());
+                let fields =
+                    polars_arrow::io::ipc::write::default_ipc_fields(arrow_schema.iter_values());
+                let mut writer = IpcWriter::new(stream).batched(schema, fields)?;
+                if !key_values.is_empty() {
+                    writer.set_custom_metadata(key_values.clone());
+                }
+                Encoder::Ipc(writer)
+            }
+            Format::Csv => Encoder::Csv(CsvWriter::new(stream).batched(schema)?),
+            Format::Jsonl => Encoder::Jsonl(polars::io::json::BatchedWriter::new(stream)),
+        };
+        Ok(TableWriter {
+            output: self,
+            encoder,
+            schema: schema.clone(),
+            rows: 0,
+        })
+    }
+
+    /// Write a whole frame in bounded batches and commit it.
+    pub fn write_frame(self, frame: &DataFrame, provenance: Option<&Provenance>) -> Result<u64> {
+        let mut writer = self.writer(frame.schema(), provenance)?;
+        writer.write_frame(frame, &ProgressBar::hidden())?;
+        writer.finish()
+    }
+}
+
+/// Create the temporary file in the target's directory (so the final rename never crosses
+/// file systems), named after the target so a stray one is recognisable.
+fn temp_file_beside(target: &Path, dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".curate-tmp");
+    // Created with 0666 so the umask decides, as for any file a user's program writes.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
+}
+
+fn write_error(err: PolarsError, label: &str) -> anyhow::Error {
+    anyhow::Error::new(err).context(format!("{label}: cannot write"))
+}
+
+enum Encoder {
+    Parquet(polars::io::parquet::write::BatchedWriter<Box<dyn Write + Send>>),
+    Ipc(polars::io::ipc::BatchedWriter<Box<dyn Write + Send>>),
+    Csv(polars::io::csv::write::BatchedWriter<Box<dyn Write + Send>>),
+    Jsonl(polars::io::json::BatchedWriter<Box<dyn Write + Send>>),
+}
+
+/// Writes batches of one schema; nothing appears at the target until [`finish`].
+///
+/// [`finish`]: TableWriter::finish
+pub struct TableWriter {
+    output: Output,
+    encoder: Encoder,
+    schema: Schema,
+    rows: u64,
+}
+
+impl TableWriter {
+    /// Append one batch. Checks for Ctrl-C first so a stop never commits partial output.
+    pub fn write_batch(&mut self, batch: &DataFrame) -> Result<()> {
+        interrupt::check()?;
+        if batch.schema().as_ref() != &self.schema {
+            bail!(
+                "{}: batch schema {:?} differs from the output schema {:?}",
+                self.output.label,
+                batch.schema(),
+                self.schema
+            );
+        }
+        let mut batch = batch.clone();
+        batch.align_chunks();
+        let written = match &mut self.encoder {
+            Encoder::Parquet(w) => w.write_batch(&batch),
+            Encoder::Ipc(w) => w.write_batch(&batch),
+            Encoder::Csv(w) => w.write_batch(&batch),
+            Encoder::Jsonl(w) => w.write_batch(&batch),
+        };
+        written.map_err(|err| write_error(err, &self.output.label))?;
+        self.rows += batch.height() as u64;
+        Ok(())
+    }
+
+    /// Append a frame in slices of [`DEFAULT_BATCH_ROWS`], advancing `progress` by rows.
+    pub fn write_frame(&mut self, frame: &DataFrame, progress: &ProgressBar) -> Result<()> {
+        if frame.height() == 0 {
+            return Ok(());
+        }
+        let mut offset = 0;
+        while offset < frame.height() {
+            let len = DEFAULT_BATCH_ROWS.min(frame.height() - offset);
+            self.write_batch(&frame.slice(offset as i64, len))?;
+            progress.inc(len as u64);
+            offset += len;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Write the footer, flush to disk and rename into place. Returns the rows written.
+    pub fn finish(mut self) -> Result<u64> {
+        interrupt::check()?;
+        let label = self.output.label.clone();
+        let closed = match &mut self.encoder {
+            Encoder::Parquet(w) => w.finish().map(|_| ()),
+            Encoder::Ipc(w) => w.finish(),
+            Encoder::Csv(w) => w.finish(),
+            Encoder::Jsonl(_) => Ok(()),
+        };
+        closed.map_err(|err| write_error(err, &label))?;
+        // The encoder owns a clone of the file handle; drop it before the rename.
+        drop(self.encoder);
+        match self.output.sink {
+            Sink::Stdout => io::stdout().flush().context("<stdout>: cannot write")?,
+            Sink::File {
+                file,
+                temp,
+                target,
+                force,
+            } => {
+                file.sync_all()
+                    .with_context(|| format!("{label}: cannot flush to disk"))?;
+                drop(file);
+                let persisted = if force {
+                    temp.persist(&target)
+                } else {
+                    // Another process may have created the target meanwhile; never replace it.
+                    temp.persist_noclobber(&target)
+                };
+                if let Err(err) = persisted {
+                    if err.error.kind() == io::ErrorKind::AlreadyExists {
+                        bail!(UsageError(format!(
+                            "{label}: already exists; pass --force to overwrite it"
+                        )));
+                    }
+                    return Err(anyhow::Error::new(err.error)
+                        .context(format!("{label}: cannot move the finished file into place")));
+                }
+            }
+        }
+        Ok(self.rows)
+    }
+}

@@ -1,0 +1,69 @@
+//! Global conventions: exit codes, streams, broken pipes.
+
+use std::io::Read;
+use std::process::Stdio;
+
+use crate::test::{Test, curate_command};
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Test::new().args(["inspect", "--no-such-flag", "x"]).run();
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--no-such-flag"));
+    assert_eq!(Test::new().args(["frobnicate"]).run().code, 2);
+    assert_eq!(Test::new().run().code, 2);
+}
+
+#[test]
+fn help_and_version_go_to_stdout() {
+    let help = Test::new().arg("--help").run().success();
+    assert!(help.stdout.contains("Usage: curate"));
+    assert!(help.stderr.is_empty());
+    let version = Test::new().arg("--version").run().success();
+    assert_eq!(
+        version.stdout.trim(),
+        format!("curate {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn quiet_silences_messages_but_not_data() {
+    let mut test = Test::new().file("in.jsonl", "{\"a\": 1}\n");
+    let out = test
+        .args(["convert", "in.jsonl", "--out", "o.csv", "-q"])
+        .run()
+        .success();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let out = test.args(["-q", "inspect", "o.csv"]).run().success();
+    assert!(out.stdout.contains("o.csv"));
+}
+
+#[test]
+fn broken_pipe_is_success() {
+    let rows: String = (0..50_000)
+        .map(|i| format!("{{\"id\": {i}, \"text\": \"row number {i} with some padding\"}}\n"))
+        .collect();
+    let test = Test::new().file("big.jsonl", rows);
+    let mut child = curate_command(&test.path(""))
+        .args(["convert", "big.jsonl", "--out", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: drive the built `curate` binary on files in a temporary directory.
+
+mod cli;
+mod cli_reference;
+mod convert;
+mod errors;
+mod inspect;
+mod test;

@@ -1,0 +1,156 @@
+//! A small fluent builder for running `curate` in a scratch directory.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tempfile::TempDir;
+
+pub struct Test {
+    dir: TempDir,
+    args: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: Vec<u8>,
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Test {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    /// Create a file (and its directories) in the scratch directory.
+    pub fn file(self, name: &str, contents: impl AsRef<[u8]>) -> Self {
+        let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl Into<OsString>) -> &mut Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn stdin(&mut self, bytes: impl Into<Vec<u8>>) -> &mut Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
+    /// Names of every entry in the scratch directory, sorted (temporary files included).
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Run with the current arguments, then clear them so the same directory can be reused.
+    pub fn run(&mut self) -> Outcome {
+        let outcome = run_curate(self.dir.path(), &self.args, self.stdin.as_deref());
+        self.args.clear();
+        self.stdin = None;
+        outcome
+    }
+}
+
+pub fn curate_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_curate"));
+    command.current_dir(dir).env_remove("RUST_LOG");
+    command
+}
+
+fn run_curate(dir: &Path, args: &[OsString], stdin: Option<&[u8]>) -> Outcome {
+    let mut child = curate_command(dir)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn curate");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    let output = child.wait_with_output().expect("wait for curate");
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout_bytes: output.stdout,
+    }
+}
+
+impl Outcome {
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(self.code, 0, "expected success; stderr:\n{}", self.stderr);
+        self
+    }
+
+    /// Exit 2 with exactly one line on stderr containing `needle`.
+    #[track_caller]
+    pub fn invalid(self, needle: &str) -> Self {
+        assert_eq!(self.code, 2, "expected exit 2; stderr:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "error should be one line:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as JSON Lines.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
