@@ -12,7 +12,7 @@ pub use provenance::{InputDigest, Provenance};
 pub use read::Input;
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
 pub use validate::{
-    ColumnRole, Expected, missing_column, require_column, require_rows, require_type,
-    require_unique_ids,
+    ColumnRole, Expected, id_column, missing_column, require_column, require_probability_columns,
+    require_probability_list, require_rows, require_type, require_unique_ids,
 };
 pub use write::{DEFAULT_BATCH_ROWS, Output, TableWriter};

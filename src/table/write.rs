@@ -129,11 +129,11 @@ impl Output {
             Format::Parquet => {
                 let metadata = (!key_values.is_empty())
                     .then(|| KeyValueMetadata::from_static(key_values.clone()));
-                Encoder::Parquet(
+                Encoder::Parquet(Box::new(
                     ParquetWriter::new(stream)
                         .with_key_value_metadata(metadata)
                         .batched(schema)?,
-                )
+                ))
             }
             Format::Ipc => {
                 let arrow_schema = schema.to_arrow(CompatLevel::newest());
@@ -188,7 +188,8 @@ fn write_error(err: PolarsError, label: &str) -> anyhow::Error {
 }
 
 enum Encoder {
-    Parquet(polars::io::parquet::write::BatchedWriter<Box<dyn Write + Send>>),
+    // Boxed: the Parquet writer's state is several times the others'.
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<Box<dyn Write + Send>>>),
     Ipc(polars::io::ipc::BatchedWriter<Box<dyn Write + Send>>),
     Csv(polars::io::csv::write::BatchedWriter<Box<dyn Write + Send>>),
     Jsonl(polars::io::json::BatchedWriter<Box<dyn Write + Send>>),
