@@ -208,10 +208,13 @@ impl Input {
     /// Turn a reader error into a one-line input error, pointing at the first bad row when
     /// the format lets us find it.
     fn read_error(&self, err: &PolarsError) -> InputError {
-        if self.format == Format::Jsonl
-            && let Some(located) = self.locate_bad_json_line()
-        {
-            return located;
+        let located = match self.format {
+            Format::Jsonl => self.bytes().and_then(|b| locate_bad_json_line(&b)),
+            Format::Csv => self.bytes().and_then(|b| locate_bad_csv_record(&b)),
+            Format::Parquet | Format::Ipc => None,
+        };
+        if let Some((row, message)) = located {
+            return InputError::new(&self.label, message).row(row);
         }
         InputError::new(
             &self.label,
@@ -219,33 +222,84 @@ impl Input {
         )
     }
 
-    fn locate_bad_json_line(&self) -> Option<InputError> {
-        let bytes = match &self.source {
-            Source::File(path) => std::fs::read(path).ok()?,
-            Source::Bytes(bytes) => bytes.as_ref().clone(),
-        };
-        let mut row = 0;
-        for line in bytes.split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            row += 1;
-            match serde_json::from_slice::<serde_json::Value>(line) {
-                Ok(serde_json::Value::Object(_)) => {}
-                Ok(_) => {
-                    return Some(
-                        InputError::new(&self.label, "expected a JSON object per line").row(row),
-                    );
-                }
-                Err(err) => {
-                    return Some(
-                        InputError::new(&self.label, format!("invalid JSON: {err}")).row(row),
-                    );
-                }
-            }
+    /// The raw bytes, for locating an error after the reader failed.
+    fn bytes(&self) -> Option<Vec<u8>> {
+        match &self.source {
+            Source::File(path) => std::fs::read(path).ok(),
+            Source::Bytes(bytes) => Some(bytes.as_ref().clone()),
         }
-        None
     }
+}
+
+/// The first line that is not a JSON object, as (1-based row, message). Blank lines are not rows.
+fn locate_bad_json_line(bytes: &[u8]) -> Option<(usize, String)> {
+    let mut row = 0;
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        row += 1;
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return Some((row, "expected a JSON object per line".to_string())),
+            Err(err) => return Some((row, format!("invalid JSON: {err}"))),
+        }
+    }
+    None
+}
+
+/// The first CSV record whose field count differs from the header's, or that opens a quote
+/// it never closes, as (1-based row after the header, message).
+fn locate_bad_csv_record(bytes: &[u8]) -> Option<(usize, String)> {
+    let mut header_fields = None;
+    let mut record = 0usize; // 0 is the header
+    let mut fields = 1usize;
+    let mut in_quotes = false;
+    let mut empty = true;
+    let mut end_record =
+        |fields: usize, empty: bool, record: &mut usize| -> Option<(usize, String)> {
+            if empty {
+                return None;
+            }
+            let found = match header_fields {
+                None => {
+                    header_fields = Some(fields);
+                    None
+                }
+                Some(expected) if expected != fields => Some((
+                    *record,
+                    format!("{fields} fields, but the header has {expected}"),
+                )),
+                Some(_) => None,
+            };
+            *record += 1;
+            found
+        };
+    for &byte in bytes {
+        match byte {
+            b'"' => {
+                in_quotes = !in_quotes;
+                empty = false;
+            }
+            b',' if !in_quotes => {
+                fields += 1;
+                empty = false;
+            }
+            b'\n' if !in_quotes => {
+                if let Some(found) = end_record(fields, empty, &mut record) {
+                    return Some(found);
+                }
+                fields = 1;
+                empty = true;
+            }
+            b'\r' if !in_quotes => {}
+            _ => empty = false,
+        }
+    }
+    if in_quotes {
+        return Some((record, "a quoted field is never closed".to_string()));
+    }
+    end_record(fields, empty, &mut record)
 }
 
 fn parquet_metadata<R: MmapBytesReader>(reader: R) -> PolarsResult<Vec<(String, String)>> {
@@ -275,14 +329,90 @@ fn ipc_metadata<R: Read + std::io::Seek>(mut reader: R) -> PolarsResult<Vec<(Str
         .collect())
 }
 
-/// Polars errors carry a kind prefix and sometimes a context stack over several lines; keep
-/// the first line of the message itself.
+/// Polars errors can carry a context stack and advice worded for its Python API over several
+/// lines; keep the statement of what went wrong (and the underlying error, if given).
 pub(crate) fn polars_message(err: &PolarsError) -> String {
     let text = err.to_string();
-    let first = text
+    let text = text
         .split("\n\nThis error occurred")
         .next()
-        .unwrap_or(&text)
-        .trim();
-    crate::error::one_line(first)
+        .unwrap_or(&text);
+    let original = text
+        .split_once("Original error:")
+        .map(|(_, rest)| rest.trim().trim_matches('`').trim().to_string());
+    let statement = text
+        .split("You might want to try")
+        .next()
+        .unwrap_or(text)
+        .split("Consider setting")
+        .next()
+        .unwrap_or(text);
+    let mut message = crate::error::one_line(statement.trim());
+    if let Some(original) = original.filter(|o| !o.is_empty()) {
+        message.push_str(&format!(" ({})", crate::error::one_line(&original)));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_csv_records_are_located() {
+        assert_eq!(
+            locate_bad_csv_record(b"a,b\n1,2\n3,4,5\n"),
+            Some((2, "3 fields, but the header has 2".into()))
+        );
+        assert_eq!(
+            locate_bad_csv_record(b"a,b\n1,2\n3,\"x\n"),
+            Some((2, "a quoted field is never closed".into()))
+        );
+        assert_eq!(
+            locate_bad_csv_record(b"a,b\r\n\"1,5\",2\r\n\r\n3,\"x\ny\"\n"),
+            None
+        );
+        assert_eq!(
+            locate_bad_csv_record(b"a,b\n1,2\n3"),
+            Some((2, "1 fields, but the header has 2".into()))
+        );
+    }
+
+    #[test]
+    fn bad_json_lines_are_located() {
+        assert_eq!(
+            locate_bad_json_line(b"{}\n\n[1]\n"),
+            Some((2, "expected a JSON object per line".into()))
+        );
+        assert!(
+            locate_bad_json_line(b"{\"a\": 1}\n{\"a\": }\n")
+                .unwrap()
+                .1
+                .starts_with("invalid JSON")
+        );
+        assert_eq!(locate_bad_json_line(b"{}\n{}"), None);
+    }
+
+    #[test]
+    fn polars_messages_lose_python_advice() {
+        let err = PolarsError::ComputeError(
+            "could not parse `x` as dtype `i64` at column 'b' (column number 2)\n\n\
+             You might want to try:\n- increasing `infer_schema_length`\n\n\
+             Original error: ```invalid csv file\n\nField `x` is not properly escaped.```"
+                .into(),
+        );
+        assert_eq!(
+            polars_message(&err),
+            "could not parse `x` as dtype `i64` at column 'b' (column number 2) \
+             (invalid csv file; Field `x` is not properly escaped.)"
+        );
+        let err = PolarsError::ComputeError(
+            "found more fields than defined in 'Schema'\n\nConsider setting 'truncate_ragged_lines=true'."
+                .into(),
+        );
+        assert_eq!(
+            polars_message(&err),
+            "found more fields than defined in 'Schema'"
+        );
+    }
 }

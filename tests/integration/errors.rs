@@ -84,6 +84,24 @@ fn invalid_json_line_names_the_row() {
 }
 
 #[test]
+fn malformed_csv_names_the_row() {
+    let test = Test::new().file("in.csv", "a,b\n1,2\n3,4,5\n6,7\n");
+    convert_fails(
+        test,
+        "in.csv",
+        &[],
+        "in.csv, row 2: 3 fields, but the header has 2",
+    );
+    let test = Test::new().file("in.csv", "a,b\n1,2\n3,\"open\n");
+    convert_fails(
+        test,
+        "in.csv",
+        &[],
+        "in.csv, row 2: a quoted field is never closed",
+    );
+}
+
+#[test]
 fn missing_column() {
     let test = Test::new().file("in.jsonl", ROWS);
     convert_fails(
