@@ -52,6 +52,9 @@ pub enum Command {
     /// Convert a table between Parquet, JSON Lines, CSV and Arrow IPC, optionally checking
     /// ids and selecting columns or rows.
     Convert(ConvertArgs),
+    /// Reweight a training mix by difficulty (the flip), by influence scores, or keep the top
+    /// fraction by score; write weights or a resampled table, and a before/after audit.
+    Reweight(ReweightArgs),
 }
 
 /// The table formats, as flags name them.
@@ -128,6 +131,119 @@ pub struct ConvertArgs {
     pub limit: Option<usize>,
 
     /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuleArg {
+    /// Mirror each domain's difficulty histogram toward its --direction, or apply --target.
+    Flip,
+    /// Weight (domain, level) groups by exp(tau * z) of their mean influence score.
+    Influence,
+    /// Keep the top --fraction of rows by score (weight 1), drop the rest (weight 0).
+    Topk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreserveArg {
+    /// Each domain keeps its weighted size.
+    Domain,
+    /// Only the whole table keeps its weighted size.
+    Overall,
+}
+
+#[derive(Debug, Args)]
+pub struct ReweightArgs {
+    /// Input table ('-' reads stdin).
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// Output: every input column plus the weight, in input order ('-' writes stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Also write the before/after audit (domain x level) as a table.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<String>,
+
+    /// The reweighting rule.
+    #[arg(long, value_enum, default_value = "flip")]
+    pub rule: RuleArg,
+
+    /// Column naming each row's domain.
+    #[arg(long, default_value = "domain", value_name = "COLUMN")]
+    pub domain_col: String,
+
+    /// Column with each row's difficulty (numeric; whole numbers are levels unless --bins).
+    #[arg(long, default_value = "difficulty", value_name = "COLUMN")]
+    pub difficulty_col: String,
+
+    /// Column of unique row ids, to join --scores on [default: id, else the row index].
+    #[arg(long, value_name = "COLUMN")]
+    pub id_col: Option<String>,
+
+    /// Column with each row's score, for --rule influence and topk without --scores.
+    #[arg(long, alias = "by", default_value = "score", value_name = "COLUMN")]
+    pub score_col: String,
+
+    /// Scores from `curate influence` (train_id, score[, query_id]); the mean over queries
+    /// (or the `mean` query rows) is each row's score.
+    #[arg(long, value_name = "FILE")]
+    pub scores: Option<String>,
+
+    /// Which end each domain leans toward, as DOMAIN=hard|easy pairs [default:
+    /// math=hard,code=easy, applied to those of the two present].
+    #[arg(long, value_delimiter = ',', value_name = "DOMAIN=hard|easy")]
+    pub direction: Option<Vec<String>>,
+
+    /// Explicit level proportions for a domain, easiest level first, as DOMAIN=p1,...,pK
+    /// (normalised to sum to 1; repeat for several domains). Overrides --direction there.
+    #[arg(long, value_name = "DOMAIN=P1,...,PK")]
+    pub target: Vec<String>,
+
+    /// Bin a continuous difficulty into K quantile levels per domain.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(2..))]
+    pub bins: Option<u16>,
+
+    /// Temperature of the influence rule: group weight exp(tau * z).
+    #[arg(long, default_value_t = 1.0, value_name = "TAU")]
+    pub tau: f64,
+
+    /// Whose weighted size the influence rule and --cap preserve.
+    #[arg(long, value_enum, default_value = "domain")]
+    pub preserve: PreserveArg,
+
+    /// Fraction of rows --rule topk keeps, in (0, 1].
+    #[arg(long, value_name = "F")]
+    pub fraction: Option<f64>,
+
+    /// Apply --rule topk within each domain instead of over the whole table.
+    #[arg(long)]
+    pub per_domain: bool,
+
+    /// Largest weight any row may get; the excess is spread over the others.
+    #[arg(long, value_name = "W")]
+    pub cap: Option<f64>,
+
+    /// Write a resampled table (systematic resampling, seeded, whole copies) instead of
+    /// weights.
+    #[arg(long)]
+    pub materialize: bool,
+
+    /// Name of the weight column added to the output.
+    #[arg(long, default_value = "weight", value_name = "NAME")]
+    pub weight_name: String,
+
+    /// Read the input as this format instead of guessing from the extension.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<FormatArg>,
+
+    /// Write the output as this format instead of guessing from the extension.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub output_format: Option<FormatArg>,
+
+    /// Replace output files that exist.
     #[arg(long)]
     pub force: bool,
 }

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod error;
 pub mod interrupt;
 pub mod printer;
+pub mod reweight;
 pub mod table;
 
 use std::ffi::OsString;

@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod reweight;
 
 use anyhow::Result;
 
@@ -29,5 +30,6 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
     match command {
         Command::Inspect(args) => inspect::run(args, context),
         Command::Convert(args) => convert::run(args, context),
+        Command::Reweight(args) => reweight::run(args, context),
     }
 }

@@ -1,0 +1,15 @@
+//! Dataset reweighting (Infra): the difficulty flip, influence-driven group weights and top-k
+//! selection, with capping, resampling and a before/after audit. No I/O here.
+
+pub mod audit;
+pub mod levels;
+pub mod resample;
+pub mod rules;
+
+pub use audit::{AuditRow, audit};
+pub use levels::{Binning, Groups, LevelError, assign};
+pub use resample::systematic;
+pub use rules::{
+    Adjustment, CapError, Direction, Preserve, TargetError, cap, flip, from_group_scores, rescale,
+    top_fraction,
+};
