@@ -6,9 +6,8 @@
 /// exact, and the same seed gives the same copies.
 pub fn systematic(weights: &[f64], groups: &[usize], seed: u64) -> Vec<u32> {
     let mut copies = vec![0u32; weights.len()];
-    let n_groups = groups.iter().copied().max().map_or(0, |m| m + 1);
-    for group in 0..n_groups {
-        let rows: Vec<usize> = (0..weights.len()).filter(|&i| groups[i] == group).collect();
+    for rows in super::rules::partition(groups) {
+        let group = groups[rows[0]];
         let total: f64 = rows.iter().map(|&i| weights[i]).sum();
         let draws = total.round() as u64;
         if draws == 0 || total <= 0.0 {

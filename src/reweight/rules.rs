@@ -204,44 +204,51 @@ pub fn from_group_scores(
     rescale(&raw, &groups.domain, preserve)
 }
 
+/// Row indices grouped by key, groups in key order.
+pub fn partition(keys: &[usize]) -> Vec<Vec<usize>> {
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    for (row, &key) in keys.iter().enumerate() {
+        if sets.len() <= key {
+            sets.resize_with(key + 1, Vec::new);
+        }
+        sets[key].push(row);
+    }
+    sets.retain(|rows| !rows.is_empty());
+    sets
+}
+
+fn preserved_sets(domain: &[usize], preserve: Preserve) -> Vec<Vec<usize>> {
+    match preserve {
+        Preserve::Domain => partition(domain),
+        Preserve::Overall => vec![(0..domain.len()).collect()],
+    }
+}
+
 /// Scale weights so each preserved set averages 1.
 pub fn rescale(weights: &[f64], domain: &[usize], preserve: Preserve) -> Vec<f64> {
-    let key = |i: usize| match preserve {
-        Preserve::Domain => domain[i],
-        Preserve::Overall => 0,
-    };
-    let mut sums: HashMap<usize, (f64, usize)> = HashMap::new();
-    for (i, &w) in weights.iter().enumerate() {
-        let entry = sums.entry(key(i)).or_insert((0.0, 0));
-        entry.0 += w;
-        entry.1 += 1;
-    }
-    weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            let (sum, count) = sums[&key(i)];
-            if sum > 0.0 {
-                w * count as f64 / sum
+    let mut out = vec![0.0; weights.len()];
+    for rows in preserved_sets(domain, preserve) {
+        let sum: f64 = rows.iter().map(|&i| weights[i]).sum();
+        for &i in &rows {
+            out[i] = if sum > 0.0 {
+                weights[i] * rows.len() as f64 / sum
             } else {
                 0.0
-            }
-        })
-        .collect()
+            };
+        }
+    }
+    out
 }
 
 /// LESS-style selection: weight 1 for the top `fraction` of rows by score (per domain when
-/// `per_domain` is given), 0 for the rest. Ties go to the earlier row, so the order of the
-/// input (sorted by id upstream when ids decide) breaks them.
+/// `per_domain` is given), 0 for the rest. Ties go to the earlier row.
 pub fn top_fraction(scores: &[f64], fraction: f64, per_domain: Option<&[usize]>) -> Vec<f64> {
     let mut weights = vec![0.0; scores.len()];
-    let mut sets: HashMap<usize, Vec<usize>> = HashMap::new();
-    for i in 0..scores.len() {
-        sets.entry(per_domain.map_or(0, |d| d[i]))
-            .or_default()
-            .push(i);
-    }
-    for rows in sets.values_mut() {
+    let sets = match per_domain {
+        Some(domain) => partition(domain),
+        None => vec![(0..scores.len()).collect()],
+    };
+    for mut rows in sets {
         let keep = ((fraction * rows.len() as f64).round() as usize)
             .clamp(usize::from(fraction > 0.0), rows.len());
         rows.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -276,16 +283,8 @@ pub fn cap(
     preserve: Preserve,
     cap: f64,
 ) -> Result<Vec<f64>, CapError> {
-    let mut sets: HashMap<usize, Vec<usize>> = HashMap::new();
-    for i in 0..weights.len() {
-        let key = match preserve {
-            Preserve::Domain => domain[i],
-            Preserve::Overall => 0,
-        };
-        sets.entry(key).or_default().push(i);
-    }
     let mut out = weights.to_vec();
-    for rows in sets.values() {
+    for rows in preserved_sets(domain, preserve) {
         let total: f64 = rows.iter().map(|&i| weights[i]).sum();
         let mean = total / rows.len() as f64;
         if cap < mean * (1.0 - 1e-12) {

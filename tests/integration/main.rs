@@ -5,4 +5,5 @@ mod cli_reference;
 mod convert;
 mod errors;
 mod inspect;
+mod reweight;
 mod test;

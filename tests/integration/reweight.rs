@@ -1,0 +1,343 @@
+//! `curate reweight` on the bundled math + code mix, and its invalid inputs.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::test::Test;
+
+fn mix() -> String {
+    format!(
+        "{}/fixtures/math_code_mix.parquet",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn read_lines(test: &Test, name: &str) -> Vec<Value> {
+    String::from_utf8(test.read(name))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Weighted and unweighted mean difficulty, and total weight, per domain.
+fn domain_stats(rows: &[Value]) -> HashMap<String, (f64, f64, f64)> {
+    let mut acc: HashMap<String, (f64, f64, f64, f64)> = HashMap::new();
+    for row in rows {
+        let e = acc
+            .entry(row["domain"].as_str().unwrap().to_string())
+            .or_default();
+        let (d, w) = (
+            row["difficulty"].as_f64().unwrap(),
+            row["weight"].as_f64().unwrap(),
+        );
+        e.0 += d * w;
+        e.1 += w;
+        e.2 += d;
+        e.3 += 1.0;
+    }
+    acc.into_iter()
+        .map(|(k, (dw, w, d, n))| (k, (dw / w, d / n, w)))
+        .collect()
+}
+
+#[test]
+fn flip_makes_math_harder_and_code_easier_keeping_totals() {
+    let mut test = Test::new();
+    let out = test
+        .args([
+            "reweight",
+            &mix(),
+            "--out",
+            "w.jsonl",
+            "--report",
+            "audit.jsonl",
+        ])
+        .run()
+        .success();
+    assert!(
+        out.stderr
+            .contains("math: level histogram mirrored toward hard"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("code: level histogram mirrored toward easy"),
+        "{}",
+        out.stderr
+    );
+    let rows = read_lines(&test, "w.jsonl");
+    assert_eq!(rows.len(), 300);
+    let stats = domain_stats(&rows);
+    let (math_after, math_before, math_total) = stats["math"];
+    let (code_after, code_before, code_total) = stats["code"];
+    assert!(
+        math_after > math_before + 1.0,
+        "math {math_before} -> {math_after}"
+    );
+    assert!(
+        code_after < code_before - 1.0,
+        "code {code_before} -> {code_after}"
+    );
+    assert!((math_total - 150.0).abs() < 1e-9 && (code_total - 150.0).abs() < 1e-9);
+
+    // Every input column, in order, and the input's row order.
+    let original = test
+        .args(["convert", &mix(), "--out", "-"])
+        .run()
+        .success()
+        .json_lines();
+    for (a, b) in original.iter().zip(&rows) {
+        let mut b = b.clone();
+        b.as_object_mut().unwrap().remove("weight");
+        assert_eq!(a, &b);
+    }
+    let audit = read_lines(&test, "audit.jsonl");
+    assert_eq!(audit.len(), 15, "7 math levels and 8 code levels");
+    assert_eq!(audit[0]["domain"], "math");
+    assert_eq!(audit[0]["difficulty_min"], 2.0);
+}
+
+#[test]
+fn target_gives_the_requested_proportions_and_provenance() {
+    let mut test = Test::new();
+    test.args([
+        "--seed",
+        "3",
+        "reweight",
+        &mix(),
+        "--out",
+        "w.parquet",
+        "--report",
+        "audit.jsonl",
+    ])
+    .args(["--target", "math=4,1,1,1,1,1,1", "--direction", "code=easy"])
+    .run()
+    .success();
+    let audit = read_lines(&test, "audit.jsonl");
+    let math: Vec<f64> = audit
+        .iter()
+        .filter(|r| r["domain"] == "math")
+        .map(|r| r["share_after"].as_f64().unwrap())
+        .collect();
+    let wanted = [0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
+    for (got, want) in math.iter().zip(wanted) {
+        assert!((got - want).abs() < 1e-12, "{math:?}");
+    }
+    let report = test
+        .args(["inspect", "w.parquet", "--json", "--no-stats"])
+        .run()
+        .success();
+    let provenance = &report.json_lines()[0]["provenance"];
+    assert_eq!(provenance["seed"], 3);
+    assert_eq!(provenance["inputs"][0]["path"], mix());
+}
+
+#[test]
+fn materialize_copies_match_weights() {
+    let mut test = Test::new();
+    test.args(["reweight", &mix(), "--out", "w.jsonl", "--cap", "5"])
+        .run()
+        .success();
+    test.args([
+        "reweight",
+        &mix(),
+        "--out",
+        "m.jsonl",
+        "--cap",
+        "5",
+        "--materialize",
+    ])
+    .run()
+    .success();
+    let weighted = read_lines(&test, "w.jsonl");
+    let resampled = read_lines(&test, "m.jsonl");
+    assert_eq!(resampled.len(), 300);
+    let mut copies: HashMap<String, f64> = HashMap::new();
+    for row in &resampled {
+        *copies
+            .entry(row["id"].as_str().unwrap().to_string())
+            .or_default() += 1.0;
+        assert!(row.get("weight").is_none());
+    }
+    let mut per_domain: HashMap<String, f64> = HashMap::new();
+    for row in &weighted {
+        let w = row["weight"].as_f64().unwrap();
+        assert!(w <= 5.0 + 1e-9);
+        let c = copies
+            .get(row["id"].as_str().unwrap())
+            .copied()
+            .unwrap_or(0.0);
+        assert!(
+            c >= w.floor() && c <= w.ceil(),
+            "{} weight {w} copies {c}",
+            row["id"]
+        );
+        *per_domain
+            .entry(row["domain"].as_str().unwrap().to_string())
+            .or_default() += c;
+    }
+    assert_eq!(per_domain["math"], 150.0);
+    assert_eq!(per_domain["code"], 150.0);
+}
+
+#[test]
+fn influence_scores_weight_groups() {
+    // Scores as `curate influence` writes them: two queries per training example.
+    let ids: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let data: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            format!(
+                "{{\"id\": \"{id}\", \"domain\": \"{}\", \"difficulty\": {}}}\n",
+                if i < 4 { "math" } else { "code" },
+                i % 2 + 1
+            )
+        })
+        .collect();
+    let scores: String = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, id)| {
+            let s = if i % 2 == 1 { 1.0 } else { -1.0 };
+            [0, 1].map(|q| {
+                format!(
+                    "{{\"query_id\": {q}, \"train_id\": \"{id}\", \"score\": {}}}\n",
+                    s + q as f64
+                )
+            })
+        })
+        .collect();
+    let mut test = Test::new()
+        .file("train.jsonl", data)
+        .file("scores.jsonl", scores);
+    test.args([
+        "reweight",
+        "train.jsonl",
+        "--rule",
+        "influence",
+        "--scores",
+        "scores.jsonl",
+        "--out",
+        "w.jsonl",
+    ])
+    .run()
+    .success();
+    let rows = read_lines(&test, "w.jsonl");
+    let w: Vec<f64> = rows.iter().map(|r| r["weight"].as_f64().unwrap()).collect();
+    assert!(w[1] > w[0] && w[5] > w[4]);
+    assert!((w[..4].iter().sum::<f64>() - 4.0).abs() < 1e-9);
+    assert!((w[4..].iter().sum::<f64>() - 2.0).abs() < 1e-9);
+
+    let short = "{\"train_id\": \"r0\", \"score\": 1.0}\n";
+    let mut test = test.file("short.jsonl", short);
+    test.args([
+        "reweight",
+        "train.jsonl",
+        "--rule",
+        "influence",
+        "--scores",
+        "short.jsonl",
+        "--out",
+        "x.jsonl",
+    ])
+    .run()
+    .invalid("train.jsonl: column 'id', row 2: id r1 has no score in short.jsonl");
+}
+
+#[test]
+fn topk_keeps_the_best_fraction() {
+    let data: String = (0..10)
+        .map(|i| format!("{{\"id\": {i}, \"score\": {}}}\n", (i * 7) % 10))
+        .collect();
+    let mut test = Test::new().file("s.jsonl", data);
+    test.args([
+        "reweight",
+        "s.jsonl",
+        "--rule",
+        "topk",
+        "--fraction",
+        "0.3",
+        "--materialize",
+        "--out",
+        "top.jsonl",
+    ])
+    .run()
+    .success();
+    let ids: Vec<i64> = read_lines(&test, "top.jsonl")
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    // scores: 0,7,4,1,8,5,2,9,6,3 -> the top three are ids 7 (9), 4 (8), 1 (7), kept in input order.
+    assert_eq!(ids, vec![1, 4, 7]);
+}
+
+#[track_caller]
+fn fails(mut test: Test, args: &[&str], needle: &str) {
+    let before = test.entries();
+    test.arg("reweight")
+        .args(args)
+        .args(["--out", "out.parquet"])
+        .run()
+        .invalid(needle);
+    assert_eq!(test.entries(), before);
+}
+
+#[test]
+fn invalid_inputs() {
+    let rows =
+        "{\"domain\": \"math\", \"difficulty\": 1}\n{\"domain\": \"code\", \"difficulty\": 2}\n";
+    fails(
+        Test::new().file("a.jsonl", "{\"difficulty\": 1}\n"),
+        &["a.jsonl"],
+        "a.jsonl: column 'domain': not found (columns: difficulty); name another with --domain-col",
+    );
+    fails(
+        Test::new().file("a.jsonl", "{\"domain\": \"math\"}\n"),
+        &["a.jsonl"],
+        "a.jsonl: column 'difficulty': not found (columns: domain); name another with --difficulty-col",
+    );
+    fails(
+        Test::new().file("a.csv", "domain,difficulty\nmath,1\nmath,2\ncode,hard\n"),
+        &["a.csv"],
+        "a.csv: column 'difficulty', row 3: expected numbers, found \"hard\"",
+    );
+    fails(
+        Test::new().file("a.csv", "domain,difficulty\nmath,1\nmath,NaN\n"),
+        &["a.csv"],
+        "a.csv: column 'difficulty', row 2: difficulty is NaN",
+    );
+    fails(
+        Test::new().file("a.jsonl", rows),
+        &["a.jsonl", "--direction", "physics=hard"],
+        "a.jsonl: column 'domain': --direction names domain 'physics', which no row has (domains: math, code)",
+    );
+    fails(
+        Test::new().file("a.jsonl", "{\"domain\": \"math\", \"difficulty\": 1.5}\n"),
+        &["a.jsonl"],
+        "row 1: difficulty 1.5 is not a whole number; pass --bins K",
+    );
+    fails(
+        Test::new().file("a.jsonl", rows),
+        &["a.jsonl", "--target", "math=-1"],
+        "--target math: proportion -1 is not a non-negative number",
+    );
+    fails(
+        Test::new().file("a.csv", "id,score\n1,0.5\n2,NaN\n"),
+        &["a.csv", "--rule", "topk", "--fraction", "0.5"],
+        "a.csv: column 'score', row 2: score is NaN",
+    );
+    fails(
+        Test::new().file("a.jsonl", rows),
+        &["a.jsonl", "--rule", "topk"],
+        "--rule topk needs --fraction F",
+    );
+    fails(
+        Test::new().file("a.jsonl", rows),
+        &["a.jsonl", "--cap", "0.5"],
+        "--cap 0.5 is below the mean weight 1",
+    );
+}
