@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::InspectArgs;
+use crate::printer::{Align, text_table};
 use crate::table::{self, ColumnSummary, Input, InputDigest, Provenance};
 
 /// Keys polars and arrow write for their own use; not shown as user metadata.
@@ -127,14 +128,14 @@ fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> 
     }
     writeln!(out)?;
 
-    let rows: Vec<[String; 4]> = report
+    let rows: Vec<Vec<String>> = report
         .columns
         .iter()
         .map(|column| match column {
             ColumnReport::Schema { name, dtype } => {
-                [name.clone(), dtype.clone(), String::new(), String::new()]
+                vec![name.clone(), dtype.clone(), String::new(), String::new()]
             }
-            ColumnReport::Summary(summary) => [
+            ColumnReport::Summary(summary) => vec![
                 summary.name.clone(),
                 summary.dtype.clone(),
                 summary.nulls.to_string(),
@@ -142,35 +143,9 @@ fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> 
             ],
         })
         .collect();
-    let header = ["column", "type", "nulls", "summary"];
-    let widths: Vec<usize> = (0..3)
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: [&str; 4]| {
-        format!(
-            "  {:<w0$}  {:<w1$}  {:>w2$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        )
-    };
-    writeln!(out, "{}", line(header).trim_end())?;
-    for row in &rows {
-        writeln!(
-            out,
-            "{}",
-            line([&row[0], &row[1], &row[2], &row[3]]).trim_end()
-        )?;
+    let align = [Align::Left, Align::Left, Align::Right, Align::Left];
+    for line in text_table(&["column", "type", "nulls", "summary"], &rows, &align) {
+        writeln!(out, "  {line}")?;
     }
     Ok(())
 }

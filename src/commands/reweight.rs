@@ -10,6 +10,7 @@ use super::Context;
 use crate::ExitStatus;
 use crate::cli::{PreserveArg, ReweightArgs, RuleArg};
 use crate::error::{InputError, usage};
+use crate::printer::{Align, text_table};
 use crate::reweight::{self, Adjustment, AuditRow, Binning, Direction, Groups, Preserve};
 use crate::table::{self, ColumnRole, Expected, Input, Output};
 
@@ -469,33 +470,10 @@ fn write_audit(out: &mut impl Write, rows: &[AuditRow]) -> std::io::Result<()> {
             cells
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            body.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                let pad = widths[i] - cell.chars().count();
-                if i == 0 {
-                    format!("{cell}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{cell}", " ".repeat(pad))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    writeln!(out, "{}", line(header))?;
-    for row in &body {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    let mut align = vec![Align::Right; header.len()];
+    align[0] = Align::Left;
+    for line in text_table(&header, &body, &align) {
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }

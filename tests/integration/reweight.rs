@@ -275,69 +275,110 @@ fn topk_keeps_the_best_fraction() {
     assert_eq!(ids, vec![1, 4, 7]);
 }
 
-#[track_caller]
-fn fails(mut test: Test, args: &[&str], needle: &str) {
-    let before = test.entries();
-    test.arg("reweight")
-        .args(args)
-        .args(["--out", "out.parquet"])
-        .run()
-        .invalid(needle);
-    assert_eq!(test.entries(), before);
-}
-
 #[test]
 fn invalid_inputs() {
     let rows =
         "{\"domain\": \"math\", \"difficulty\": 1}\n{\"domain\": \"code\", \"difficulty\": 2}\n";
-    fails(
-        Test::new().file("a.jsonl", "{\"difficulty\": 1}\n"),
-        &["a.jsonl"],
-        "a.jsonl: column 'domain': not found (columns: difficulty); name another with --domain-col",
-    );
-    fails(
-        Test::new().file("a.jsonl", "{\"domain\": \"math\"}\n"),
-        &["a.jsonl"],
-        "a.jsonl: column 'difficulty': not found (columns: domain); name another with --difficulty-col",
-    );
-    fails(
-        Test::new().file("a.csv", "domain,difficulty\nmath,1\nmath,2\ncode,hard\n"),
-        &["a.csv"],
-        "a.csv: column 'difficulty', row 3: expected numbers, found \"hard\"",
-    );
-    fails(
-        Test::new().file("a.csv", "domain,difficulty\nmath,1\nmath,NaN\n"),
-        &["a.csv"],
-        "a.csv: column 'difficulty', row 2: difficulty is NaN",
-    );
-    fails(
-        Test::new().file("a.jsonl", rows),
-        &["a.jsonl", "--direction", "physics=hard"],
-        "a.jsonl: column 'domain': --direction names domain 'physics', which no row has (domains: math, code)",
-    );
-    fails(
-        Test::new().file("a.jsonl", "{\"domain\": \"math\", \"difficulty\": 1.5}\n"),
-        &["a.jsonl"],
-        "row 1: difficulty 1.5 is not a whole number; pass --bins K",
-    );
-    fails(
-        Test::new().file("a.jsonl", rows),
-        &["a.jsonl", "--target", "math=-1"],
-        "--target math: proportion -1 is not a non-negative number",
-    );
-    fails(
-        Test::new().file("a.csv", "id,score\n1,0.5\n2,NaN\n"),
-        &["a.csv", "--rule", "topk", "--fraction", "0.5"],
-        "a.csv: column 'score', row 2: score is NaN",
-    );
-    fails(
-        Test::new().file("a.jsonl", rows),
-        &["a.jsonl", "--rule", "topk"],
-        "--rule topk needs --fraction F",
-    );
-    fails(
-        Test::new().file("a.jsonl", rows),
-        &["a.jsonl", "--cap", "0.5"],
-        "--cap 0.5 is below the mean weight 1",
-    );
+    // (file, contents, extra arguments, expected message)
+    let cases: [(&str, &str, &[&str], &str); 10] = [
+        (
+            "a.jsonl",
+            "{\"difficulty\": 1}\n",
+            &[],
+            "a.jsonl: column 'domain': not found (columns: difficulty); name another with --domain-col",
+        ),
+        (
+            "a.jsonl",
+            "{\"domain\": \"math\"}\n",
+            &[],
+            "a.jsonl: column 'difficulty': not found (columns: domain); name another with --difficulty-col",
+        ),
+        (
+            "a.csv",
+            "domain,difficulty\nmath,1\nmath,2\ncode,hard\n",
+            &[],
+            "a.csv: column 'difficulty', row 3: expected numbers, found \"hard\"",
+        ),
+        (
+            "a.csv",
+            "domain,difficulty\nmath,1\nmath,NaN\n",
+            &[],
+            "a.csv: column 'difficulty', row 2: difficulty is NaN",
+        ),
+        (
+            "a.jsonl",
+            rows,
+            &["--direction", "physics=hard"],
+            "a.jsonl: column 'domain': --direction names domain 'physics', which no row has (domains: math, code)",
+        ),
+        (
+            "a.jsonl",
+            "{\"domain\": \"math\", \"difficulty\": 1.5}\n",
+            &[],
+            "row 1: difficulty 1.5 is not a whole number; pass --bins K",
+        ),
+        (
+            "a.jsonl",
+            rows,
+            &["--target", "math=-1"],
+            "--target math: proportion -1 is not a non-negative number",
+        ),
+        (
+            "a.csv",
+            "id,score\n1,0.5\n2,NaN\n",
+            &["--rule", "topk", "--fraction", "0.5"],
+            "a.csv: column 'score', row 2: score is NaN",
+        ),
+        (
+            "a.jsonl",
+            rows,
+            &["--rule", "topk"],
+            "--rule topk needs --fraction F",
+        ),
+        (
+            "a.jsonl",
+            rows,
+            &["--cap", "0.5"],
+            "--cap 0.5 is below the mean weight 1",
+        ),
+    ];
+    for (file, contents, extra, needle) in cases {
+        let mut test = Test::new().file(file, contents);
+        test.args(["reweight", file])
+            .args(extra)
+            .args(["--out", "out.parquet"])
+            .run()
+            .invalid(needle);
+        assert_eq!(test.entries(), [file], "{needle}");
+    }
+}
+
+#[test]
+fn continuous_difficulty_is_binned() {
+    let data: String = (0..8)
+        .map(|i| {
+            format!(
+                "{{\"domain\": \"math\", \"difficulty\": {}}}\n",
+                0.1 + i as f64 * 0.25
+            )
+        })
+        .collect();
+    let mut test = Test::new().file("c.jsonl", data);
+    test.args([
+        "reweight",
+        "c.jsonl",
+        "--bins",
+        "4",
+        "--target",
+        "math=0,0,0,1",
+        "--out",
+        "w.jsonl",
+    ])
+    .run()
+    .success();
+    let weights: Vec<f64> = read_lines(&test, "w.jsonl")
+        .iter()
+        .map(|r| r["weight"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 4.0]);
 }
