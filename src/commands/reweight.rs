@@ -90,10 +90,12 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
                     ""
                 }
             ));
+            let tie_rank = id_order(&frame, label, &args)?;
             reweight::top_fraction(
                 &scores,
                 fraction,
                 args.per_domain.then_some(&groups.domain[..]),
+                &tie_rank,
             )
         }
     };
@@ -413,6 +415,33 @@ fn scores(
             })
         })
         .collect()
+}
+
+/// Each row's position when rows are sorted by id (integers numerically, text bytewise), so
+/// ties are broken by id as every command does.
+fn id_order(frame: &DataFrame, label: &str, args: &ReweightArgs) -> Result<Vec<usize>> {
+    let name = args.id_col.as_deref().unwrap_or("id");
+    let ids = table::id_column(
+        frame,
+        label,
+        ColumnRole::new(name, "--id-col"),
+        args.id_col.is_some(),
+    )?;
+    let mut order: Vec<usize> = (0..frame.height()).collect();
+    if ids.dtype().is_integer() {
+        let ids = ids.cast(&DataType::Int64)?;
+        let ids: Vec<Option<i64>> = ids.i64()?.iter().collect();
+        order.sort_by_key(|&i| ids[i]);
+    } else {
+        let ids = ids.cast(&DataType::String)?;
+        let ids: Vec<Option<&str>> = ids.str()?.iter().collect();
+        order.sort_by_key(|&i| ids[i]);
+    }
+    let mut rank = vec![0; order.len()];
+    for (position, &row) in order.iter().enumerate() {
+        rank[row] = position;
+    }
+    Ok(rank)
 }
 
 fn audit_frame(rows: &[AuditRow]) -> Result<DataFrame> {

@@ -241,8 +241,14 @@ pub fn rescale(weights: &[f64], domain: &[usize], preserve: Preserve) -> Vec<f64
 }
 
 /// LESS-style selection: weight 1 for the top `fraction` of rows by score (per domain when
-/// `per_domain` is given), 0 for the rest. Ties go to the earlier row.
-pub fn top_fraction(scores: &[f64], fraction: f64, per_domain: Option<&[usize]>) -> Vec<f64> {
+/// `per_domain` is given), 0 for the rest. Ties go to the row with the smaller `tie_rank`
+/// (its position in id order).
+pub fn top_fraction(
+    scores: &[f64],
+    fraction: f64,
+    per_domain: Option<&[usize]>,
+    tie_rank: &[usize],
+) -> Vec<f64> {
     let mut weights = vec![0.0; scores.len()];
     let sets = match per_domain {
         Some(domain) => partition(domain),
@@ -251,7 +257,11 @@ pub fn top_fraction(scores: &[f64], fraction: f64, per_domain: Option<&[usize]>)
     for mut rows in sets {
         let keep = ((fraction * rows.len() as f64).round() as usize)
             .clamp(usize::from(fraction > 0.0), rows.len());
-        rows.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        rows.sort_by(|&a, &b| {
+            scores[b]
+                .total_cmp(&scores[a])
+                .then(tie_rank[a].cmp(&tie_rank[b]))
+        });
         for &i in rows.iter().take(keep) {
             weights[i] = 1.0;
         }
@@ -425,13 +435,16 @@ mod tests {
     }
 
     #[test]
-    fn top_fraction_breaks_ties_by_row_order() {
-        let weights = top_fraction(&[0.5, 0.9, 0.5, 0.1], 0.5, None);
+    fn top_fraction_breaks_ties_by_id_order() {
+        let in_order = [0, 1, 2, 3];
+        let weights = top_fraction(&[0.5, 0.9, 0.5, 0.1], 0.5, None, &in_order);
         assert_eq!(weights, vec![1.0, 1.0, 0.0, 0.0]);
-        let weights = top_fraction(&[0.5, 0.9, 0.5, 0.1], 0.5, Some(&[0, 0, 1, 1]));
+        let weights = top_fraction(&[0.5, 0.9, 0.5, 0.1], 0.5, None, &[3, 0, 1, 2]);
+        assert_eq!(weights, vec![0.0, 1.0, 1.0, 0.0]);
+        let weights = top_fraction(&[0.5, 0.9, 0.5, 0.1], 0.5, Some(&[0, 0, 1, 1]), &in_order);
         assert_eq!(weights, vec![0.0, 1.0, 1.0, 0.0]);
         assert_eq!(
-            top_fraction(&[1.0, 2.0, 3.0], 0.01, None),
+            top_fraction(&[1.0, 2.0, 3.0], 0.01, None, &in_order[..3]),
             vec![0.0, 0.0, 1.0]
         );
     }

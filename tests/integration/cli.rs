@@ -67,3 +67,50 @@ fn broken_pipe_is_success() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_without_output() {
+    let rows: String = (0..1_500_000)
+        .map(|i| format!("{{\"id\": {i}, \"text\": \"row {i}\"}}\n"))
+        .collect();
+    let test = Test::new().file("big.jsonl", rows);
+    let mut child = curate_command(&test.path(""))
+        .args(["convert", "big.jsonl", "--out", "out.parquet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The temporary output appears once the handler is installed and work has begun.
+    let started = std::time::Instant::now();
+    while !test
+        .entries()
+        .iter()
+        .any(|name| name.ends_with(".curate-tmp"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no temporary output appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
+    assert_eq!(
+        test.entries(),
+        ["big.jsonl"],
+        "no output and no temporary file"
+    );
+}

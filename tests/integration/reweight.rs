@@ -273,6 +273,29 @@ fn topk_keeps_the_best_fraction() {
         .collect();
     // scores: 0,7,4,1,8,5,2,9,6,3 -> the top three are ids 7 (9), 4 (8), 1 (7), kept in input order.
     assert_eq!(ids, vec![1, 4, 7]);
+
+    // Equal scores: the smaller id wins, wherever its row is.
+    let tied = "{\"id\": \"b\", \"score\": 1}\n{\"id\": \"a\", \"score\": 1}\n{\"id\": \"c\", \"score\": 0}\n";
+    let mut test = Test::new().file("t.jsonl", tied);
+    let out = test
+        .args([
+            "reweight",
+            "t.jsonl",
+            "--rule",
+            "topk",
+            "--fraction",
+            "0.34",
+            "--out",
+            "-",
+        ])
+        .run()
+        .success();
+    let weights: Vec<f64> = out
+        .json_lines()
+        .iter()
+        .map(|r| r["weight"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, vec![0.0, 1.0, 0.0]);
 }
 
 #[test]
