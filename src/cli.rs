@@ -130,6 +130,11 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
 
+    /// Write only shard I of N (0-based; contiguous rows, shards concatenate back to the
+    /// whole), or `auto` from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+
     /// Replace the output file if it exists.
     #[arg(long)]
     pub force: bool,

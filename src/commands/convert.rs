@@ -8,9 +8,14 @@ use polars::prelude::*;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::ConvertArgs;
-use crate::table::{self, ColumnRole, Input, Output};
+use crate::error::{InputError, usage};
+use crate::table::{self, ColumnRole, Input, Output, Shard};
 
 pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
+    let shard = match &args.shard {
+        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
+        None => Shard::WHOLE,
+    };
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let output = Output::create(&args.out, args.output_format.map(Into::into), args.force)?;
 
@@ -34,11 +39,27 @@ pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(limit) = args.limit {
         query = query.limit(limit as IdxSize);
     }
+    if shard != Shard::WHOLE {
+        let total = input.collect(query.clone().select([len().alias("rows")]))?;
+        let total = total
+            .column("rows")?
+            .get(0)?
+            .extract::<usize>()
+            .unwrap_or(0);
+        if total == 0 {
+            return Err(InputError::new(input.label(), "no rows").into());
+        }
+        // A shard past the end of a small table is empty, which is fine for an array job.
+        let rows = shard.rows(total);
+        query = query.slice(rows.start as i64, rows.len() as IdxSize);
+    }
     let spinner = context.printer.spinner("reading");
     let frame = input.collect(query)?;
     spinner.finish_and_clear();
 
-    table::require_rows(&frame, input.label())?;
+    if shard == Shard::WHOLE {
+        table::require_rows(&frame, input.label())?;
+    }
     if let Some(id_col) = &args.id_col {
         table::require_unique_ids(&frame, input.label(), ColumnRole::new(id_col, "--id-col"))?;
     }

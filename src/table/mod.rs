@@ -3,6 +3,7 @@
 mod format;
 mod provenance;
 mod read;
+mod shard;
 mod summary;
 mod validate;
 mod write;
@@ -10,6 +11,7 @@ mod write;
 pub use format::Format;
 pub use provenance::{InputDigest, Provenance};
 pub use read::Input;
+pub use shard::Shard;
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
 pub use validate::{
     ColumnRole, Expected, id_column, missing_column, require_column, require_probability_columns,

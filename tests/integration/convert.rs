@@ -177,3 +177,60 @@ fn force_replaces_an_existing_output() {
     );
     assert_eq!(test.entries(), ["base.jsonl", "out.jsonl"]);
 }
+
+#[test]
+fn shards_concatenate_to_the_whole() {
+    let rows: String = (0..10).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    let mut test = Test::new().file("in.jsonl", rows.as_str());
+    let mut joined = Vec::new();
+    for index in 0..4 {
+        let shard = format!("{index}/4");
+        let out = test
+            .args([
+                "convert",
+                "in.jsonl",
+                "--out",
+                "-",
+                "--shard",
+                shard.as_str(),
+            ])
+            .run()
+            .success();
+        let part = out.json_lines();
+        assert!(
+            part.len() == 2 || part.len() == 3,
+            "{shard}: {}",
+            part.len()
+        );
+        joined.extend(part);
+    }
+    assert_eq!(joined, parse_lines(&rows));
+    // More shards than rows: the extra shards are empty, not errors.
+    let out = test
+        .args(["convert", "in.jsonl", "--out", "-", "--shard", "0/12"])
+        .run()
+        .success();
+    assert!(out.json_lines().is_empty());
+}
+
+#[test]
+fn shard_auto_reads_slurm_array_variables() {
+    let rows: String = (0..6).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    let test = Test::new().file("in.jsonl", rows);
+    let output = crate::test::curate_command(&test.path(""))
+        .args(["convert", "in.jsonl", "--out", "-", "--shard", "auto"])
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .env("SLURM_ARRAY_TASK_MIN", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "{\"id\":2}\n{\"id\":3}\n"
+    );
+    let mut test = test;
+    test.args(["convert", "in.jsonl", "--out", "x.jsonl", "--shard", "3/3"])
+        .run()
+        .invalid("--shard 3/3: shards are numbered from 0 to 2");
+}
