@@ -40,12 +40,7 @@ pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
         query = query.limit(limit as IdxSize);
     }
     if shard != Shard::WHOLE {
-        let total = input.collect(query.clone().select([len().alias("rows")]))?;
-        let total = total
-            .column("rows")?
-            .get(0)?
-            .extract::<usize>()
-            .unwrap_or(0);
+        let total = input.count(query.clone())?;
         if total == 0 {
             return Err(InputError::new(input.label(), "no rows").into());
         }

@@ -398,9 +398,7 @@ fn scores(
         entry.1 += 1;
     }
 
-    let explicit = args.id_col.is_some();
-    let id_name = args.id_col.as_deref().unwrap_or("id");
-    let ids = table::id_column(frame, label, ColumnRole::new(id_name, "--id-col"), explicit)?;
+    let (id_name, ids) = ids(frame, label, args)?;
     let ids = ids.cast(&DataType::String)?;
     ids.str()?
         .iter()
@@ -417,16 +415,20 @@ fn scores(
         .collect()
 }
 
+/// The id column's name and values: `--id-col`, else `id`, else the row index.
+fn ids<'a>(frame: &DataFrame, label: &str, args: &'a ReweightArgs) -> Result<(&'a str, Column)> {
+    let name = args.id_col.as_deref().unwrap_or("id");
+    let role = ColumnRole::new(name, "--id-col");
+    Ok((
+        name,
+        table::id_column(frame, label, role, args.id_col.is_some())?,
+    ))
+}
+
 /// Each row's position when rows are sorted by id (integers numerically, text bytewise), so
 /// ties are broken by id as every command does.
 fn id_order(frame: &DataFrame, label: &str, args: &ReweightArgs) -> Result<Vec<usize>> {
-    let name = args.id_col.as_deref().unwrap_or("id");
-    let ids = table::id_column(
-        frame,
-        label,
-        ColumnRole::new(name, "--id-col"),
-        args.id_col.is_some(),
-    )?;
+    let (_, ids) = ids(frame, label, args)?;
     let mut order: Vec<usize> = (0..frame.height()).collect();
     if ids.dtype().is_integer() {
         let ids = ids.cast(&DataType::Int64)?;

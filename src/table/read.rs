@@ -158,11 +158,12 @@ impl Input {
 
     /// Row count without reading the data where the format allows (Parquet, IPC footers).
     pub fn row_count(&self) -> Result<usize, InputError> {
-        let counted = self
-            .scan()?
-            .select([len().alias("rows")])
-            .collect()
-            .map_err(|err| self.read_error(&err))?;
+        self.count(self.scan()?)
+    }
+
+    /// Rows a query built on [`scan`](Input::scan) yields, without materialising them.
+    pub fn count(&self, query: LazyFrame) -> Result<usize, InputError> {
+        let counted = self.collect(query.select([len().alias("rows")]))?;
         let value = counted
             .column("rows")
             .and_then(|c| c.get(0))

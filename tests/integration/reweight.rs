@@ -21,6 +21,11 @@ fn read_lines(test: &Test, name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// One field of every row, as numbers.
+fn numbers(rows: &[Value], field: &str) -> Vec<f64> {
+    rows.iter().map(|r| r[field].as_f64().unwrap()).collect()
+}
+
 /// Weighted and unweighted mean difficulty, and total weight, per domain.
 fn domain_stats(rows: &[Value]) -> HashMap<String, (f64, f64, f64)> {
     let mut acc: HashMap<String, (f64, f64, f64, f64)> = HashMap::new();
@@ -227,7 +232,7 @@ fn influence_scores_weight_groups() {
     .run()
     .success();
     let rows = read_lines(&test, "w.jsonl");
-    let w: Vec<f64> = rows.iter().map(|r| r["weight"].as_f64().unwrap()).collect();
+    let w = numbers(&rows, "weight");
     assert!(w[1] > w[0] && w[5] > w[4]);
     assert!((w[..4].iter().sum::<f64>() - 4.0).abs() < 1e-9);
     assert!((w[4..].iter().sum::<f64>() - 2.0).abs() < 1e-9);
@@ -290,11 +295,7 @@ fn topk_keeps_the_best_fraction() {
         ])
         .run()
         .success();
-    let weights: Vec<f64> = out
-        .json_lines()
-        .iter()
-        .map(|r| r["weight"].as_f64().unwrap())
-        .collect();
+    let weights = numbers(&out.json_lines(), "weight");
     assert_eq!(weights, vec![0.0, 1.0, 0.0]);
 }
 
@@ -399,9 +400,6 @@ fn continuous_difficulty_is_binned() {
     ])
     .run()
     .success();
-    let weights: Vec<f64> = read_lines(&test, "w.jsonl")
-        .iter()
-        .map(|r| r["weight"].as_f64().unwrap())
-        .collect();
+    let weights = numbers(&read_lines(&test, "w.jsonl"), "weight");
     assert_eq!(weights, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 4.0]);
 }
