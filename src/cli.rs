@@ -55,6 +55,9 @@ pub enum Command {
     /// Reweight a training mix by difficulty (the flip), by influence scores, or keep the top
     /// fraction by score; write weights or a resampled table, and a before/after audit.
     Reweight(ReweightArgs),
+    /// Train a small Llama-family causal LM (or continue training one) on prompt/response
+    /// text, with loss on the response tokens; saved in Hugging Face layout.
+    Train(TrainArgs),
 }
 
 /// The table formats, as flags name them.
@@ -296,4 +299,159 @@ mod tests {
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+/// The model architectures `curate train` can build from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    Llama,
+    Qwen2,
+}
+
+/// Learning-rate schedules after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Floating-point precision of model computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("start").args(["config", "model"])))]
+pub struct TrainArgs {
+    /// Training table with prompt and response text columns ('-' reads stdin).
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// Output model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: String,
+
+    /// Start from a Hugging Face config.json (random weights) instead of the shape flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// Continue training a model directory (its weights and tokenizer).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<String>,
+
+    /// Use this tokenizer.json instead of training a byte-level BPE on the input.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<String>,
+
+    /// Vocabulary size of the trained tokenizer (and of the model built from flags).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub vocab_size: usize,
+
+    /// Architecture when building from flags.
+    #[arg(long, value_enum, default_value = "llama")]
+    pub arch: ArchArg,
+
+    /// Hidden size when building from flags.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub hidden_size: usize,
+
+    /// MLP intermediate size when building from flags.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub intermediate_size: usize,
+
+    /// Decoder layers when building from flags.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub layers: usize,
+
+    /// Attention heads when building from flags.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub heads: usize,
+
+    /// Key/value heads (grouped-query attention) when building from flags.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub kv_heads: usize,
+
+    /// Maximum sequence length (positions) when building from flags.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_positions: usize,
+
+    /// Tie the output projection to the token embeddings when building from flags.
+    #[arg(long)]
+    pub tie_embeddings: bool,
+
+    /// Column with the prompt text (no loss).
+    #[arg(long, default_value = "prompt", value_name = "COLUMN")]
+    pub prompt_col: String,
+
+    /// Column with the response text (loss on these tokens).
+    #[arg(long, default_value = "response", value_name = "COLUMN")]
+    pub response_col: String,
+
+    /// Passes over the data.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub epochs: usize,
+
+    /// Total optimizer steps instead of --epochs.
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+
+    /// Sequences per batch (batches group sequences of similar length).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
+    pub lr: f64,
+
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub warmup: usize,
+
+    /// Decay after warmup, to zero at the last step.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.01, value_name = "W")]
+    pub weight_decay: f64,
+
+    /// Clip the global gradient norm to this value (0 disables).
+    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
+    pub grad_clip: f64,
+
+    /// Write a checkpoint every N steps (always on Ctrl-C and at --stop-after).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+
+    /// Checkpoint directory [default: OUT.checkpoint].
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<String>,
+
+    /// Continue from the checkpoint of an earlier run with the same data and flags.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Stop after N steps of this run, leaving a checkpoint for --resume (for jobs with a
+    /// wall-time limit).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+
+    /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
+    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Compute precision (weights are saved as float32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Input format, when the extension does not say.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<FormatArg>,
 }

@@ -7,8 +7,10 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod interrupt;
+pub mod model;
 pub mod printer;
 pub mod reweight;
+pub mod rng;
 pub mod table;
 
 use std::ffi::OsString;

@@ -2,7 +2,9 @@
 
 mod convert;
 mod inspect;
+mod output_dir;
 mod reweight;
+mod train;
 
 use anyhow::Result;
 
@@ -31,5 +33,6 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Inspect(args) => inspect::run(args, context),
         Command::Convert(args) => convert::run(args, context),
         Command::Reweight(args) => reweight::run(args, context),
+        Command::Train(args) => train::run(args, context),
     }
 }

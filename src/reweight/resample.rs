@@ -1,5 +1,7 @@
 //! Systematic resampling: integer copies per row whose expected value is the row's weight.
 
+use crate::rng::unit_interval;
+
 /// Copies per row: within each group (a domain, or everything), `round(sum of weights)` draws
 /// at evenly spaced positions `u + j` over the cumulative weights, `u` drawn once per group
 /// from `seed`. Every row gets the floor or the ceiling of its weight, the group total is
@@ -34,17 +36,6 @@ pub fn systematic(weights: &[f64], groups: &[usize], seed: u64) -> Vec<u32> {
         }
     }
     copies
-}
-
-/// A uniform number in [0, 1) from (seed, stream), by SplitMix64.
-fn unit_interval(seed: u64, stream: u64) -> f64 {
-    let mut z = seed
-        .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -5,5 +5,6 @@ mod cli_reference;
 mod convert;
 mod errors;
 mod inspect;
+mod model;
 mod reweight;
 mod test;

@@ -1,0 +1,456 @@
+//! `curate train`: train or continue a small causal LM on prompt/response text.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use burn::tensor::DType;
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+use super::Context;
+use super::output_dir::OutputDir;
+use crate::ExitStatus;
+use crate::cli::{ArchArg, DtypeArg, ScheduleArg, TrainArgs};
+use crate::error::{InputError, Interrupted, usage};
+use crate::interrupt;
+use crate::model::train::{Schedule, TrainSettings, Trainer};
+use crate::model::{
+    Architecture, DeviceSpec, LanguageModel, LmConfig, LoadOptions, Sequence, tokenizer,
+};
+use crate::table::{self, ColumnRole, Expected, Input};
+
+const TRAINER_STATE: &str = "trainer.json";
+const OPTIMIZER_STATE: &str = "optimizer.bpk";
+const CHECKPOINT_MODEL: &str = "model";
+
+pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
+    check_flags(&args)?;
+    let device_spec: DeviceSpec = args.device.parse().map_err(usage)?;
+    let device = device_spec.device().map_err(usage)?;
+    let dtype = match args.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F64 => DType::F64,
+    };
+    let out = PathBuf::from(&args.out);
+    let checkpoint_dir = args
+        .checkpoint_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling(&out, "checkpoint"));
+    let output = OutputDir::create(&out, args.force)?;
+    if args.resume && !checkpoint_dir.join(TRAINER_STATE).is_file() {
+        return Err(usage(format!(
+            "--resume: no checkpoint in {} (it is written on Ctrl-C, --stop-after and --checkpoint-every)",
+            checkpoint_dir.display()
+        )));
+    }
+
+    let input = Input::open(&args.input, args.input_format.map(Into::into))?;
+    let (prompts, responses) = read_texts(&input, &args)?;
+
+    // The starting model: a checkpoint, a model directory, or a fresh one.
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::inference(&device, dtype)
+    };
+    let mut lm = if args.resume {
+        LanguageModel::load(&checkpoint_dir.join(CHECKPOINT_MODEL), &options)?
+    } else if let Some(dir) = &args.model {
+        let mut lm = LanguageModel::load(Path::new(dir), &options)?;
+        if let Some(path) = &args.tokenizer {
+            lm.tokenizer = Some(read_tokenizer(path)?);
+        }
+        lm
+    } else {
+        let tokenizer = match &args.tokenizer {
+            Some(path) => read_tokenizer(path)?,
+            None => tokenizer::train_byte_level_bpe(
+                prompts.iter().chain(&responses).map(String::as_str),
+                args.vocab_size,
+            )?,
+        };
+        let config = initial_config(&args, &tokenizer)?;
+        LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?
+    };
+    let Some(tok) = lm.tokenizer.clone() else {
+        return Err(usage(format!(
+            "{}: the model has no tokenizer.json; give one with --tokenizer",
+            args.model.as_deref().unwrap_or("model")
+        )));
+    };
+
+    let sequences = encode_rows(&input, &args, &lm, &tok, &prompts, &responses)?;
+    let settings = TrainSettings {
+        epochs: args.epochs,
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_steps: args.warmup,
+        schedule: match args.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Linear => Schedule::Linear,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        },
+        weight_decay: args.weight_decay,
+        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        seed: context.seed,
+        ..TrainSettings::default()
+    };
+    let digest = input.digest()?;
+    let fingerprint = fingerprint(&digest.sha256, &settings, &lm, &tok);
+    let mut trainer = Trainer::new(settings, sequences.iter().map(Sequence::len).collect());
+    if args.resume {
+        resume(&mut trainer, &checkpoint_dir, &fingerprint)?;
+    }
+
+    let mut provenance = context.provenance();
+    provenance.add_input(digest);
+    let total = trainer.total_steps();
+    let mut err = context.printer.stderr();
+    writeln!(
+        err,
+        "training {} ({} parameters) on {} sequences: {} steps{}",
+        lm.config.architecture.model_type(),
+        lm.config.parameter_count(),
+        sequences.len(),
+        total,
+        if trainer.step > 0 {
+            format!(", resuming at step {}", trainer.step)
+        } else {
+            String::new()
+        }
+    )?;
+
+    let bar = context.printer.progress_bar(total as u64, "train");
+    bar.set_position(trainer.step as u64);
+    let started = Instant::now();
+    let (mut tokens_seen, mut last_loss, mut steps_this_run) = (0usize, f64::NAN, 0usize);
+    let mut model = lm.model.clone();
+    while !trainer.is_done() {
+        if interrupt::check().is_err() {
+            lm.model = model;
+            save_checkpoint(&lm, &trainer, &checkpoint_dir, &fingerprint)?;
+            bar.abandon();
+            writeln!(
+                err,
+                "stopped at step {}; checkpoint in {} (continue with --resume)",
+                trainer.step,
+                checkpoint_dir.display()
+            )?;
+            return Err(Interrupted.into());
+        }
+        let (next, report) = trainer.train_step(&lm, model, &sequences);
+        model = next;
+        if !report.loss.is_finite() {
+            return Err(anyhow::anyhow!(
+                "loss became {} at step {}; lower --lr",
+                report.loss,
+                report.step
+            ));
+        }
+        tokens_seen += report.tokens;
+        last_loss = report.loss;
+        steps_this_run += 1;
+        let rate = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {:.4}, {:.0} tok/s", report.loss, rate));
+        bar.inc(1);
+        tracing::debug!(
+            step = report.step,
+            loss = report.loss,
+            lr = report.learning_rate,
+            grad_norm = report.grad_norm,
+            "step"
+        );
+        let periodic = args
+            .checkpoint_every
+            .is_some_and(|every| trainer.step % every == 0 && !trainer.is_done());
+        let stopping = args.stop_after == Some(steps_this_run) && !trainer.is_done();
+        if periodic || stopping {
+            lm.model = model.clone();
+            save_checkpoint(&lm, &trainer, &checkpoint_dir, &fingerprint)?;
+        }
+        if stopping {
+            bar.finish_and_clear();
+            writeln!(
+                err,
+                "stopped after {steps_this_run} steps (step {} of {total}); checkpoint in {} (continue with --resume)",
+                trainer.step,
+                checkpoint_dir.display()
+            )?;
+            return Ok(ExitStatus::Success);
+        }
+    }
+    bar.finish_and_clear();
+    lm.model = model;
+
+    lm.save(output.path(), &provenance.key_values())?;
+    output.commit()?;
+    if checkpoint_dir.exists() {
+        std::fs::remove_dir_all(&checkpoint_dir)
+            .with_context(|| format!("cannot remove {}", checkpoint_dir.display()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    writeln!(
+        err,
+        "trained {steps_this_run} steps in {seconds:.1}s ({:.0} tokens/s), last loss {last_loss:.4}; wrote {}",
+        tokens_seen as f64 / seconds.max(1e-9),
+        out.display()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+fn check_flags(args: &TrainArgs) -> Result<()> {
+    let positive = [
+        ("--batch-size", args.batch_size),
+        ("--vocab-size", args.vocab_size),
+        ("--hidden-size", args.hidden_size),
+        ("--intermediate-size", args.intermediate_size),
+        ("--layers", args.layers),
+        ("--heads", args.heads),
+        ("--kv-heads", args.kv_heads),
+        ("--max-positions", args.max_positions),
+    ];
+    for (flag, value) in positive {
+        if value == 0 {
+            return Err(usage(format!("{flag} must be positive")));
+        }
+    }
+    if args.steps == Some(0) || (args.steps.is_none() && args.epochs == 0) {
+        return Err(usage(
+            "nothing to train: --epochs and --steps must be positive",
+        ));
+    }
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(usage("--lr must be a positive number"));
+    }
+    if args.checkpoint_every == Some(0) || args.stop_after == Some(0) {
+        return Err(usage(
+            "--checkpoint-every and --stop-after must be positive",
+        ));
+    }
+    if args.config.is_none() && args.model.is_none() {
+        if args.hidden_size % args.heads != 0 || (args.hidden_size / args.heads) % 2 != 0 {
+            return Err(usage(format!(
+                "--hidden-size {} must split into --heads {} heads of even size",
+                args.hidden_size, args.heads
+            )));
+        }
+        if args.heads % args.kv_heads != 0 {
+            return Err(usage("--heads must be a multiple of --kv-heads"));
+        }
+    }
+    Ok(())
+}
+
+/// `DIR.<suffix>` beside `DIR`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}
+
+fn read_tokenizer(path: &str) -> Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| InputError::new(path, format!("not a tokenizer: {e}")).into())
+}
+
+fn read_texts(input: &Input, args: &TrainArgs) -> Result<(Vec<String>, Vec<String>)> {
+    let frame = input.read()?;
+    let label = input.label();
+    table::require_rows(&frame, label)?;
+    let mut columns = Vec::new();
+    for (name, flag) in [
+        (&args.prompt_col, "--prompt-col"),
+        (&args.response_col, "--response-col"),
+    ] {
+        let column =
+            table::require_type(&frame, label, ColumnRole::new(name, flag), Expected::Text)?;
+        let values = column.str().expect("checked string type");
+        let mut texts = Vec::with_capacity(values.len());
+        for (index, value) in values.iter().enumerate() {
+            let text = value.ok_or_else(|| {
+                InputError::new(label, "missing text (null)")
+                    .column(name.as_str())
+                    .row(index + 1)
+            })?;
+            texts.push(text.to_string());
+        }
+        columns.push(texts);
+    }
+    let responses = columns.pop().expect("two columns");
+    let prompts = columns.pop().expect("two columns");
+    Ok((prompts, responses))
+}
+
+fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
+    let vocab = tokenizer.get_vocab_size(true);
+    let end_of_text = tokenizer.token_to_id(tokenizer::END_OF_TEXT);
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| InputError::new(path.as_str(), format!("cannot read: {e}")))?;
+            let config =
+                LmConfig::from_json(&text).map_err(|m| InputError::new(path.as_str(), m))?;
+            if config.vocab_size < vocab {
+                return Err(InputError::new(
+                    path.as_str(),
+                    format!(
+                        "vocab size mismatch: vocab_size {} is smaller than the tokenizer's {vocab} tokens",
+                        config.vocab_size
+                    ),
+                )
+                .into());
+            }
+            config
+        }
+        None => {
+            let architecture = match args.arch {
+                ArchArg::Llama => Architecture::Llama,
+                ArchArg::Qwen2 => Architecture::Qwen2,
+            };
+            let mut config = LmConfig::new(
+                architecture,
+                vocab,
+                args.hidden_size,
+                args.intermediate_size,
+                args.layers,
+                args.heads,
+                args.kv_heads,
+            );
+            config.max_position_embeddings = args.max_positions;
+            config.tie_word_embeddings = args.tie_embeddings;
+            config
+        }
+    };
+    if config.eos_token_id.is_none() {
+        config.eos_token_id = end_of_text;
+    }
+    if config.pad_token_id.is_none() {
+        config.pad_token_id = config.eos_token_id;
+    }
+    Ok(config)
+}
+
+/// Tokenise every row; a row with no response tokens or longer than the model's positions is
+/// an input error naming the row.
+fn encode_rows(
+    input: &Input,
+    args: &TrainArgs,
+    lm: &LanguageModel,
+    tok: &Tokenizer,
+    prompts: &[String],
+    responses: &[String],
+) -> Result<Vec<Sequence>> {
+    let label = input.label();
+    let eos = lm.config.eos_token_id;
+    let limit = lm.config.max_position_embeddings;
+    let mut sequences = Vec::with_capacity(prompts.len());
+    for (index, (prompt, response)) in prompts.iter().zip(responses).enumerate() {
+        let row = index + 1;
+        let sequence = tokenizer::prompt_response(tok, prompt, response, eos)
+            .map_err(|e| InputError::new(label, format!("cannot tokenise: {e}")).row(row))?;
+        if response.is_empty() || sequence.loss_tokens() == 0 {
+            return Err(
+                InputError::new(label, "empty response (no tokens to train on)")
+                    .column(args.response_col.as_str())
+                    .row(row)
+                    .into(),
+            );
+        }
+        if sequence.len() > limit {
+            return Err(InputError::new(
+                label,
+                format!(
+                    "{} tokens, more than the model's {limit} positions (max_position_embeddings)",
+                    sequence.len()
+                ),
+            )
+            .row(row)
+            .into());
+        }
+        if let Some(&bad) = sequence
+            .input_ids
+            .iter()
+            .find(|&&t| t as usize >= lm.config.vocab_size)
+        {
+            return Err(InputError::new(
+                label,
+                format!(
+                    "token id {bad} is outside the model's vocab_size {}",
+                    lm.config.vocab_size
+                ),
+            )
+            .row(row)
+            .into());
+        }
+        sequences.push(sequence);
+    }
+    Ok(sequences)
+}
+
+/// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer.
+fn fingerprint(
+    data_sha256: &str,
+    settings: &TrainSettings,
+    lm: &LanguageModel,
+    tok: &Tokenizer,
+) -> String {
+    let mut hash = Sha256::new();
+    hash.update(data_sha256.as_bytes());
+    hash.update(format!("{settings:?}").as_bytes());
+    hash.update(lm.config.to_json().as_bytes());
+    hash.update(tok.to_string(false).unwrap_or_default().as_bytes());
+    format!("{:x}", hash.finalize())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    fingerprint: String,
+}
+
+fn save_checkpoint(
+    lm: &LanguageModel,
+    trainer: &Trainer,
+    dir: &Path,
+    fingerprint: &str,
+) -> Result<()> {
+    let staged = OutputDir::create(dir, true)?;
+    let model_dir = staged.path().join(CHECKPOINT_MODEL);
+    std::fs::create_dir(&model_dir)
+        .with_context(|| format!("cannot create {}", model_dir.display()))?;
+    lm.save(&model_dir, &[])?;
+    trainer.save_optimizer(&staged.path().join(OPTIMIZER_STATE))?;
+    let state = TrainerState {
+        step: trainer.step,
+        fingerprint: fingerprint.to_string(),
+    };
+    std::fs::write(
+        staged.path().join(TRAINER_STATE),
+        serde_json::to_string_pretty(&serde_json::json!(state))?,
+    )?;
+    staged.commit()
+}
+
+fn resume(trainer: &mut Trainer, dir: &Path, fingerprint: &str) -> Result<()> {
+    let path = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
+        InputError::new(
+            path.display().to_string(),
+            format!("not a trainer state: {e}"),
+        )
+    })?;
+    if state.fingerprint != fingerprint {
+        return Err(usage(format!(
+            "--resume: the checkpoint in {} was made with other data or flags",
+            dir.display()
+        )));
+    }
+    trainer.load_optimizer(&dir.join(OPTIMIZER_STATE))?;
+    trainer.step = state.step;
+    Ok(())
+}

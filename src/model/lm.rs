@@ -1,0 +1,486 @@
+//! The Llama-family causal LM as transformers defines it (Llama, Qwen2): RMSNorm, rotary
+//! embeddings, grouped-query attention, SwiGLU MLP.
+//!
+//! Modules are built from a [`TensorSource`] (a checkpoint or a seeded initialiser) by the
+//! Hugging Face tensor names, and list the same names back for saving, so one naming scheme
+//! covers loading, saving and the tracked-module regex.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+
+use super::batch::TokenBatch;
+use super::capture::Capture;
+use super::config::LmConfig;
+use super::weights::TensorSource;
+
+/// How a parameter is initialised when training from scratch (transformers' `_init_weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Normal(0, initializer_range).
+    Normal,
+    Zeros,
+    Ones,
+}
+
+/// One tensor of the checkpoint: its Hugging Face name, shape and initialiser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+/// The checkpoint's key map: every tensor the model reads, in a fixed order (which also fixes
+/// the parameter ids, so optimizer state survives a save and reload).
+pub fn tensor_specs(config: &LmConfig) -> Vec<TensorSpec> {
+    let h = config.hidden_size;
+    let q = config.num_heads * config.head_dim;
+    let kv = config.num_kv_heads * config.head_dim;
+    let i = config.intermediate_size;
+    let mut specs = Vec::new();
+    let mut push =
+        |name: String, shape: Vec<usize>, init: Init| specs.push(TensorSpec { name, shape, init });
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![config.vocab_size, h],
+        Init::Normal,
+    );
+    for layer in 0..config.num_layers {
+        let p = format!("model.layers.{layer}");
+        let linears = [
+            ("self_attn.q_proj", q, h, config.qkv_bias),
+            ("self_attn.k_proj", kv, h, config.qkv_bias),
+            ("self_attn.v_proj", kv, h, config.qkv_bias),
+            ("self_attn.o_proj", h, q, config.o_bias),
+            ("mlp.gate_proj", i, h, config.mlp_bias),
+            ("mlp.up_proj", i, h, config.mlp_bias),
+            ("mlp.down_proj", h, i, config.mlp_bias),
+        ];
+        push(format!("{p}.input_layernorm.weight"), vec![h], Init::Ones);
+        for (name, out, inp, bias) in linears {
+            push(format!("{p}.{name}.weight"), vec![out, inp], Init::Normal);
+            if bias {
+                push(format!("{p}.{name}.bias"), vec![out], Init::Zeros);
+            }
+        }
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            Init::Ones,
+        );
+    }
+    push("model.norm.weight".into(), vec![h], Init::Ones);
+    if !config.tie_word_embeddings {
+        push(
+            "lm_head.weight".into(),
+            vec![config.vocab_size, h],
+            Init::Normal,
+        );
+    }
+    specs
+}
+
+/// A linear layer in PyTorch layout (`weight` is out x in), named so it can be tracked.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub name: String,
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    fn load(source: &mut TensorSource, name: &str, bias: bool) -> anyhow::Result<Self> {
+        Ok(Linear {
+            name: name.to_string(),
+            weight: source.param(&format!("{name}.weight"))?,
+            bias: if bias {
+                Some(source.param(&format!("{name}.bias"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+
+    /// `y = x W^T + b`; a tracked layer adds its zero probe to `y` and keeps `x`.
+    pub fn forward(&self, input: Tensor<3>, capture: &mut Capture) -> Tensor<3> {
+        let [batch, seq, features] = input.dims();
+        let flat = input.clone().reshape([batch * seq, features]);
+        let mut output = flat.matmul(self.weight.val().transpose());
+        if let Some(bias) = &self.bias {
+            output = output + bias.val().unsqueeze_dim(0);
+        }
+        let output = output.reshape([batch, seq, self.out_features()]);
+        capture.observe(&self.name, self.bias.is_some(), input, output)
+    }
+
+    fn tensors(&self, out: &mut Vec<(String, Tensor<2>)>) {
+        out.push((format!("{}.weight", self.name), self.weight.val()));
+        if let Some(bias) = &self.bias {
+            out.push((format!("{}.bias", self.name), bias.val().unsqueeze_dim(0)));
+        }
+    }
+}
+
+/// RMSNorm as transformers computes it: `w * x / sqrt(mean(x^2) + eps)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub name: String,
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn load(source: &mut TensorSource, name: &str, eps: f64) -> anyhow::Result<Self> {
+        Ok(RmsNorm {
+            name: name.to_string(),
+            weight: source.param(&format!("{name}.weight"))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let rms = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt();
+        (x / rms) * self.weight.val().unsqueeze_dim::<2>(0).unsqueeze_dim(0)
+    }
+
+    fn tensors(&self, out: &mut Vec<(String, Tensor<2>)>) {
+        out.push((
+            format!("{}.weight", self.name),
+            self.weight.val().unsqueeze_dim(0),
+        ));
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Per-batch tensors every layer shares: rotary tables and the attention mask.
+pub struct LayerInputs {
+    /// `[B, 1, T, head_dim]`, the halves repeated as transformers does.
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// `[B, 1, T, T]`, true where a query may not see a key (future or padding).
+    masked: Tensor<4, Bool>,
+    /// Most negative finite value of the compute dtype: a fully masked row stays finite.
+    mask_value: f64,
+}
+
+fn rotate_half(x: Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.narrow(3, half, half);
+    Tensor::cat(vec![second.neg(), first], 3)
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, shared: &LayerInputs, capture: &mut Capture) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let q = heads(self.q_proj.forward(x.clone(), capture), self.num_heads);
+        let k = heads(self.k_proj.forward(x.clone(), capture), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x, capture), self.num_kv_heads);
+
+        let q = q.clone() * shared.cos.clone() + rotate_half(q) * shared.sin.clone();
+        let k = k.clone() * shared.cos.clone() + rotate_half(k) * shared.sin.clone();
+        let k = self.repeat_kv(k);
+        let v = self.repeat_kv(v);
+
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let scores = scores.mask_fill(
+            shared
+                .masked
+                .clone()
+                .expand([batch, self.num_heads, seq, seq]),
+            shared.mask_value,
+        );
+        let weights = softmax(scores, 3);
+        let context =
+            weights
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([batch, seq, self.num_heads * self.head_dim]);
+        self.o_proj.forward(context, capture)
+    }
+
+    /// Grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`.
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let repeats = self.num_heads / self.num_kv_heads;
+        if repeats == 1 {
+            return x;
+        }
+        let [batch, kv_heads, seq, dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, repeats, seq, dim])
+            .reshape([batch, kv_heads * repeats, seq, dim])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>, capture: &mut Capture) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone(), capture));
+        let up = self.up_proj.forward(x, capture);
+        self.down_proj.forward(gate * up, capture)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: Tensor<3>, shared: &LayerInputs, capture: &mut Capture) -> Tensor<3> {
+        let attended =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), shared, capture);
+        let x = x + attended;
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()), capture);
+        x + mlp
+    }
+}
+
+/// The whole causal LM.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when the output projection is tied to the embeddings.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    pub rope_theta: f64,
+}
+
+impl CausalLm {
+    /// Build the model from a checkpoint or an initialiser; every tensor of
+    /// [`tensor_specs`] is taken from `source`.
+    pub fn build(config: &LmConfig, source: &mut TensorSource) -> anyhow::Result<Self> {
+        let embed_tokens = source.param("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for layer in 0..config.num_layers {
+            let p = format!("model.layers.{layer}");
+            let linear = |source: &mut TensorSource, name: &str, bias: bool| {
+                Linear::load(source, &format!("{p}.{name}"), bias)
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(
+                    source,
+                    &format!("{p}.input_layernorm"),
+                    config.rms_norm_eps,
+                )?,
+                self_attn: Attention {
+                    q_proj: linear(source, "self_attn.q_proj", config.qkv_bias)?,
+                    k_proj: linear(source, "self_attn.k_proj", config.qkv_bias)?,
+                    v_proj: linear(source, "self_attn.v_proj", config.qkv_bias)?,
+                    o_proj: linear(source, "self_attn.o_proj", config.o_bias)?,
+                    num_heads: config.num_heads,
+                    num_kv_heads: config.num_kv_heads,
+                    head_dim: config.head_dim,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(source, "mlp.gate_proj", config.mlp_bias)?,
+                    up_proj: linear(source, "mlp.up_proj", config.mlp_bias)?,
+                    down_proj: linear(source, "mlp.down_proj", config.mlp_bias)?,
+                },
+                post_attention_layernorm: RmsNorm::load(
+                    source,
+                    &format!("{p}.post_attention_layernorm"),
+                    config.rms_norm_eps,
+                )?,
+            });
+        }
+        let norm = RmsNorm::load(source, "model.norm", config.rms_norm_eps)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(source.param("lm_head.weight")?)
+        };
+        Ok(CausalLm {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_theta: config.rope_theta,
+        })
+    }
+
+    /// Every tensor under its Hugging Face name, 1-d tensors as `[1, n]` (the saver squeezes).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor<2>)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.val(),
+        )];
+        for layer in &self.layers {
+            layer.input_layernorm.tensors(&mut out);
+            let attn = &layer.self_attn;
+            for linear in [&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.o_proj] {
+                linear.tensors(&mut out);
+            }
+            layer.post_attention_layernorm.tensors(&mut out);
+            for linear in [
+                &layer.mlp.gate_proj,
+                &layer.mlp.up_proj,
+                &layer.mlp.down_proj,
+            ] {
+                linear.tensors(&mut out);
+            }
+        }
+        self.norm.tensors(&mut out);
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.val()));
+        }
+        out
+    }
+
+    /// Every `Linear` in forward order (the modules `--modules` can track).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            let attn = &layer.self_attn;
+            out.extend([&attn.q_proj, &attn.k_proj, &attn.v_proj, &attn.o_proj]);
+            out.extend([
+                &layer.mlp.gate_proj,
+                &layer.mlp.up_proj,
+                &layer.mlp.down_proj,
+            ]);
+        }
+        out
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.val().dtype()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.shape()[0]
+    }
+
+    /// Logits `[B, T, vocab]` for a right- or left-padded batch.
+    pub fn forward(&self, batch: &TokenBatch, capture: &mut Capture) -> Tensor<3> {
+        let device = self.device();
+        let dtype = self.dtype();
+        let shared = self.layer_inputs(batch, &device, dtype);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]),
+            &device,
+        );
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
+        for layer in &self.layers {
+            x = layer.forward(x, &shared, capture);
+        }
+        let x = self.norm.forward(x);
+        let head = match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed_tokens.val(),
+        };
+        let [b, t, h] = x.dims();
+        x.reshape([b * t, h])
+            .matmul(head.transpose())
+            .reshape([b, t, self.vocab_size()])
+    }
+
+    /// Summed next-token cross-entropy of each sequence `[B]`: logits at t score labels at t+1,
+    /// labels of -100 are skipped (transformers' shift, without its mean).
+    pub fn sequence_losses(&self, logits: Tensor<3>, batch: &TokenBatch) -> Tensor<1> {
+        let [b, t, v] = logits.dims();
+        if t < 2 {
+            return Tensor::zeros([b], (&logits.device(), logits.dtype()));
+        }
+        let device = logits.device();
+        let (targets, weights) = batch.shifted_targets();
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, t - 1, 1]), &device);
+        let weights = Tensor::<2>::from_data(
+            TensorData::new(weights, [b, t - 1]),
+            (&device, logits.dtype()),
+        );
+        let log_probs = log_softmax(logits.narrow(1, 0, t - 1), 2);
+        debug_assert_eq!(log_probs.dims()[2], v);
+        let picked = log_probs.gather(2, targets).reshape([b, t - 1]);
+        (picked * weights).sum_dim(1).reshape([b]).neg()
+    }
+
+    fn layer_inputs(&self, batch: &TokenBatch, device: &Device, dtype: DType) -> LayerInputs {
+        let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        let (b, t) = (batch.batch, batch.seq);
+        let positions = batch.positions();
+        // transformers computes the angles in float32: inv_freq, then position * inv_freq.
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| (1.0 / self.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(b * t * head_dim);
+        let mut sin = Vec::with_capacity(b * t * head_dim);
+        for &position in &positions {
+            for _ in 0..2 {
+                for &f in &inv_freq {
+                    let angle = position as f32 * f;
+                    cos.push(angle.cos() as f64);
+                    sin.push(angle.sin() as f64);
+                }
+            }
+        }
+        let table = |values: Vec<f64>| {
+            Tensor::<4>::from_data(
+                TensorData::new(values, [b, 1, t, head_dim]),
+                (device, dtype),
+            )
+        };
+        let mut masked = Vec::with_capacity(b * t * t);
+        for row in 0..b {
+            for query in 0..t {
+                for key in 0..t {
+                    masked.push(key > query || !batch.attention_mask[row * t + key]);
+                }
+            }
+        }
+        let mask_value = match dtype {
+            DType::F64 => f64::MIN,
+            DType::F16 => -65504.0,
+            _ => f32::MIN as f64,
+        };
+        LayerInputs {
+            cos: table(cos),
+            sin: table(sin),
+            masked: Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device),
+            mask_value,
+        }
+    }
+
+    /// Parameter ids follow the key map order, so optimizer state can be matched after reload.
+    pub fn param_id(index: usize) -> ParamId {
+        ParamId::from(index as u64 + 1)
+    }
+}

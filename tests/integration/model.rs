@@ -1,0 +1,272 @@
+//! The model wrapper against transformers: logits parity on reference models, per-example
+//! gradients of one batched pass against one pass per example.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device};
+use curate::model::{
+    DeviceSpec, LanguageModel, LoadOptions, Padding, Sequence, TokenBatch, tensor_to_f64,
+};
+use regex::Regex;
+use safetensors::{Dtype, SafeTensors};
+
+/// `../shared/reference/<rel>`, or `None` (with a note) where the folder is absent.
+pub fn reference(rel: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference")
+        .join(rel);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {} is absent", path.display());
+        None
+    }
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+pub fn test_device() -> Device {
+    DeviceSpec::from_env()
+        .and_then(DeviceSpec::device)
+        .expect("CURATE_TEST_DEVICE names a device this build has")
+}
+
+/// A tensor of a safetensors file as f64 values (integers widened) and its shape.
+pub fn read_tensor(file: &Path, name: &str) -> (Vec<f64>, Vec<usize>) {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("unexpected dtype {other:?}"),
+    };
+    (values, view.shape().to_vec())
+}
+
+/// Rows of an `[N, T]` id or label tensor.
+pub fn read_rows(file: &Path, name: &str) -> Vec<Vec<i64>> {
+    let (values, shape) = read_tensor(file, name);
+    values
+        .chunks(shape[1])
+        .map(|row| row.iter().map(|&v| v as i64).collect())
+        .collect()
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn load(dir: &Path, dtype: DType) -> LanguageModel {
+    LanguageModel::load(dir, &LoadOptions::inference(&test_device(), dtype)).unwrap()
+}
+
+/// Logits of the stored query ids against the stored transformers logits.
+fn check_logits(model_dir: &Path, fixture: &Path, ids: &str, logits: &str, tolerance: f64) {
+    let lm = load(model_dir, DType::F32);
+    let rows = read_rows(fixture, ids);
+    let sequences: Vec<Sequence> = rows
+        .into_iter()
+        .map(|ids| Sequence {
+            labels: ids.clone(),
+            input_ids: ids,
+        })
+        .collect();
+    let refs: Vec<&Sequence> = sequences.iter().collect();
+    let batch = TokenBatch::pad(&refs, 0, Padding::Right);
+    let ours = tensor_to_f64(lm.logits(&batch));
+    let (expected, shape) = read_tensor(fixture, logits);
+    assert_eq!(shape, vec![batch.batch, batch.seq, lm.config.vocab_size]);
+    let diff = max_abs_diff(&ours, &expected);
+    eprintln!("{}: max |logit difference| {diff:e}", model_dir.display());
+    assert!(diff < tolerance, "max |logit difference| {diff:e}");
+}
+
+#[test]
+fn qwen2_logits_match_transformers() {
+    let Some(dir) = reference("kronfluence/tiny-qwen2") else {
+        return;
+    };
+    check_logits(
+        &dir.join("model"),
+        &dir.join("fixture.safetensors"),
+        "query_input_ids",
+        "query_logits",
+        1e-4,
+    );
+}
+
+#[test]
+fn tied_llama_logits_match_transformers() {
+    let dir = fixture("tiny-llama-tied");
+    check_logits(
+        &dir,
+        &dir.join("reference.safetensors"),
+        "input_ids",
+        "logits",
+        1e-4,
+    );
+}
+
+/// Sequences of different lengths cut from the reference's training ids, so batches pad.
+fn ragged_sequences(lengths: &[usize]) -> Option<(PathBuf, Vec<Sequence>)> {
+    let dir = reference("kronfluence/tiny-qwen2")?;
+    let fixture = dir.join("fixture.safetensors");
+    let ids = read_rows(&fixture, "train_input_ids");
+    let labels = read_rows(&fixture, "train_labels");
+    let sequences = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| Sequence {
+            input_ids: ids[i][..len].to_vec(),
+            labels: labels[i][..len].to_vec(),
+        })
+        .collect();
+    Some((dir.join("model"), sequences))
+}
+
+fn per_example_grads(
+    lm: &LanguageModel,
+    sequences: &[&Sequence],
+    padding: Padding,
+) -> Vec<Vec<f64>> {
+    let batch = TokenBatch::pad(sequences, lm.pad_id(), padding);
+    let tracked = Regex::new(curate::model::DEFAULT_TRACKED).unwrap();
+    let (_, layers) = lm.capture(&batch, &tracked).unwrap();
+    assert_eq!(layers.len(), 3 * lm.config.num_layers);
+    // Per example, every tracked layer's weight gradient flattened one after another.
+    let mut out = vec![Vec::new(); sequences.len()];
+    for layer in layers {
+        let grads = layer.per_example_weight_grads();
+        let [b, o, i] = grads.dims();
+        let values = tensor_to_f64(grads);
+        for (n, chunk) in values.chunks(o * i).enumerate().take(b) {
+            out[n].extend_from_slice(chunk);
+        }
+    }
+    out
+}
+
+#[test]
+fn batched_per_example_gradients_equal_one_pass_per_example() {
+    let Some((model_dir, sequences)) = ragged_sequences(&[16, 9, 12, 7, 16]) else {
+        return;
+    };
+    for dtype in [DType::F32, DType::F64] {
+        let lm = load(&model_dir, dtype);
+        let refs: Vec<&Sequence> = sequences.iter().collect();
+        let singles: Vec<Vec<f64>> = refs
+            .iter()
+            .map(|s| per_example_grads(&lm, &[*s], Padding::Right).remove(0))
+            .collect();
+        let scale = singles.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        let tolerance = if dtype == DType::F64 { 1e-12 } else { 1e-5 } * scale;
+        for padding in [Padding::Right, Padding::Left] {
+            let batched = per_example_grads(&lm, &refs, padding);
+            for (n, (got, want)) in batched.iter().zip(&singles).enumerate() {
+                let diff = max_abs_diff(got, want);
+                assert!(
+                    diff <= tolerance,
+                    "{dtype:?} {padding:?} example {n}: {diff:e} > {tolerance:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn probe_gradients_equal_the_weight_gradient_of_backprop() {
+    let Some((model_dir, sequences)) = ragged_sequences(&[16, 11]) else {
+        return;
+    };
+    let device = test_device();
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::inference(&device, DType::F64)
+    };
+    let lm = LanguageModel::load(&model_dir, &options).unwrap();
+    let refs: Vec<&Sequence> = sequences.iter().collect();
+    let batch = TokenBatch::pad(&refs, 0, Padding::Right);
+    // Summed over the batch, the per-example gradients are the gradient of the summed loss.
+    let probed = per_example_grads(&lm, &refs, Padding::Right);
+    let logits = lm.logits(&batch);
+    let grads = lm.model.sequence_losses(logits, &batch).sum().backward();
+    let mut offset = 0;
+    for linear in lm.model.linears() {
+        if !linear.name.contains("mlp.") {
+            continue;
+        }
+        let expected = tensor_to_f64(linear.weight.val().grad(&grads).unwrap());
+        let n = expected.len();
+        let summed: Vec<f64> = (0..n)
+            .map(|k| probed.iter().map(|g| g[offset + k]).sum())
+            .collect();
+        let diff = max_abs_diff(&summed, &expected);
+        assert!(diff < 1e-12, "{}: {diff:e}", linear.name);
+        offset += n;
+    }
+}
+
+#[test]
+fn model_errors_name_the_file_and_the_problem() {
+    let Some(dir) = reference("kronfluence/tiny-qwen2") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        std::fs::copy(dir.join("model").join(name), tmp.path().join(name)).unwrap();
+    };
+    copy("model.safetensors");
+    let config = std::fs::read_to_string(dir.join("model/config.json")).unwrap();
+    let cases = [
+        (
+            config.replace("\"qwen2\"", "\"gpt2\""),
+            "unsupported model_type \"gpt2\"",
+        ),
+        (
+            config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+            "12 tensor(s) the model does not use: model.layers.1",
+        ),
+        (
+            config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+            "missing tensor(s): model.layers.2",
+        ),
+        (
+            config.replace("\"vocab_size\": 1000", "\"vocab_size\": 999"),
+            "has shape [1000, 64] but config.json implies [999, 64]",
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(tmp.path().join("config.json"), text).unwrap();
+        let err = LanguageModel::load(
+            tmp.path(),
+            &LoadOptions::inference(&Device::flex(), DType::F32),
+        )
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains(needle), "{message}");
+        assert_eq!(
+            curate::ExitStatus::of_error(&err),
+            curate::ExitStatus::InvalidInput
+        );
+    }
+}
