@@ -390,6 +390,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "response", value_name = "COLUMN")]
     pub response_col: String,
 
+    /// Cut sequences longer than N tokens to their first N (prompt first, then as much of
+    /// the response as fits). Without it a row longer than the model's positions is an error.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+
     /// Passes over the data.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub epochs: usize,

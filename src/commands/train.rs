@@ -81,7 +81,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         )));
     };
 
-    let sequences = encode_rows(&input, &args, &lm, &tok, &prompts, &responses)?;
+    let (sequences, truncated) = encode_rows(&input, &args, &lm, &tok, &prompts, &responses)?;
     let settings = TrainSettings {
         epochs: args.epochs,
         max_steps: args.steps,
@@ -123,6 +123,14 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         }
     )?;
 
+    if truncated > 0 {
+        writeln!(
+            err,
+            "cut {truncated} of {} rows to --max-length {} tokens",
+            sequences.len(),
+            args.max_length.unwrap_or_default()
+        )?;
+    }
     let bar = context.printer.progress_bar(total as u64, "train");
     bar.set_position(trainer.step as u64);
     let started = Instant::now();
@@ -342,14 +350,23 @@ fn encode_rows(
     tok: &Tokenizer,
     prompts: &[String],
     responses: &[String],
-) -> Result<Vec<Sequence>> {
+) -> Result<(Vec<Sequence>, usize)> {
     let label = input.label();
     let eos = lm.config.eos_token_id;
     let limit = lm.config.max_position_embeddings;
+    if let Some(max_length) = args.max_length
+        && max_length > limit
+    {
+        return Err(usage(format!(
+            "--max-length {max_length} exceeds the model's {limit} positions (max_position_embeddings)"
+        )));
+    }
+    let max_length = args.max_length.unwrap_or(limit);
     let mut sequences = Vec::with_capacity(prompts.len());
+    let mut truncated = 0;
     for (index, (prompt, response)) in prompts.iter().zip(responses).enumerate() {
         let row = index + 1;
-        let sequence = tokenizer::prompt_response(tok, prompt, response, eos)
+        let mut sequence = tokenizer::prompt_response(tok, prompt, response, eos)
             .map_err(|e| InputError::new(label, format!("cannot tokenise: {e}")).row(row))?;
         if response.is_empty() || sequence.loss_tokens() == 0 {
             return Err(
@@ -359,16 +376,33 @@ fn encode_rows(
                     .into(),
             );
         }
-        if sequence.len() > limit {
-            return Err(InputError::new(
-                label,
-                format!(
-                    "{} tokens, more than the model's {limit} positions (max_position_embeddings)",
-                    sequence.len()
-                ),
-            )
-            .row(row)
-            .into());
+        if sequence.len() > max_length {
+            if args.max_length.is_none() {
+                return Err(InputError::new(
+                    label,
+                    format!(
+                        "{} tokens, more than the model's {limit} positions \
+                         (max_position_embeddings); cut long rows with --max-length",
+                        sequence.len()
+                    ),
+                )
+                .row(row)
+                .into());
+            }
+            sequence.truncate(max_length);
+            truncated += 1;
+            if sequence.loss_tokens() == 0 {
+                return Err(InputError::new(
+                    label,
+                    format!(
+                        "the prompt fills all {max_length} tokens of --max-length; \
+                         no response token is left to train on"
+                    ),
+                )
+                .column(args.prompt_col.as_str())
+                .row(row)
+                .into());
+            }
         }
         if let Some(&bad) = sequence
             .input_ids
@@ -387,7 +421,7 @@ fn encode_rows(
         }
         sequences.push(sequence);
     }
-    Ok(sequences)
+    Ok((sequences, truncated))
 }
 
 /// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer.

@@ -29,6 +29,12 @@ impl Sequence {
         self.input_ids.is_empty()
     }
 
+    /// Keep the first `max_len` tokens.
+    pub fn truncate(&mut self, max_len: usize) {
+        self.input_ids.truncate(max_len);
+        self.labels.truncate(max_len);
+    }
+
     /// Tokens that carry loss after the shift (a label at position 0 predicts nothing).
     pub fn loss_tokens(&self) -> usize {
         self.labels

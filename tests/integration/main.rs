@@ -8,3 +8,4 @@ mod inspect;
 mod model;
 mod reweight;
 mod test;
+mod train;

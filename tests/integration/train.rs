@@ -1,0 +1,343 @@
+//! `curate train`: determinism, checkpoint and resume, reloading in curate and transformers,
+//! and its invalid inputs.
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::tensor::DType;
+use curate::model::{LanguageModel, LoadOptions, Padding, Sequence, TokenBatch, tensor_to_f64};
+
+use crate::model::{read_tensor, test_device};
+use crate::test::Test;
+
+/// 40 GSM8K-style problems: short enough to train on in a test.
+fn problems() -> String {
+    format!(
+        "{}/fixtures/gsm_symbolic_40.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A small, fast training run on the problems; more flags may follow.
+fn train_args(out: &str) -> Vec<String> {
+    [
+        "train",
+        &problems(),
+        "--out",
+        out,
+        "--prompt-col",
+        "question",
+        "--response-col",
+        "answer_cot",
+        "--vocab-size",
+        "512",
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--max-positions",
+        "512",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--warmup",
+        "2",
+        "--lr",
+        "0.005",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Every tensor of a saved model, by name.
+fn tensors(dir: &Path) -> Vec<(String, Vec<f64>)> {
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = parsed.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let values = read_tensor(&file, &name).0;
+            (name, values)
+        })
+        .collect()
+}
+
+#[test]
+fn training_is_deterministic_and_lowers_the_loss() {
+    let mut test = Test::new();
+    let mut first = train_args("a");
+    let steps = first.iter().position(|a| a == "--steps").unwrap() + 1;
+    first[steps] = "12".into();
+    let outcome = test.args(&first).run().success();
+    assert!(outcome.stdout.is_empty(), "stdout carries data only");
+    assert!(
+        outcome.stderr.contains("trained 12 steps"),
+        "{}",
+        outcome.stderr
+    );
+    let mut second = first.clone();
+    second[3] = "b".into();
+    test.args(&second).run().success();
+    assert_eq!(tensors(&test.path("a")), tensors(&test.path("b")));
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(test.path("a").join(name).is_file(), "{name}");
+    }
+    let mut other_seed = first.clone();
+    other_seed[3] = "c".into();
+    other_seed.extend(["--seed".to_string(), "1".to_string()]);
+    test.args(&other_seed).run().success();
+    assert_ne!(tensors(&test.path("a")), tensors(&test.path("c")));
+
+    // Training lowered the loss on the training data, against the untrained start.
+    let options = LoadOptions::inference(&test_device(), DType::F32);
+    let trained = LanguageModel::load(&test.path("a"), &options).unwrap();
+    let tokenizer = trained.tokenizer.clone().unwrap();
+    let start = LanguageModel::init(
+        trained.config.clone(),
+        None,
+        0,
+        &test_device(),
+        DType::F32,
+        false,
+    )
+    .unwrap();
+    let sequence = curate::model::tokenizer::prompt_response(
+        &tokenizer,
+        "A baker sells 12 cakes a day. How many in 5 days?",
+        "The baker sells 12 * 5 = 60 cakes.\n#### 60",
+        trained.config.eos_token_id,
+    )
+    .unwrap();
+    let batch = TokenBatch::pad(&[&sequence], 0, Padding::Right);
+    let before = start.sequence_losses(&batch)[0];
+    let after = trained.sequence_losses(&batch)[0];
+    assert!(after < before - 1.0, "loss {before} -> {after}");
+}
+
+#[test]
+fn resumed_training_equals_an_uninterrupted_run() {
+    let mut test = Test::new();
+    test.args(train_args("whole")).run().success();
+
+    let mut part = train_args("resumed");
+    part.extend(["--stop-after".to_string(), "4".to_string()]);
+    let outcome = test.args(&part).run().success();
+    assert!(
+        outcome.stderr.contains("stopped after 4 steps"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(!test.path("resumed").exists());
+    assert!(test.path("resumed.checkpoint/trainer.json").is_file());
+
+    let mut rest = train_args("resumed");
+    rest.push("--resume".into());
+    let outcome = test.args(&rest).run().success();
+    assert!(
+        outcome.stderr.contains("resuming at step 4"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        !test.path("resumed.checkpoint").exists(),
+        "checkpoint removed at the end"
+    );
+    assert_eq!(tensors(&test.path("whole")), tensors(&test.path("resumed")));
+
+    // A checkpoint refuses to continue a run with other settings.
+    let mut part = train_args("other");
+    part.extend(["--stop-after".to_string(), "2".to_string()]);
+    test.args(&part).run().success();
+    let mut changed = train_args("other");
+    let lr = changed.iter().position(|a| a == "--lr").unwrap() + 1;
+    changed[lr] = "0.01".into();
+    changed.push("--resume".into());
+    test.args(&changed)
+        .run()
+        .invalid("made with other data or flags");
+}
+
+#[test]
+fn saved_model_reloads_with_identical_logits() {
+    let device = test_device();
+    let lm = LanguageModel::load(
+        &crate::model::fixture("tiny-llama-tied"),
+        &LoadOptions::inference(&device, DType::F32),
+    )
+    .unwrap();
+    let ids: Vec<i64> = (0..20).map(|i| (i * 37 % 512) as i64).collect();
+    let sequence = Sequence {
+        labels: ids.clone(),
+        input_ids: ids,
+    };
+    let batch = TokenBatch::pad(&[&sequence], 0, Padding::Right);
+    let dir = tempfile::tempdir().unwrap();
+    lm.save(dir.path(), &[]).unwrap();
+    let back =
+        LanguageModel::load(dir.path(), &LoadOptions::inference(&device, DType::F32)).unwrap();
+    assert_eq!(back.config, lm.config);
+    assert_eq!(
+        tensor_to_f64(lm.logits(&batch)),
+        tensor_to_f64(back.logits(&batch))
+    );
+}
+
+/// The Python that has transformers: `CURATE_PYTHON`, else `python3`.
+fn python_with_transformers() -> Option<String> {
+    let python = std::env::var("CURATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some(python)
+    } else {
+        eprintln!(
+            "skipped: {python} cannot import torch and transformers (set CURATE_PYTHON to a Python that can)"
+        );
+        None
+    }
+}
+
+#[test]
+fn trained_model_loads_in_transformers_with_the_same_logits() {
+    let Some(python) = python_with_transformers() else {
+        return;
+    };
+    let mut test = Test::new();
+    let mut args = train_args("model");
+    args.extend(["--arch".to_string(), "qwen2".to_string()]);
+    test.args(&args).run().success();
+    let dir = test.path("model");
+    let script = r#"
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = torch.tensor([json.loads(sys.argv[2])])
+with torch.no_grad():
+    print(json.dumps(model(input_ids=ids).logits[0].flatten().tolist()))
+"#;
+    let ids: Vec<i64> = (0..24).map(|i| (i * 53 % 500) as i64).collect();
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            dir.to_str().unwrap(),
+            &serde_json::to_string(&ids).unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Vec<f64> = serde_json::from_slice(
+        output
+            .stdout
+            .rsplit(|&b| b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    let lm =
+        LanguageModel::load(&dir, &LoadOptions::inference(&test_device(), DType::F32)).unwrap();
+    let sequence = Sequence {
+        labels: ids.clone(),
+        input_ids: ids,
+    };
+    let ours = tensor_to_f64(lm.logits(&TokenBatch::pad(&[&sequence], 0, Padding::Right)));
+    assert_eq!(ours.len(), theirs.len());
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "max |logit difference| {diff:e}");
+}
+
+#[test]
+fn invalid_training_inputs_fail_cleanly() {
+    let table = "prompt,response\nWhat is 2+2?,four\nName a colour.,\"\"\n";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "train",
+                "data.csv",
+                "--out",
+                "m",
+                "--response-col",
+                "answer",
+            ],
+            "column 'answer': not found",
+        ),
+        (
+            vec!["train", "data.csv", "--out", "m"],
+            "column 'response', row 2: empty response",
+        ),
+        (
+            vec!["train", "null.csv", "--out", "m"],
+            "column 'response', row 2: missing text",
+        ),
+        (
+            vec!["train", "long.csv", "--out", "m", "--max-positions", "16"],
+            "more than the model's 16 positions",
+        ),
+        (
+            vec![
+                "train",
+                "long.csv",
+                "--out",
+                "m",
+                "--max-length",
+                "64",
+                "--max-positions",
+                "16",
+            ],
+            "--max-length 64 exceeds the model's 16 positions",
+        ),
+        (
+            vec!["train", "ok.csv", "--out", "existing"],
+            "existing already exists",
+        ),
+        (
+            vec!["train", "ok.csv", "--out", "m", "--resume"],
+            "no checkpoint in m.checkpoint",
+        ),
+        (
+            vec!["train", "ok.csv", "--out", "m", "--device", "gpu"],
+            "unknown device 'gpu'",
+        ),
+        (
+            vec!["train", "ok.csv", "--out", "m", "--heads", "3"],
+            "--hidden-size 64 must split",
+        ),
+    ];
+    let long_prompt = "word ".repeat(40);
+    for (args, needle) in cases {
+        let mut test = Test::new()
+            .file("data.csv", table)
+            .file(
+                "null.csv",
+                "prompt,response\nWhat is 2+2?,four\nName a colour.,\n",
+            )
+            .file("ok.csv", "prompt,response\nWhat is 2+2?,four\n")
+            .file("long.csv", format!("prompt,response\n{long_prompt},four\n"))
+            .file("existing/keep.txt", "mine");
+        test.args(&args).run().invalid(needle);
+        assert!(!test.path("m").exists(), "{args:?} left an output");
+        assert_eq!(test.read("existing/keep.txt"), b"mine");
+        let leftovers: Vec<String> = test
+            .entries()
+            .into_iter()
+            .filter(|e| e.contains("curate-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
