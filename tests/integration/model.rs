@@ -270,3 +270,39 @@ fn model_errors_name_the_file_and_the_problem() {
         );
     }
 }
+
+#[test]
+fn bundled_model_loads_and_has_learned_the_mix() {
+    let device = test_device();
+    let lm = load(&fixture("tiny-lm"), DType::F32);
+    let tokenizer = lm
+        .tokenizer
+        .clone()
+        .expect("the bundled model has a tokenizer");
+    assert!(tokenizer.get_vocab_size(true) <= lm.config.vocab_size);
+    let untrained =
+        LanguageModel::init(lm.config.clone(), None, 0, &device, DType::F32, false).unwrap();
+    // GSM8K-style problems like the mix's math half.
+    let text = std::fs::read_to_string(fixture("gsm_symbolic_40.jsonl")).unwrap();
+    let sequences: Vec<Sequence> = text
+        .lines()
+        .take(8)
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            curate::model::tokenizer::prompt_response(
+                &tokenizer,
+                row["question"].as_str().unwrap(),
+                row["answer_cot"].as_str().unwrap(),
+                lm.config.eos_token_id,
+            )
+            .unwrap()
+        })
+        .collect();
+    let refs: Vec<&Sequence> = sequences.iter().collect();
+    let batch = TokenBatch::pad(&refs, lm.pad_id(), Padding::Right);
+    let tokens = batch.loss_tokens() as f64;
+    let per_token = |m: &LanguageModel| m.sequence_losses(&batch).iter().sum::<f64>() / tokens;
+    let (trained, start) = (per_token(&lm), per_token(&untrained));
+    assert!(trained < start - 2.0, "loss per token {start} -> {trained}");
+    assert!(trained < 5.5, "loss per token {trained}");
+}

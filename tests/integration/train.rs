@@ -48,6 +48,14 @@ fn train_args(out: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(
+        // The same runs on LibTorch when scripts/test-tch.sh names a device.
+        std::env::var("CURATE_TEST_DEVICE")
+            .ok()
+            .filter(|d| !d.is_empty())
+            .into_iter()
+            .flat_map(|d| ["--device".to_string(), d]),
+    )
     .collect()
 }
 
