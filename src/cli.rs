@@ -342,6 +342,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub model: Option<String>,
 
+    /// With --model: initialise tensors the checkpoint lacks and ignore ones the model does
+    /// not use, instead of failing.
+    #[arg(long, requires = "model")]
+    pub allow_partial: bool,
+
     /// Use this tokenizer.json instead of training a byte-level BPE on the input.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<String>,

@@ -51,6 +51,13 @@ impl OutputDir {
     /// Move the finished directory into place, replacing an earlier one.
     pub fn commit(self) -> Result<()> {
         let staged = self.staging.keep();
+        // Temporary directories are private (0700); a finished output is an ordinary one.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot set permissions of {}", staged.display()))?;
+        }
         if self.target.exists() {
             // Keep the old directory until the new one is in place.
             let mut old = staged.clone().into_os_string();

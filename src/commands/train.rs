@@ -58,6 +58,11 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     let mut lm = if args.resume {
         LanguageModel::load(&checkpoint_dir.join(CHECKPOINT_MODEL), &options)?
     } else if let Some(dir) = &args.model {
+        let options = LoadOptions {
+            allow_partial: args.allow_partial,
+            seed: context.seed,
+            ..options.clone()
+        };
         let mut lm = LanguageModel::load(Path::new(dir), &options)?;
         if let Some(path) = &args.tokenizer {
             lm.tokenizer = Some(read_tokenizer(path)?);

@@ -93,7 +93,8 @@ impl LanguageModel {
             config.tie_word_embeddings,
             &device,
             options.dtype,
-        )?;
+        )?
+        .seeded(options.seed, config.initializer_range);
         if !options.trainable {
             source = source.frozen();
         }

@@ -246,6 +246,13 @@ impl TensorSource {
         }
     }
 
+    /// Seed and std of the initialiser for tensors a partial checkpoint lacks.
+    pub fn seeded(mut self, seed: u64, std: f64) -> Self {
+        self.rng = SplitMix64::new(seed);
+        self.std = std;
+        self
+    }
+
     /// Parameters will not require gradients even on an autodiff device (gradient capture
     /// needs only the probes).
     pub fn frozen(mut self) -> Self {

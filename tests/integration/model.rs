@@ -306,3 +306,74 @@ fn bundled_model_loads_and_has_learned_the_mix() {
     assert!(trained < start - 2.0, "loss per token {start} -> {trained}");
     assert!(trained < 5.5, "loss per token {trained}");
 }
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let source = fixture("tiny-llama-tied");
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
+    names.sort();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let halves = names.split_at(names.len() / 2);
+    for (part, chunk) in [halves.0, halves.1].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", part + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = chunk
+            .iter()
+            .map(|name| (name.clone(), tensors.tensor(name).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join(&file)).unwrap();
+        for name in chunk {
+            weight_map.insert(name.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let ids: Vec<i64> = (0..10).map(|i| i * 41 % 512).collect();
+    let sequence = Sequence {
+        labels: ids.clone(),
+        input_ids: ids,
+    };
+    let batch = TokenBatch::pad(&[&sequence], 0, Padding::Right);
+    let single = load(&source, DType::F32);
+    let sharded = load(dir.path(), DType::F32);
+    assert_eq!(
+        tensor_to_f64(single.logits(&batch)),
+        tensor_to_f64(sharded.logits(&batch))
+    );
+
+    // A shard the index names but that is missing is an input error naming the index.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = LanguageModel::load(dir.path(), &LoadOptions::inference(&Device::flex(), DType::F32))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("shard 'model-00002-of-00002.safetensors'"), "{err:#}");
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
+    let source = fixture("tiny-lm");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+    }
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let vocab = format!("\"vocab_size\": {}", load(&source, DType::F32).config.vocab_size);
+    assert!(config.contains(&vocab), "{config}");
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace(&vocab, "\"vocab_size\": 1000"),
+    )
+    .unwrap();
+    let err = LanguageModel::load(dir.path(), &LoadOptions::inference(&Device::flex(), DType::F32))
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("tokenizer.json"), "{message}");
+    assert!(message.contains("vocab size mismatch"), "{message}");
+}

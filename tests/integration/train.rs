@@ -349,3 +349,41 @@ fn invalid_training_inputs_fail_cleanly() {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+#[test]
+fn continuing_a_model_with_more_layers_needs_allow_partial() {
+    let source = crate::model::fixture("tiny-lm");
+    let mut test = Test::new();
+    for name in ["model.safetensors", "tokenizer.json"] {
+        let bytes = std::fs::read(source.join(name)).unwrap();
+        test = test.file(&format!("deeper/{name}"), bytes);
+    }
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    assert!(config.contains("\"num_hidden_layers\": 2"));
+    let test = test.file(
+        "deeper/config.json",
+        config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    );
+    let mut test = test;
+    let args = [
+        "train",
+        &problems(),
+        "--model",
+        "deeper",
+        "--out",
+        "m",
+        "--prompt-col",
+        "question",
+        "--response-col",
+        "answer_cot",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+    ];
+    test.args(args).run().invalid("missing tensor(s): model.layers.2");
+    assert!(!test.path("m").exists());
+    test.args(args).arg("--allow-partial").run().success();
+    let trained = LanguageModel::load(&test.path("m"), &LoadOptions::inference(&test_device(), DType::F32)).unwrap();
+    assert_eq!(trained.config.num_layers, 3);
+}
