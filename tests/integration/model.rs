@@ -351,9 +351,15 @@ fn sharded_checkpoints_load_like_single_files() {
 
     // A shard the index names but that is missing is an input error naming the index.
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    let err = LanguageModel::load(dir.path(), &LoadOptions::inference(&Device::flex(), DType::F32))
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("shard 'model-00002-of-00002.safetensors'"), "{err:#}");
+    let err = LanguageModel::load(
+        dir.path(),
+        &LoadOptions::inference(&Device::flex(), DType::F32),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("shard 'model-00002-of-00002.safetensors'"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -364,15 +370,21 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
         std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
     }
     let config = std::fs::read_to_string(source.join("config.json")).unwrap();
-    let vocab = format!("\"vocab_size\": {}", load(&source, DType::F32).config.vocab_size);
+    let vocab = format!(
+        "\"vocab_size\": {}",
+        load(&source, DType::F32).config.vocab_size
+    );
     assert!(config.contains(&vocab), "{config}");
     std::fs::write(
         dir.path().join("config.json"),
         config.replace(&vocab, "\"vocab_size\": 1000"),
     )
     .unwrap();
-    let err = LanguageModel::load(dir.path(), &LoadOptions::inference(&Device::flex(), DType::F32))
-        .unwrap_err();
+    let err = LanguageModel::load(
+        dir.path(),
+        &LoadOptions::inference(&Device::flex(), DType::F32),
+    )
+    .unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("tokenizer.json"), "{message}");
     assert!(message.contains("vocab size mismatch"), "{message}");

@@ -381,9 +381,15 @@ fn continuing_a_model_with_more_layers_needs_allow_partial() {
         "--batch-size",
         "2",
     ];
-    test.args(args).run().invalid("missing tensor(s): model.layers.2");
+    test.args(args)
+        .run()
+        .invalid("missing tensor(s): model.layers.2");
     assert!(!test.path("m").exists());
     test.args(args).arg("--allow-partial").run().success();
-    let trained = LanguageModel::load(&test.path("m"), &LoadOptions::inference(&test_device(), DType::F32)).unwrap();
+    let trained = LanguageModel::load(
+        &test.path("m"),
+        &LoadOptions::inference(&test_device(), DType::F32),
+    )
+    .unwrap();
     assert_eq!(trained.config.num_layers, 3);
 }
