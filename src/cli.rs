@@ -47,7 +47,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show format, schema, row count, provenance and per-column statistics of data files.
+    /// Show format, schema, row count, provenance and per-column statistics of data files,
+    /// or the architecture, size, tokenizer and provenance of model directories.
     Inspect(InspectArgs),
     /// Convert a table between Parquet, JSON Lines, CSV and Arrow IPC, optionally checking
     /// ids and selecting columns or rows.
@@ -82,7 +83,7 @@ impl From<FormatArg> for Format {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Files to inspect ('-' reads stdin).
+    /// Files to inspect ('-' reads stdin), or model directories.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
 

@@ -1,6 +1,7 @@
 //! `curate inspect`: what is in a data file, for people (text) and machines (`--json`).
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -8,6 +9,8 @@ use serde::Serialize;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::InspectArgs;
+use crate::error::InputError;
+use crate::model::{self, LmConfig};
 use crate::printer::{Align, text_table};
 use crate::table::{self, ColumnSummary, Input, InputDigest, Provenance};
 
@@ -43,6 +46,19 @@ pub fn run(args: InspectArgs, context: &Context) -> Result<ExitStatus> {
     let format = args.input_format.map(Into::into);
     let mut stdout = context.printer.stdout();
     for (index, path) in args.files.iter().enumerate() {
+        if Path::new(path).is_dir() {
+            let report = inspect_model(Path::new(path))?;
+            if args.json {
+                serde_json::to_writer(&mut stdout, &report)?;
+                writeln!(stdout)?;
+            } else {
+                if index > 0 {
+                    writeln!(stdout)?;
+                }
+                write_model_text(&mut stdout, &report)?;
+            }
+            continue;
+        }
         let input = Input::open(path, format)?;
         let report = inspect(&input, &args, context)?;
         if args.json {
@@ -103,12 +119,140 @@ fn inspect(input: &Input, args: &InspectArgs, context: &Context) -> Result<FileR
     })
 }
 
-fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> {
+/// A model directory: its architecture, size, tokenizer and provenance.
+#[derive(Serialize)]
+struct ModelReport {
+    path: String,
+    format: &'static str,
+    model_type: String,
+    parameters: usize,
+    tensors: usize,
+    dtypes: Vec<String>,
+    files: usize,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    max_position_embeddings: usize,
+    rope_theta: f64,
+    tied_embeddings: bool,
+    tokenizer_tokens: Option<usize>,
+    provenance: Option<ProvenanceReport>,
+}
+
+fn inspect_model(dir: &Path) -> Result<ModelReport> {
+    let config_path = dir.join(model::CONFIG_FILE);
+    let label = config_path.display().to_string();
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        InputError::new(
+            label.clone(),
+            format!("cannot read ({e}); a model directory needs one"),
+        )
+    })?;
+    let config = LmConfig::from_json(&text).map_err(|m| InputError::new(label, m))?;
+    let header = model::weights::read_header(dir)?;
+    let tokenizer_path = dir.join(model::TOKENIZER_FILE);
+    let tokenizer_tokens = if tokenizer_path.is_file() {
+        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+            InputError::new(
+                tokenizer_path.display().to_string(),
+                format!("not a tokenizer: {e}"),
+            )
+        })?;
+        Some(tokenizer.get_vocab_size(true))
+    } else {
+        None
+    };
+    let mut dtypes: Vec<String> = header.tensors.iter().map(|(_, d, _)| d.clone()).collect();
+    dtypes.sort();
+    dtypes.dedup();
+    let provenance = Provenance::from_key_values(
+        header
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map(|p| ProvenanceReport {
+        version: p.version,
+        command: p.command,
+        inputs: p.inputs,
+        seed: p.seed,
+    });
+    Ok(ModelReport {
+        path: dir.display().to_string(),
+        format: "model",
+        model_type: config.architecture.model_type().to_string(),
+        parameters: header.parameter_count(),
+        tensors: header.tensors.len(),
+        dtypes,
+        files: header.files.len(),
+        vocab_size: config.vocab_size,
+        hidden_size: config.hidden_size,
+        intermediate_size: config.intermediate_size,
+        layers: config.num_layers,
+        heads: config.num_heads,
+        kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+        max_position_embeddings: config.max_position_embeddings,
+        rope_theta: config.rope_theta,
+        tied_embeddings: config.tie_word_embeddings,
+        tokenizer_tokens,
+        provenance,
+    })
+}
+
+fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Result<()> {
     writeln!(out, "{}", report.path)?;
-    writeln!(out, "  format      {}", report.format)?;
-    writeln!(out, "  rows        {}", report.rows)?;
-    writeln!(out, "  columns     {}", report.columns.len())?;
-    match &report.provenance {
+    writeln!(out, "  format      model ({})", report.model_type)?;
+    writeln!(
+        out,
+        "  parameters  {} in {} tensors ({}), {} file{}",
+        report.parameters,
+        report.tensors,
+        report.dtypes.join(", "),
+        report.files,
+        if report.files == 1 { "" } else { "s" }
+    )?;
+    writeln!(
+        out,
+        "  shape       {} layers, hidden {}, MLP {}, {} heads / {} kv heads of {}",
+        report.layers,
+        report.hidden_size,
+        report.intermediate_size,
+        report.heads,
+        report.kv_heads,
+        report.head_dim
+    )?;
+    writeln!(
+        out,
+        "  vocabulary  {}{}",
+        report.vocab_size,
+        if report.tied_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        out,
+        "  positions   {} (rope_theta {})",
+        report.max_position_embeddings, report.rope_theta
+    )?;
+    match report.tokenizer_tokens {
+        Some(n) => writeln!(out, "  tokenizer   {n} tokens")?,
+        None => writeln!(out, "  tokenizer   none")?,
+    }
+    write_provenance(out, &report.provenance)
+}
+
+fn write_provenance(
+    out: &mut impl Write,
+    provenance: &Option<ProvenanceReport>,
+) -> std::io::Result<()> {
+    match provenance {
         Some(p) => {
             writeln!(out, "  provenance  curate {} (seed {})", p.version, p.seed)?;
             writeln!(out, "    command   {}", shell_words(&p.command))?;
@@ -122,6 +266,15 @@ fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> 
         }
         None => writeln!(out, "  provenance  none (not written by curate)")?,
     }
+    Ok(())
+}
+
+fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> {
+    writeln!(out, "{}", report.path)?;
+    writeln!(out, "  format      {}", report.format)?;
+    writeln!(out, "  rows        {}", report.rows)?;
+    writeln!(out, "  columns     {}", report.columns.len())?;
+    write_provenance(out, &report.provenance)?;
     for (key, value) in &report.metadata {
         let value = value.as_str().unwrap_or_default();
         writeln!(out, "  metadata    {key} = {}", clip(value, 60))?;

@@ -340,3 +340,86 @@ pub fn to_safetensors(
     metadata.insert("format".to_string(), "pt".to_string());
     Ok(safetensors::serialize(views, Some(metadata))?)
 }
+
+/// What a checkpoint's headers say, without reading the tensor data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointHeader {
+    pub files: Vec<PathBuf>,
+    /// Name, stored dtype, shape.
+    pub tensors: Vec<(String, String, Vec<usize>)>,
+    /// `__metadata__` entries of every file (provenance, format).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl CheckpointHeader {
+    pub fn parameter_count(&self) -> usize {
+        self.tensors
+            .iter()
+            .map(|(_, _, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// Read only the JSON headers of a model directory's safetensors file(s).
+pub fn read_header(dir: &Path) -> Result<CheckpointHeader> {
+    let single = dir.join(SINGLE_FILE);
+    let files = if single.is_file() {
+        vec![single]
+    } else if dir.join(INDEX_FILE).is_file() {
+        shard_files(&dir.join(INDEX_FILE))?
+    } else {
+        return Err(InputError::new(
+            dir.display().to_string(),
+            format!("no {SINGLE_FILE} or {INDEX_FILE} in the model directory"),
+        )
+        .into());
+    };
+    let mut header = CheckpointHeader::default();
+    for file in &files {
+        let label = file.display().to_string();
+        let bad = |message: String| InputError::new(label.clone(), message);
+        let mut reader =
+            std::fs::File::open(file).with_context(|| format!("cannot read {label}"))?;
+        let mut size = [0u8; 8];
+        std::io::Read::read_exact(&mut reader, &mut size)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let size = u64::from_le_bytes(size);
+        if size > 100 << 20 {
+            bail!(bad(format!(
+                "not a safetensors file: header of {size} bytes"
+            )));
+        }
+        let mut json = vec![0u8; size as usize];
+        std::io::Read::read_exact(&mut reader, &mut json)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|e| bad(format!("not a safetensors header: {e}")))?;
+        let entries = value
+            .as_object()
+            .ok_or_else(|| bad("not a safetensors header".into()))?;
+        for (name, entry) in entries {
+            if name == "__metadata__" {
+                for (key, v) in entry.as_object().into_iter().flatten() {
+                    header
+                        .metadata
+                        .insert(key.clone(), v.as_str().unwrap_or_default().to_string());
+                }
+                continue;
+            }
+            let dtype = entry["dtype"].as_str().unwrap_or("?").to_string();
+            let shape = entry["shape"]
+                .as_array()
+                .map(|dims| {
+                    dims.iter()
+                        .filter_map(|d| d.as_u64())
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            header.tensors.push((name.clone(), dtype, shape));
+        }
+    }
+    header.tensors.sort();
+    header.files = files;
+    Ok(header)
+}

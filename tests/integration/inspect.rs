@@ -117,3 +117,47 @@ fn stdin_and_format_override() {
     assert_eq!(out.json_lines()[0]["path"], "<stdin>");
     assert_eq!(out.json_lines()[0]["rows"], 3);
 }
+
+#[test]
+fn model_directories_show_architecture_size_and_provenance() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let mut test = Test::new().file("empty/readme.txt", "not a model");
+    let report = test
+        .args([
+            "inspect",
+            "--json",
+            &format!("{fixtures}/tiny-lm"),
+            &format!("{fixtures}/tiny-llama-tied"),
+        ])
+        .run()
+        .success()
+        .json_lines();
+    assert_eq!(report.len(), 2);
+    let tiny = &report[0];
+    assert_eq!(tiny["format"], "model");
+    assert_eq!(tiny["model_type"], "llama");
+    assert_eq!(tiny["layers"], 2);
+    assert_eq!(tiny["tied_embeddings"], true);
+    assert_eq!(tiny["tokenizer_tokens"], tiny["vocab_size"]);
+    // Tied embeddings are stored once: 2048 x 64 + 2 x 36,992 (layers) + 64 (final norm).
+    assert_eq!(tiny["parameters"], 205_120);
+    let command = tiny["provenance"]["command"].as_array().unwrap();
+    assert_eq!(command[1], "train");
+    assert_eq!(report[1]["provenance"], serde_json::Value::Null);
+    assert_eq!(report[1]["rope_theta"], 500000.0);
+
+    let text = test
+        .args(["inspect", &format!("{fixtures}/tiny-lm")])
+        .run()
+        .success()
+        .stdout;
+    assert!(text.contains("format      model (llama)"), "{text}");
+    assert!(
+        text.contains("205120 in 20 tensors (F32), 1 file"),
+        "{text}"
+    );
+
+    test.args(["inspect", "empty"])
+        .run()
+        .invalid("config.json: cannot read");
+}
