@@ -46,33 +46,36 @@ pub fn run(args: InspectArgs, context: &Context) -> Result<ExitStatus> {
     let format = args.input_format.map(Into::into);
     let mut stdout = context.printer.stdout();
     for (index, path) in args.files.iter().enumerate() {
+        if index > 0 && !args.json {
+            writeln!(stdout)?;
+        }
         if Path::new(path).is_dir() {
             let report = inspect_model(Path::new(path))?;
-            if args.json {
-                serde_json::to_writer(&mut stdout, &report)?;
-                writeln!(stdout)?;
-            } else {
-                if index > 0 {
-                    writeln!(stdout)?;
-                }
-                write_model_text(&mut stdout, &report)?;
-            }
-            continue;
-        }
-        let input = Input::open(path, format)?;
-        let report = inspect(&input, &args, context)?;
-        if args.json {
-            serde_json::to_writer(&mut stdout, &report)?;
-            writeln!(stdout)?;
+            emit(&mut stdout, args.json, &report, write_model_text)?;
         } else {
-            if index > 0 {
-                writeln!(stdout)?;
-            }
-            write_text(&mut stdout, &report)?;
+            let input = Input::open(path, format)?;
+            let report = inspect(&input, &args, context)?;
+            emit(&mut stdout, args.json, &report, write_text)?;
         }
     }
     stdout.flush()?;
     Ok(ExitStatus::Success)
+}
+
+/// One report: a JSON line, or the text form.
+fn emit<R: Serialize, W: Write>(
+    out: &mut W,
+    json: bool,
+    report: &R,
+    write_text: fn(&mut W, &R) -> std::io::Result<()>,
+) -> Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, report)?;
+        writeln!(out)?;
+    } else {
+        write_text(out, report)?;
+    }
+    Ok(())
 }
 
 fn inspect(input: &Input, args: &InspectArgs, context: &Context) -> Result<FileReport> {

@@ -85,7 +85,7 @@ impl LanguageModel {
         let tokenizer = read_tokenizer(dir, &config)?;
         let stored = weights::read_checkpoint(dir)?;
         let device = autodiff_device(&options.device);
-        let mut source = TensorSource::checkpoint(
+        let source = TensorSource::checkpoint(
             lm::tensor_specs(&config),
             stored,
             dir,
@@ -95,15 +95,7 @@ impl LanguageModel {
             options.dtype,
         )?
         .seeded(options.seed, config.initializer_range);
-        if !options.trainable {
-            source = source.frozen();
-        }
-        let model = CausalLm::build(&config, &mut source)?;
-        Ok(LanguageModel {
-            config,
-            model,
-            tokenizer,
-        })
+        LanguageModel::build(config, tokenizer, source, options.trainable)
     }
 
     /// A freshly initialised model (transformers' initialisation, seeded).
@@ -116,13 +108,22 @@ impl LanguageModel {
         trainable: bool,
     ) -> Result<Self> {
         let device = autodiff_device(device);
-        let mut source = TensorSource::init(
+        let source = TensorSource::init(
             lm::tensor_specs(&config),
             config.initializer_range,
             seed,
             &device,
             dtype,
         );
+        LanguageModel::build(config, tokenizer, source, trainable)
+    }
+
+    fn build(
+        config: LmConfig,
+        tokenizer: Option<Tokenizer>,
+        mut source: TensorSource,
+        trainable: bool,
+    ) -> Result<Self> {
         if !trainable {
             source = source.frozen();
         }

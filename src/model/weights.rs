@@ -58,21 +58,26 @@ impl StoredTensor {
     }
 }
 
-/// Every tensor of a checkpoint directory by name.
-pub fn read_checkpoint(dir: &Path) -> Result<BTreeMap<String, StoredTensor>> {
+/// The safetensors files of a model directory: the single file, or the shards its index names.
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
-    let files: Vec<PathBuf> = if single.is_file() {
-        vec![single]
+    if single.is_file() {
+        Ok(vec![single])
     } else if index.is_file() {
-        shard_files(&index)?
+        shard_files(&index)
     } else {
-        return Err(InputError::new(
+        Err(InputError::new(
             dir.display().to_string(),
             format!("no {SINGLE_FILE} or {INDEX_FILE} in the model directory"),
         )
-        .into());
-    };
+        .into())
+    }
+}
+
+/// Every tensor of a checkpoint directory by name.
+pub fn read_checkpoint(dir: &Path) -> Result<BTreeMap<String, StoredTensor>> {
+    let files = checkpoint_files(dir)?;
     let mut tensors = BTreeMap::new();
     for file in files {
         let bytes =
@@ -362,18 +367,7 @@ impl CheckpointHeader {
 
 /// Read only the JSON headers of a model directory's safetensors file(s).
 pub fn read_header(dir: &Path) -> Result<CheckpointHeader> {
-    let single = dir.join(SINGLE_FILE);
-    let files = if single.is_file() {
-        vec![single]
-    } else if dir.join(INDEX_FILE).is_file() {
-        shard_files(&dir.join(INDEX_FILE))?
-    } else {
-        return Err(InputError::new(
-            dir.display().to_string(),
-            format!("no {SINGLE_FILE} or {INDEX_FILE} in the model directory"),
-        )
-        .into());
-    };
+    let files = checkpoint_files(dir)?;
     let mut header = CheckpointHeader::default();
     for file in &files {
         let label = file.display().to_string();

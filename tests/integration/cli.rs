@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::process::Stdio;
 
-use crate::test::{Test, curate_command};
+use crate::test::{Test, curate_command, interrupt_once_staged};
 
 #[test]
 fn usage_errors_exit_2() {
@@ -74,39 +74,14 @@ fn ctrl_c_stops_cleanly_without_output() {
         .map(|i| format!("{{\"id\": {i}, \"text\": \"row {i}\"}}\n"))
         .collect();
     let test = Test::new().file("big.jsonl", rows);
-    let mut child = curate_command(&test.path(""))
+    let child = curate_command(&test.path(""))
         .args(["convert", "big.jsonl", "--out", "out.parquet"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The temporary output appears once the handler is installed and work has begun.
-    let started = std::time::Instant::now();
-    while !test
-        .entries()
-        .iter()
-        .any(|name| name.ends_with(".curate-tmp"))
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "no temporary output appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (code, stderr) = interrupt_once_staged(&test, child, std::time::Duration::ZERO);
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
     assert_eq!(
         test.entries(),

@@ -154,3 +154,39 @@ impl Outcome {
             .collect()
     }
 }
+
+/// Send Ctrl-C to `child` once its staged output (`*.curate-tmp`) shows that the handler is
+/// installed and work has begun, `delay` after that; return its exit code and stderr.
+pub fn interrupt_once_staged(
+    test: &Test,
+    mut child: std::process::Child,
+    delay: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    while !test
+        .entries()
+        .iter()
+        .any(|name| name.ends_with(".curate-tmp"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no staged output appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(delay);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (child.wait().unwrap().code(), stderr)
+}

@@ -396,7 +396,6 @@ fn continuing_a_model_with_more_layers_needs_allow_partial() {
 
 #[test]
 fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_model() {
-    use std::io::Read;
     use std::process::Stdio;
 
     let mut test = Test::new();
@@ -406,40 +405,15 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_model() {
         args[steps] = "40".into();
         args
     };
-    let mut child = crate::test::curate_command(&test.path(""))
+    let child = crate::test::curate_command(&test.path(""))
         .args(with_steps("m"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The staged output directory appears once the handler is installed and work has begun.
-    let started = std::time::Instant::now();
-    while !test
-        .entries()
-        .iter()
-        .any(|name| name.ends_with(".curate-tmp"))
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "no staged output appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (code, stderr) =
+        crate::test::interrupt_once_staged(&test, child, std::time::Duration::from_millis(300));
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("checkpoint in m.checkpoint"), "{stderr}");
     assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
     assert_eq!(
