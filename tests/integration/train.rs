@@ -428,3 +428,30 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_model() {
     test.args(with_steps("whole")).run().success();
     assert_eq!(tensors(&test.path("m")), tensors(&test.path("whole")));
 }
+
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    let test = Test::new();
+    for threads in ["1", "3"] {
+        let mut args = train_args(&format!("t{threads}"));
+        for (flag, value) in [
+            ("--hidden-size", "128"),
+            ("--intermediate-size", "256"),
+            ("--steps", "2"),
+        ] {
+            let at = args.iter().position(|a| a == flag).unwrap() + 1;
+            args[at] = value.into();
+        }
+        let outcome = crate::test::curate_command(&test.path(""))
+            .args(&args)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(
+            outcome.status.success(),
+            "{}",
+            String::from_utf8_lossy(&outcome.stderr)
+        );
+    }
+    assert_eq!(tensors(&test.path("t1")), tensors(&test.path("t3")));
+}
