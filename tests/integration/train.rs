@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::DType;
+use curate::model::train::{TrainSettings, Trainer};
 use curate::model::{LanguageModel, LoadOptions, Padding, Sequence, TokenBatch, tensor_to_f64};
 
 use crate::model::{read_tensor, test_device};
@@ -172,26 +173,54 @@ fn resumed_training_equals_an_uninterrupted_run() {
 
 #[test]
 fn saved_model_reloads_with_identical_logits() {
+    // Train a few steps in process, as `curate train` does, then save and reload.
     let device = test_device();
-    let lm = LanguageModel::load(
-        &crate::model::fixture("tiny-llama-tied"),
-        &LoadOptions::inference(&device, DType::F32),
-    )
-    .unwrap();
-    let ids: Vec<i64> = (0..20).map(|i| (i * 37 % 512) as i64).collect();
-    let sequence = Sequence {
-        labels: ids.clone(),
-        input_ids: ids,
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::inference(&device, DType::F32)
     };
-    let batch = TokenBatch::pad(&[&sequence], 0, Padding::Right);
+    let mut lm = LanguageModel::load(&crate::model::fixture("tiny-llama-tied"), &options).unwrap();
+    let sequences: Vec<Sequence> = (0..6)
+        .map(|n| {
+            let ids: Vec<i64> = (0..12 + n)
+                .map(|i| (i * 37 + n * 11) as i64 % 512)
+                .collect();
+            Sequence {
+                labels: ids.clone(),
+                input_ids: ids,
+            }
+        })
+        .collect();
+    let settings = TrainSettings {
+        max_steps: Some(3),
+        batch_size: 2,
+        warmup_steps: 1,
+        ..TrainSettings::default()
+    };
+    let mut trainer = Trainer::new(settings, sequences.iter().map(Sequence::len).collect());
+    let mut model = lm.model.clone();
+    while !trainer.is_done() {
+        model = trainer.train_step(&lm, model, &sequences).0;
+    }
+    lm.model = model;
+
+    let batch = TokenBatch::pad(&[&sequences[5]], 0, Padding::Right);
     let dir = tempfile::tempdir().unwrap();
     lm.save(dir.path(), &[]).unwrap();
     let back =
         LanguageModel::load(dir.path(), &LoadOptions::inference(&device, DType::F32)).unwrap();
     assert_eq!(back.config, lm.config);
-    assert_eq!(
-        tensor_to_f64(lm.logits(&batch)),
-        tensor_to_f64(back.logits(&batch))
+    let trained = tensor_to_f64(lm.logits(&batch));
+    assert_eq!(trained, tensor_to_f64(back.logits(&batch)));
+    let original = LanguageModel::load(
+        &crate::model::fixture("tiny-llama-tied"),
+        &LoadOptions::inference(&device, DType::F32),
+    )
+    .unwrap();
+    assert_ne!(
+        trained,
+        tensor_to_f64(original.logits(&batch)),
+        "training changed the model"
     );
 }
 
