@@ -115,30 +115,27 @@ impl LmConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| format!("\"{key}\" missing or not a non-negative integer"))
         };
+        // An optional key: absent or null is None, any other value must have the right type.
+        let optional = |key: &str, what: &str, read: fn(&Value) -> Option<Value>| match map.get(key)
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => read(v)
+                .map(Some)
+                .ok_or_else(|| format!("\"{key}\" is not {what}")),
+        };
         let opt_int = |key: &str| -> Result<Option<usize>, String> {
-            match map.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(|v| Some(v as usize))
-                    .ok_or_else(|| format!("\"{key}\" is not a non-negative integer")),
-            }
+            let v = optional(key, "a non-negative integer", |v| {
+                v.as_u64().map(Value::from)
+            })?;
+            Ok(v.and_then(|v| v.as_u64()).map(|v| v as usize))
         };
         let float = |key: &str, default: f64| -> Result<f64, String> {
-            match map.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| format!("\"{key}\" is not a number")),
-            }
+            let v = optional(key, "a number", |v| v.as_f64().map(Value::from))?;
+            Ok(v.and_then(|v| v.as_f64()).unwrap_or(default))
         };
         let flag = |key: &str, default: bool| -> Result<bool, String> {
-            match map.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| format!("\"{key}\" is not true or false")),
-            }
+            let v = optional(key, "true or false", |v| v.as_bool().map(Value::from))?;
+            Ok(v.and_then(|v| v.as_bool()).unwrap_or(default))
         };
         // eos may be a list in newer configs; the first entry is the end-of-text token.
         let token = |key: &str| -> Option<u32> {

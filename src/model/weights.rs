@@ -1,7 +1,7 @@
 //! Safetensors checkpoints in Hugging Face layout: one `model.safetensors` or shards listed by
 //! `model.safetensors.index.json`, read against the model's key map ([`super::lm::tensor_specs`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -192,35 +192,31 @@ impl TensorSource {
             }
         }
         if !allow_partial {
+            let expected: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             let missing: Vec<&str> = specs
                 .iter()
-                .filter(|s| !stored.contains_key(&s.name))
                 .map(|s| s.name.as_str())
+                .filter(|name| !stored.contains_key(*name))
                 .collect();
-            if !missing.is_empty() {
-                bail!(InputError::new(
-                    origin,
-                    format!(
-                        "{} missing tensor(s): {} (--allow-partial initialises them)",
-                        missing.len(),
-                        name_list(&missing)
-                    )
-                ));
-            }
             let unused: Vec<&str> = stored
                 .keys()
-                .filter(|k| !specs.iter().any(|s| &s.name == *k))
                 .map(String::as_str)
+                .filter(|name| !expected.contains(name))
                 .collect();
-            if !unused.is_empty() {
-                bail!(InputError::new(
-                    origin,
-                    format!(
-                        "{} tensor(s) the model does not use: {} (--allow-partial ignores them)",
-                        unused.len(),
-                        name_list(&unused)
-                    )
-                ));
+            for (names, problem, remedy) in [
+                (missing, "missing tensor(s)", "initialises them"),
+                (unused, "tensor(s) the model does not use", "ignores them"),
+            ] {
+                if !names.is_empty() {
+                    bail!(InputError::new(
+                        origin,
+                        format!(
+                            "{} {problem}: {} (--allow-partial {remedy})",
+                            names.len(),
+                            name_list(&names)
+                        )
+                    ));
+                }
             }
         }
         Ok(TensorSource::from_parts(
