@@ -59,6 +59,10 @@ pub enum Command {
     /// Train a small Llama-family causal LM (or continue training one) on prompt/response
     /// text, with loss on the response tokens; saved in Hugging Face layout.
     Train(TrainArgs),
+    /// Attribute a causal LM's performance on query examples to its training examples,
+    /// reasoning segments and tokens with influence functions (identity, diagonal, K-FAC,
+    /// EK-FAC), kronfluence's conventions.
+    Influence(InfluenceArgs),
 }
 
 /// The table formats, as flags name them.
@@ -465,4 +469,235 @@ pub struct TrainArgs {
     /// Input format, when the extension does not say.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub input_format: Option<FormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecondArg {
+    Identity,
+    Diagonal,
+    Kfac,
+    Ekfac,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FisherArg {
+    /// The data's own labels.
+    Empirical,
+    /// Labels drawn from the model's predictions (seeded).
+    Sampled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryAggArg {
+    /// One score per query.
+    None,
+    /// The mean query gradient: influence on the mean query log-likelihood (Infra).
+    Mean,
+    /// The summed query gradient (kronfluence's aggregate_query_gradients).
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GranularityArg {
+    Example,
+    Segment,
+    Token,
+}
+
+/// The model, the examples and how their gradients are taken: shared by scoring and factor
+/// fitting.
+#[derive(Debug, Args)]
+pub struct GradientArgs {
+    /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, required = true, value_name = "DIR")]
+    pub model: Option<String>,
+
+    /// Training table: prompt/response text or input_ids/labels lists, optional id, domain,
+    /// difficulty.
+    #[arg(long, required = true, value_name = "FILE")]
+    pub train: Option<String>,
+
+    /// Tracked linear layers: a regex searched in module names like model.layers.0.mlp.up_proj.
+    #[arg(
+        long,
+        default_value = r"mlp\.(gate|up|down)_proj",
+        value_name = "REGEX"
+    )]
+    pub modules: String,
+
+    /// Labels behind the factors.
+    #[arg(long, value_enum, default_value = "empirical")]
+    pub fisher: FisherArg,
+
+    /// Kronecker projection of each layer's gradient space to R_IN x R_OUT (kron:R_IN,R_OUT),
+    /// seeded by --seed, module and side.
+    #[arg(long, value_name = "kron:R_IN,R_OUT")]
+    pub project: Option<String>,
+
+    /// Id column (default: `id` when present, else the row index).
+    #[arg(long, value_name = "NAME")]
+    pub id_col: Option<String>,
+
+    /// Prompt text column (no loss).
+    #[arg(long, default_value = "prompt", value_name = "NAME")]
+    pub prompt_col: String,
+
+    /// Response text column (loss on its tokens and the end-of-text token).
+    #[arg(long, default_value = "response", value_name = "NAME")]
+    pub response_col: String,
+
+    /// Cut token sequences to this many tokens instead of failing on rows longer than the
+    /// model's positions.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+
+    /// Examples per forward/backward pass.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
+    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Model compute precision (factors and scores are always accumulated in f64).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+
+    /// Initialise tensors the checkpoint lacks and ignore unused ones instead of failing.
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// Process shard I of N (0-based) of the training rows, or `auto` in a Slurm array job.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct InfluenceArgs {
+    #[command(subcommand)]
+    pub action: Option<InfluenceAction>,
+
+    #[command(flatten)]
+    pub gradients: GradientArgs,
+
+    /// Query table (same columns as the training table; optional `correct`).
+    #[arg(long, required = true, value_name = "FILE")]
+    pub query: Option<String>,
+
+    /// Example scores: query_id, train_id, score, rank (and domain, difficulty, per-module).
+    #[arg(short, long, required = true, value_name = "FILE")]
+    pub out: Option<String>,
+
+    /// Preconditioner [default: ekfac, or the one --factors were fitted for].
+    #[arg(long, value_enum)]
+    pub precond: Option<PrecondArg>,
+
+    /// Damping added to every eigenvalue: a number, or `heuristic` (0.1 x the mean eigenvalue
+    /// per layer).
+    #[arg(long, default_value = "heuristic", value_name = "LAMBDA")]
+    pub damping: String,
+
+    /// Reuse factors from `fit-factors`, `merge-factors` or --save-factors.
+    #[arg(long, value_name = "DIR")]
+    pub factors: Option<String>,
+
+    /// Also save the fitted factors (reusable with --factors).
+    #[arg(long, value_name = "DIR", conflicts_with = "factors")]
+    pub save_factors: Option<String>,
+
+    /// Score per query, or against the mean (or summed) query gradient.
+    #[arg(long, value_enum, default_value = "none")]
+    pub query_agg: QueryAggArg,
+
+    /// Boolean query column: only rows where it is true count (Infra's correctly answered
+    /// queries); used when present.
+    #[arg(long, default_value = "correct", value_name = "NAME")]
+    pub correct_col: String,
+
+    /// Also attribute to segments or tokens (their scores sum to the example score).
+    #[arg(long, value_enum, default_value = "example")]
+    pub granularity: GranularityArg,
+
+    /// How responses are cut into segments: paragraph, sentence, step, answer, regex:PATTERN.
+    #[arg(long, default_value = "paragraph", value_name = "SEGMENTER")]
+    pub segmenter: String,
+
+    /// Reference answer column for `--segmenter answer`.
+    #[arg(long, default_value = "answer", value_name = "NAME")]
+    pub answer_col: String,
+
+    /// Token table [default: OUT with .tokens before the extension] (--granularity token).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<String>,
+
+    /// Segment table [default: OUT with .segments before the extension] (--granularity segment
+    /// or token).
+    #[arg(long, value_name = "FILE")]
+    pub segments: Option<String>,
+
+    /// Summary by query domain x training domain x difficulty: mean score, share positive.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<String>,
+
+    /// Add one score column per tracked module.
+    #[arg(long)]
+    pub per_module: bool,
+
+    /// Print the K most helpful and most harmful training examples per domain (by the mean
+    /// over queries) on stdout.
+    #[arg(long, value_name = "K")]
+    pub top: Option<usize>,
+
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InfluenceAction {
+    /// Fit the preconditioner's factors on the training rows (or one shard of them) and save
+    /// them as sums plus counts, so shards add up with merge-factors.
+    FitFactors(FitFactorsArgs),
+    /// Add up factor shards into one factor directory.
+    MergeFactors(MergeFactorsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FitFactorsArgs {
+    #[command(flatten)]
+    pub gradients: GradientArgs,
+
+    /// Factor directory to write.
+    #[arg(short, long, value_name = "DIR")]
+    pub out: String,
+
+    /// Preconditioner the factors are for.
+    #[arg(long, value_enum, default_value = "ekfac")]
+    pub precond: PrecondArg,
+
+    /// EK-FAC's second pass: the merged covariances of every shard, whose eigenvectors rotate
+    /// this shard's gradients. Without it a sharded EK-FAC fit writes covariances only.
+    #[arg(long, value_name = "DIR")]
+    pub covariance: Option<String>,
+
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeFactorsArgs {
+    /// Factor directories from fit-factors (all shards of one stage, optionally with the
+    /// merged covariances they were rotated by).
+    #[arg(required = true, value_name = "DIR")]
+    pub inputs: Vec<String>,
+
+    /// Merged factor directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub out: String,
+
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod influence;
 pub mod interrupt;
 pub mod model;
 pub mod printer;

@@ -1,9 +1,11 @@
 //! One file per subcommand: read inputs, call the library, write outputs.
 
 mod convert;
+mod influence;
 mod inspect;
 mod output_dir;
 mod reweight;
+mod sequences;
 mod train;
 
 use anyhow::Result;
@@ -34,5 +36,6 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Convert(args) => convert::run(args, context),
         Command::Reweight(args) => reweight::run(args, context),
         Command::Train(args) => train::run(args, context),
+        Command::Influence(args) => influence::run(args, context),
     }
 }

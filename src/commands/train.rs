@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 
 use super::Context;
 use super::output_dir::OutputDir;
+use super::sequences;
 use crate::ExitStatus;
 use crate::cli::{ArchArg, DtypeArg, ScheduleArg, TrainArgs};
 use crate::error::{InputError, Interrupted, usage};
@@ -19,7 +20,7 @@ use crate::model::train::{Schedule, TrainSettings, Trainer};
 use crate::model::{
     Architecture, DeviceSpec, LanguageModel, LmConfig, LoadOptions, Sequence, tokenizer,
 };
-use crate::table::{self, ColumnRole, Expected, Input};
+use crate::table::{self, Input};
 
 const TRAINER_STATE: &str = "trainer.json";
 const OPTIMIZER_STATE: &str = "optimizer.bpk";
@@ -86,7 +87,13 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         )));
     };
 
-    let (sequences, truncated) = encode_rows(&input, &args, &lm, &tok, &prompts, &responses)?;
+    let encoding = sequences::Encoding {
+        file: input.label(),
+        prompt_col: &args.prompt_col,
+        response_col: &args.response_col,
+        max_length: args.max_length,
+    };
+    let (sequences, truncated) = encoding.encode_texts(&lm, &tok, &prompts, &responses)?;
     let settings = TrainSettings {
         epochs: args.epochs,
         max_steps: args.steps,
@@ -273,27 +280,8 @@ fn read_texts(input: &Input, args: &TrainArgs) -> Result<(Vec<String>, Vec<Strin
     let frame = input.read()?;
     let label = input.label();
     table::require_rows(&frame, label)?;
-    let mut columns = Vec::new();
-    for (name, flag) in [
-        (&args.prompt_col, "--prompt-col"),
-        (&args.response_col, "--response-col"),
-    ] {
-        let column =
-            table::require_type(&frame, label, ColumnRole::new(name, flag), Expected::Text)?;
-        let values = column.str().expect("checked string type");
-        let mut texts = Vec::with_capacity(values.len());
-        for (index, value) in values.iter().enumerate() {
-            let text = value.ok_or_else(|| {
-                InputError::new(label, "missing text (null)")
-                    .column(name.as_str())
-                    .row(index + 1)
-            })?;
-            texts.push(text.to_string());
-        }
-        columns.push(texts);
-    }
-    let responses = columns.pop().expect("two columns");
-    let prompts = columns.pop().expect("two columns");
+    let prompts = sequences::text_column(&frame, label, &args.prompt_col, "--prompt-col")?;
+    let responses = sequences::text_column(&frame, label, &args.response_col, "--response-col")?;
     Ok((prompts, responses))
 }
 
@@ -344,89 +332,6 @@ fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
         config.pad_token_id = config.eos_token_id;
     }
     Ok(config)
-}
-
-/// Tokenise every row; a row with no response tokens or longer than the model's positions is
-/// an input error naming the row.
-fn encode_rows(
-    input: &Input,
-    args: &TrainArgs,
-    lm: &LanguageModel,
-    tok: &Tokenizer,
-    prompts: &[String],
-    responses: &[String],
-) -> Result<(Vec<Sequence>, usize)> {
-    let label = input.label();
-    let eos = lm.config.eos_token_id;
-    let limit = lm.config.max_position_embeddings;
-    if let Some(max_length) = args.max_length
-        && max_length > limit
-    {
-        return Err(usage(format!(
-            "--max-length {max_length} exceeds the model's {limit} positions (max_position_embeddings)"
-        )));
-    }
-    let max_length = args.max_length.unwrap_or(limit);
-    let mut sequences = Vec::with_capacity(prompts.len());
-    let mut truncated = 0;
-    for (index, (prompt, response)) in prompts.iter().zip(responses).enumerate() {
-        let row = index + 1;
-        let mut sequence = tokenizer::prompt_response(tok, prompt, response, eos)
-            .map_err(|e| InputError::new(label, format!("cannot tokenise: {e}")).row(row))?;
-        if response.is_empty() || sequence.loss_tokens() == 0 {
-            return Err(
-                InputError::new(label, "empty response (no tokens to train on)")
-                    .column(args.response_col.as_str())
-                    .row(row)
-                    .into(),
-            );
-        }
-        if sequence.len() > max_length {
-            if args.max_length.is_none() {
-                return Err(InputError::new(
-                    label,
-                    format!(
-                        "{} tokens, more than the model's {limit} positions \
-                         (max_position_embeddings); cut long rows with --max-length",
-                        sequence.len()
-                    ),
-                )
-                .row(row)
-                .into());
-            }
-            sequence.truncate(max_length);
-            truncated += 1;
-            if sequence.loss_tokens() == 0 {
-                return Err(InputError::new(
-                    label,
-                    format!(
-                        "the prompt fills all {max_length} tokens of --max-length; \
-                         no response token is left to train on"
-                    ),
-                )
-                .column(args.prompt_col.as_str())
-                .row(row)
-                .into());
-            }
-        }
-        if let Some(&bad) = sequence
-            .input_ids
-            .iter()
-            .find(|&&t| t as usize >= lm.config.vocab_size)
-        {
-            return Err(InputError::new(
-                label,
-                format!(
-                    "token id {bad} is outside the model's vocab_size {}",
-                    lm.config.vocab_size
-                ),
-            )
-            .row(row)
-            .into());
-        }
-        sequences.push(sequence);
-    }
-    Ok((sequences, truncated))
 }
 
 /// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer.

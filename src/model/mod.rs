@@ -184,9 +184,36 @@ impl LanguageModel {
         batch: &TokenBatch,
         tracked: &Regex,
     ) -> Result<(Vec<f64>, Vec<LayerActivations>)> {
+        self.capture_with(batch, tracked, None)
+    }
+
+    /// As `capture`, but the loss scores labels drawn from the model's own predictive
+    /// distribution (the true Fisher's sampling) at every position that carries a label; row
+    /// `b` draws from the stream `seeds[b]`.
+    pub fn capture_sampled(
+        &self,
+        batch: &TokenBatch,
+        tracked: &Regex,
+        seeds: &[u64],
+    ) -> Result<(Vec<f64>, Vec<LayerActivations>)> {
+        self.capture_with(batch, tracked, Some(seeds))
+    }
+
+    fn capture_with(
+        &self,
+        batch: &TokenBatch,
+        tracked: &Regex,
+        sample_seeds: Option<&[u64]>,
+    ) -> Result<(Vec<f64>, Vec<LayerActivations>)> {
         let mut capture = Capture::tracking(tracked.clone());
         let logits = self.model.forward(batch, &mut capture);
-        let losses = self.model.sequence_losses(logits, batch);
+        let losses = match sample_seeds {
+            None => self.model.sequence_losses(logits, batch),
+            Some(seeds) => {
+                let sampled = sample_labels(&logits, batch, seeds);
+                self.model.sequence_losses(logits, &sampled)
+            }
+        };
         let grads = losses.clone().sum().backward();
         let activations = capture.into_activations(&grads);
         if activations.is_empty() {
@@ -196,6 +223,37 @@ impl LanguageModel {
         }
         Ok((tensor_to_f64(losses.detach()), activations))
     }
+}
+
+/// A copy of `batch` whose labels are drawn from softmax(logits) wherever a label is used
+/// (label t+1 is scored by the logits at t).
+fn sample_labels(logits: &Tensor<3>, batch: &TokenBatch, seeds: &[u64]) -> TokenBatch {
+    let [b, t, v] = logits.dims();
+    let values = tensor_to_f64(logits.clone().detach());
+    let mut sampled = batch.clone();
+    for row in 0..b {
+        let mut rng = crate::rng::SplitMix64::new(seeds[row]);
+        for position in 1..t {
+            let index = row * t + position;
+            if batch.labels[index] == IGNORE_INDEX {
+                continue;
+            }
+            let scores = &values[(row * t + position - 1) * v..(row * t + position) * v];
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            let mut target = rng.next_f64() * total;
+            let mut choice = v - 1;
+            for (token, s) in scores.iter().enumerate() {
+                target -= (s - max).exp();
+                if target < 0.0 {
+                    choice = token;
+                    break;
+                }
+            }
+            sampled.labels[index] = choice as i64;
+        }
+    }
+    sampled
 }
 
 /// Gradient capture needs an autodiff device; frozen parameters keep plain use cheap.

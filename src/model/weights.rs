@@ -59,7 +59,7 @@ impl StoredTensor {
 }
 
 /// The safetensors files of a model directory: the single file, or the shards its index names.
-fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
     if single.is_file() {

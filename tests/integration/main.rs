@@ -4,6 +4,7 @@ mod cli;
 mod cli_reference;
 mod convert;
 mod errors;
+mod influence;
 mod inspect;
 mod model;
 mod reweight;

@@ -1,0 +1,166 @@
+//! Training and query tables as token sequences with the columns carried to the outputs.
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use crate::commands::sequences::{self, Encoding};
+use crate::error::{InputError, usage};
+use crate::model::{IGNORE_INDEX, LanguageModel, Sequence};
+use crate::table::{self, ColumnRole, Input, InputDigest};
+
+/// One input table, tokenised.
+pub struct Examples {
+    pub file: String,
+    pub digest: InputDigest,
+    /// The id column (or row indices), as read.
+    pub ids: Column,
+    pub sequences: Vec<Sequence>,
+    pub truncated: usize,
+    /// `domain` and `difficulty` as read (carried to outputs) and as text (for grouping).
+    pub domain: Option<(Column, Vec<String>)>,
+    pub difficulty: Option<(Column, Vec<String>)>,
+    /// The response text, where the table has one (previews).
+    pub responses: Option<Vec<String>>,
+    /// Reference answers for `--segmenter answer`.
+    pub answers: Option<Vec<Option<String>>>,
+    /// Rows flagged as correctly answered (queries).
+    pub correct: Option<Vec<bool>>,
+}
+
+pub struct ReadOptions<'a> {
+    pub id_col: Option<&'a str>,
+    pub prompt_col: &'a str,
+    pub response_col: &'a str,
+    pub max_length: Option<usize>,
+    pub answer_col: Option<&'a str>,
+    pub correct_col: Option<&'a str>,
+}
+
+impl Examples {
+    pub fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// The ids of `rows`, in order.
+    pub fn ids_of(&self, rows: &[u32]) -> Result<Column> {
+        take(&self.ids, rows)
+    }
+}
+
+pub fn take(column: &Column, rows: &[u32]) -> Result<Column> {
+    let index = IdxCa::from_vec("".into(), rows.iter().map(|&r| r as IdxSize).collect());
+    Ok(column.take(&index)?)
+}
+
+/// Read `path`: `input_ids`/`labels` list columns when present, else prompt/response text.
+pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Examples> {
+    let input = Input::open(path, None)?;
+    let frame = input.read()?;
+    let file = input.label().to_string();
+    table::require_rows(&frame, &file)?;
+    let id_name = options.id_col.unwrap_or("id");
+    let ids = table::id_column(
+        &frame,
+        &file,
+        ColumnRole::new(id_name, "--id-col"),
+        options.id_col.is_some(),
+    )?;
+    let encoding = Encoding {
+        file: &file,
+        prompt_col: options.prompt_col,
+        response_col: options.response_col,
+        max_length: options.max_length,
+    };
+    let has = |name: &str| frame.column(name).is_ok();
+    let (sequences, truncated, responses) = if has("input_ids") {
+        if !has("labels") {
+            return Err(table::missing_column(
+                &file,
+                ColumnRole::new("labels", "labels (with input_ids)"),
+                &frame
+                    .get_column_names()
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .into());
+        }
+        let input_ids = sequences::id_list_column(&frame, &file, "input_ids")?;
+        let labels = sequences::id_list_column(&frame, &file, "labels")?;
+        let (sequences, truncated) = encoding.from_ids(lm, input_ids, labels)?;
+        (sequences, truncated, None)
+    } else {
+        let Some(tok) = &lm.tokenizer else {
+            return Err(usage(format!(
+                "{file}: text rows need the model's tokenizer.json (or give input_ids/labels columns)"
+            )));
+        };
+        let prompts = sequences::text_column(&frame, &file, options.prompt_col, "--prompt-col")?;
+        let responses =
+            sequences::text_column(&frame, &file, options.response_col, "--response-col")?;
+        let (sequences, truncated) = encoding.encode_texts(lm, tok, &prompts, &responses)?;
+        (sequences, truncated, Some(responses))
+    };
+    let as_text = |name: &str| -> Result<Option<(Column, Vec<String>)>> {
+        let Ok(column) = frame.column(name) else {
+            return Ok(None);
+        };
+        let text = column.cast(&DataType::String)?;
+        let values = text
+            .str()?
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect();
+        Ok(Some((column.clone(), values)))
+    };
+    let answers = match options.answer_col {
+        Some(name) if has(name) => Some(
+            frame
+                .column(name)?
+                .cast(&DataType::String)?
+                .str()?
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let correct = match options.correct_col {
+        Some(name) if has(name) => {
+            let column = table::require_type(
+                &frame,
+                &file,
+                ColumnRole::new(name, "--correct-col"),
+                table::Expected::Boolean,
+            )?;
+            let values = column.bool()?;
+            let mut flags = Vec::with_capacity(values.len());
+            for (index, value) in values.iter().enumerate() {
+                flags.push(value.ok_or_else(|| {
+                    InputError::new(file.as_str(), "null (expected true or false)")
+                        .column(name)
+                        .row(index + 1)
+                })?);
+            }
+            Some(flags)
+        }
+        _ => None,
+    };
+    Ok(Examples {
+        digest: input.digest()?,
+        ids,
+        sequences,
+        truncated,
+        domain: as_text("domain")?,
+        difficulty: as_text("difficulty")?,
+        responses,
+        answers,
+        correct,
+        file,
+    })
+}
+
+/// Positions whose token is a prediction target (the response).
+pub fn is_response(sequence: &Sequence) -> Vec<bool> {
+    sequence.labels.iter().map(|&l| l != IGNORE_INDEX).collect()
+}

@@ -1,0 +1,672 @@
+//! `curate influence`: score training examples (and their segments and tokens) by their
+//! influence on query examples; `fit-factors` and `merge-factors` for sharded factor fitting.
+
+mod examples;
+mod factors_dir;
+mod outputs;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::DType;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use super::Context;
+use crate::ExitStatus;
+use crate::cli::{
+    DtypeArg, FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction,
+    InfluenceArgs, MergeFactorsArgs, PrecondArg, QueryAggArg,
+};
+use crate::error::usage;
+use crate::influence::{
+    self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
+    QueryAggregate, Stage, segment::Segmenter,
+};
+use crate::interrupt;
+use crate::model::{DeviceSpec, LanguageModel, LoadOptions, weights};
+use crate::printer::Printer;
+use crate::table::{InputDigest, Shard};
+use examples::{Examples, ReadOptions};
+use factors_dir::FactorMeta;
+
+pub fn run(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
+    match args.action {
+        Some(InfluenceAction::FitFactors(fit)) => fit_factors(fit, context),
+        Some(InfluenceAction::MergeFactors(merge)) => merge_factors(merge, context),
+        None => score(args, context),
+    }
+}
+
+/// The model, the training examples and how gradients are taken.
+struct Setup {
+    lm: LanguageModel,
+    model_digest: String,
+    model_inputs: Vec<InputDigest>,
+    tracked: Regex,
+    projection: Option<Projection>,
+    fisher: Fisher,
+    shard: Shard,
+    batch_size: usize,
+    train: Examples,
+}
+
+fn preconditioner(arg: PrecondArg) -> Preconditioner {
+    match arg {
+        PrecondArg::Identity => Preconditioner::Identity,
+        PrecondArg::Diagonal => Preconditioner::Diagonal,
+        PrecondArg::Kfac => Preconditioner::Kfac,
+        PrecondArg::Ekfac => Preconditioner::Ekfac,
+    }
+}
+
+fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Result<Setup> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be positive"));
+    }
+    let tracked = Regex::new(&args.modules)
+        .map_err(|e| usage(format!("--modules {:?}: {e}", args.modules)))?;
+    let projection = args
+        .project
+        .as_deref()
+        .map(|spec| {
+            spec.parse::<Projection>().map(|p| Projection {
+                seed: context.seed,
+                ..p
+            })
+        })
+        .transpose()
+        .map_err(usage)?;
+    let shard = match &args.shard {
+        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
+        None => Shard::WHOLE,
+    };
+    let fisher = match args.fisher {
+        FisherArg::Empirical => Fisher::Empirical,
+        FisherArg::Sampled => Fisher::Sampled { seed: context.seed },
+    };
+    let device = args
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(usage)?
+        .device()
+        .map_err(usage)?;
+    let dtype = match args.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F64 => DType::F64,
+    };
+    let model_dir = Path::new(args.model.as_deref().expect("clap requires --model"));
+    let lm = LanguageModel::load(
+        model_dir,
+        &LoadOptions {
+            allow_partial: args.allow_partial,
+            seed: context.seed,
+            ..LoadOptions::inference(&device, dtype)
+        },
+    )?;
+    let (model_digest, model_inputs) = model_digest(model_dir)?;
+    let options = ReadOptions {
+        id_col: args.id_col.as_deref(),
+        prompt_col: &args.prompt_col,
+        response_col: &args.response_col,
+        max_length: args.max_length,
+        answer_col,
+        correct_col: None,
+    };
+    let train = examples::read(
+        args.train.as_deref().expect("clap requires --train"),
+        &lm,
+        &options,
+    )?;
+    Ok(Setup {
+        lm,
+        model_digest,
+        model_inputs,
+        tracked,
+        projection,
+        fisher,
+        shard,
+        batch_size: args.batch_size,
+        train,
+    })
+}
+
+/// sha256 over the model's config and weight files, and each file's digest for provenance.
+fn model_digest(dir: &Path) -> Result<(String, Vec<InputDigest>)> {
+    let mut files = vec![dir.join("config.json")];
+    files.extend(weights::checkpoint_files(dir)?);
+    let mut hash = Sha256::new();
+    let mut digests = Vec::new();
+    for file in files {
+        let digest = InputDigest::of_file(file.display().to_string(), &file)?;
+        hash.update(digest.sha256.as_bytes());
+        digests.push(digest);
+    }
+    Ok((format!("{:x}", hash.finalize()), digests))
+}
+
+fn fisher_name(fisher: Fisher) -> String {
+    match fisher {
+        Fisher::Empirical => "empirical".to_string(),
+        Fisher::Sampled { seed } => format!("sampled:{seed}"),
+    }
+}
+
+/// Progress per pass: a bar on stderr (TTY only) and a Ctrl-C check after every batch.
+fn pass<'a>(
+    printer: &Printer,
+    label: &str,
+    total: usize,
+    bar_slot: &'a mut Option<indicatif::ProgressBar>,
+) -> impl FnMut(usize) -> Result<()> + 'a {
+    let bar = printer.progress_bar(total as u64, label);
+    *bar_slot = Some(bar.clone());
+    move |n| {
+        bar.inc(n as u64);
+        interrupt::check()?;
+        Ok(())
+    }
+}
+
+/// Fit what `preconditioner` needs on `rows`: complete factors, or with sharding the partial
+/// sums of one stage.
+fn fit(
+    setup: &Setup,
+    preconditioner: Preconditioner,
+    covariance: Option<&FactorSet>,
+    context: &Context,
+) -> Result<FactorSet> {
+    let source = LmSource {
+        model: &setup.lm,
+        sequences: &setup.train.sequences,
+        tracked: &setup.tracked,
+    };
+    let rows = setup.shard.rows(setup.train.len());
+    let mut bar = None;
+    let factors = {
+        let mut on_batch = pass(&context.printer, "factors", rows.len(), &mut bar);
+        let mut options = PassOptions {
+            batch_size: setup.batch_size,
+            projection: setup.projection,
+            on_batch: &mut on_batch,
+        };
+        if let Some(covariance) = covariance {
+            influence::fit_lambdas(
+                &source,
+                rows,
+                setup.fisher,
+                preconditioner,
+                Some(covariance),
+                &mut options,
+            )?
+        } else if preconditioner.two_passes() && setup.shard.count > 1 {
+            influence::fit_covariances(&source, rows, setup.fisher, preconditioner, &mut options)?
+        } else {
+            influence::fit_factors(&source, rows, setup.fisher, preconditioner, &mut options)?
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(factors)
+}
+
+fn meta_for(setup: &Setup, factors: &FactorSet, covariance: Option<String>) -> FactorMeta {
+    FactorMeta {
+        preconditioner: factors.preconditioner.name().to_string(),
+        stage: factors.stage.name().to_string(),
+        fisher: fisher_name(setup.fisher),
+        projection: setup.projection.map(|p| p.to_string()),
+        modules: factors
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.in_dim, m.out_dim))
+            .collect(),
+        model: setup.model_digest.clone(),
+        train: setup.train.digest.sha256.clone(),
+        shard: (setup.shard.count > 1).then(|| setup.shard.to_string()),
+        covariance,
+    }
+}
+
+fn provenance_of(
+    setup: &Setup,
+    context: &Context,
+    extra: Option<&Examples>,
+) -> crate::table::Provenance {
+    let mut provenance = context.provenance();
+    for digest in &setup.model_inputs {
+        provenance.add_input(digest.clone());
+    }
+    provenance.add_input(setup.train.digest.clone());
+    if let Some(extra) = extra {
+        provenance.add_input(extra.digest.clone());
+    }
+    provenance
+}
+
+fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
+    let preconditioner = preconditioner(args.precond);
+    if preconditioner == Preconditioner::Identity {
+        return Err(usage("--precond identity needs no factors"));
+    }
+    let out = Path::new(&args.out);
+    if out.exists() && !args.force {
+        return Err(usage(format!(
+            "{}: exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    let setup = setup(&args.gradients, context, None)?;
+    let covariance = match &args.covariance {
+        None => None,
+        Some(dir) => {
+            if preconditioner != Preconditioner::Ekfac {
+                return Err(usage(
+                    "--covariance is EK-FAC's second pass; use it with --precond ekfac",
+                ));
+            }
+            let (set, meta) = factors_dir::load(Path::new(dir))?;
+            check_compatible(dir, &meta, &setup, preconditioner)?;
+            if meta.shard.is_some() || set.modules.iter().any(|m| m.activation_sum.is_none()) {
+                return Err(usage(format!(
+                    "{dir}: --covariance needs the merged covariances of all shards (merge-factors), not {}",
+                    meta.shard
+                        .map_or("a set without covariances".to_string(), |s| format!(
+                            "shard {s}"
+                        ))
+                )));
+            }
+            Some(set)
+        }
+    };
+    let started = Instant::now();
+    let factors = fit(&setup, preconditioner, covariance.as_ref(), context)?;
+    let covariance_digest = covariance.as_ref().map(factors_dir::covariance_digest);
+    let meta = meta_for(&setup, &factors, covariance_digest);
+    let provenance = provenance_of(&setup, context, None);
+    factors_dir::save(out, &factors, &meta, &provenance.key_values(), args.force)?;
+    writeln!(
+        context.printer.stderr(),
+        "fitted {} factors ({}{}) on {} examples in {:.1}s; wrote {}",
+        preconditioner.name(),
+        factors.stage.name(),
+        meta.shard
+            .as_ref()
+            .map_or(String::new(), |s| format!(", shard {s}")),
+        setup.shard.rows(setup.train.len()).len(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// Factors fitted elsewhere must be for this model, data, labels and projection.
+fn check_compatible(
+    dir: &str,
+    meta: &FactorMeta,
+    setup: &Setup,
+    preconditioner: Preconditioner,
+) -> Result<()> {
+    let file = format!("{dir}/{}", factors_dir::FACTORS_FILE);
+    let mismatch = |what: &str, theirs: &str, ours: &str| {
+        crate::error::InputError::new(
+            file.as_str(),
+            format!("the factors were fitted {what} {theirs}, this run uses {ours}"),
+        )
+    };
+    if meta.preconditioner != preconditioner.name() {
+        return Err(mismatch("for", &meta.preconditioner, preconditioner.name()).into());
+    }
+    if meta.model != setup.model_digest {
+        return Err(mismatch("on model", &short(&meta.model), &short(&setup.model_digest)).into());
+    }
+    let projection = setup.projection.map(|p| p.to_string());
+    if meta.projection != projection {
+        return Err(mismatch(
+            "with projection",
+            meta.projection.as_deref().unwrap_or("none"),
+            projection.as_deref().unwrap_or("none"),
+        )
+        .into());
+    }
+    if meta.fisher != fisher_name(setup.fisher) {
+        return Err(mismatch(
+            "with Fisher labels",
+            &meta.fisher,
+            &fisher_name(setup.fisher),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn short(digest: &str) -> String {
+    format!("sha256 {}", &digest[..digest.len().min(12)])
+}
+
+fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus> {
+    let out = Path::new(&args.out);
+    if out.exists() && !args.force {
+        return Err(usage(format!(
+            "{}: exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    let mut loaded = Vec::new();
+    for dir in &args.inputs {
+        let (set, meta) = factors_dir::load(Path::new(dir))?;
+        loaded.push((dir.as_str(), set, meta));
+    }
+    let (first_dir, _, first) = &loaded[0];
+    for (dir, _, meta) in &loaded[1..] {
+        if meta.fit_key() != first.fit_key() {
+            return Err(usage(format!(
+                "{dir} and {first_dir} were fitted differently (preconditioner, labels, projection, modules, model or training data differ)"
+            )));
+        }
+    }
+    // Eigenvalue shards are added to the covariances they were rotated by (given once).
+    let (lambda, base): (Vec<_>, Vec<_>) = loaded.iter().partition(|(_, _, m)| m.stage == "lambda");
+    let shards: &Vec<_> = if lambda.is_empty() { &base } else { &lambda };
+    check_shard_cover(shards.iter().map(|(d, _, m)| (*d, m)))?;
+    let mut merged = FactorSet::new(shards[0].1.preconditioner, Stage::Complete);
+    let mut covariance_digest = None;
+    if !lambda.is_empty() {
+        let [covariance] = base.as_slice() else {
+            return Err(usage(
+                "merging eigenvalue shards needs the one merged covariance directory they were rotated by among the inputs",
+            ));
+        };
+        let digest = factors_dir::covariance_digest(&covariance.1);
+        for (dir, _, meta) in &lambda {
+            if meta.covariance.as_deref() != Some(digest.as_str()) {
+                return Err(usage(format!(
+                    "{dir} was rotated by other covariances than {}",
+                    covariance.0
+                )));
+            }
+        }
+        merged.merge(&covariance.1)?;
+        covariance_digest = Some(digest);
+    }
+    for (_, set, _) in shards {
+        merged.merge(set)?;
+    }
+    merged.stage = if lambda.is_empty() && shards[0].2.stage == "covariance" {
+        Stage::Covariance
+    } else {
+        Stage::Complete
+    };
+    let meta = FactorMeta {
+        stage: merged.stage.name().to_string(),
+        shard: None,
+        covariance: covariance_digest.filter(|_| merged.stage != Stage::Complete),
+        ..first.clone()
+    };
+    let mut provenance = context.provenance();
+    for (dir, _, _) in &loaded {
+        let path = Path::new(dir).join(factors_dir::FACTORS_FILE);
+        provenance.add_input(InputDigest::of_file(path.display().to_string(), &path)?);
+    }
+    factors_dir::save(out, &merged, &meta, &provenance.key_values(), args.force)?;
+    writeln!(
+        context.printer.stderr(),
+        "merged {} factor sets ({}); wrote {}",
+        loaded.len(),
+        merged.stage.name(),
+        out.display()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// The shards of one stage: the same count, each index exactly once.
+fn check_shard_cover<'a>(shards: impl Iterator<Item = (&'a str, &'a FactorMeta)>) -> Result<()> {
+    let mut seen: Vec<(Shard, &str)> = Vec::new();
+    for (dir, meta) in shards {
+        let Some(spec) = &meta.shard else {
+            return Err(usage(format!(
+                "{dir} is not a shard (already complete or merged)"
+            )));
+        };
+        let shard: Shard = spec.parse().map_err(usage)?;
+        if let Some((_, other)) = seen.iter().find(|(s, _)| s.index == shard.index) {
+            return Err(usage(format!("{dir} and {other} are both shard {shard}")));
+        }
+        if let Some((s, other)) = seen.iter().find(|(s, _)| s.count != shard.count) {
+            return Err(usage(format!(
+                "{dir} is shard {shard} but {other} is shard {s}"
+            )));
+        }
+        seen.push((shard, dir));
+    }
+    let count = seen[0].0.count;
+    if seen.len() != count {
+        let missing: Vec<String> = (0..count)
+            .filter(|i| !seen.iter().any(|(s, _)| s.index == *i))
+            .map(|i| format!("{i}/{count}"))
+            .collect();
+        return Err(usage(format!("shards missing: {}", missing.join(", "))));
+    }
+    Ok(())
+}
+
+fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
+    let damping: Damping = args.damping.parse().map_err(usage)?;
+    let segmenter: Segmenter = args.segmenter.parse().map_err(usage)?;
+    let aggregate = match args.query_agg {
+        QueryAggArg::None => QueryAggregate::None,
+        QueryAggArg::Mean => QueryAggregate::Mean,
+        QueryAggArg::Sum => QueryAggregate::Sum,
+    };
+    let out = args.out.clone().expect("clap requires --out");
+    let granularity = args.granularity;
+    let outputs = outputs::Outputs::create(&out, &args)?;
+    if args.gradients.shard.is_some()
+        && args.factors.is_none()
+        && args.precond != Some(PrecondArg::Identity)
+    {
+        return Err(usage(
+            "--shard scores one part of the training rows against factors of all of them: fit them first (fit-factors, merge-factors) and pass --factors",
+        ));
+    }
+    let segmenting = granularity != GranularityArg::Example;
+    let setup = setup(
+        &args.gradients,
+        context,
+        segmenting.then_some(args.answer_col.as_str()),
+    )?;
+    if matches!(segmenter, Segmenter::Answer) && segmenting && setup.train.answers.is_none() {
+        return Err(usage(format!(
+            "{}: --segmenter answer needs the reference answer column '{}' (name it with --answer-col)",
+            setup.train.file, args.answer_col
+        )));
+    }
+    let query_options = ReadOptions {
+        id_col: args.gradients.id_col.as_deref(),
+        prompt_col: &args.gradients.prompt_col,
+        response_col: &args.gradients.response_col,
+        max_length: args.gradients.max_length,
+        answer_col: None,
+        correct_col: Some(&args.correct_col),
+    };
+    let query = examples::read(
+        args.query.as_deref().expect("clap requires --query"),
+        &setup.lm,
+        &query_options,
+    )?;
+    let mut err = context.printer.stderr();
+    for examples in [&setup.train, &query] {
+        if examples.truncated > 0 {
+            writeln!(
+                err,
+                "{}: cut {} of {} rows to --max-length",
+                examples.file,
+                examples.truncated,
+                examples.len()
+            )?;
+        }
+    }
+    let started = Instant::now();
+
+    // Factors: reused, or fitted on every training row (then there is no shard).
+    let factors = match &args.factors {
+        Some(dir) => {
+            let (set, meta) = factors_dir::load(Path::new(dir))?;
+            let wanted = args
+                .precond
+                .map(preconditioner)
+                .unwrap_or(set.preconditioner);
+            check_compatible(dir, &meta, &setup, wanted)?;
+            if set.stage != Stage::Complete || meta.shard.is_some() {
+                return Err(usage(format!(
+                    "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
+                    meta.stage,
+                    meta.shard
+                        .map_or(String::new(), |s| format!(" of shard {s}"))
+                )));
+            }
+            set
+        }
+        None => {
+            let wanted = args
+                .precond
+                .map(preconditioner)
+                .unwrap_or(Preconditioner::Ekfac);
+            let set = if wanted == Preconditioner::Identity {
+                FactorSet::new(wanted, Stage::Complete)
+            } else {
+                fit(&setup, wanted, None, context)?
+            };
+            if let Some(dir) = &args.save_factors {
+                let meta = meta_for(&setup, &set, None);
+                let provenance = provenance_of(&setup, context, None);
+                factors_dir::save(
+                    Path::new(dir),
+                    &set,
+                    &meta,
+                    &provenance.key_values(),
+                    args.force,
+                )?;
+            }
+            set
+        }
+    };
+    let fitted = started.elapsed().as_secs_f64();
+
+    // Query gradients, preconditioned once.
+    let query_rows: Vec<usize> = match &query.correct {
+        Some(flags) => (0..query.len()).filter(|&i| flags[i]).collect(),
+        None => (0..query.len()).collect(),
+    };
+    if query_rows.is_empty() {
+        return Err(crate::error::InputError::new(
+            query.file.as_str(),
+            format!("no query row is marked correct in '{}'", args.correct_col),
+        )
+        .column(args.correct_col.as_str())
+        .into());
+    }
+    let kept: Vec<crate::model::Sequence> = query_rows
+        .iter()
+        .map(|&i| query.sequences[i].clone())
+        .collect();
+    let query_source = LmSource {
+        model: &setup.lm,
+        sequences: &kept,
+        tracked: &setup.tracked,
+    };
+    let mut bar = None;
+    let queries = {
+        let mut on_batch = pass(&context.printer, "queries", kept.len(), &mut bar);
+        let mut options = PassOptions {
+            batch_size: setup.batch_size,
+            projection: setup.projection,
+            on_batch: &mut on_batch,
+        };
+        influence::query_gradients(
+            &query_source,
+            0..kept.len(),
+            &factors,
+            damping,
+            aggregate,
+            &mut options,
+        )?
+    };
+    if let Some(bar) = bar.take() {
+        bar.finish_and_clear();
+    }
+
+    // Training rows of this shard against every query.
+    let rows = setup.shard.rows(setup.train.len());
+    let train_source = LmSource {
+        model: &setup.lm,
+        sequences: &setup.train.sequences,
+        tracked: &setup.tracked,
+    };
+    let mut collected = outputs::Collected::new(
+        queries.count,
+        queries.names.clone(),
+        rows.clone(),
+        granularity != GranularityArg::Example,
+    );
+    {
+        let mut on_batch = pass(&context.printer, "scores", rows.len(), &mut bar);
+        let mut options = PassOptions {
+            batch_size: setup.batch_size,
+            projection: setup.projection,
+            on_batch: &mut on_batch,
+        };
+        influence::score(
+            &train_source,
+            rows.clone(),
+            &queries,
+            granularity != GranularityArg::Example,
+            &mut options,
+            |batch| {
+                collected.add(batch);
+                Ok(())
+            },
+        )?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let scored = started.elapsed().as_secs_f64() - fitted;
+
+    let query_labels = outputs::QueryLabels::new(&query, &query_rows, aggregate)?;
+    let provenance = provenance_of(&setup, context, Some(&query));
+    let written = outputs.write(
+        &collected,
+        &outputs::Tables {
+            train: &setup.train,
+            query: &query_labels,
+            lm: &setup.lm,
+            segmenter: &segmenter,
+            per_module: args.per_module,
+            ranked: setup.shard.count == 1,
+        },
+        &provenance,
+    )?;
+    writeln!(
+        err,
+        "scored {} training examples against {} (precond {}, {} modules): factors {:.1}s, scores {:.1}s; wrote {}",
+        rows.len(),
+        match aggregate {
+            QueryAggregate::None => format!("{} queries", queries.count),
+            QueryAggregate::Mean => format!("the mean of {} queries", kept.len()),
+            QueryAggregate::Sum => format!("the sum of {} queries", kept.len()),
+        },
+        factors.preconditioner.name(),
+        queries.names.len(),
+        fitted,
+        scored,
+        written.join(", ")
+    )?;
+    if let Some(k) = args.top {
+        outputs::print_top(&context.printer, &collected, &setup.train, k)?;
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,232 @@
+//! Passes over a `GradientSource`: fitting factors, building query gradients, scoring.
+
+use std::ops::Range;
+
+use anyhow::{Result, bail};
+use faer::Mat;
+
+use super::{
+    Damping, FactorSet, Fisher, GradientSource, ModulePreconditioner, ModuleStacks, Preconditioner,
+    Projection, QueryGradients, ScoreMatrix, Stage, TokenScores, score_examples, score_tokens,
+};
+
+/// How a pass walks the data.
+pub struct PassOptions<'a> {
+    pub batch_size: usize,
+    pub projection: Option<Projection>,
+    /// Called after each batch with the number of examples it held; an error stops the pass
+    /// (Ctrl-C).
+    pub on_batch: &'a mut dyn FnMut(usize) -> Result<()>,
+}
+
+/// How query gradients are combined before scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryAggregate {
+    /// One score per query.
+    None,
+    /// The summed query gradient (kronfluence's `aggregate_query_gradients`).
+    Sum,
+    /// The mean query gradient: the influence on the mean query log-likelihood (Infra).
+    Mean,
+}
+
+fn batches(rows: Range<usize>, batch_size: usize) -> impl Iterator<Item = Range<usize>> {
+    let size = batch_size.max(1);
+    rows.clone()
+        .step_by(size)
+        .map(move |start| start..(start + size).min(rows.end))
+}
+
+fn capture(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    fisher: Fisher,
+    projection: Option<Projection>,
+) -> Result<Vec<ModuleStacks>> {
+    let mut stacks = source.capture(rows, fisher)?;
+    if let Some(projection) = projection {
+        for stack in &mut stacks {
+            projection.apply(stack);
+        }
+    }
+    Ok(stacks)
+}
+
+/// First pass: token covariances of `rows`.
+pub fn fit_covariances(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    fisher: Fisher,
+    preconditioner: Preconditioner,
+    options: &mut PassOptions,
+) -> Result<FactorSet> {
+    let mut factors = FactorSet::new(preconditioner, Stage::Covariance);
+    for batch in batches(rows, options.batch_size) {
+        let n = batch.len();
+        let stacks = capture(source, batch, fisher, options.projection)?;
+        factors.add_covariances(&stacks)?;
+        (options.on_batch)(n)?;
+    }
+    Ok(factors)
+}
+
+/// Eigenvalue statistics of `rows`: rotated into `covariances`' eigenbases for EK-FAC, as they
+/// are for the diagonal preconditioner (then `covariances` is `None`).
+pub fn fit_lambdas(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    fisher: Fisher,
+    preconditioner: Preconditioner,
+    covariances: Option<&FactorSet>,
+    options: &mut PassOptions,
+) -> Result<FactorSet> {
+    let bases = covariances.map(FactorSet::eigenbases).transpose()?;
+    let mut factors = FactorSet::new(preconditioner, Stage::Lambda);
+    for batch in batches(rows, options.batch_size) {
+        let n = batch.len();
+        let stacks = capture(source, batch, fisher, options.projection)?;
+        if let Some(covariances) = covariances {
+            check_modules(covariances, &stacks)?;
+        }
+        factors.add_lambdas(&stacks, bases.as_deref())?;
+        (options.on_batch)(n)?;
+    }
+    Ok(factors)
+}
+
+/// Everything `preconditioner` needs from `rows`, in one or two passes.
+pub fn fit_factors(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    fisher: Fisher,
+    preconditioner: Preconditioner,
+    options: &mut PassOptions,
+) -> Result<FactorSet> {
+    let mut factors = FactorSet::new(preconditioner, Stage::Complete);
+    if preconditioner.needs_covariance() {
+        let covariances = fit_covariances(source, rows.clone(), fisher, preconditioner, options)?;
+        factors.merge(&covariances)?;
+    }
+    if preconditioner.needs_lambda() {
+        let basis = preconditioner.two_passes().then_some(&factors);
+        let lambdas = fit_lambdas(source, rows, fisher, preconditioner, basis, options)?;
+        factors.merge(&lambdas)?;
+    }
+    factors.stage = Stage::Complete;
+    Ok(factors)
+}
+
+/// Factors fitted on other modules or another projection cannot precondition these.
+fn check_modules(factors: &FactorSet, stacks: &[ModuleStacks]) -> Result<()> {
+    if factors.modules.is_empty() {
+        return Ok(());
+    }
+    let fitted: Vec<String> = factors
+        .modules
+        .iter()
+        .map(|m| format!("{} [{}x{}]", m.name, m.out_dim, m.in_dim))
+        .collect();
+    let tracked: Vec<String> = stacks
+        .iter()
+        .map(|s| format!("{} [{}x{}]", s.name, s.out_dim(), s.in_dim()))
+        .collect();
+    if fitted != tracked {
+        bail!(crate::error::UsageError(format!(
+            "the factors were fitted on other modules ({}) than the ones tracked now ({})",
+            fitted.join(", "),
+            tracked.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Preconditioned query gradients of `rows`.
+pub fn query_gradients(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    factors: &FactorSet,
+    damping: Damping,
+    aggregate: QueryAggregate,
+    options: &mut PassOptions,
+) -> Result<QueryGradients> {
+    let total = rows.len();
+    let mut names: Vec<String> = Vec::new();
+    let mut gradients: Vec<Vec<Mat<f64>>> = Vec::new();
+    for batch in batches(rows, options.batch_size) {
+        let n = batch.len();
+        let stacks = capture(source, batch, Fisher::Empirical, options.projection)?;
+        check_modules(factors, &stacks)?;
+        if names.is_empty() {
+            names = stacks.iter().map(|s| s.name.clone()).collect();
+            gradients = vec![Vec::new(); stacks.len()];
+        }
+        for (layer, stack) in gradients.iter_mut().zip(&stacks) {
+            for example in &stack.examples {
+                let gradient = example.weight_grad();
+                match aggregate {
+                    QueryAggregate::None => layer.push(gradient),
+                    QueryAggregate::Sum | QueryAggregate::Mean => match layer.first_mut() {
+                        Some(sum) => *sum += gradient,
+                        None => layer.push(gradient),
+                    },
+                }
+            }
+        }
+        (options.on_batch)(n)?;
+    }
+    if aggregate == QueryAggregate::Mean && total > 0 {
+        for layer in &mut gradients {
+            for gradient in layer.iter_mut() {
+                *gradient = &*gradient * faer::Scale(1.0 / total as f64);
+            }
+        }
+    }
+    let preconditioners = if factors.preconditioner == Preconditioner::Identity {
+        vec![ModulePreconditioner::Identity; names.len()]
+    } else {
+        factors
+            .modules
+            .iter()
+            .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
+            .collect::<Result<_>>()?
+    };
+    Ok(QueryGradients::new(names, gradients, &preconditioners))
+}
+
+/// Scores of one batch of training examples, handed to the caller in order.
+pub struct BatchScores {
+    /// The rows of the batch.
+    pub rows: Range<usize>,
+    pub examples: ScoreMatrix,
+    /// Per example, when token scores were asked for.
+    pub tokens: Option<Vec<TokenScores>>,
+}
+
+/// Score `rows` of the training source against `queries`, batch by batch.
+pub fn score(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    queries: &QueryGradients,
+    with_tokens: bool,
+    options: &mut PassOptions,
+    mut sink: impl FnMut(BatchScores) -> Result<()>,
+) -> Result<()> {
+    for batch in batches(rows, options.batch_size) {
+        let n = batch.len();
+        let stacks = capture(source, batch.clone(), Fisher::Empirical, options.projection)?;
+        let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
+        if names != queries.names.iter().map(String::as_str).collect::<Vec<_>>() {
+            bail!("the training and query examples track different modules");
+        }
+        let tokens =
+            with_tokens.then(|| (0..n).map(|b| score_tokens(queries, &stacks, b)).collect());
+        let examples = score_examples(queries, &stacks);
+        sink(BatchScores {
+            rows: batch,
+            examples,
+            tokens,
+        })?;
+        (options.on_batch)(n)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Factor statistics per tracked layer, kept as unnormalised sums plus counts so that shards
+//! add up: covariances `sum_t a a^T`, `sum_t g g^T` over tokens (K-FAC, EK-FAC), and the
+//! eigenvalue statistic `sum_n X_n^2` over examples, where `X_n` is the example's weight
+//! gradient rotated into the covariances' eigenbases (EK-FAC) or as it is (diagonal).
+
+use anyhow::{Result, bail};
+use faer::{Mat, Side};
+
+use super::{ModuleStacks, Preconditioner};
+
+/// What a factor set holds so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Covariance sums only; EK-FAC still needs its eigenvalue pass.
+    Covariance,
+    /// Eigenvalue sums only (one shard of EK-FAC's second pass).
+    Lambda,
+    /// Everything the preconditioner needs.
+    Complete,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Covariance => "covariance",
+            Stage::Lambda => "lambda",
+            Stage::Complete => "complete",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Stage> {
+        [Stage::Covariance, Stage::Lambda, Stage::Complete]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
+/// One layer's sums. Shapes: activations `[in, in]`, gradients `[out, out]`, lambda `[out, in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleFactors {
+    pub name: String,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub activation_sum: Option<Mat<f64>>,
+    pub gradient_sum: Option<Mat<f64>>,
+    pub tokens: f64,
+    pub lambda_sum: Option<Mat<f64>>,
+    pub examples: f64,
+}
+
+impl ModuleFactors {
+    fn empty(name: &str, in_dim: usize, out_dim: usize) -> Self {
+        ModuleFactors {
+            name: name.to_string(),
+            in_dim,
+            out_dim,
+            activation_sum: None,
+            gradient_sum: None,
+            tokens: 0.0,
+            lambda_sum: None,
+            examples: 0.0,
+        }
+    }
+
+    /// `A = sum a a^T / N_tok`, `G = sum g g^T / N_tok`, eigendecomposed in f64.
+    pub fn eigenbasis(&self) -> Result<Eigenbasis> {
+        let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
+            bail!("{}: the factors hold no covariances", self.name);
+        };
+        if self.tokens <= 0.0 {
+            bail!("{}: the covariances were fitted on no tokens", self.name);
+        }
+        let decompose = |sum: &Mat<f64>, what: &str| -> Result<(Mat<f64>, Vec<f64>)> {
+            let covariance = Mat::from_fn(sum.nrows(), sum.ncols(), |i, j| {
+                // Symmetrise: the sums are symmetric up to rounding.
+                0.5 * (sum[(i, j)] + sum[(j, i)]) / self.tokens
+            });
+            let eigen = covariance.self_adjoint_eigen(Side::Lower).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: eigendecomposition of the {what} covariance failed: {e:?}",
+                    self.name
+                )
+            })?;
+            let values = (0..sum.nrows()).map(|i| eigen.S()[i]).collect();
+            Ok((eigen.U().to_owned(), values))
+        };
+        let (q_a, eig_a) = decompose(a, "activation")?;
+        let (q_g, eig_g) = decompose(g, "gradient")?;
+        Ok(Eigenbasis {
+            q_a,
+            eig_a,
+            q_g,
+            eig_g,
+        })
+    }
+
+    /// The eigenvalue statistic's mean `sum / N_examples`.
+    pub fn lambda_mean(&self) -> Result<Mat<f64>> {
+        match &self.lambda_sum {
+            Some(sum) if self.examples > 0.0 => {
+                Ok(Mat::from_fn(sum.nrows(), sum.ncols(), |i, j| {
+                    sum[(i, j)] / self.examples
+                }))
+            }
+            _ => bail!("{}: the factors hold no eigenvalue statistics", self.name),
+        }
+    }
+}
+
+/// Eigenvectors (columns) and eigenvalues of one layer's two covariances.
+#[derive(Debug, Clone)]
+pub struct Eigenbasis {
+    pub q_a: Mat<f64>,
+    pub eig_a: Vec<f64>,
+    pub q_g: Mat<f64>,
+    pub eig_g: Vec<f64>,
+}
+
+/// The factors of every tracked layer, in capture order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorSet {
+    pub preconditioner: Preconditioner,
+    pub stage: Stage,
+    pub modules: Vec<ModuleFactors>,
+}
+
+impl FactorSet {
+    pub fn new(preconditioner: Preconditioner, stage: Stage) -> Self {
+        FactorSet {
+            preconditioner,
+            stage,
+            modules: Vec::new(),
+        }
+    }
+
+    fn module_slots(&mut self, stacks: &[ModuleStacks]) -> Result<()> {
+        if self.modules.is_empty() {
+            self.modules = stacks
+                .iter()
+                .map(|s| ModuleFactors::empty(&s.name, s.in_dim(), s.out_dim()))
+                .collect();
+            return Ok(());
+        }
+        let same = self.modules.len() == stacks.len()
+            && self.modules.iter().zip(stacks).all(|(m, s)| {
+                m.name == s.name && m.in_dim == s.in_dim() && m.out_dim == s.out_dim()
+            });
+        if !same {
+            bail!("the tracked modules changed between batches");
+        }
+        Ok(())
+    }
+
+    /// Add a batch's token covariances.
+    pub fn add_covariances(&mut self, stacks: &[ModuleStacks]) -> Result<()> {
+        self.module_slots(stacks)?;
+        for (module, stack) in self.modules.iter_mut().zip(stacks) {
+            let a_sum = module
+                .activation_sum
+                .get_or_insert_with(|| Mat::zeros(module.in_dim, module.in_dim));
+            let g_sum = module
+                .gradient_sum
+                .get_or_insert_with(|| Mat::zeros(module.out_dim, module.out_dim));
+            for example in &stack.examples {
+                add_gram(a_sum, &example.inputs);
+                add_gram(g_sum, &example.output_grads);
+                module.tokens += example.tokens() as f64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a batch's eigenvalue statistics: EK-FAC rotates each example's gradient into
+    /// `bases`; the diagonal preconditioner squares it as it is.
+    pub fn add_lambdas(
+        &mut self,
+        stacks: &[ModuleStacks],
+        bases: Option<&[Eigenbasis]>,
+    ) -> Result<()> {
+        self.module_slots(stacks)?;
+        for (index, (module, stack)) in self.modules.iter_mut().zip(stacks).enumerate() {
+            let sum = module
+                .lambda_sum
+                .get_or_insert_with(|| Mat::zeros(module.out_dim, module.in_dim));
+            for example in &stack.examples {
+                let x = match bases {
+                    Some(bases) => rotated_gradient(example, &bases[index]),
+                    None => example.weight_grad(),
+                };
+                for j in 0..x.ncols() {
+                    for i in 0..x.nrows() {
+                        sum[(i, j)] += x[(i, j)] * x[(i, j)];
+                    }
+                }
+                module.examples += 1.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Add another factor set's sums (shards of the same fit).
+    pub fn merge(&mut self, other: &FactorSet) -> Result<()> {
+        if self.modules.is_empty() {
+            self.modules = other.modules.clone();
+            return Ok(());
+        }
+        if self.modules.len() != other.modules.len() {
+            bail!("the factor sets track different modules");
+        }
+        for (mine, theirs) in self.modules.iter_mut().zip(&other.modules) {
+            if mine.name != theirs.name
+                || mine.in_dim != theirs.in_dim
+                || mine.out_dim != theirs.out_dim
+            {
+                bail!(
+                    "the factor sets track different modules ({} vs {})",
+                    mine.name,
+                    theirs.name
+                );
+            }
+            add_optional(&mut mine.activation_sum, &theirs.activation_sum);
+            add_optional(&mut mine.gradient_sum, &theirs.gradient_sum);
+            add_optional(&mut mine.lambda_sum, &theirs.lambda_sum);
+            mine.tokens += theirs.tokens;
+            mine.examples += theirs.examples;
+        }
+        Ok(())
+    }
+
+    pub fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
+        self.modules.iter().map(ModuleFactors::eigenbasis).collect()
+    }
+
+    /// Named arrays (row-major) for storage: `<module>.<stat>` with shapes; counts are 1-element.
+    pub fn to_arrays(&self) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+        let mut arrays = Vec::new();
+        for m in &self.modules {
+            let mut push = |stat: &str, mat: &Option<Mat<f64>>| {
+                if let Some(mat) = mat {
+                    let values = (0..mat.nrows())
+                        .flat_map(|i| (0..mat.ncols()).map(move |j| mat[(i, j)]))
+                        .collect();
+                    arrays.push((
+                        format!("{}.{stat}", m.name),
+                        vec![mat.nrows(), mat.ncols()],
+                        values,
+                    ));
+                }
+            };
+            push("activation_covariance_sum", &m.activation_sum);
+            push("gradient_covariance_sum", &m.gradient_sum);
+            push("lambda_sum", &m.lambda_sum);
+            if m.activation_sum.is_some() {
+                arrays.push((format!("{}.tokens", m.name), vec![1], vec![m.tokens]));
+            }
+            if m.lambda_sum.is_some() {
+                arrays.push((format!("{}.examples", m.name), vec![1], vec![m.examples]));
+            }
+        }
+        arrays
+    }
+
+    /// Rebuild from named arrays; `modules` gives the order and the layer shapes `(in, out)`.
+    pub fn from_arrays(
+        preconditioner: Preconditioner,
+        stage: Stage,
+        modules: &[(String, usize, usize)],
+        mut lookup: impl FnMut(&str) -> Option<(Vec<usize>, Vec<f64>)>,
+    ) -> Result<FactorSet> {
+        let mut set = FactorSet::new(preconditioner, stage);
+        for (name, in_dim, out_dim) in modules {
+            let mut m = ModuleFactors::empty(name, *in_dim, *out_dim);
+            let mut matrix = |stat: &str, rows: usize, cols: usize| -> Result<Option<Mat<f64>>> {
+                let key = format!("{name}.{stat}");
+                let Some((shape, values)) = lookup(&key) else {
+                    return Ok(None);
+                };
+                if shape != [rows, cols] || values.len() != rows * cols {
+                    bail!("{key} has shape {shape:?}, expected [{rows}, {cols}]");
+                }
+                Ok(Some(Mat::from_fn(rows, cols, |i, j| values[i * cols + j])))
+            };
+            m.activation_sum = matrix("activation_covariance_sum", *in_dim, *in_dim)?;
+            m.gradient_sum = matrix("gradient_covariance_sum", *out_dim, *out_dim)?;
+            m.lambda_sum = matrix("lambda_sum", *out_dim, *in_dim)?;
+            let mut count = |stat: &str| {
+                lookup(&format!("{name}.{stat}")).and_then(|(_, v)| v.first().copied())
+            };
+            m.tokens = count("tokens").unwrap_or(0.0);
+            m.examples = count("examples").unwrap_or(0.0);
+            set.modules.push(m);
+        }
+        Ok(set)
+    }
+}
+
+fn add_optional(mine: &mut Option<Mat<f64>>, theirs: &Option<Mat<f64>>) {
+    match (mine.as_mut(), theirs) {
+        (Some(m), Some(t)) => *m += t,
+        (None, Some(t)) => *mine = Some(t.clone()),
+        _ => {}
+    }
+}
+
+/// `sum += x^T x` (x is `[T, d]`).
+fn add_gram(sum: &mut Mat<f64>, x: &Mat<f64>) {
+    faer::linalg::matmul::matmul(
+        sum.as_mut(),
+        faer::Accum::Add,
+        x.transpose(),
+        x.as_ref(),
+        1.0,
+        faer::Par::Seq,
+    );
+}
+
+/// `Q_G^T DW Q_A` without forming `DW = G^T A` when the stack is short:
+/// `(G Q_G)^T (A Q_A)` costs `T(O^2 + I^2 + O I)` against `T O I + O^2 I + O I^2`.
+pub(crate) fn rotated_gradient(example: &super::ExampleStack, basis: &Eigenbasis) -> Mat<f64> {
+    let t = example.tokens() as f64;
+    let (o, i) = (basis.q_g.nrows() as f64, basis.q_a.nrows() as f64);
+    let stacked = t * (o * o + i * i + o * i);
+    let formed = t * o * i + o * o * i + o * i * i;
+    if stacked <= formed {
+        let g = &example.output_grads * &basis.q_g;
+        let a = &example.inputs * &basis.q_a;
+        g.transpose() * a
+    } else {
+        basis.q_g.transpose() * example.weight_grad() * &basis.q_a
+    }
+}

@@ -1,0 +1,40 @@
+//! The causal LM as a gradient source: right-padded batches of token sequences, the summed
+//! next-token loss of each sequence, its tracked linear layers.
+
+use std::ops::Range;
+
+use anyhow::Result;
+use regex::Regex;
+
+use super::{Fisher, GradientSource, ModuleStacks, stacks_from_activations};
+use crate::model::{LanguageModel, Padding, Sequence, TokenBatch};
+use crate::rng::SplitMix64;
+
+pub struct LmSource<'a> {
+    pub model: &'a LanguageModel,
+    pub sequences: &'a [Sequence],
+    pub tracked: &'a Regex,
+}
+
+impl GradientSource for LmSource<'_> {
+    fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn capture(&self, rows: Range<usize>, fisher: Fisher) -> Result<Vec<ModuleStacks>> {
+        let sequences: Vec<&Sequence> = self.sequences[rows.clone()].iter().collect();
+        let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
+        let batch = TokenBatch::pad(&sequences, self.model.pad_id(), Padding::Right);
+        let (_, activations) = match fisher {
+            Fisher::Empirical => self.model.capture(&batch, self.tracked)?,
+            Fisher::Sampled { seed } => {
+                // One stream per example, so the draws do not depend on batching or sharding.
+                let seeds: Vec<u64> = rows
+                    .map(|row| SplitMix64::new(seed ^ (row as u64).rotate_left(32)).next_u64())
+                    .collect();
+                self.model.capture_sampled(&batch, self.tracked, &seeds)?
+            }
+        };
+        Ok(stacks_from_activations(activations, &lengths))
+    }
+}

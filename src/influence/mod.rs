@@ -1,0 +1,54 @@
+//! Influence functions (Infra, kronfluence's conventions): which training examples, segments
+//! and tokens raise a model's performance on a query set.
+//!
+//! `score(q, n) = grad(L_q)^T (H + damping)^-1 grad(L_n)` over the tracked linear layers, with
+//! `H` approximated per layer by a preconditioner (`identity`, `diagonal`, `kfac`, `ekfac`).
+//! Positive means training on `n` lowers the query loss; no minus sign, no division by N.
+//!
+//! The engine works on token stacks (`ModuleStacks`): for each tracked layer and example, the
+//! per-token inputs `a` and output gradients `g` of the summed sequence loss. Any model that can
+//! produce them (`GradientSource`) can be attributed; `LmSource` adapts the causal LM.
+
+mod engine;
+mod factors;
+mod lm_source;
+mod precondition;
+mod projection;
+mod score;
+pub mod segment;
+mod stacks;
+
+pub use engine::{
+    BatchScores, PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas,
+    query_gradients, score,
+};
+pub use factors::{Eigenbasis, FactorSet, ModuleFactors, Stage};
+pub use lm_source::LmSource;
+pub use precondition::{Damping, ModulePreconditioner, Preconditioner};
+pub use projection::Projection;
+pub use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
+pub use stacks::{ExampleStack, ModuleStacks, stacks_from_activations};
+
+use std::ops::Range;
+
+/// Which labels the loss behind the factors uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fisher {
+    /// The data's own labels (kronfluence's `use_empirical_fisher=True`).
+    Empirical,
+    /// Labels drawn from the model's predictive distribution, seeded per example.
+    Sampled { seed: u64 },
+}
+
+/// Anything that yields per-token layer inputs and output gradients for a set of examples.
+pub trait GradientSource {
+    /// Number of examples.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tracked modules' stacks for examples `rows`, modules in a fixed order.
+    fn capture(&self, rows: Range<usize>, fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>>;
+}
