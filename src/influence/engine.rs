@@ -30,16 +30,20 @@ pub enum QueryAggregate {
     Mean,
 }
 
-fn batches(rows: Range<usize>, batch_size: usize) -> impl Iterator<Item = Range<usize>> {
-    let size = batch_size.max(1);
-    rows.clone()
-        .step_by(size)
-        .map(move |start| start..(start + size).min(rows.end))
+/// Batches of rows of similar length (shortest first), so little compute goes to padding.
+/// Results are placed by row, so the order does not show in any output.
+fn batches(source: &dyn GradientSource, rows: Range<usize>, batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = rows.collect();
+    order.sort_by_key(|&row| source.length(row));
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 fn capture(
     source: &dyn GradientSource,
-    rows: Range<usize>,
+    rows: &[usize],
     fisher: Fisher,
     projection: Option<Projection>,
 ) -> Result<Vec<ModuleStacks>> {
@@ -61,9 +65,9 @@ pub fn fit_covariances(
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
     let mut factors = FactorSet::new(preconditioner, Stage::Covariance);
-    for batch in batches(rows, options.batch_size) {
+    for batch in batches(source, rows, options.batch_size) {
         let n = batch.len();
-        let stacks = capture(source, batch, fisher, options.projection)?;
+        let stacks = capture(source, &batch, fisher, options.projection)?;
         factors.add_covariances(&stacks)?;
         (options.on_batch)(n)?;
     }
@@ -82,9 +86,9 @@ pub fn fit_lambdas(
 ) -> Result<FactorSet> {
     let bases = covariances.map(FactorSet::eigenbases).transpose()?;
     let mut factors = FactorSet::new(preconditioner, Stage::Lambda);
-    for batch in batches(rows, options.batch_size) {
+    for batch in batches(source, rows, options.batch_size) {
         let n = batch.len();
-        let stacks = capture(source, batch, fisher, options.projection)?;
+        let stacks = capture(source, &batch, fisher, options.projection)?;
         if let Some(covariances) = covariances {
             check_modules(covariances, &stacks)?;
         }
@@ -150,30 +154,47 @@ pub fn query_gradients(
     options: &mut PassOptions,
 ) -> Result<QueryGradients> {
     let total = rows.len();
+    let first = rows.start;
     let mut names: Vec<String> = Vec::new();
-    let mut gradients: Vec<Vec<Mat<f64>>> = Vec::new();
-    for batch in batches(rows, options.batch_size) {
+    // [layer][query slot]: one slot per query, or one for the aggregate.
+    let mut gradients: Vec<Vec<Option<Mat<f64>>>> = Vec::new();
+    for batch in batches(source, rows, options.batch_size) {
         let n = batch.len();
-        let stacks = capture(source, batch, Fisher::Empirical, options.projection)?;
+        let stacks = capture(source, &batch, Fisher::Empirical, options.projection)?;
         check_modules(factors, &stacks)?;
         if names.is_empty() {
             names = stacks.iter().map(|s| s.name.clone()).collect();
-            gradients = vec![Vec::new(); stacks.len()];
+            let slots = if aggregate == QueryAggregate::None {
+                total
+            } else {
+                1
+            };
+            gradients = vec![vec![None; slots]; stacks.len()];
         }
         for (layer, stack) in gradients.iter_mut().zip(&stacks) {
-            for example in &stack.examples {
+            for (example, &row) in stack.examples.iter().zip(&batch) {
                 let gradient = example.weight_grad();
-                match aggregate {
-                    QueryAggregate::None => layer.push(gradient),
-                    QueryAggregate::Sum | QueryAggregate::Mean => match layer.first_mut() {
-                        Some(sum) => *sum += gradient,
-                        None => layer.push(gradient),
-                    },
+                let slot = match aggregate {
+                    QueryAggregate::None => &mut layer[row - first],
+                    QueryAggregate::Sum | QueryAggregate::Mean => &mut layer[0],
+                };
+                match slot {
+                    Some(sum) => *sum += gradient,
+                    None => *slot = Some(gradient),
                 }
             }
         }
         (options.on_batch)(n)?;
     }
+    let mut gradients: Vec<Vec<Mat<f64>>> = gradients
+        .into_iter()
+        .map(|layer| {
+            layer
+                .into_iter()
+                .map(|g| g.expect("every query captured"))
+                .collect()
+        })
+        .collect();
     if aggregate == QueryAggregate::Mean && total > 0 {
         for layer in &mut gradients {
             for gradient in layer.iter_mut() {
@@ -195,8 +216,8 @@ pub fn query_gradients(
 
 /// Scores of one batch of training examples, handed to the caller in order.
 pub struct BatchScores {
-    /// The rows of the batch.
-    pub rows: Range<usize>,
+    /// The rows of the batch, in the order of its columns.
+    pub rows: Vec<usize>,
     pub examples: ScoreMatrix,
     /// Per example, when token scores were asked for.
     pub tokens: Option<Vec<TokenScores>>,
@@ -211,9 +232,9 @@ pub fn score(
     options: &mut PassOptions,
     mut sink: impl FnMut(BatchScores) -> Result<()>,
 ) -> Result<()> {
-    for batch in batches(rows, options.batch_size) {
+    for batch in batches(source, rows, options.batch_size) {
         let n = batch.len();
-        let stacks = capture(source, batch.clone(), Fisher::Empirical, options.projection)?;
+        let stacks = capture(source, &batch, Fisher::Empirical, options.projection)?;
         let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
         if names != queries.names.iter().map(String::as_str).collect::<Vec<_>>() {
             bail!("the training and query examples track different modules");

@@ -1,8 +1,6 @@
 //! The causal LM as a gradient source: right-padded batches of token sequences, the summed
 //! next-token loss of each sequence, its tracked linear layers.
 
-use std::ops::Range;
-
 use anyhow::Result;
 use regex::Regex;
 
@@ -21,8 +19,12 @@ impl GradientSource for LmSource<'_> {
         self.sequences.len()
     }
 
-    fn capture(&self, rows: Range<usize>, fisher: Fisher) -> Result<Vec<ModuleStacks>> {
-        let sequences: Vec<&Sequence> = self.sequences[rows.clone()].iter().collect();
+    fn length(&self, row: usize) -> usize {
+        self.sequences[row].len()
+    }
+
+    fn capture(&self, rows: &[usize], fisher: Fisher) -> Result<Vec<ModuleStacks>> {
+        let sequences: Vec<&Sequence> = rows.iter().map(|&row| &self.sequences[row]).collect();
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
         let batch = TokenBatch::pad(&sequences, self.model.pad_id(), Padding::Right);
         let (_, activations) = match fisher {
@@ -30,7 +32,8 @@ impl GradientSource for LmSource<'_> {
             Fisher::Sampled { seed } => {
                 // One stream per example, so the draws do not depend on batching or sharding.
                 let seeds: Vec<u64> = rows
-                    .map(|row| SplitMix64::new(seed ^ (row as u64).rotate_left(32)).next_u64())
+                    .iter()
+                    .map(|&row| SplitMix64::new(seed ^ (row as u64).rotate_left(32)).next_u64())
                     .collect();
                 self.model.capture_sampled(&batch, self.tracked, &seeds)?
             }

@@ -29,8 +29,6 @@ pub use projection::Projection;
 pub use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
 pub use stacks::{ExampleStack, ModuleStacks, stacks_from_activations};
 
-use std::ops::Range;
-
 /// Which labels the loss behind the factors uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fisher {
@@ -49,6 +47,12 @@ pub trait GradientSource {
         self.len() == 0
     }
 
-    /// The tracked modules' stacks for examples `rows`, modules in a fixed order.
-    fn capture(&self, rows: Range<usize>, fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>>;
+    /// The cost of one example (its token count), to batch examples of similar size.
+    fn length(&self, _row: usize) -> usize {
+        0
+    }
+
+    /// The tracked modules' stacks for examples `rows` (in that order), modules in a fixed
+    /// order.
+    fn capture(&self, rows: &[usize], fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>>;
 }

@@ -51,6 +51,11 @@ impl Capture {
         }
     }
 
+    /// No layer was tracked during the forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
     pub fn tracks(&self, name: &str) -> bool {
         self.pattern.as_ref().is_some_and(|p| p.is_match(name))
     }

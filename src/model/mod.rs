@@ -214,13 +214,13 @@ impl LanguageModel {
                 self.model.sequence_losses(logits, &sampled)
             }
         };
-        let grads = losses.clone().sum().backward();
-        let activations = capture.into_activations(&grads);
-        if activations.is_empty() {
+        if capture.is_empty() {
             anyhow::bail!(crate::error::UsageError(format!(
                 "no module matches '{tracked}' (modules are named like model.layers.0.mlp.up_proj)"
             )));
         }
+        let grads = losses.clone().sum().backward();
+        let activations = capture.into_activations(&grads);
         Ok((tensor_to_f64(losses.detach()), activations))
     }
 }

@@ -1,8 +1,6 @@
 //! Influence scores against kronfluence 1.0.1: the tiny per-token MLP in f64 (1e-10) and the
 //! tiny Qwen2 causal LM, through the library and through `curate influence`.
 
-use std::ops::Range;
-
 use burn::module::Param;
 use burn::tensor::activation::{log_softmax, tanh};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -17,6 +15,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::model::{read_rows, read_tensor, reference, test_device};
+use crate::test::Test;
 
 /// kronfluence's tiny fixture model: `fc2(tanh(fc1(x)))` applied per position, loss summed over
 /// positions whose label is not -100 (no shift).
@@ -35,14 +34,20 @@ impl GradientSource for TokenMlp {
         self.labels.len() / self.seq
     }
 
-    fn capture(&self, rows: Range<usize>, _fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>> {
+    fn capture(&self, rows: &[usize], _fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>> {
         let (b, t, d) = (rows.len(), self.seq, self.d_in);
-        let x = self.inputs[rows.start * t * d..rows.end * t * d].to_vec();
+        let x: Vec<f64> = rows
+            .iter()
+            .flat_map(|&r| self.inputs[r * t * d..(r + 1) * t * d].iter().copied())
+            .collect();
         let x = Tensor::<3>::from_data(TensorData::new(x, [b, t, d]), (&self.device, DType::F64));
         let mut capture = Capture::tracking(Regex::new("fc").unwrap());
         let hidden = tanh(self.fc1.forward(x, &mut capture));
         let logits = self.fc2.forward(hidden, &mut capture);
-        let labels = &self.labels[rows.start * t..rows.end * t];
+        let labels: Vec<i64> = rows
+            .iter()
+            .flat_map(|&r| self.labels[r * t..(r + 1) * t].iter().copied())
+            .collect();
         let targets: Vec<i64> = labels.iter().map(|&l| l.max(0)).collect();
         let weights: Vec<f64> = labels.iter().map(|&l| f64::from(l != -100)).collect();
         let targets =
@@ -149,7 +154,7 @@ pub fn scores(
     let mut tokens: Vec<Vec<f64>> = vec![Vec::new(); m * n];
     influence::score(train, 0..n, &queries, true, &mut options, |batch| {
         let total = batch.examples.total();
-        for (b, row) in batch.rows.clone().enumerate() {
+        for (b, &row) in batch.rows.iter().enumerate() {
             let per_token = batch.tokens.as_ref().unwrap()[b].total();
             for q in 0..m {
                 example[q * n + row] = total[(q, b)];
@@ -355,5 +360,358 @@ fn tiny_qwen2_matches_kronfluence() {
         let (mean, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Mean).unwrap();
         let scaled: Vec<f64> = want.iter().map(|v| v / 4.0).collect();
         assert!(relative_error(&mean, &scaled) < tolerance);
+    }
+}
+
+/// `[N, T]` id and label rows of the fixture as a JSON Lines table.
+fn ids_table(fixture: &std::path::Path, prefix: &str) -> String {
+    let ids = read_rows(fixture, &format!("{prefix}_input_ids"));
+    let labels = read_rows(fixture, &format!("{prefix}_labels"));
+    ids.iter()
+        .zip(&labels)
+        .enumerate()
+        .map(|(i, (ids, labels))| {
+            serde_json::json!({"id": format!("{prefix}-{i}"), "input_ids": ids, "labels": labels,
+                "domain": if i % 2 == 0 { "even" } else { "odd" }})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn read_jsonl(test: &Test, name: &str) -> Vec<Value> {
+    String::from_utf8(test.read(name))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn column(rows: &[Value], name: &str) -> Vec<f64> {
+    rows.iter().map(|r| r[name].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn cli_matches_kronfluence_and_shards_add_up() {
+    let Some((model, fixture)) = qwen2_reference() else {
+        return;
+    };
+    let model = model.display().to_string();
+    let mut test = Test::new()
+        .file("train.jsonl", ids_table(&fixture, "train"))
+        .file("query.jsonl", ids_table(&fixture, "query"));
+    let common = |test: &mut Test| {
+        test.args([
+            "influence",
+            "--model",
+            &model,
+            "--train",
+            "train.jsonl",
+            "--dtype",
+            "f64",
+            "--batch-size",
+            "5",
+        ]);
+    };
+    common(&mut test);
+    test.args([
+        "--query",
+        "query.jsonl",
+        "--damping",
+        "0.001",
+        "--out",
+        "scores.jsonl",
+        "--per-module",
+    ]);
+    test.run().success();
+    let whole = read_jsonl(&test, "scores.jsonl");
+    let (want, _) = read_tensor(&fixture, "scores_ekfac");
+    let error = relative_error(&column(&whole, "score"), &want);
+    assert!(error < 1e-5, "relative error {error:e}");
+    // Per-module columns add up to the score; ranks order each query's scores.
+    for row in &whole {
+        let modules: f64 = row
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with("score.model.layers"))
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum();
+        assert!(
+            (modules - row["score"].as_f64().unwrap()).abs()
+                < 1e-9 * row["score"].as_f64().unwrap().abs().max(1.0)
+        );
+    }
+    let first: Vec<&Value> = whole
+        .iter()
+        .filter(|r| r["query_id"] == "query-0")
+        .collect();
+    let best = first.iter().find(|r| r["rank"] == 1).unwrap();
+    assert!(
+        first
+            .iter()
+            .all(|r| r["score"].as_f64() <= best["score"].as_f64())
+    );
+
+    // Sharded: covariances per shard, merged; eigenvalues per shard against them, merged;
+    // scores per shard against the merged factors.
+    let mut fit = |extra: &[&str]| {
+        let mut args = vec![
+            "influence",
+            "fit-factors",
+            "--model",
+            &model,
+            "--train",
+            "train.jsonl",
+            "--dtype",
+            "f64",
+            "--batch-size",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        test.args(args);
+        test.run().success();
+    };
+    fit(&["--shard", "0/2", "--out", "cov-0"]);
+    fit(&["--shard", "1/2", "--out", "cov-1"]);
+    test.args([
+        "influence",
+        "merge-factors",
+        "cov-0",
+        "cov-1",
+        "--out",
+        "cov",
+    ]);
+    test.run().success();
+    let mut fit = |extra: &[&str]| {
+        let mut args = vec![
+            "influence",
+            "fit-factors",
+            "--model",
+            &model,
+            "--train",
+            "train.jsonl",
+            "--dtype",
+            "f64",
+            "--batch-size",
+            "5",
+            "--covariance",
+            "cov",
+        ];
+        args.extend_from_slice(extra);
+        test.args(args);
+        test.run().success();
+    };
+    fit(&["--shard", "0/2", "--out", "lambda-0"]);
+    fit(&["--shard", "1/2", "--out", "lambda-1"]);
+    // A missing shard is refused.
+    test.args([
+        "influence",
+        "merge-factors",
+        "cov",
+        "lambda-0",
+        "--out",
+        "factors",
+    ]);
+    test.run().invalid("shards missing: 1/2");
+    test.args([
+        "influence",
+        "merge-factors",
+        "cov",
+        "lambda-0",
+        "lambda-1",
+        "--out",
+        "factors",
+    ]);
+    test.run().success();
+    let mut sharded = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = format!("scores-{}.jsonl", &shard[..1]);
+        test.args([
+            "influence",
+            "--model",
+            &model,
+            "--train",
+            "train.jsonl",
+            "--query",
+            "query.jsonl",
+            "--dtype",
+            "f64",
+            "--damping",
+            "0.001",
+            "--factors",
+            "factors",
+            "--shard",
+            shard,
+            "--out",
+            &out,
+        ]);
+        test.run().success();
+        sharded.extend(read_jsonl(&test, &out));
+    }
+    // Same pairs; shards are query-major within themselves.
+    let key = |r: &Value| (r["query_id"].to_string(), r["train_id"].to_string());
+    let mut by_pair: std::collections::HashMap<_, f64> = sharded
+        .iter()
+        .map(|r| (key(r), r["score"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(by_pair.len(), whole.len());
+    for row in &whole {
+        let got = by_pair.remove(&key(row)).unwrap();
+        let want = row["score"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-10 * want.abs().max(1e-3),
+            "{got} vs {want}"
+        );
+    }
+    assert!(sharded.iter().all(|r| r["rank"].is_null()));
+
+    // The summed query gradient is kronfluence's aggregated score.
+    test.args([
+        "influence",
+        "--model",
+        &model,
+        "--train",
+        "train.jsonl",
+        "--query",
+        "query.jsonl",
+        "--dtype",
+        "f64",
+        "--damping",
+        "0.001",
+        "--factors",
+        "factors",
+        "--query-agg",
+        "sum",
+        "--out",
+        "sum.jsonl",
+        "--summary",
+        "summary.csv",
+    ]);
+    test.run().success();
+    let sum = read_jsonl(&test, "sum.jsonl");
+    assert!(sum.iter().all(|r| r["query_id"] == "sum"));
+    let (want, _) = read_tensor(&fixture, "scores_ekfac_aggregated");
+    assert!(relative_error(&column(&sum, "score"), &want) < 1e-5);
+    let summary = String::from_utf8(test.read("summary.csv")).unwrap();
+    assert!(summary.starts_with("query_domain,train_domain,train_difficulty,examples,pairs,mean_score,positive_share,total_score"));
+    assert!(summary.contains("all,even,all,12,12,"), "{summary}");
+}
+
+#[test]
+fn token_and_segment_scores_sum_to_example_scores() {
+    let queries = crate::model::fixture("math_code_queries.jsonl");
+    let model = crate::model::fixture("tiny-lm");
+    // Six short math rows as training data, with their reference answer.
+    let lines: Vec<String> = std::fs::read_to_string(&queries)
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(str::to_string)
+        .collect();
+    let mut test = Test::new()
+        .file("train.jsonl", lines.join("\n") + "\n")
+        .file("query.jsonl", lines[..2].join("\n") + "\n");
+    let args = |granularity: &str, out: &str, segmenter: &str| -> Vec<String> {
+        [
+            "influence",
+            "--model",
+            &model.display().to_string(),
+            "--train",
+            "train.jsonl",
+            "--query",
+            "query.jsonl",
+            "--precond",
+            "kfac",
+            "--dtype",
+            "f64",
+            "--granularity",
+            granularity,
+            "--segmenter",
+            segmenter,
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    test.args(args("example", "example.jsonl", "paragraph"));
+    test.run().success();
+    test.args(args("token", "scores.jsonl", "sentence"));
+    test.run().success();
+    let examples = read_jsonl(&test, "example.jsonl");
+    let scores = read_jsonl(&test, "scores.jsonl");
+    let tokens = read_jsonl(&test, "scores.tokens.jsonl");
+    let segments = read_jsonl(&test, "scores.segments.jsonl");
+    let key = |r: &Value| (r["query_id"].to_string(), r["train_id"].to_string());
+    let mut token_sums: std::collections::HashMap<_, f64> = Default::default();
+    for t in &tokens {
+        *token_sums.entry(key(t)).or_default() += t["score"].as_f64().unwrap();
+    }
+    let mut segment_sums: std::collections::HashMap<_, f64> = Default::default();
+    for s in &segments {
+        *segment_sums.entry(key(s)).or_default() += s["score"].as_f64().unwrap();
+    }
+    assert_eq!(scores.len(), 12);
+    for (row, example) in scores.iter().zip(&examples) {
+        let score = row["score"].as_f64().unwrap();
+        let scale = score.abs().max(1e-6);
+        assert!((token_sums[&key(row)] - score).abs() < 1e-12 * scale.max(1.0));
+        assert!((segment_sums[&key(row)] - score).abs() < 1e-12 * scale.max(1.0));
+        // The same score as example granularity, to rounding.
+        assert!((example["score"].as_f64().unwrap() - score).abs() < 1e-9 * scale.max(1.0));
+    }
+    // Token rows carry their text; response tokens' texts rebuild each response's segments.
+    assert!(
+        tokens
+            .iter()
+            .any(|t| t["token"].as_str().unwrap().contains("answer") || t["response"] == true)
+    );
+    assert!(segments.iter().any(|s| s["kind"] == "sentence"));
+    assert!(segments.iter().any(|s| s["kind"] == "prompt"));
+
+    // The answer segmenter splits at the reference answer.
+    test.args(args("segment", "answer.jsonl", "answer"));
+    test.run().success();
+    let answer = read_jsonl(&test, "answer.segments.jsonl");
+    assert!(answer.iter().any(|s| s["kind"] == "to_answer"));
+}
+
+#[test]
+fn invalid_inputs_fail_with_the_row_and_write_nothing() {
+    let model = crate::model::fixture("tiny-lm").display().to_string();
+    let good = r#"{"prompt": "What is 2 + 2?", "response": "4"}"#;
+    let cases: Vec<(&str, String, &[&str], &str)> = vec![
+        ("no module", format!("{good}\n"), &["--modules", "nothing_matches"], "no module matches 'nothing_matches'"),
+        ("empty response", format!("{good}\n{{\"prompt\": \"x\", \"response\": \"\"}}\n"), &[], "row 2: empty response"),
+        ("too long", format!("{good}\n{{\"prompt\": \"{}\", \"response\": \"y\"}}\n", "word ".repeat(1500)), &[], "more than the model's 1024 positions"),
+        ("vocab", "{\"input_ids\": [1, 2], \"labels\": [-100, 2]}\n{\"input_ids\": [1, 5000], \"labels\": [-100, 5000]}\n".to_string(), &[], "row 2: label 5000 is neither -100 nor a token id below vocab_size 2048"),
+        ("bad damping", format!("{good}\n"), &["--damping=-1"], "--damping \"-1\""),
+    ];
+    for (what, train, extra, needle) in cases {
+        let mut test = Test::new()
+            .file("train.jsonl", &train)
+            .file("query.jsonl", format!("{good}\n"));
+        test.args([
+            "influence",
+            "--model",
+            &model,
+            "--train",
+            "train.jsonl",
+            "--query",
+            "query.jsonl",
+            "--out",
+            "scores.parquet",
+        ]);
+        test.args(extra);
+        let outcome = test.run();
+        assert_eq!(outcome.code, 2, "{what}: {}", outcome.stderr);
+        assert!(
+            outcome.stderr.contains(needle),
+            "{what}: {}",
+            outcome.stderr
+        );
+        assert_eq!(test.entries(), ["query.jsonl", "train.jsonl"], "{what}");
     }
 }

@@ -167,24 +167,26 @@ impl Collected {
             per_module: vec![vec![vec![0.0; n]; queries]; modules.len()],
             modules,
             examples: vec![vec![0.0; n]; queries],
-            tokens: tokens.then(|| Vec::with_capacity(n)),
+            tokens: tokens.then(|| vec![Mat::zeros(0, 0); n]),
             rows,
         }
     }
 
     pub fn add(&mut self, batch: BatchScores) {
-        let offset = batch.rows.start - self.rows.start;
         let total = batch.examples.total();
-        for (b, _) in batch.rows.clone().enumerate() {
+        for (b, &row) in batch.rows.iter().enumerate() {
+            let local = row - self.rows.start;
             for q in 0..self.queries {
-                self.examples[q][offset + b] = total[(q, b)];
+                self.examples[q][local] = total[(q, b)];
                 for (m, layer) in batch.examples.per_layer.iter().enumerate() {
-                    self.per_module[m][q][offset + b] = layer[(q, b)];
+                    self.per_module[m][q][local] = layer[(q, b)];
                 }
             }
         }
         if let (Some(tokens), Some(batch_tokens)) = (&mut self.tokens, batch.tokens) {
-            tokens.extend(batch_tokens.iter().map(|t| t.total()));
+            for (&row, scores) in batch.rows.iter().zip(batch_tokens) {
+                tokens[row - self.rows.start] = scores.total();
+            }
         }
     }
 
