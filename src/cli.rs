@@ -62,7 +62,7 @@ pub enum Command {
     /// Attribute a causal LM's performance on query examples to its training examples,
     /// reasoning segments and tokens with influence functions (identity, diagonal, K-FAC,
     /// EK-FAC), kronfluence's conventions.
-    Influence(InfluenceArgs),
+    Influence(Box<InfluenceArgs>),
 }
 
 /// The table formats, as flags name them.
@@ -658,7 +658,7 @@ pub struct InfluenceArgs {
 pub enum InfluenceAction {
     /// Fit the preconditioner's factors on the training rows (or one shard of them) and save
     /// them as sums plus counts, so shards add up with merge-factors.
-    FitFactors(FitFactorsArgs),
+    FitFactors(Box<FitFactorsArgs>),
     /// Add up factor shards into one factor directory.
     MergeFactors(MergeFactorsArgs),
 }

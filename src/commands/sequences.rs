@@ -112,7 +112,7 @@ impl Encoding<'_> {
     }
 
     /// `input_ids`/`labels` rows in the Hugging Face convention (equal lengths, -100 = no loss).
-    pub fn from_ids(
+    pub fn encode_ids(
         &self,
         lm: &LanguageModel,
         input_ids: Vec<Vec<i64>>,

@@ -87,7 +87,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         }
         let input_ids = sequences::id_list_column(&frame, &file, "input_ids")?;
         let labels = sequences::id_list_column(&frame, &file, "labels")?;
-        let (sequences, truncated) = encoding.from_ids(lm, input_ids, labels)?;
+        let (sequences, truncated) = encoding.encode_ids(lm, input_ids, labels)?;
         (sequences, truncated, None)
     } else {
         let Some(tok) = &lm.tokenizer else {

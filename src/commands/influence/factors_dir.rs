@@ -37,25 +37,15 @@ pub struct FactorMeta {
 }
 
 impl FactorMeta {
-    /// The fields that must agree between sets that are added up.
-    pub fn fit_key(
-        &self,
-    ) -> (
-        String,
-        String,
-        Option<String>,
-        &[(String, usize, usize)],
-        String,
-        String,
-    ) {
-        (
-            self.preconditioner.clone(),
-            self.fisher.clone(),
-            self.projection.clone(),
-            &self.modules,
-            self.model.clone(),
-            self.train.clone(),
-        )
+    /// Fitted the same way (preconditioner, labels, projection, modules, model, data), so the
+    /// sums can be added up.
+    pub fn same_fit(&self, other: &FactorMeta) -> bool {
+        self.preconditioner == other.preconditioner
+            && self.fisher == other.fisher
+            && self.projection == other.projection
+            && self.modules == other.modules
+            && self.model == other.model
+            && self.train == other.train
     }
 }
 

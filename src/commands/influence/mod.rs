@@ -32,9 +32,10 @@ use crate::table::{InputDigest, Shard};
 use examples::{Examples, ReadOptions};
 use factors_dir::FactorMeta;
 
-pub fn run(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
+pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
+    let args = *args;
     match args.action {
-        Some(InfluenceAction::FitFactors(fit)) => fit_factors(fit, context),
+        Some(InfluenceAction::FitFactors(fit)) => fit_factors(*fit, context),
         Some(InfluenceAction::MergeFactors(merge)) => merge_factors(merge, context),
         None => score(args, context),
     }
@@ -362,7 +363,7 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
     }
     let (first_dir, _, first) = &loaded[0];
     for (dir, _, meta) in &loaded[1..] {
-        if meta.fit_key() != first.fit_key() {
+        if !meta.same_fit(first) {
             return Err(usage(format!(
                 "{dir} and {first_dir} were fitted differently (preconditioner, labels, projection, modules, model or training data differ)"
             )));

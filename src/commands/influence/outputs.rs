@@ -80,9 +80,9 @@ impl Outputs {
             Some(pieces) => example_totals_from_segments(collected, pieces),
             None => collected.examples.clone(),
         };
-        let mut frame = scores_frame(collected, tables, &totals)?;
+        let frame = scores_frame(collected, tables, &totals)?;
         written.push(self.scores.label().to_string());
-        self.scores.write_frame(&mut frame, Some(provenance))?;
+        self.scores.write_frame(&frame, Some(provenance))?;
         if let (Some(output), Some(pieces)) = (self.segments, &pieces) {
             written.push(output.label().to_string());
             output.write_frame(
@@ -487,39 +487,26 @@ fn summary_frame(collected: &Collected, tables: &Tables, totals: &[Vec<f64>]) ->
             }
         })
     });
-    let column = |f: &dyn Fn(&(String, String, String), &Group) -> AnyValue<'static>| -> Vec<AnyValue<'static>> {
-        keys.iter().map(|k| f(k, &groups[*k])).collect()
+    let texts = |pick: fn(&(String, String, String)) -> &String| -> Vec<String> {
+        keys.iter().map(|k| pick(k).clone()).collect()
     };
-    let text = |values: Vec<AnyValue<'static>>, name: &str| -> Result<Column> {
-        Ok(Series::from_any_values(name.into(), &values, true)?.into())
+    let counts = |pick: fn(&Group) -> usize| -> Vec<u64> {
+        keys.iter().map(|k| pick(&groups[*k]) as u64).collect()
     };
+    let ratios =
+        |pick: fn(&Group) -> f64| -> Vec<f64> { keys.iter().map(|k| pick(&groups[*k])).collect() };
     Ok(DataFrame::new_infer_height(vec![
-        text(
-            column(&|k, _| AnyValue::StringOwned(k.0.clone().into())),
-            "query_domain",
-        )?,
-        text(
-            column(&|k, _| AnyValue::StringOwned(k.1.clone().into())),
-            "train_domain",
-        )?,
-        text(
-            column(&|k, _| AnyValue::StringOwned(k.2.clone().into())),
-            "train_difficulty",
-        )?,
-        text(
-            column(&|_, g| AnyValue::UInt64(g.examples as u64)),
-            "examples",
-        )?,
-        text(column(&|_, g| AnyValue::UInt64(g.pairs as u64)), "pairs")?,
-        text(
-            column(&|_, g| AnyValue::Float64(g.sum / g.pairs as f64)),
-            "mean_score",
-        )?,
-        text(
-            column(&|_, g| AnyValue::Float64(g.positive as f64 / g.pairs as f64)),
-            "positive_share",
-        )?,
-        text(column(&|_, g| AnyValue::Float64(g.sum)), "total_score")?,
+        Column::new("query_domain".into(), texts(|k| &k.0)),
+        Column::new("train_domain".into(), texts(|k| &k.1)),
+        Column::new("train_difficulty".into(), texts(|k| &k.2)),
+        Column::new("examples".into(), counts(|g| g.examples)),
+        Column::new("pairs".into(), counts(|g| g.pairs)),
+        Column::new("mean_score".into(), ratios(|g| g.sum / g.pairs as f64)),
+        Column::new(
+            "positive_share".into(),
+            ratios(|g| g.positive as f64 / g.pairs as f64),
+        ),
+        Column::new("total_score".into(), ratios(|g| g.sum)),
     ])?)
 }
 
