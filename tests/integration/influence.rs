@@ -715,3 +715,117 @@ fn invalid_inputs_fail_with_the_row_and_write_nothing() {
         assert_eq!(test.entries(), ["query.jsonl", "train.jsonl"], "{what}");
     }
 }
+
+#[test]
+fn projection_labels_and_modules_are_part_of_the_factors() {
+    let Some((model, fixture)) = qwen2_reference() else {
+        return;
+    };
+    let model = model.display().to_string();
+    let mut test = Test::new()
+        .file("train.jsonl", ids_table(&fixture, "train"))
+        .file("query.jsonl", ids_table(&fixture, "query"));
+    let base = [
+        "influence",
+        "--model",
+        &model,
+        "--train",
+        "train.jsonl",
+        "--query",
+        "query.jsonl",
+    ];
+    let run = |test: &mut Test, extra: &[&str]| -> Vec<f64> {
+        let out = "scores.jsonl";
+        test.args(base).args(extra).args(["--out", out, "--force"]);
+        test.run().success();
+        column(&read_jsonl(test, out), "score")
+    };
+    let full = run(&mut test, &[]);
+    // Kronecker projection: same scores for the same seed, other scores for another seed.
+    let projected = run(&mut test, &["--project", "kron:16,16"]);
+    assert_eq!(projected, run(&mut test, &["--project", "kron:16,16"]));
+    assert_ne!(
+        projected,
+        run(&mut test, &["--project", "kron:16,16", "--seed", "1"])
+    );
+    assert_ne!(projected, full);
+    // Sampled Fisher: reproducible per seed, different from the empirical one.
+    let sampled = run(&mut test, &["--fisher", "sampled"]);
+    // (each example draws from its own stream, so the batching does not change the labels)
+    let rebatched = run(&mut test, &["--fisher", "sampled", "--batch-size", "3"]);
+    assert!(relative_error(&rebatched, &sampled) < 1e-6);
+    assert_ne!(sampled, full);
+    // Other modules.
+    let attention = run(
+        &mut test,
+        &["--modules", r"self_attn\.o_proj", "--precond", "kfac"],
+    );
+    assert_eq!(attention.len(), full.len());
+    // Factors remember what they were fitted with.
+    test.args(base).args([
+        "--project",
+        "kron:16,16",
+        "--save-factors",
+        "projected",
+        "--out",
+        "p.jsonl",
+    ]);
+    test.run().success();
+    test.args(base)
+        .args(["--factors", "projected", "--out", "q.jsonl"]);
+    test.run()
+        .invalid("the factors were fitted with projection kron:16,16, this run uses none");
+    test.args(base).args([
+        "--factors",
+        "projected",
+        "--project",
+        "kron:16,16",
+        "--fisher",
+        "sampled",
+        "--out",
+        "q.jsonl",
+    ]);
+    test.run().invalid("Fisher labels");
+    test.args(base).args([
+        "--factors",
+        "projected",
+        "--project",
+        "kron:16,16",
+        "--precond",
+        "kfac",
+        "--out",
+        "q.jsonl",
+    ]);
+    test.run().invalid("fitted for ekfac");
+    test.args(base).args(["--shard", "0/2", "--out", "q.jsonl"]);
+    test.run().invalid("--shard scores one part");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_writes_nothing() {
+    let test = Test::new();
+    let child = crate::test::curate_command(&test.path(""))
+        .args(["influence", "--model"])
+        .arg(crate::model::fixture("tiny-lm"))
+        .arg("--train")
+        .arg(crate::model::fixture("math_code_mix.parquet"))
+        .arg("--query")
+        .arg(crate::model::fixture("math_code_queries.jsonl"))
+        .args([
+            "--max-length",
+            "1024",
+            "--out",
+            "scores.parquet",
+            "--summary",
+            "summary.csv",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) =
+        crate::test::interrupt_once_staged(&test, child, std::time::Duration::from_millis(800));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
+    assert!(test.entries().is_empty(), "{:?}", test.entries());
+}
