@@ -66,12 +66,7 @@ pub struct ScoreMatrix {
 impl ScoreMatrix {
     /// Summed over layers, `[M, B]`.
     pub fn total(&self) -> Mat<f64> {
-        let mut layers = self.per_layer.iter();
-        let mut total = layers.next().cloned().unwrap_or_else(|| Mat::zeros(0, 0));
-        for layer in layers {
-            total += layer;
-        }
-        total
+        sum_layers(&self.per_layer)
     }
 }
 
@@ -107,12 +102,7 @@ pub struct TokenScores {
 impl TokenScores {
     /// Summed over layers, `[M, T]`.
     pub fn total(&self) -> Mat<f64> {
-        let mut layers = self.per_layer.iter();
-        let mut total = layers.next().cloned().unwrap_or_else(|| Mat::zeros(0, 0));
-        for layer in layers {
-            total += layer;
-        }
-        total
+        sum_layers(&self.per_layer)
     }
 }
 
@@ -138,4 +128,13 @@ fn token_scores(layer: &PreconditionedLayer, example: &ExampleStack, queries: us
         }
         sum
     })
+}
+
+fn sum_layers(layers: &[Mat<f64>]) -> Mat<f64> {
+    let mut layers = layers.iter();
+    let mut total = layers.next().cloned().unwrap_or_else(|| Mat::zeros(0, 0));
+    for layer in layers {
+        total += layer;
+    }
+    total
 }

@@ -455,25 +455,21 @@ fn cli_matches_kronfluence_and_shards_add_up() {
 
     // Sharded: covariances per shard, merged; eigenvalues per shard against them, merged;
     // scores per shard against the merged factors.
-    let mut fit = |extra: &[&str]| {
-        let mut args = vec![
+    let fit = |test: &mut Test, extra: &[&str]| {
+        test.args([
             "influence",
             "fit-factors",
             "--model",
             &model,
             "--train",
             "train.jsonl",
-            "--dtype",
-            "f64",
-            "--batch-size",
-            "5",
-        ];
-        args.extend_from_slice(extra);
-        test.args(args);
+        ]);
+        test.args(["--dtype", "f64", "--batch-size", "5"])
+            .args(extra);
         test.run().success();
     };
-    fit(&["--shard", "0/2", "--out", "cov-0"]);
-    fit(&["--shard", "1/2", "--out", "cov-1"]);
+    fit(&mut test, &["--shard", "0/2", "--out", "cov-0"]);
+    fit(&mut test, &["--shard", "1/2", "--out", "cov-1"]);
     test.args([
         "influence",
         "merge-factors",
@@ -483,27 +479,14 @@ fn cli_matches_kronfluence_and_shards_add_up() {
         "cov",
     ]);
     test.run().success();
-    let mut fit = |extra: &[&str]| {
-        let mut args = vec![
-            "influence",
-            "fit-factors",
-            "--model",
-            &model,
-            "--train",
-            "train.jsonl",
-            "--dtype",
-            "f64",
-            "--batch-size",
-            "5",
-            "--covariance",
-            "cov",
-        ];
-        args.extend_from_slice(extra);
-        test.args(args);
-        test.run().success();
-    };
-    fit(&["--shard", "0/2", "--out", "lambda-0"]);
-    fit(&["--shard", "1/2", "--out", "lambda-1"]);
+    fit(
+        &mut test,
+        &["--covariance", "cov", "--shard", "0/2", "--out", "lambda-0"],
+    );
+    fit(
+        &mut test,
+        &["--covariance", "cov", "--shard", "1/2", "--out", "lambda-1"],
+    );
     // A missing shard is refused.
     test.args([
         "influence",
