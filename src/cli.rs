@@ -661,6 +661,9 @@ pub enum InfluenceAction {
     FitFactors(Box<FitFactorsArgs>),
     /// Add up factor shards into one factor directory.
     MergeFactors(MergeFactorsArgs),
+    /// Concatenate the score files of --shard runs in query order and rank each query's
+    /// training examples, as one unsharded run writes them.
+    MergeScores(MergeScoresArgs),
 }
 
 #[derive(Debug, Args)]
@@ -698,6 +701,21 @@ pub struct MergeFactorsArgs {
     pub out: String,
 
     /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeScoresArgs {
+    /// Score files of `curate influence --shard` runs, in shard order.
+    #[arg(required = true, value_name = "FILE")]
+    pub inputs: Vec<String>,
+
+    /// Merged, ranked scores.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
 }

@@ -548,6 +548,33 @@ fn cli_matches_kronfluence_and_shards_add_up() {
         );
     }
     assert!(sharded.iter().all(|r| r["rank"].is_null()));
+    // merge-scores gives back the unsharded table: order, scores and ranks.
+    test.args([
+        "influence",
+        "merge-scores",
+        "scores-0.jsonl",
+        "scores-1.jsonl",
+        "scores-2.jsonl",
+    ]);
+    test.args(["--out", "merged.jsonl"]);
+    test.run().success();
+    let merged = read_jsonl(&test, "merged.jsonl");
+    assert_eq!(merged.len(), whole.len());
+    for (m, w) in merged.iter().zip(&whole) {
+        assert_eq!(key(m), key(w));
+        assert_eq!(m["rank"], w["rank"]);
+        let (got, want) = (m["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-10 * want.abs().max(1e-3));
+    }
+    test.args([
+        "influence",
+        "merge-scores",
+        "scores-0.jsonl",
+        "scores-0.jsonl",
+        "--out",
+        "twice.jsonl",
+    ]);
+    test.run().invalid("appears twice");
 
     // The summed query gradient is kronfluence's aggregated score.
     test.args([

@@ -3,6 +3,7 @@
 
 mod examples;
 mod factors_dir;
+mod merge_scores;
 mod outputs;
 
 use std::io::Write;
@@ -37,6 +38,7 @@ pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     match args.action {
         Some(InfluenceAction::FitFactors(fit)) => fit_factors(*fit, context),
         Some(InfluenceAction::MergeFactors(merge)) => merge_factors(merge, context),
+        Some(InfluenceAction::MergeScores(merge)) => merge_scores::run(merge, context),
         None => score(args, context),
     }
 }
