@@ -567,6 +567,11 @@ pub struct GradientArgs {
     #[arg(long)]
     pub allow_partial: bool,
 
+    /// Memory EK-FAC may use to keep the first pass's per-token inputs and gradients, so its
+    /// second pass does not run the model again (0 always reruns it).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub cache_mib: usize,
+
     /// Process shard I of N (0-based) of the training rows, or `auto` in a Slurm array job.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,

@@ -14,6 +14,9 @@ use super::{
 pub struct PassOptions<'a> {
     pub batch_size: usize,
     pub projection: Option<Projection>,
+    /// EK-FAC keeps the first pass's stacks up to this many bytes, so its second pass need
+    /// not run the model again (0: always rerun).
+    pub cache_bytes: usize,
     /// Called after each batch with the number of examples it held; an error stops the pass
     /// (Ctrl-C).
     pub on_batch: &'a mut dyn FnMut(usize) -> Result<()>,
@@ -107,17 +110,145 @@ pub fn fit_factors(
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
     let mut factors = FactorSet::new(preconditioner, Stage::Complete);
-    if preconditioner.needs_covariance() {
-        let covariances = fit_covariances(source, rows.clone(), fisher, preconditioner, options)?;
+    if preconditioner.two_passes() {
+        // The covariance pass keeps its stacks while they fit the budget; EK-FAC's second pass
+        // then rotates those instead of running the model again.
+        let mut kept: Option<Vec<Vec<CachedStacks>>> = Some(Vec::new());
+        let mut used = 0usize;
+        let mut covariances = FactorSet::new(preconditioner, Stage::Covariance);
+        for batch in batches(source, rows.clone(), options.batch_size) {
+            let n = batch.len();
+            let stacks = capture(source, &batch, fisher, options.projection)?;
+            covariances.add_covariances(&stacks)?;
+            if let Some(cache) = &mut kept {
+                let cached: Vec<CachedStacks> = stacks.iter().map(CachedStacks::new).collect();
+                used += cached.iter().map(CachedStacks::bytes).sum::<usize>();
+                if used <= options.cache_bytes {
+                    cache.push(cached);
+                } else {
+                    kept = None;
+                }
+            }
+            (options.on_batch)(n)?;
+        }
         factors.merge(&covariances)?;
-    }
-    if preconditioner.needs_lambda() {
-        let basis = preconditioner.two_passes().then_some(&factors);
-        let lambdas = fit_lambdas(source, rows, fisher, preconditioner, basis, options)?;
+        let lambdas = match kept {
+            Some(cache) => {
+                let bases = factors.eigenbases()?;
+                let mut lambdas = FactorSet::new(preconditioner, Stage::Lambda);
+                for cached in cache {
+                    let stacks: Vec<ModuleStacks> =
+                        cached.iter().map(CachedStacks::restore).collect();
+                    lambdas.add_lambdas(&stacks, Some(&bases))?;
+                    (options.on_batch)(stacks.first().map_or(0, |s| s.examples.len()))?;
+                }
+                lambdas
+            }
+            None => fit_lambdas(
+                source,
+                rows,
+                fisher,
+                preconditioner,
+                Some(&factors),
+                options,
+            )?,
+        };
         factors.merge(&lambdas)?;
+    } else {
+        if preconditioner.needs_covariance() {
+            let covariances =
+                fit_covariances(source, rows.clone(), fisher, preconditioner, options)?;
+            factors.merge(&covariances)?;
+        }
+        if preconditioner.needs_lambda() {
+            let lambdas = fit_lambdas(source, rows, fisher, preconditioner, None, options)?;
+            factors.merge(&lambdas)?;
+        }
     }
     factors.stage = Stage::Complete;
     Ok(factors)
+}
+
+/// One layer's stacks of a batch, kept between passes: as f32 when every value is one (the
+/// model computed in f32), else as f64, so restoring is exact either way.
+struct CachedStacks {
+    name: String,
+    examples: Vec<(CachedMatrix, CachedMatrix)>,
+}
+
+struct CachedMatrix {
+    rows: usize,
+    cols: usize,
+    narrow: Option<Vec<f32>>,
+    wide: Option<Vec<f64>>,
+}
+
+impl CachedMatrix {
+    fn new(matrix: &Mat<f64>) -> Self {
+        let values: Vec<f64> = (0..matrix.nrows())
+            .flat_map(|i| (0..matrix.ncols()).map(move |j| matrix[(i, j)]))
+            .collect();
+        let exact = values.iter().all(|&v| (v as f32) as f64 == v);
+        CachedMatrix {
+            rows: matrix.nrows(),
+            cols: matrix.ncols(),
+            narrow: exact.then(|| values.iter().map(|&v| v as f32).collect()),
+            wide: (!exact).then_some(values),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.narrow.as_ref().map_or(0, |v| v.len() * 4)
+            + self.wide.as_ref().map_or(0, |v| v.len() * 8)
+    }
+
+    fn restore(&self) -> Mat<f64> {
+        let cols = self.cols;
+        match (&self.narrow, &self.wide) {
+            (Some(values), _) => Mat::from_fn(self.rows, cols, |i, j| values[i * cols + j] as f64),
+            (_, Some(values)) => Mat::from_fn(self.rows, cols, |i, j| values[i * cols + j]),
+            _ => unreachable!("one of the two is set"),
+        }
+    }
+}
+
+impl CachedStacks {
+    fn new(stacks: &ModuleStacks) -> Self {
+        CachedStacks {
+            name: stacks.name.clone(),
+            examples: stacks
+                .examples
+                .iter()
+                .map(|e| {
+                    (
+                        CachedMatrix::new(&e.inputs),
+                        CachedMatrix::new(&e.output_grads),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.examples
+            .iter()
+            .map(|(a, g)| a.bytes() + g.bytes())
+            .sum()
+    }
+
+    fn restore(&self) -> ModuleStacks {
+        ModuleStacks {
+            name: self.name.clone(),
+            examples: self
+                .examples
+                .iter()
+                .map(|(a, g)| super::ExampleStack {
+                    inputs: a.restore(),
+                    output_grads: g.restore(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Factors fitted on other modules or another projection cannot precondition these.

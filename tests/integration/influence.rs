@@ -124,11 +124,13 @@ pub fn scores(
     preconditioner: Preconditioner,
     aggregate: QueryAggregate,
     damping: f64,
+    cache: usize,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut on_batch = |_| Ok(());
     let mut options = PassOptions {
         batch_size: 5,
         projection: None,
+        cache_bytes: cache,
         on_batch: &mut on_batch,
     };
     let factors = influence::fit_factors(
@@ -203,6 +205,7 @@ fn tiny_mlp_matches_kronfluence_in_f64() {
             preconditioner,
             QueryAggregate::None,
             damping,
+            0,
         );
         let want = flat(&fixture["scores"][preconditioner.name()]);
         let error = relative_error(&got, &want);
@@ -231,6 +234,7 @@ fn sharded_factors_add_up_to_the_whole() {
     let mut options = PassOptions {
         batch_size: 4,
         projection: None,
+        cache_bytes: 0,
         on_batch: &mut on_batch,
     };
     let whole = influence::fit_factors(
@@ -299,6 +303,15 @@ fn qwen2_scores(
     preconditioner: Preconditioner,
     aggregate: QueryAggregate,
 ) -> Option<(Vec<f64>, Vec<f64>)> {
+    qwen2_scores_cached(dtype, preconditioner, aggregate, 1 << 30)
+}
+
+fn qwen2_scores_cached(
+    dtype: DType,
+    preconditioner: Preconditioner,
+    aggregate: QueryAggregate,
+    cache: usize,
+) -> Option<(Vec<f64>, Vec<f64>)> {
     let (model_dir, fixture) = qwen2_reference()?;
     let lm =
         LanguageModel::load(&model_dir, &LoadOptions::inference(&test_device(), dtype)).unwrap();
@@ -315,7 +328,14 @@ fn qwen2_scores(
         sequences: &query,
         tracked: &tracked,
     };
-    Some(scores(&train, &query, preconditioner, aggregate, 1e-3))
+    Some(scores(
+        &train,
+        &query,
+        preconditioner,
+        aggregate,
+        1e-3,
+        cache,
+    ))
 }
 
 #[test]
@@ -349,6 +369,11 @@ fn tiny_qwen2_matches_kronfluence() {
                 );
             }
         }
+        // EK-FAC's second pass from the kept stacks equals rerunning the model, exactly.
+        let rerun =
+            qwen2_scores_cached(dtype, Preconditioner::Ekfac, QueryAggregate::None, 0).unwrap();
+        let kept = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::None).unwrap();
+        assert_eq!(rerun, kept);
         let (got, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Sum).unwrap();
         let (want, _) = read_tensor(&fixture, "scores_ekfac_aggregated");
         let error = relative_error(&got, &want);

@@ -53,6 +53,7 @@ struct Setup {
     fisher: Fisher,
     shard: Shard,
     batch_size: usize,
+    cache_bytes: usize,
     train: Examples,
 }
 
@@ -132,6 +133,7 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         fisher,
         shard,
         batch_size: args.batch_size,
+        cache_bytes: args.cache_mib << 20,
         train,
     })
 }
@@ -187,12 +189,18 @@ fn fit(
         tracked: &setup.tracked,
     };
     let rows = setup.shard.rows(setup.train.len());
+    let passes = if covariance.is_none() && preconditioner.two_passes() && setup.shard.count == 1 {
+        2
+    } else {
+        1
+    };
     let mut bar = None;
     let factors = {
-        let mut on_batch = pass(&context.printer, "factors", rows.len(), &mut bar);
+        let mut on_batch = pass(&context.printer, "factors", passes * rows.len(), &mut bar);
         let mut options = PassOptions {
             batch_size: setup.batch_size,
             projection: setup.projection,
+            cache_bytes: setup.cache_bytes,
             on_batch: &mut on_batch,
         };
         if let Some(covariance) = covariance {
@@ -587,6 +595,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         let mut options = PassOptions {
             batch_size: setup.batch_size,
             projection: setup.projection,
+            cache_bytes: 0,
             on_batch: &mut on_batch,
         };
         influence::query_gradients(
@@ -620,6 +629,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         let mut options = PassOptions {
             batch_size: setup.batch_size,
             projection: setup.projection,
+            cache_bytes: 0,
             on_batch: &mut on_batch,
         };
         influence::score(
