@@ -59,6 +59,23 @@ fn capture(
     Ok(stacks)
 }
 
+/// Capture every batch of `rows` (projected), hand it to `visit` with its rows, then report
+/// progress: the one loop every pass runs.
+fn each_batch(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    fisher: Fisher,
+    options: &mut PassOptions,
+    mut visit: impl FnMut(&[usize], Vec<ModuleStacks>) -> Result<()>,
+) -> Result<()> {
+    for batch in batches(source, rows, options.batch_size) {
+        let stacks = capture(source, &batch, fisher, options.projection)?;
+        visit(&batch, stacks)?;
+        (options.on_batch)(batch.len())?;
+    }
+    Ok(())
+}
+
 /// First pass: token covariances of `rows`.
 pub fn fit_covariances(
     source: &dyn GradientSource,
@@ -68,12 +85,9 @@ pub fn fit_covariances(
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
     let mut factors = FactorSet::new(preconditioner, Stage::Covariance);
-    for batch in batches(source, rows, options.batch_size) {
-        let n = batch.len();
-        let stacks = capture(source, &batch, fisher, options.projection)?;
-        factors.add_covariances(&stacks)?;
-        (options.on_batch)(n)?;
-    }
+    each_batch(source, rows, fisher, options, |_, stacks| {
+        factors.add_covariances(&stacks)
+    })?;
     Ok(factors)
 }
 
@@ -89,15 +103,12 @@ pub fn fit_lambdas(
 ) -> Result<FactorSet> {
     let bases = covariances.map(FactorSet::eigenbases).transpose()?;
     let mut factors = FactorSet::new(preconditioner, Stage::Lambda);
-    for batch in batches(source, rows, options.batch_size) {
-        let n = batch.len();
-        let stacks = capture(source, &batch, fisher, options.projection)?;
+    each_batch(source, rows, fisher, options, |_, stacks| {
         if let Some(covariances) = covariances {
             check_modules(covariances, &stacks)?;
         }
-        factors.add_lambdas(&stacks, bases.as_deref())?;
-        (options.on_batch)(n)?;
-    }
+        factors.add_lambdas(&stacks, bases.as_deref())
+    })?;
     Ok(factors)
 }
 
@@ -116,21 +127,20 @@ pub fn fit_factors(
         let mut kept: Option<Vec<Vec<CachedStacks>>> = Some(Vec::new());
         let mut used = 0usize;
         let mut covariances = FactorSet::new(preconditioner, Stage::Covariance);
-        for batch in batches(source, rows.clone(), options.batch_size) {
-            let n = batch.len();
-            let stacks = capture(source, &batch, fisher, options.projection)?;
+        let budget = options.cache_bytes;
+        each_batch(source, rows.clone(), fisher, options, |_, stacks| {
             covariances.add_covariances(&stacks)?;
             if let Some(cache) = &mut kept {
                 let cached: Vec<CachedStacks> = stacks.iter().map(CachedStacks::new).collect();
                 used += cached.iter().map(CachedStacks::bytes).sum::<usize>();
-                if used <= options.cache_bytes {
+                if used <= budget {
                     cache.push(cached);
                 } else {
                     kept = None;
                 }
             }
-            (options.on_batch)(n)?;
-        }
+            Ok(())
+        })?;
         factors.merge(&covariances)?;
         let lambdas = match kept {
             Some(cache) => {
@@ -289,9 +299,7 @@ pub fn query_gradients(
     let mut names: Vec<String> = Vec::new();
     // [layer][query slot]: one slot per query, or one for the aggregate.
     let mut gradients: Vec<Vec<Option<Mat<f64>>>> = Vec::new();
-    for batch in batches(source, rows, options.batch_size) {
-        let n = batch.len();
-        let stacks = capture(source, &batch, Fisher::Empirical, options.projection)?;
+    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
         check_modules(factors, &stacks)?;
         if names.is_empty() {
             names = stacks.iter().map(|s| s.name.clone()).collect();
@@ -303,7 +311,7 @@ pub fn query_gradients(
             gradients = vec![vec![None; slots]; stacks.len()];
         }
         for (layer, stack) in gradients.iter_mut().zip(&stacks) {
-            for (example, &row) in stack.examples.iter().zip(&batch) {
+            for (example, &row) in stack.examples.iter().zip(batch) {
                 let gradient = example.weight_grad();
                 let slot = match aggregate {
                     QueryAggregate::None => &mut layer[row - first],
@@ -315,8 +323,8 @@ pub fn query_gradients(
                 }
             }
         }
-        (options.on_batch)(n)?;
-    }
+        Ok(())
+    })?;
     let mut gradients: Vec<Vec<Mat<f64>>> = gradients
         .into_iter()
         .map(|layer| {
@@ -363,22 +371,21 @@ pub fn score(
     options: &mut PassOptions,
     mut sink: impl FnMut(BatchScores) -> Result<()>,
 ) -> Result<()> {
-    for batch in batches(source, rows, options.batch_size) {
-        let n = batch.len();
-        let stacks = capture(source, &batch, Fisher::Empirical, options.projection)?;
+    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
         let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
         if names != queries.names.iter().map(String::as_str).collect::<Vec<_>>() {
             bail!("the training and query examples track different modules");
         }
-        let tokens =
-            with_tokens.then(|| (0..n).map(|b| score_tokens(queries, &stacks, b)).collect());
+        let tokens = with_tokens.then(|| {
+            (0..batch.len())
+                .map(|b| score_tokens(queries, &stacks, b))
+                .collect()
+        });
         let examples = score_examples(queries, &stacks);
         sink(BatchScores {
-            rows: batch,
+            rows: batch.to_vec(),
             examples,
             tokens,
-        })?;
-        (options.on_batch)(n)?;
-    }
-    Ok(())
+        })
+    })
 }

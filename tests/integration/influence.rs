@@ -532,29 +532,23 @@ fn cli_matches_kronfluence_and_shards_add_up() {
         "factors",
     ]);
     test.run().success();
-    let mut sharded = Vec::new();
-    for shard in ["0/3", "1/3", "2/3"] {
-        let out = format!("scores-{}.jsonl", &shard[..1]);
+    let score_with_factors = |test: &mut Test, extra: &[&str]| {
+        test.args(["influence", "--model", &model, "--train", "train.jsonl"]);
         test.args([
-            "influence",
-            "--model",
-            &model,
-            "--train",
-            "train.jsonl",
             "--query",
             "query.jsonl",
             "--dtype",
             "f64",
             "--damping",
             "0.001",
-            "--factors",
-            "factors",
-            "--shard",
-            shard,
-            "--out",
-            &out,
         ]);
+        test.args(["--factors", "factors"]).args(extra);
         test.run().success();
+    };
+    let mut sharded = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = format!("scores-{}.jsonl", &shard[..1]);
+        score_with_factors(&mut test, &["--shard", shard, "--out", &out]);
         sharded.extend(read_jsonl(&test, &out));
     }
     // Same pairs; shards are query-major within themselves.
@@ -602,28 +596,15 @@ fn cli_matches_kronfluence_and_shards_add_up() {
     test.run().invalid("appears twice");
 
     // The summed query gradient is kronfluence's aggregated score.
-    test.args([
-        "influence",
-        "--model",
-        &model,
-        "--train",
-        "train.jsonl",
-        "--query",
-        "query.jsonl",
-        "--dtype",
-        "f64",
-        "--damping",
-        "0.001",
-        "--factors",
-        "factors",
+    let summed = [
         "--query-agg",
         "sum",
         "--out",
         "sum.jsonl",
         "--summary",
         "summary.csv",
-    ]);
-    test.run().success();
+    ];
+    score_with_factors(&mut test, &summed);
     let sum = read_jsonl(&test, "sum.jsonl");
     assert!(sum.iter().all(|r| r["query_id"] == "sum"));
     let (want, _) = read_tensor(&fixture, "scores_ekfac_aggregated");

@@ -201,8 +201,9 @@ impl Collected {
 
 /// One training example's tokens and segments.
 pub struct Pieces {
-    /// Per token: decoded text and segment index.
+    /// Per token: decoded text, whether it carries loss, segment index.
     token_text: Vec<String>,
+    response: Vec<bool>,
     token_segment: Vec<usize>,
     /// Per segment: kind, token range (positions), text.
     segments: Vec<(String, Range<usize>, String)>,
@@ -280,6 +281,7 @@ fn pieces(collected: &Collected, tables: &Tables) -> Vec<Pieces> {
                 .collect();
             Pieces {
                 token_text,
+                response,
                 token_segment,
                 segments,
                 segment_scores,
@@ -417,14 +419,13 @@ fn tokens_frame(collected: &Collected, tables: &Tables, pieces: &[Pieces]) -> Re
     for q in 0..collected.queries {
         for ((row, p), scores) in collected.rows.clone().zip(pieces).zip(tokens) {
             let sequence = &tables.train.sequences[row];
-            let is_response = is_response(sequence);
             for t in 0..sequence.len() {
                 q_index.push(q as u32);
                 n_index.push(row as u32);
                 position.push(t as u32);
                 token_id.push(sequence.input_ids[t]);
                 token.push(p.token_text[t].clone());
-                response.push(is_response[t]);
+                response.push(p.response[t]);
                 segment.push(p.token_segment[t] as u32);
                 score.push(scores[(q, t)]);
             }
