@@ -1,0 +1,536 @@
+//! Confident learning with cleanlab 2.9.0's exact arithmetic: per-class thresholds, the
+//! (calibrated) confident joint, every `filter_by` mode and `num_label_issues`.
+//!
+//! Every float step follows cleanlab's numpy expression in the same order (pairwise sums, round
+//! half to even, truncating casts, the same tie order when a count is cut from a sorted list),
+//! so the flags are cleanlab's own, not an approximation of them.
+
+use super::Probabilities;
+use super::numeric::{argmax, argsort, pairwise_sum, pairwise_sum_by, round_half_even, smallest};
+use super::quality::{QualityMethod, quality_scores};
+
+/// cleanlab's `FLOATING_POINT_COMPARISON`.
+const FUZZ: f64 = 1e-6;
+/// Thresholds are clipped from below to this (`CONFIDENT_THRESHOLDS_LOWER_BOUND`).
+const THRESHOLD_FLOOR: f64 = 2.0 * FUZZ;
+/// Divisors are clipped from below to this (`TINY_VALUE`).
+const TINY: f64 = 1e-100;
+/// The threshold of a class no example is labelled with (nothing can be confident in it).
+const ABSENT_CLASS_THRESHOLD: f64 = 2.0;
+
+/// Which examples `find_label_issues` returns (cleanlab's `filter_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterBy {
+    PruneByNoiseRate,
+    PruneByClass,
+    Both,
+    ConfidentLearning,
+    PredictedNeqGiven,
+    LowSelfConfidence,
+    LowNormalizedMargin,
+}
+
+impl FilterBy {
+    pub const ALL: [FilterBy; 7] = [
+        FilterBy::PruneByNoiseRate,
+        FilterBy::PruneByClass,
+        FilterBy::Both,
+        FilterBy::ConfidentLearning,
+        FilterBy::PredictedNeqGiven,
+        FilterBy::LowSelfConfidence,
+        FilterBy::LowNormalizedMargin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterBy::PruneByNoiseRate => "prune_by_noise_rate",
+            FilterBy::PruneByClass => "prune_by_class",
+            FilterBy::Both => "both",
+            FilterBy::ConfidentLearning => "confident_learning",
+            FilterBy::PredictedNeqGiven => "predicted_neq_given",
+            FilterBy::LowSelfConfidence => "low_self_confidence",
+            FilterBy::LowNormalizedMargin => "low_normalized_margin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FilterBy> {
+        FilterBy::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// How `num_label_issues` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueCount {
+    /// Off-diagonal examples of the confident joint, less those the model's argmax agrees with.
+    OffDiagonal,
+    /// `N * (1 - trace)` of the calibrated joint.
+    OffDiagonalCalibrated,
+}
+
+/// Options of `find_label_issues` beyond the mode.
+#[derive(Debug, Clone, Copy)]
+pub struct FilterOptions {
+    pub filter_by: FilterBy,
+    /// Share of the estimated noise to prune (prune modes only).
+    pub frac_noise: f64,
+    /// Classes with at most this many examples are not pruned (prune modes only).
+    pub min_examples_per_class: usize,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        FilterOptions {
+            filter_by: FilterBy::PruneByNoiseRate,
+            frac_noise: 1.0,
+            min_examples_per_class: 1,
+        }
+    }
+}
+
+/// A K x K matrix of counts, row = given label, column = confident true label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountMatrix {
+    pub classes: usize,
+    pub counts: Vec<i64>,
+}
+
+impl CountMatrix {
+    pub fn get(&self, given: usize, truth: usize) -> i64 {
+        self.counts[given * self.classes + truth]
+    }
+
+    pub fn rows(&self) -> Vec<Vec<i64>> {
+        self.counts
+            .chunks(self.classes)
+            .map(|row| row.to_vec())
+            .collect()
+    }
+}
+
+/// Examples per class (`value_counts_fill_missing_classes`).
+pub fn label_counts(labels: &[usize], classes: usize) -> Vec<usize> {
+    let mut counts = vec![0; classes];
+    for &label in labels {
+        counts[label] += 1;
+    }
+    counts
+}
+
+/// Per class, the mean probability of that class over the examples labelled with it.
+pub fn confident_thresholds(labels: &[usize], probs: &Probabilities) -> Vec<f64> {
+    let classes = probs.classes();
+    let mut members: Vec<Vec<f64>> = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        members[label].push(probs.get(i, label));
+    }
+    members
+        .iter()
+        .map(|values| {
+            let threshold = if values.is_empty() {
+                ABSENT_CLASS_THRESHOLD
+            } else {
+                pairwise_sum(values) / values.len() as f64
+            };
+            threshold.max(THRESHOLD_FLOOR)
+        })
+        .collect()
+}
+
+/// The confident joint and the rows off its diagonal (`compute_confident_joint`).
+pub struct ConfidentJoint {
+    pub joint: CountMatrix,
+    /// Rows confidently in a class other than their label, ascending.
+    pub off_diagonal: Vec<usize>,
+}
+
+pub fn confident_joint(labels: &[usize], probs: &Probabilities, calibrate: bool) -> ConfidentJoint {
+    let classes = probs.classes();
+    let cut: Vec<f64> = confident_thresholds(labels, probs)
+        .iter()
+        .map(|t| t - FUZZ)
+        .collect();
+    let mut counts = vec![0i64; classes * classes];
+    let mut off_diagonal = Vec::new();
+    for (i, &label) in labels.iter().enumerate() {
+        let row = probs.row(i);
+        let mut confident = 0;
+        let mut first_confident = 0;
+        for (k, &p) in row.iter().enumerate() {
+            if p >= cut[k] {
+                if confident == 0 {
+                    first_confident = k;
+                }
+                confident += 1;
+            }
+        }
+        if confident == 0 {
+            continue;
+        }
+        let truth = if confident > 1 {
+            argmax(row)
+        } else {
+            first_confident
+        };
+        counts[label * classes + truth] += 1;
+        if truth != label {
+            off_diagonal.push(i);
+        }
+    }
+    for k in 0..classes {
+        let diagonal = &mut counts[k * classes + k];
+        *diagonal = (*diagonal).max(1);
+    }
+    let mut joint = CountMatrix { classes, counts };
+    if calibrate {
+        joint = calibrate_joint(&joint, &label_counts(labels, classes));
+    }
+    ConfidentJoint {
+        joint,
+        off_diagonal,
+    }
+}
+
+/// Rescale rows to the label counts and the whole to N, then round keeping row totals
+/// (`calibrate_confident_joint`).
+pub fn calibrate_joint(joint: &CountMatrix, label_counts: &[usize]) -> CountMatrix {
+    let k = joint.classes;
+    let mut scaled = vec![0.0f64; k * k];
+    for given in 0..k {
+        let row_total: i64 = (0..k).map(|t| joint.get(given, t)).sum();
+        let divisor = (row_total as f64).max(TINY);
+        for truth in 0..k {
+            scaled[given * k + truth] =
+                joint.get(given, truth) as f64 / divisor * label_counts[given] as f64;
+        }
+    }
+    let total = pairwise_sum(&scaled).max(TINY);
+    let n: usize = label_counts.iter().sum();
+    for value in scaled.iter_mut() {
+        *value = *value / total * n as f64;
+    }
+    CountMatrix {
+        classes: k,
+        counts: round_preserving_row_totals(&scaled, k),
+    }
+}
+
+/// Round each row to integers whose sum is the row's rounded sum (`round_preserving_sum`).
+pub fn round_preserving_row_totals(values: &[f64], columns: usize) -> Vec<i64> {
+    values
+        .chunks(columns)
+        .flat_map(round_preserving_sum)
+        .collect()
+}
+
+fn round_preserving_sum(floats: &[f64]) -> Vec<i64> {
+    let mut ints: Vec<f64> = floats.iter().map(|&x| round_half_even(x)).collect();
+    let target = round_half_even(pairwise_sum(floats));
+    let mut total = round_half_even(pairwise_sum(&ints));
+    while (total - target).abs() > FUZZ {
+        let diff = round_half_even(target - total);
+        let step = if diff < 0.0 { -1.0 } else { 1.0 };
+        let changes = (diff.abs() as usize).min(floats.len());
+        let remainders: Vec<f64> = floats.iter().zip(&ints).map(|(f, i)| f - i).collect();
+        let mut order = argsort(&remainders);
+        if step > 0.0 {
+            order.reverse();
+        }
+        for &i in order.iter().take(changes) {
+            ints[i] += step;
+        }
+        total = round_half_even(pairwise_sum(&ints));
+    }
+    ints.iter().map(|&x| x as i64).collect()
+}
+
+/// The calibrated joint as probabilities (`estimate_joint` given a calibrated joint: cleanlab
+/// calibrates it once more before normalising).
+pub fn estimate_joint(calibrated: &CountMatrix, label_counts: &[usize]) -> Vec<f64> {
+    let again = calibrate_joint(calibrated, label_counts);
+    let total = (again.counts.iter().sum::<i64>() as f64).max(TINY);
+    again.counts.iter().map(|&c| c as f64 / total).collect()
+}
+
+/// `num_label_issues` for one-label-per-example data.
+pub fn num_label_issues(labels: &[usize], probs: &Probabilities, method: IssueCount) -> usize {
+    match method {
+        IssueCount::OffDiagonal => {
+            let off = confident_joint(labels, probs, false).off_diagonal;
+            off.into_iter()
+                .filter(|&i| !model_agrees(probs.row(i), labels[i]))
+                .count()
+        }
+        IssueCount::OffDiagonalCalibrated => {
+            let classes = probs.classes();
+            let counts = label_counts(labels, classes);
+            let calibrated = confident_joint(labels, probs, true).joint;
+            let joint = estimate_joint(&calibrated, &counts);
+            let trace = pairwise_sum_by(classes, &|k| joint[k * classes + k]);
+            let issues = round_half_even((1.0 - trace) * labels.len() as f64);
+            issues.max(0.0) as usize
+        }
+    }
+}
+
+/// The model's argmax is the given label once that label gets a 1e-6 head start
+/// (`_reduce_issues`: such examples are never flagged).
+fn model_agrees(row: &[f64], label: usize) -> bool {
+    let boosted = row[label] + FUZZ;
+    let mut best = 0;
+    let mut best_value = if label == 0 { boosted } else { row[0] };
+    for (k, &p) in row.iter().enumerate().skip(1) {
+        let value = if k == label { boosted } else { p };
+        if value > best_value {
+            best = k;
+            best_value = value;
+        }
+    }
+    best == label
+}
+
+/// `cleanlab.filter.find_label_issues` for one-label-per-example data: one flag per row.
+pub fn find_label_issues(
+    labels: &[usize],
+    probs: &Probabilities,
+    options: FilterOptions,
+) -> Vec<bool> {
+    let n = labels.len();
+    let classes = probs.classes();
+    let mut flags = vec![false; n];
+    match options.filter_by {
+        FilterBy::LowSelfConfidence | FilterBy::LowNormalizedMargin => {
+            let method = if options.filter_by == FilterBy::LowSelfConfidence {
+                QualityMethod::SelfConfidence
+            } else {
+                QualityMethod::NormalizedMargin
+            };
+            let scores = quality_scores(labels, probs, method);
+            let count = num_label_issues(labels, probs, IssueCount::OffDiagonal);
+            for i in smallest(&scores, count) {
+                flags[i] = true;
+            }
+            // cleanlab does not drop argmax-agreeing rows in these two modes.
+            return flags;
+        }
+        FilterBy::ConfidentLearning => {
+            for i in confident_joint(labels, probs, true).off_diagonal {
+                flags[i] = true;
+            }
+        }
+        FilterBy::PredictedNeqGiven => {
+            for (i, flag) in flags.iter_mut().enumerate() {
+                *flag = argmax(probs.row(i)) != labels[i];
+            }
+        }
+        FilterBy::PruneByNoiseRate | FilterBy::PruneByClass | FilterBy::Both => {
+            let joint = confident_joint(labels, probs, true).joint;
+            let prune = prune_counts(&joint, options.min_examples_per_class, options.frac_noise);
+            let members = class_members(labels, classes);
+            let by_class = matches!(options.filter_by, FilterBy::PruneByClass | FilterBy::Both);
+            let by_noise = matches!(
+                options.filter_by,
+                FilterBy::PruneByNoiseRate | FilterBy::Both
+            );
+            let mut class_flags = vec![true; n];
+            if by_class {
+                class_flags = vec![false; n];
+                for (k, rows) in members.iter().enumerate() {
+                    for i in prune_by_class(rows, probs, k, &prune, options) {
+                        class_flags[i] = true;
+                    }
+                }
+            }
+            let mut noise_flags = vec![true; n];
+            if by_noise {
+                noise_flags = vec![false; n];
+                for (k, rows) in members.iter().enumerate() {
+                    for i in prune_by_noise_rate(rows, probs, k, &prune, options) {
+                        noise_flags[i] = true;
+                    }
+                }
+            }
+            for i in 0..n {
+                flags[i] = class_flags[i] && noise_flags[i];
+            }
+        }
+    }
+    for (i, flag) in flags.iter_mut().enumerate() {
+        if *flag && model_agrees(probs.row(i), labels[i]) {
+            *flag = false;
+        }
+    }
+    flags
+}
+
+/// Rows of each class, ascending.
+fn class_members(labels: &[usize], classes: usize) -> Vec<Vec<usize>> {
+    let mut members = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        members[label].push(i);
+    }
+    members
+}
+
+/// How many examples to prune per (true class, given class): the transposed calibrated joint
+/// with at least `min_examples` kept per class and the noise scaled by `frac_noise`
+/// (`_keep_at_least_n_per_class` and `_reduce_prune_counts`). Indexed `[truth][given]`.
+fn prune_counts(joint: &CountMatrix, min_examples: usize, frac_noise: f64) -> Vec<Vec<i64>> {
+    let k = joint.classes;
+    // m[i][j] = joint[j][i]: columns of m are the given classes.
+    let m = |i: usize, j: usize| joint.get(j, i) as f64;
+    let mut counts = vec![vec![0.0f64; k]; k];
+    for j in 0..k {
+        let diagonal = m(j, j);
+        let raised = diagonal.max(min_examples as f64);
+        let nonzero = (0..k).filter(|&i| m(i, j) != 0.0).count() as f64;
+        let spread = (raised - diagonal) / (nonzero - 1.0).max(1.0);
+        for (i, row) in counts.iter_mut().enumerate() {
+            let value = m(i, j) - spread;
+            row[j] = if value < 0.0 { 0.0 } else { value };
+        }
+        counts[j][j] = raised;
+    }
+    // Scale the noise and move what was removed onto the diagonal, then truncate to integers.
+    let mut scaled = counts.clone();
+    for (i, row) in scaled.iter_mut().enumerate() {
+        for (j, value) in row.iter_mut().enumerate() {
+            if i != j {
+                *value *= frac_noise;
+            }
+        }
+    }
+    for j in 0..k {
+        let mut removed = 0.0;
+        for i in 0..k {
+            removed += counts[i][j] - scaled[i][j];
+        }
+        scaled[j][j] = counts[j][j] + removed;
+    }
+    scaled
+        .iter()
+        .map(|row| row.iter().map(|&v| v as i64).collect())
+        .collect()
+}
+
+/// In class `k`, the rows with the lowest probability of `k`, as many as the class has beyond
+/// its kept diagonal count.
+fn prune_by_class(
+    rows: &[usize],
+    probs: &Probabilities,
+    k: usize,
+    prune: &[Vec<i64>],
+    options: FilterOptions,
+) -> Vec<usize> {
+    if rows.len() <= options.min_examples_per_class {
+        return Vec::new();
+    }
+    let issues = rows.len() as i64 - prune[k][k];
+    if issues < 1 {
+        return Vec::new();
+    }
+    let own: Vec<f64> = rows.iter().map(|&i| probs.get(i, k)).collect();
+    smallest(&own, issues as usize)
+        .into_iter()
+        .map(|p| rows[p])
+        .collect()
+}
+
+/// In class `k`, for every other class `j` with a prune count, the rows with the largest
+/// margin `p_j - p_k`.
+fn prune_by_noise_rate(
+    rows: &[usize],
+    probs: &Probabilities,
+    k: usize,
+    prune: &[Vec<i64>],
+    options: FilterOptions,
+) -> Vec<usize> {
+    if rows.len() <= options.min_examples_per_class {
+        return Vec::new();
+    }
+    let mut chosen = vec![false; rows.len()];
+    let mut negated = vec![0.0f64; rows.len()];
+    for (j, row) in prune.iter().enumerate() {
+        let count = row[k];
+        if j == k || count <= 0 {
+            continue;
+        }
+        for (slot, &i) in negated.iter_mut().zip(rows) {
+            *slot = -(probs.get(i, j) - probs.get(i, k));
+        }
+        for p in smallest(&negated, count as usize) {
+            chosen[p] = true;
+        }
+    }
+    rows.iter()
+        .zip(&chosen)
+        .filter(|&(_, &c)| c)
+        .map(|(&i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(rows: &[&[f64]]) -> Probabilities {
+        Probabilities::from_rows(rows.iter().map(|r| r.to_vec()).collect()).unwrap()
+    }
+
+    #[test]
+    fn round_preserving_sum_keeps_totals() {
+        // 3 x 0.4 = 1.2 -> 1: one of the tied entries moves up (numpy's order on ties).
+        assert_eq!(round_preserving_sum(&[0.4, 0.4, 0.4]), vec![0, 0, 1]);
+        assert_eq!(round_preserving_sum(&[2.5, 0.5, 1.0]), vec![2, 1, 1]);
+        assert_eq!(round_preserving_sum(&[1.6, 1.6, 1.8]), vec![1, 2, 2]);
+    }
+
+    /// Expected values printed by cleanlab 2.9.0 for the same arrays.
+    #[test]
+    fn small_case_matches_cleanlab() {
+        let p = probs(&[
+            &[0.9, 0.1, 0.0],
+            &[0.8, 0.2, 0.0],
+            &[0.2, 0.7, 0.1],
+            &[0.1, 0.8, 0.1],
+            &[0.7, 0.2, 0.1],
+            &[0.1, 0.1, 0.8],
+            &[0.0, 0.2, 0.8],
+            &[0.1, 0.3, 0.6],
+        ]);
+        let labels = [0, 0, 1, 1, 1, 2, 2, 0];
+        let t = confident_thresholds(&labels, &p);
+        let expected = [0.6, 0.566_666_666_666_666_7, 0.8];
+        for (a, b) in t.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-15);
+        }
+        let raw = confident_joint(&labels, &p, false);
+        assert_eq!(raw.off_diagonal, vec![4]);
+        assert_eq!(
+            raw.joint.rows(),
+            vec![vec![2, 0, 0], vec![1, 2, 0], vec![0, 0, 2]]
+        );
+        let calibrated = confident_joint(&labels, &p, true).joint;
+        assert_eq!(
+            calibrated.rows(),
+            vec![vec![3, 0, 0], vec![1, 2, 0], vec![0, 0, 2]]
+        );
+        let expected = [
+            (FilterBy::PruneByNoiseRate, vec![4]),
+            (FilterBy::PruneByClass, vec![4]),
+            (FilterBy::Both, vec![4]),
+            (FilterBy::ConfidentLearning, vec![4]),
+            (FilterBy::PredictedNeqGiven, vec![4, 7]),
+            (FilterBy::LowSelfConfidence, vec![7]),
+            (FilterBy::LowNormalizedMargin, vec![7]),
+        ];
+        for (filter_by, rows) in expected {
+            let options = FilterOptions {
+                filter_by,
+                ..FilterOptions::default()
+            };
+            let flags = find_label_issues(&labels, &p, options);
+            let flagged: Vec<usize> = (0..flags.len()).filter(|&i| flags[i]).collect();
+            assert_eq!(flagged, rows, "{}", filter_by.name());
+        }
+    }
+}

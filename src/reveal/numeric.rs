@@ -1,0 +1,354 @@
+//! The few numeric primitives whose exact behaviour decides cleanlab's flags: numpy's pairwise
+//! summation (thresholds and calibration are means and sums that are then compared or rounded),
+//! numpy's default argsort order on ties (which examples fill a prune count), and round half to
+//! even.
+
+/// Sum in numpy's order (`np.add.reduce` on a contiguous run): blocks of up to 128 values are
+/// summed with eight interleaved accumulators, longer runs are split in two recursively. Equal
+/// bits to numpy matter where a mean becomes a threshold that probabilities are compared with.
+pub fn pairwise_sum(values: &[f64]) -> f64 {
+    pairwise_sum_by(values.len(), &|i| values[i])
+}
+
+/// [`pairwise_sum`] over `len` values produced by `at` (a strided or gathered run).
+pub fn pairwise_sum_by(len: usize, at: &dyn Fn(usize) -> f64) -> f64 {
+    sum_range(0, len, at)
+}
+
+const BLOCK: usize = 128;
+
+fn sum_range(start: usize, len: usize, at: &dyn Fn(usize) -> f64) -> f64 {
+    if len < 8 {
+        let mut sum = -0.0;
+        for i in 0..len {
+            sum += at(start + i);
+        }
+        sum
+    } else if len <= BLOCK {
+        let mut r = [0.0f64; 8];
+        for (j, slot) in r.iter_mut().enumerate() {
+            *slot = at(start + j);
+        }
+        let whole = len - len % 8;
+        let mut i = 8;
+        while i < whole {
+            for (j, slot) in r.iter_mut().enumerate() {
+                *slot += at(start + i + j);
+            }
+            i += 8;
+        }
+        let mut sum = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        while i < len {
+            sum += at(start + i);
+            i += 1;
+        }
+        sum
+    } else {
+        let mut half = len / 2;
+        half -= half % 8;
+        sum_range(start, half, at) + sum_range(start + half, len - half, at)
+    }
+}
+
+/// Mean as `np.mean`: the pairwise sum divided by the count.
+pub fn mean(values: &[f64]) -> f64 {
+    pairwise_sum(values) / values.len() as f64
+}
+
+/// numpy's `less` for floats: NaN sorts last.
+#[inline]
+fn less(a: f64, b: f64) -> bool {
+    a < b || (b.is_nan() && !a.is_nan())
+}
+
+/// `np.argsort(values)` in the order numpy 2.x gives on x86-64 with AVX2, ties included.
+///
+/// numpy hands float64 argsort to x86-simd-sort, whose order on ties is not stable: runs of up
+/// to 256 values are sorted by a bitonic network over 4-lane registers. cleanlab takes the first
+/// `m` of such an order (calibration rounding, prune counts), so on ties the network decides
+/// which entries move. Runs of up to 256 values (class counts, small classes) follow the network
+/// exactly; longer runs are ordered stably by index (numpy partitions those with vector compress
+/// first, and its order on ties there also differs between AVX2 and AVX-512 machines).
+pub fn argsort(values: &[f64]) -> Vec<usize> {
+    let n = values.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let sorted = values.windows(2).all(|w| !less(w[1], w[0]));
+    if n < 2 || sorted {
+        return order;
+    }
+    if n <= NETWORK_MAX {
+        return network_argsort(values);
+    }
+    order.sort_by(|&a, &b| {
+        if less(values[a], values[b]) {
+            std::cmp::Ordering::Less
+        } else if less(values[b], values[a]) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    order
+}
+
+const NETWORK_MAX: usize = 256;
+const LANES: usize = 4;
+
+/// One AVX2 register of keys and the matching register of indices.
+#[derive(Clone, Copy)]
+struct Lanes {
+    keys: [f64; LANES],
+    index: [usize; LANES],
+}
+
+impl Lanes {
+    fn permuted(&self, perm: [usize; LANES]) -> Lanes {
+        Lanes {
+            keys: perm.map(|p| self.keys[p]),
+            index: perm.map(|p| self.index[p]),
+        }
+    }
+
+    /// `cmp_merge`: lanes in `take_max` keep the larger of each pair, others the smaller; a lane
+    /// keeps its own index when the kept key equals its own (so ties never move).
+    fn cmp_merge(&mut self, perm: [usize; LANES], take_max: [bool; LANES]) {
+        let other = self.permuted(perm);
+        for lane in 0..LANES {
+            let (a, b) = (self.keys[lane], other.keys[lane]);
+            // _mm256_min_pd(b, a) / _mm256_max_pd(b, a): the second operand on equality.
+            let kept = if take_max[lane] {
+                if b > a { b } else { a }
+            } else if b < a {
+                b
+            } else {
+                a
+            };
+            if kept != a {
+                self.index[lane] = other.index[lane];
+            }
+            self.keys[lane] = kept;
+        }
+    }
+
+    fn reverse(&mut self) {
+        *self = self.permuted([3, 2, 1, 0]);
+    }
+
+    /// `sort_reg_4lanes`.
+    fn sort(&mut self) {
+        const A: [bool; LANES] = [false, true, false, true];
+        const C: [bool; LANES] = [false, false, true, true];
+        self.cmp_merge([1, 0, 3, 2], A);
+        self.cmp_merge([3, 2, 1, 0], C);
+        self.cmp_merge([1, 0, 3, 2], A);
+    }
+
+    /// `bitonic_merge_reg_4lanes`.
+    fn bitonic_merge(&mut self) {
+        self.cmp_merge([2, 3, 0, 1], [false, false, true, true]);
+        self.cmp_merge([1, 0, 3, 2], [false, true, false, true]);
+    }
+}
+
+/// `COEX` on two registers: lane-wise min into the first, max into the second.
+fn compare_exchange(vectors: &mut [Lanes], first: usize, second: usize) {
+    let (a, b) = (vectors[first], vectors[second]);
+    for lane in 0..LANES {
+        let (x, y) = (a.keys[lane], b.keys[lane]);
+        let low = if x < y { x } else { y };
+        let high = if x > y { x } else { y };
+        let stays = low == x;
+        vectors[first].keys[lane] = low;
+        vectors[second].keys[lane] = high;
+        vectors[first].index[lane] = if stays { a.index[lane] } else { b.index[lane] };
+        vectors[second].index[lane] = if stays { b.index[lane] } else { a.index[lane] };
+    }
+}
+
+/// `bitonic_merge_n_vec`: merge a group of sorted registers (the upper half reversed first).
+fn merge_group(vectors: &mut [Lanes]) {
+    let n = vectors.len();
+    for i in 0..n / 2 {
+        vectors[n - 1 - i].reverse();
+        compare_exchange(vectors, i, n - 1 - i);
+        vectors[n - 1 - i].reverse();
+    }
+    let mut span = n / 2;
+    while span >= 2 {
+        for start in (0..n).step_by(span) {
+            for i in 0..span / 2 {
+                compare_exchange(vectors, start + i, start + i + span / 2);
+            }
+        }
+        span /= 2;
+    }
+    for vector in vectors.iter_mut() {
+        vector.bitonic_merge();
+    }
+}
+
+/// `argsort_n` for at most 256 values: load into as few 4-lane registers as the size needs
+/// (a power of two, padded with +inf), sort each, merge in groups of 2, 4, ... registers.
+fn network_argsort(values: &[f64]) -> Vec<usize> {
+    let n = values.len();
+    let mut count = NETWORK_MAX / LANES;
+    while count > 1 && n * 2 <= count * LANES {
+        count /= 2;
+    }
+    let mut vectors: Vec<Lanes> = (0..count)
+        .map(|v| {
+            let mut lanes = Lanes {
+                keys: [f64::INFINITY; LANES],
+                index: [usize::MAX; LANES],
+            };
+            for lane in 0..LANES {
+                let i = v * LANES + lane;
+                if i < n {
+                    lanes.keys[lane] = values[i];
+                    lanes.index[lane] = i;
+                }
+            }
+            lanes
+        })
+        .collect();
+    for vector in vectors.iter_mut() {
+        vector.sort();
+    }
+    let mut group = 2;
+    while group <= count {
+        for chunk in vectors.chunks_mut(group) {
+            merge_group(chunk);
+        }
+        group *= 2;
+    }
+    vectors.iter().flat_map(|v| v.index).take(n).collect()
+}
+
+/// The first `m` positions of `np.argsort(values)`, in O(n) unless values tie across the cut
+/// (then the full numpy order decides, exactly as cleanlab's slice does).
+pub fn smallest(values: &[f64], m: usize) -> Vec<usize> {
+    let n = values.len();
+    if m == 0 {
+        return Vec::new();
+    }
+    if m >= n {
+        return (0..n).collect();
+    }
+    let mut keys: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
+    let by_value = |a: &(f64, usize), b: &(f64, usize)| {
+        if less(a.0, b.0) {
+            std::cmp::Ordering::Less
+        } else if less(b.0, a.0) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    };
+    keys.select_nth_unstable_by(m - 1, by_value);
+    let cut = keys[m - 1].0;
+    let below = values.iter().filter(|&&x| less(x, cut)).count();
+    let at_cut = values
+        .iter()
+        .filter(|&&x| !less(x, cut) && !less(cut, x))
+        .count();
+    if below + at_cut == m {
+        let mut chosen: Vec<usize> = keys[..m].iter().map(|&(_, i)| i).collect();
+        chosen.sort_unstable();
+        return chosen;
+    }
+    let mut chosen = argsort(values);
+    chosen.truncate(m);
+    chosen.sort_unstable();
+    chosen
+}
+
+/// `np.round`: halves go to the even neighbour.
+#[inline]
+pub fn round_half_even(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// First index of the largest value (`np.argmax`; a NaN wins as numpy's does).
+pub fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate().skip(1) {
+        let current = row[best];
+        if current.is_nan() {
+            return best;
+        }
+        if x > current || x.is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn pairwise_sum_splits_like_numpy() {
+        // 0.1 repeated: the association order shows in the last bits.
+        let values = vec![0.1; 1000];
+        let sequential: f64 = values.iter().sum();
+        let pairwise = pairwise_sum(&values);
+        // numpy: np.add.reduce(np.full(1000, 0.1)) == 100.00000000000001 (bits below)
+        assert_eq!(pairwise.to_bits(), 100.00000000000001f64.to_bits());
+        assert_ne!(pairwise.to_bits(), sequential.to_bits());
+        assert_eq!(pairwise_sum(&[1.0, 2.0, 3.0]), 6.0);
+        assert_eq!(pairwise_sum(&[]), 0.0);
+    }
+
+    #[test]
+    fn argsort_sorts_and_follows_numpys_network_on_ties() {
+        // numpy 2.4 on AVX2: np.argsort([3, 1, 2, 1, 0, 1]) == [4, 1, 5, 3, 2, 0]
+        let values = [3.0, 1.0, 2.0, 1.0, 0.0, 1.0];
+        assert_eq!(argsort(&values), vec![4, 1, 5, 3, 2, 0]);
+        let alternating = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+        assert_eq!(argsort(&alternating), vec![0, 2, 6, 4, 8, 3, 5, 1, 7, 9]);
+        let mixed = [0.2, 0.1, 0.1, 0.3, 0.1, 0.0, 0.1, 0.1, 0.0, 0.0];
+        assert_eq!(argsort(&mixed), vec![5, 8, 9, 1, 6, 7, 4, 2, 0, 3]);
+        let mut rng = SplitMix64::new(7);
+        for n in [17, 100, 1000, 5000] {
+            let values: Vec<f64> = (0..n).map(|_| (rng.next_f64() * 20.0).floor()).collect();
+            let order = argsort(&values);
+            let mut seen = vec![false; n];
+            for w in order.windows(2) {
+                assert!(values[w[0]] <= values[w[1]]);
+            }
+            for &i in &order {
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+    }
+
+    #[test]
+    fn smallest_agrees_with_the_argsort_prefix() {
+        let mut rng = SplitMix64::new(3);
+        for n in [1usize, 5, 40, 300] {
+            for distinct in [3.0, 1e9] {
+                let values: Vec<f64> = (0..n)
+                    .map(|_| (rng.next_f64() * distinct).floor())
+                    .collect();
+                for m in [0, 1, n / 3, n / 2, n] {
+                    let mut expected: Vec<usize> = argsort(&values)[..m].to_vec();
+                    expected.sort_unstable();
+                    assert_eq!(smallest(&values, m), expected, "n {n} m {m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_and_argmax() {
+        assert_eq!(round_half_even(0.5), 0.0);
+        assert_eq!(round_half_even(1.5), 2.0);
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(-0.5), -0.0);
+        assert_eq!(argmax(&[0.2, 0.4, 0.4]), 1);
+        assert_eq!(argmax(&[0.5]), 0);
+    }
+}
