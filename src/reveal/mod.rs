@@ -5,6 +5,9 @@
 //! matrix. Reading files and naming classes is the command's job.
 
 pub mod confident;
+pub mod crowdlab;
+pub mod knn;
+pub mod multilabel;
 pub mod numeric;
 pub mod quality;
 
