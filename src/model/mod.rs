@@ -6,6 +6,7 @@ pub mod capture;
 pub mod config;
 pub mod device;
 pub mod lm;
+pub mod probe;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

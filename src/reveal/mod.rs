@@ -6,6 +6,7 @@
 
 pub mod confident;
 pub mod crowdlab;
+pub mod decide;
 pub mod knn;
 pub mod multilabel;
 pub mod numeric;
