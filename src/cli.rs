@@ -63,6 +63,10 @@ pub enum Command {
     /// reasoning segments and tokens with influence functions (identity, diagonal, K-FAC,
     /// EK-FAC), kronfluence's conventions.
     Influence(Box<InfluenceArgs>),
+    /// Find label errors and missing labels by consensus of prediction sources: confident
+    /// learning exactly as cleanlab, kNN votes on embeddings, a CROWDLAB vote of the sources,
+    /// an embedding probe; soft labels, suggestions, and a CI gate.
+    Reveal(Box<RevealArgs>),
 }
 
 /// The table formats, as flags name them.
@@ -83,6 +87,155 @@ impl From<FormatArg> for Format {
             FormatArg::Ipc => Format::Ipc,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RevealArgs {
+    /// The given labels: `id` (default: the row index) and `label` (integer or string class),
+    /// or `labels` (a list of classes, multi-label).
+    #[arg(long, value_name = "FILE")]
+    pub labels: String,
+
+    /// A prediction source, NAME=PATH[:KIND[:COLUMN]] (repeatable). KIND: probs (class
+    /// probabilities: a list column, default `probs`, or wide columns `p0..pK-1`), mlprobs
+    /// (independent per-class presence, same layout), hard (one class, default column `pred`),
+    /// set (a list of classes, default column `pred`). Rows join the labels on the id column.
+    #[arg(long = "source", value_name = "NAME=PATH[:KIND[:COLUMN]]")]
+    pub sources: Vec<String>,
+
+    /// Embeddings for the kNN vote and the probe: id and a list column `emb`.
+    #[arg(long, value_name = "FILE")]
+    pub embeddings: Option<String>,
+
+    /// Output: one row per id (see docs/reveal.md for the columns).
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Also write a JSON summary: rates per class, detectors, source weights, gate result.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<String>,
+
+    /// Id column in every input.
+    #[arg(long, default_value = "id", value_name = "COLUMN")]
+    pub id_col: String,
+
+    /// Column of single labels.
+    #[arg(long, default_value = "label", value_name = "COLUMN")]
+    pub label_col: String,
+
+    /// Column of label lists (multi-label); used when present and --label-col is not.
+    #[arg(long, default_value = "labels", value_name = "COLUMN")]
+    pub labels_col: String,
+
+    /// Prefix of wide probability columns (`p0`, `p1`, ...) when a source has no list column.
+    #[arg(long, default_value = "p", value_name = "PREFIX")]
+    pub probs_prefix: String,
+
+    /// Column of the embedding vectors.
+    #[arg(long, default_value = "emb", value_name = "COLUMN")]
+    pub emb_col: String,
+
+    /// Class names in order (probability column k is class k) [default: 0..K-1 for integer
+    /// labels, else the sorted union of the classes seen].
+    #[arg(long, value_delimiter = ',', value_name = "CLASS,...")]
+    pub classes: Option<Vec<String>>,
+
+    /// Detectors to run [default: cl; vote with two or more sources; knn with --embeddings;
+    /// probe with --probe].
+    #[arg(long, value_delimiter = ',', value_name = "cl,knn,vote,probe")]
+    pub detectors: Option<Vec<String>>,
+
+    /// Which rows confident learning flags (cleanlab's filter_by).
+    #[arg(long, default_value = "prune_by_noise_rate", value_name = "MODE")]
+    pub filter_by: String,
+
+    /// Share of the estimated noise the prune modes remove.
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub frac_noise: f64,
+
+    /// Classes with at most this many examples are not pruned.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub min_examples_per_class: usize,
+
+    /// Label-quality score in the `quality` column: self_confidence, normalized_margin or
+    /// confidence_weighted_entropy.
+    #[arg(long, default_value = "self_confidence", value_name = "METHOD")]
+    pub quality_method: String,
+
+    /// Detectors that must fire for a label issue [default: a majority of those run].
+    #[arg(long, value_name = "N")]
+    pub min_detectors: Option<usize>,
+
+    /// Also require the consensus probability of the given label to be below TAU.
+    #[arg(long, value_name = "TAU")]
+    pub tau: Option<f64>,
+
+    /// Consensus probability another class needs to be suggested (else the issue is
+    /// ambiguous).
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    pub confidence: f64,
+
+    /// Consensus probability from which another class also applies [default: 0.3; 0.5 for
+    /// multi-label presence].
+    #[arg(long, value_name = "P")]
+    pub missing_threshold: Option<f64>,
+
+    /// kNN: neighbours per row.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    pub knn_k: usize,
+
+    /// kNN: subsampling rounds.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub knn_rounds: usize,
+
+    /// kNN: share of rows kept per round.
+    #[arg(long, default_value_t = 0.9, value_name = "F")]
+    pub knn_sample: f64,
+
+    /// Train a probe on the embeddings (out-of-fold probabilities; adds the probe detector).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub probe: Option<ProbeArg>,
+
+    /// Probe: stratified folds.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub folds: usize,
+
+    /// Probe: training epochs per fold.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub probe_epochs: usize,
+
+    /// Probe: hidden units of the MLP.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub probe_hidden: usize,
+
+    /// Gate: exit 1 (after writing outputs) when more than this share of rows are label
+    /// issues.
+    #[arg(long, value_name = "RATE")]
+    pub max_issue_rate: Option<f64>,
+
+    /// Gate: exit 1 when more than this share of rows have missing labels.
+    #[arg(long, value_name = "RATE")]
+    pub max_missing_rate: Option<f64>,
+
+    /// Gate: exit 1 when any row has one of these issue types (noisy, missing, ambiguous).
+    #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
+    pub fail_on: Option<Vec<String>>,
+
+    /// Leave the soft_label column out (it holds K numbers per row).
+    #[arg(long)]
+    pub no_soft_label: bool,
+
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeArg {
+    /// Multinomial logistic regression.
+    Logreg,
+    /// One hidden ReLU layer (--probe-hidden units).
+    Mlp,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod convert;
 mod influence;
 mod inspect;
 mod output_dir;
+mod reveal;
 mod reweight;
 mod sequences;
 mod train;
@@ -37,5 +38,6 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Reweight(args) => reweight::run(args, context),
         Command::Train(args) => train::run(args, context),
         Command::Influence(args) => influence::run(args, context),
+        Command::Reveal(args) => reveal::run(*args, context),
     }
 }

@@ -125,7 +125,10 @@ pub fn out_of_fold_probabilities(
     on_fold: &mut dyn FnMut(usize),
 ) -> Result<Vec<f64>> {
     let n = labels.len();
-    anyhow::ensure!(features.len() == n * dim, "features and labels differ in rows");
+    anyhow::ensure!(
+        features.len() == n * dim,
+        "features and labels differ in rows"
+    );
     anyhow::ensure!(settings.folds >= 2, "the probe needs at least 2 folds");
     let device = if device.is_autodiff() {
         device.clone()
@@ -165,8 +168,10 @@ pub fn out_of_fold_probabilities(
                     &device,
                 );
                 let targets: Vec<i64> = batch.iter().map(|&i| labels[i] as i64).collect();
-                let targets =
-                    Tensor::<2, Int>::from_data(TensorData::new(targets, [batch.len(), 1]), &device);
+                let targets = Tensor::<2, Int>::from_data(
+                    TensorData::new(targets, [batch.len(), 1]),
+                    &device,
+                );
                 let log_probs = log_softmax(model.forward(x), 1);
                 let loss = log_probs.gather(1, targets).mean().neg();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);

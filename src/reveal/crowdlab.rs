@@ -51,7 +51,9 @@ impl std::fmt::Display for VoteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VoteError::TooFewAnnotators => f.write_str("the vote needs at least two sources"),
-            VoteError::Unlabelled(row) => write!(f, "row {} has no prediction from any source", row + 1),
+            VoteError::Unlabelled(row) => {
+                write!(f, "row {} has no prediction from any source", row + 1)
+            }
             VoteError::Silent(a) => write!(f, "source {} predicts no row", a + 1),
             VoteError::NoOverlap => f.write_str("no row has predictions from two sources"),
         }
@@ -294,10 +296,10 @@ fn consensus_stats(
     for &i in &multi {
         frequency[consensus[i]] += 1;
     }
-    let common = frequency
-        .iter()
-        .enumerate()
-        .fold(0, |best, (k, &f)| if f > frequency[best] { k } else { best });
+    let common = frequency.iter().enumerate().fold(
+        0,
+        |best, (k, &f)| if f > frequency[best] { k } else { best },
+    );
     let baseline_error = (multi.iter().filter(|&&i| consensus[i] != common).count() as f64
         / multi.len() as f64)
         .max(CLIP);
@@ -403,9 +405,15 @@ fn annotator_quality(
         .map(|a| {
             // np.nanmean over the column: missing rows count as zeros in the sum.
             let scores: Vec<f64> = (0..rows)
-                .map(|i| annotations.get(i, a).map_or(0.0, |k| stats.posterior.get(i, k)))
+                .map(|i| {
+                    annotations
+                        .get(i, a)
+                        .map_or(0.0, |k| stats.posterior.get(i, k))
+                })
                 .collect();
-            let labelled = (0..rows).filter(|&i| annotations.get(i, a).is_some()).count();
+            let labelled = (0..rows)
+                .filter(|&i| annotations.get(i, a).is_some())
+                .count();
             let label_quality = pairwise_sum(&scores) / labelled as f64;
             let (mut same, mut total) = (0usize, 0usize);
             for i in (0..rows).filter(|&i| counts[i] != 1) {

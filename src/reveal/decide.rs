@@ -130,7 +130,9 @@ fn decide_single(
     let best = super::numeric::argmax(row);
     let t = options.missing_threshold;
     let missing: Vec<usize> = if !is_issue && p_given >= t {
-        (0..row.len()).filter(|&k| k != given && row[k] >= t).collect()
+        (0..row.len())
+            .filter(|&k| k != given && row[k] >= t)
+            .collect()
     } else {
         Vec::new()
     };

@@ -29,7 +29,11 @@ impl Embeddings {
     pub fn new(dim: usize, mut values: Vec<f32>) -> Embeddings {
         assert!(dim > 0 && values.len() % dim == 0, "ragged embeddings");
         for row in values.chunks_mut(dim) {
-            let norm = row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt();
             if norm > 0.0 {
                 for x in row.iter_mut() {
                     *x = (*x as f64 / norm) as f32;

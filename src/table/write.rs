@@ -162,6 +162,21 @@ impl Output {
         writer.write_frame(frame, &ProgressBar::hidden())?;
         writer.finish()
     }
+
+    /// Write a whole non-table document (a JSON report) and commit it the same way.
+    pub fn write_document(self, bytes: &[u8]) -> Result<()> {
+        interrupt::check()?;
+        match &self.sink {
+            Sink::Stdout => io::stdout()
+                .write_all(bytes)
+                .context("<stdout>: cannot write")?,
+            Sink::File { file, .. } => (&*file)
+                .write_all(bytes)
+                .with_context(|| format!("{}: cannot write", self.label))?,
+        }
+        let label = self.label.clone();
+        commit(self.sink, &label)
+    }
 }
 
 /// Create the temporary file in the target's directory (so the final rename never crosses
@@ -262,34 +277,41 @@ impl TableWriter {
         closed.map_err(|err| write_error(err, &label))?;
         // The encoder owns a clone of the file handle; drop it before the rename.
         drop(self.encoder);
-        match self.output.sink {
-            Sink::Stdout => io::stdout().flush().context("<stdout>: cannot write")?,
-            Sink::File {
-                file,
-                temp,
-                target,
-                force,
-            } => {
-                file.sync_all()
-                    .with_context(|| format!("{label}: cannot flush to disk"))?;
-                drop(file);
-                let persisted = if force {
-                    temp.persist(&target)
-                } else {
-                    // Another process may have created the target meanwhile; never replace it.
-                    temp.persist_noclobber(&target)
-                };
-                if let Err(err) = persisted {
-                    if err.error.kind() == io::ErrorKind::AlreadyExists {
-                        bail!(UsageError(format!(
-                            "{label}: already exists; pass --force to overwrite it"
-                        )));
-                    }
-                    return Err(anyhow::Error::new(err.error)
-                        .context(format!("{label}: cannot move the finished file into place")));
-                }
-            }
-        }
+        commit(self.output.sink, &label)?;
         Ok(self.rows)
     }
+}
+
+/// Flush a finished output to disk and rename it into place (never over a file that appeared
+/// meanwhile unless forced).
+fn commit(sink: Sink, label: &str) -> Result<()> {
+    match sink {
+        Sink::Stdout => io::stdout().flush().context("<stdout>: cannot write")?,
+        Sink::File {
+            file,
+            temp,
+            target,
+            force,
+        } => {
+            file.sync_all()
+                .with_context(|| format!("{label}: cannot flush to disk"))?;
+            drop(file);
+            let persisted = if force {
+                temp.persist(&target)
+            } else {
+                // Another process may have created the target meanwhile; never replace it.
+                temp.persist_noclobber(&target)
+            };
+            if let Err(err) = persisted {
+                if err.error.kind() == io::ErrorKind::AlreadyExists {
+                    bail!(UsageError(format!(
+                        "{label}: already exists; pass --force to overwrite it"
+                    )));
+                }
+                return Err(anyhow::Error::new(err.error)
+                    .context(format!("{label}: cannot move the finished file into place")));
+            }
+        }
+    }
+    Ok(())
 }

@@ -164,7 +164,12 @@ fn f64_column(frame: &DataFrame, name: &str) -> Vec<f64> {
         .collect()
 }
 
-fn list_rows<T: Copy>(frame: &DataFrame, name: &str, cast: DataType, get: fn(&Series) -> Vec<T>) -> Vec<Vec<T>> {
+fn list_rows<T: Copy>(
+    frame: &DataFrame,
+    name: &str,
+    cast: DataType,
+    get: fn(&Series) -> Vec<T>,
+) -> Vec<Vec<T>> {
     let column = frame
         .column(name)
         .unwrap()
@@ -195,7 +200,10 @@ fn usize_rows(frame: &DataFrame, name: &str) -> Vec<Vec<usize>> {
 }
 
 fn assert_close(a: f64, b: f64, what: &str) {
-    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{what}: {a} vs {b}");
+    assert!(
+        (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+        "{what}: {a} vs {b}"
+    );
 }
 
 /// numpy's argsort order on ties, recorded by `scripts/make-reveal-reference`.
@@ -206,7 +214,11 @@ fn argsort_follows_numpy_on_ties() {
     for case in cases["cases"].as_array().unwrap() {
         let values: Vec<f64> = serde_json::from_value(case["values"].clone()).unwrap();
         let order: Vec<usize> = serde_json::from_value(case["order"].clone()).unwrap();
-        assert_eq!(curate::reveal::numeric::argsort(&values), order, "{values:?}");
+        assert_eq!(
+            curate::reveal::numeric::argsort(&values),
+            order,
+            "{values:?}"
+        );
     }
 }
 
@@ -216,7 +228,9 @@ fn multilabel_flags_and_scores_equal_cleanlab() {
     use curate::reveal::multilabel::{find_multilabel_issues, multilabel_quality};
     let frame = read_fixture("multilabel.parquet");
     let labels = usize_rows(&frame, "labels");
-    let columns: Vec<Vec<f64>> = (0..6).map(|k| f64_column(&frame, &format!("p{k}"))).collect();
+    let columns: Vec<Vec<f64>> = (0..6)
+        .map(|k| f64_column(&frame, &format!("p{k}")))
+        .collect();
     let values: Vec<f64> = (0..labels.len())
         .flat_map(|i| columns.iter().map(move |c| c[i]))
         .collect();
@@ -228,7 +242,9 @@ fn multilabel_flags_and_scores_equal_cleanlab() {
         };
         let flags = find_multilabel_issues(&labels, &probs, options);
         let expected = bool_column(&frame, &format!("cl_{}", filter_by.name()));
-        let differing = (0..flags.len()).filter(|&i| flags[i] != expected[i]).count();
+        let differing = (0..flags.len())
+            .filter(|&i| flags[i] != expected[i])
+            .count();
         assert_eq!(differing, 0, "{}", filter_by.name());
     }
     for method in QualityMethod::ALL {
@@ -288,11 +304,18 @@ fn crowdlab_equals_cleanlab_multiannotator() {
             assert_close(consensus.posterior.get(i, k), posterior[i][k], "posterior");
         }
     }
-    assert_close(consensus.model_weight, meta["model_weight"].as_f64().unwrap(), "model weight");
+    assert_close(
+        consensus.model_weight,
+        meta["model_weight"].as_f64().unwrap(),
+        "model weight",
+    );
     for (key, got) in [
         ("annotator_weight", &consensus.annotator_weights),
         ("annotator_quality", &consensus.annotator_quality),
-        ("agreement_with_consensus", &consensus.agreement_with_consensus),
+        (
+            "agreement_with_consensus",
+            &consensus.agreement_with_consensus,
+        ),
     ] {
         let want: Vec<f64> = serde_json::from_value(meta[key].clone()).unwrap();
         for (a, b) in got.iter().zip(&want) {

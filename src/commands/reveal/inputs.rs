@@ -1,0 +1,876 @@
+//! Reading what `curate reveal` joins: the labels, the prediction sources and the embeddings,
+//! each keyed by id, with the class order settled once.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use crate::error::{InputError, usage};
+use crate::reveal::Probabilities;
+use crate::table::{self, ColumnRole, Expected, Input};
+
+/// Probabilities must sum to 1 within this (the input check cleanlab users expect).
+pub const SUM_TOLERANCE: f64 = 1e-3;
+
+/// An id, as the labels file spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Id {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Id::Int(v) => write!(f, "{v}"),
+            Id::Text(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Ids of a table (the row index when it has no id column), checked unique.
+fn ids(frame: &DataFrame, file: &str, id_col: &str) -> Result<(Vec<Id>, Column), InputError> {
+    let role = ColumnRole::new(id_col, "--id-col");
+    let column = table::id_column(frame, file, role, false)?;
+    let ids = if column.dtype().is_integer() {
+        column
+            .cast(&DataType::Int64)
+            .map_err(|e| InputError::new(file, e.to_string()).column(id_col))?
+            .i64()
+            .expect("cast")
+            .into_no_null_iter()
+            .map(Id::Int)
+            .collect()
+    } else {
+        column
+            .str()
+            .expect("checked id type")
+            .iter()
+            .map(|s| Id::Text(s.expect("checked: no null ids").to_string()))
+            .collect()
+    };
+    Ok((ids, column))
+}
+
+/// A class as written in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClassValue {
+    Int(i64),
+    Text(String),
+}
+
+impl ClassValue {
+    fn name(&self) -> String {
+        match self {
+            ClassValue::Int(v) => v.to_string(),
+            ClassValue::Text(v) => v.clone(),
+        }
+    }
+}
+
+/// The given labels, one row per id.
+pub struct Labels {
+    pub file: String,
+    pub ids: Vec<Id>,
+    /// The id column as read, for the output.
+    pub id_column: Column,
+    /// The label column as read (single or list), for the output.
+    pub label_column: Column,
+    /// Per row, the classes as written (one for single-label data).
+    pub values: Vec<Vec<ClassValue>>,
+    pub multi_label: bool,
+    pub index: HashMap<Id, usize>,
+}
+
+pub fn read_labels(
+    input: &Input,
+    id_col: &str,
+    label_col: &str,
+    labels_col: &str,
+) -> Result<Labels> {
+    let file = input.label().to_string();
+    let schema = input.schema()?;
+    let (name, multi_label) = if schema.contains(label_col) {
+        (label_col, false)
+    } else if schema.contains(labels_col) {
+        (labels_col, true)
+    } else {
+        let present: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        return Err(InputError::new(
+            &file,
+            format!(
+                "no label column: expected '{label_col}' (--label-col) or '{labels_col}' \
+                 (--labels-col); columns: {}",
+                present.join(", ")
+            ),
+        )
+        .into());
+    };
+    let mut wanted = vec![col(name)];
+    if schema.contains(id_col) {
+        wanted.push(col(id_col));
+    }
+    let frame = input.collect(input.scan()?.select(wanted))?;
+    table::require_rows(&frame, &file)?;
+    let (ids, id_column) = ids(&frame, &file, id_col)?;
+    let label_column = frame.column(name).expect("selected").clone();
+    let values = if multi_label {
+        class_lists(&label_column, &file, name, "--labels-col")?
+    } else {
+        class_values(&label_column, &file, name, "--label-col")?
+            .into_iter()
+            .map(|v| vec![v])
+            .collect()
+    };
+    let index = ids
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect();
+    Ok(Labels {
+        file,
+        ids,
+        id_column,
+        label_column,
+        values,
+        multi_label,
+        index,
+    })
+}
+
+/// One class per row (integers or strings; no nulls).
+fn class_values(column: &Column, file: &str, name: &str, flag: &str) -> Result<Vec<ClassValue>> {
+    let role = ColumnRole::new(name, flag);
+    let frame = DataFrame::new_infer_height(vec![column.clone()])?;
+    let column = table::require_type(&frame, file, role, Expected::Id)?;
+    let null_at = |row: usize| {
+        InputError::new(file, "label is null")
+            .column(name)
+            .row(row + 1)
+    };
+    if column.dtype().is_integer() {
+        let cast = column.cast(&DataType::Int64)?;
+        cast.i64()
+            .expect("cast")
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.map(ClassValue::Int).ok_or_else(|| null_at(i).into()))
+            .collect()
+    } else {
+        column
+            .str()
+            .expect("checked")
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.map(|s| ClassValue::Text(s.to_string()))
+                    .ok_or_else(|| null_at(i).into())
+            })
+            .collect()
+    }
+}
+
+/// A list of classes per row.
+fn class_lists(
+    column: &Column,
+    file: &str,
+    name: &str,
+    flag: &str,
+) -> Result<Vec<Vec<ClassValue>>> {
+    let DataType::List(inner) = column.dtype() else {
+        return Err(InputError::new(
+            file,
+            format!(
+                "expected lists of classes, found {} (see {flag})",
+                column.dtype()
+            ),
+        )
+        .column(name)
+        .into());
+    };
+    let integer = inner.is_integer() || inner.is_null();
+    if !integer && !matches!(**inner, DataType::String) {
+        return Err(InputError::new(
+            file,
+            format!(
+                "expected lists of integer or string classes, found {}",
+                column.dtype()
+            ),
+        )
+        .column(name)
+        .into());
+    }
+    let target = if integer {
+        DataType::Int64
+    } else {
+        DataType::String
+    };
+    let cast = column.cast(&DataType::List(Box::new(target)))?;
+    let mut rows = Vec::with_capacity(cast.len());
+    for (i, row) in cast.list().expect("cast").amortized_iter().enumerate() {
+        let at = |message: &str| InputError::new(file, message).column(name).row(i + 1);
+        let Some(row) = row else {
+            return Err(at("list of classes is null").into());
+        };
+        let series = row.as_ref();
+        let mut values: Vec<ClassValue> = if integer {
+            series
+                .i64()
+                .expect("cast")
+                .iter()
+                .map(|v| v.map(ClassValue::Int))
+                .collect::<Option<_>>()
+                .ok_or_else(|| at("class is null"))?
+        } else {
+            series
+                .str()
+                .expect("cast")
+                .iter()
+                .map(|v| v.map(|s| ClassValue::Text(s.to_string())))
+                .collect::<Option<_>>()
+                .ok_or_else(|| at("class is null"))?
+        };
+        values.sort();
+        values.dedup();
+        rows.push(values);
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Probs,
+    MlProbs,
+    Hard,
+    Set,
+}
+
+impl SourceKind {
+    fn parse(name: &str) -> Option<SourceKind> {
+        match name {
+            "probs" => Some(SourceKind::Probs),
+            "mlprobs" => Some(SourceKind::MlProbs),
+            "hard" => Some(SourceKind::Hard),
+            "set" => Some(SourceKind::Set),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Probs => "probs",
+            SourceKind::MlProbs => "mlprobs",
+            SourceKind::Hard => "hard",
+            SourceKind::Set => "set",
+        }
+    }
+
+    pub fn is_probabilities(self) -> bool {
+        matches!(self, SourceKind::Probs | SourceKind::MlProbs)
+    }
+}
+
+/// `--source NAME=PATH[:KIND[:COLUMN]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub name: String,
+    pub path: String,
+    pub kind: SourceKind,
+    pub column: Option<String>,
+}
+
+impl SourceSpec {
+    pub fn parse(spec: &str) -> Result<SourceSpec, String> {
+        let (name, rest) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"))?;
+        if name.is_empty() || rest.is_empty() {
+            return Err(format!(
+                "--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"
+            ));
+        }
+        // KIND and COLUMN are split off the end only when KIND is a known kind, so paths may
+        // hold colons.
+        let mut parsed = (rest, SourceKind::Probs, None);
+        if let Some((head, last)) = rest.rsplit_once(':') {
+            if let Some(kind) = SourceKind::parse(last) {
+                parsed = (head, kind, None);
+            } else if let Some((path, kind)) = head.rsplit_once(':')
+                && let Some(kind) = SourceKind::parse(kind)
+            {
+                parsed = (path, kind, Some(last.to_string()));
+            }
+        }
+        let (path, kind, column) = parsed;
+        Ok(SourceSpec {
+            name: name.to_string(),
+            path: path.to_string(),
+            kind,
+            column,
+        })
+    }
+}
+
+/// A source's predictions, aligned with the label rows.
+pub enum Predictions {
+    /// N x K; every label row is covered.
+    Probabilities(Probabilities),
+    /// One class per row, or none where the source has no row for that id.
+    Hard(Vec<Option<ClassValue>>),
+    Set(Vec<Option<Vec<ClassValue>>>),
+}
+
+pub struct Source {
+    pub spec: SourceSpec,
+    pub predictions: Predictions,
+    /// Label rows this source has a row for.
+    pub covered: usize,
+}
+
+/// Rows of `frame` (a source or the embeddings) placed at label rows: `positions[r]` is the
+/// label row of source row `r`, or `None` for ids the labels do not have.
+fn align(
+    frame: &DataFrame,
+    file: &str,
+    id_col: &str,
+    labels: &Labels,
+) -> Result<Vec<Option<usize>>> {
+    let (ids, _) = ids(frame, file, id_col)?;
+    let label_is_int = matches!(labels.ids.first(), Some(Id::Int(_)));
+    if let Some(first) = ids.first()
+        && matches!(first, Id::Int(_)) != label_is_int
+    {
+        let kind = |int: bool| if int { "integers" } else { "strings" };
+        return Err(InputError::new(
+            file,
+            format!(
+                "ids are {} but {} has {} ids",
+                kind(!label_is_int),
+                labels.file,
+                kind(label_is_int)
+            ),
+        )
+        .column(id_col)
+        .into());
+    }
+    let positions: Vec<Option<usize>> =
+        ids.iter().map(|id| labels.index.get(id).copied()).collect();
+    if positions.iter().all(Option::is_none) {
+        return Err(
+            InputError::new(file, format!("shares no id with {}", labels.file))
+                .column(id_col)
+                .into(),
+        );
+    }
+    Ok(positions)
+}
+
+/// The first label row no source row reaches, as an error.
+fn require_cover(positions: &[Option<usize>], labels: &Labels, file: &str) -> Result<()> {
+    let mut covered = vec![false; labels.ids.len()];
+    for p in positions.iter().flatten() {
+        covered[*p] = true;
+    }
+    if let Some(row) = covered.iter().position(|c| !c) {
+        return Err(InputError::new(
+            file,
+            format!(
+                "has no row for id {} ({} row {}); probability sources must cover every label",
+                labels.ids[row],
+                labels.file,
+                row + 1
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+pub fn read_source(
+    spec: SourceSpec,
+    labels: &Labels,
+    id_col: &str,
+    probs_prefix: &str,
+    classes: Option<usize>,
+) -> Result<Source> {
+    let input = Input::open(&spec.path, None)?;
+    let file = input.label().to_string();
+    let schema = input.schema()?;
+    let mut wanted: Vec<String> = Vec::new();
+    if schema.contains(id_col) {
+        wanted.push(id_col.to_string());
+    }
+    let value_columns = match spec.kind {
+        SourceKind::Probs | SourceKind::MlProbs => {
+            let list = spec.column.clone().unwrap_or_else(|| "probs".to_string());
+            if schema.contains(&list) {
+                vec![list]
+            } else if spec.column.is_some() {
+                return Err(InputError::new(&file, "column not found")
+                    .column(list)
+                    .into());
+            } else {
+                wide_columns(&schema, probs_prefix).ok_or_else(|| {
+                    InputError::new(
+                        &file,
+                        format!(
+                            "no probabilities: expected a list column 'probs' (or \
+                             NAME=PATH:{}:COLUMN) or columns {probs_prefix}0..{probs_prefix}K-1",
+                            spec.kind.name()
+                        ),
+                    )
+                })?
+            }
+        }
+        SourceKind::Hard | SourceKind::Set => {
+            let column = spec.column.clone().unwrap_or_else(|| "pred".to_string());
+            if !schema.contains(&column) {
+                return Err(InputError::new(
+                    &file,
+                    format!(
+                        "column not found (name it with NAME=PATH:{}:COLUMN)",
+                        spec.kind.name()
+                    ),
+                )
+                .column(column)
+                .into());
+            }
+            vec![column]
+        }
+    };
+    wanted.extend(value_columns.iter().cloned());
+    let frame = input.collect(
+        input
+            .scan()?
+            .select(wanted.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()),
+    )?;
+    table::require_rows(&frame, &file)?;
+    let positions = align(&frame, &file, id_col, labels)?;
+    let n = labels.ids.len();
+    let covered = positions.iter().flatten().count();
+    let predictions = match spec.kind {
+        SourceKind::Probs | SourceKind::MlProbs => {
+            require_cover(&positions, labels, &file)?;
+            let must_sum = spec.kind == SourceKind::Probs;
+            let probs = probability_matrix(&frame, &file, &value_columns, &positions, n, must_sum)?;
+            if let Some(k) = classes
+                && probs.classes() != k
+            {
+                return Err(InputError::new(
+                    &file,
+                    format!("{} classes, but the class order has {k}", probs.classes()),
+                )
+                .into());
+            }
+            Predictions::Probabilities(probs)
+        }
+        SourceKind::Hard => {
+            let values = class_values(
+                frame.column(&value_columns[0])?,
+                &file,
+                &value_columns[0],
+                "--source",
+            )?;
+            let mut placed = vec![None; n];
+            for (value, position) in values.into_iter().zip(&positions) {
+                if let Some(p) = position {
+                    placed[*p] = Some(value);
+                }
+            }
+            Predictions::Hard(placed)
+        }
+        SourceKind::Set => {
+            let values = class_lists(
+                frame.column(&value_columns[0])?,
+                &file,
+                &value_columns[0],
+                "--source",
+            )?;
+            let mut placed = vec![None; n];
+            for (value, position) in values.into_iter().zip(&positions) {
+                if let Some(p) = position {
+                    placed[*p] = Some(value);
+                }
+            }
+            Predictions::Set(placed)
+        }
+    };
+    Ok(Source {
+        spec,
+        predictions,
+        covered,
+    })
+}
+
+/// `p0..pK-1` (numbered from 0 without gaps), in class order.
+fn wide_columns(schema: &Schema, prefix: &str) -> Option<Vec<String>> {
+    let mut numbered: Vec<(usize, String)> = schema
+        .iter_names()
+        .filter_map(|name| {
+            let rest = name.as_str().strip_prefix(prefix)?;
+            (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| rest.parse().ok().map(|k: usize| (k, name.to_string())))
+                .flatten()
+        })
+        .collect();
+    numbered.sort();
+    if numbered.is_empty() || numbered.iter().enumerate().any(|(i, (k, _))| *k != i) {
+        return None;
+    }
+    Some(numbered.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Probabilities from a list column or wide columns, placed at label rows, checked per row:
+/// finite, in [0, 1], and (class probabilities) summing to 1.
+fn probability_matrix(
+    frame: &DataFrame,
+    file: &str,
+    columns: &[String],
+    positions: &[Option<usize>],
+    rows: usize,
+    must_sum: bool,
+) -> Result<Probabilities> {
+    let wide =
+        columns.len() > 1 || !matches!(frame.column(&columns[0])?.dtype(), DataType::List(_));
+    let classes;
+    let mut values;
+    if wide {
+        classes = columns.len();
+        values = vec![0.0f64; rows * classes];
+        for (k, name) in columns.iter().enumerate() {
+            let column = table::require_type(
+                frame,
+                file,
+                ColumnRole::new(name, "--probs-prefix"),
+                Expected::Number,
+            )?;
+            let cast = column.cast(&DataType::Float64)?;
+            for (r, (value, position)) in
+                cast.f64().expect("cast").iter().zip(positions).enumerate()
+            {
+                let value = value.ok_or_else(|| {
+                    InputError::new(file, "probability is null")
+                        .column(name.as_str())
+                        .row(r + 1)
+                })?;
+                if let Some(p) = position {
+                    values[p * classes + k] = value;
+                }
+            }
+        }
+    } else {
+        let name = &columns[0];
+        let column = frame.column(name)?;
+        let numeric = match column.dtype() {
+            DataType::List(inner) => inner.is_primitive_numeric(),
+            _ => false,
+        };
+        if !numeric {
+            return Err(InputError::new(
+                file,
+                format!("expected lists of numbers, found {}", column.dtype()),
+            )
+            .column(name.as_str())
+            .into());
+        }
+        let cast = column.cast(&DataType::List(Box::new(DataType::Float64)))?;
+        let lists = cast.list().expect("cast");
+        let mut width = None;
+        values = Vec::new();
+        for (r, (row, position)) in lists.amortized_iter().zip(positions).enumerate() {
+            let at = |message: String| {
+                InputError::new(file, message)
+                    .column(name.as_str())
+                    .row(r + 1)
+            };
+            let Some(row) = row else {
+                return Err(at("probabilities are null".to_string()).into());
+            };
+            let row = row.as_ref().f64().expect("cast").clone();
+            let k = *width.get_or_insert(row.len());
+            if k != row.len() || k == 0 {
+                return Err(at(format!(
+                    "{} probabilities, earlier rows have {k}",
+                    row.len()
+                ))
+                .into());
+            }
+            if values.is_empty() {
+                values = vec![0.0f64; rows * k];
+            }
+            if let Some(p) = position {
+                for (slot, v) in values[p * k..(p + 1) * k].iter_mut().zip(row.iter()) {
+                    *slot = v.ok_or_else(|| at("probability is null".to_string()))?;
+                }
+            }
+        }
+        classes = width.expect("at least one row");
+    }
+    // Checks per source row, reported at the source's own row number.
+    for (r, position) in positions.iter().enumerate() {
+        let Some(p) = position else { continue };
+        let row = &values[p * classes..(p + 1) * classes];
+        let at = |message: String| {
+            let column = if wide {
+                columns.join(",")
+            } else {
+                columns[0].clone()
+            };
+            InputError::new(file, message).column(column).row(r + 1)
+        };
+        if let Some(v) = row
+            .iter()
+            .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
+        {
+            return Err(at(format!("probability {v} is not in [0, 1]")).into());
+        }
+        if must_sum {
+            let sum: f64 = row.iter().sum();
+            if (sum - 1.0).abs() > SUM_TOLERANCE {
+                return Err(at(format!(
+                    "probabilities sum to {sum}, not 1 (tolerance {SUM_TOLERANCE})"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(Probabilities::new(classes, values))
+}
+
+/// Embeddings placed at label rows (every label row must have one).
+pub fn read_embeddings(
+    path: &str,
+    labels: &Labels,
+    id_col: &str,
+    emb_col: &str,
+) -> Result<(usize, Vec<f32>)> {
+    let input = Input::open(path, None)?;
+    let file = input.label().to_string();
+    let schema = input.schema()?;
+    let mut wanted = vec![col(emb_col)];
+    if schema.contains(id_col) {
+        wanted.push(col(id_col));
+    }
+    if !schema.contains(emb_col) {
+        return Err(InputError::new(&file, "column not found (see --emb-col)")
+            .column(emb_col)
+            .into());
+    }
+    let frame = input.collect(input.scan()?.select(wanted))?;
+    table::require_rows(&frame, &file)?;
+    let positions = align(&frame, &file, id_col, labels)?;
+    require_cover(&positions, labels, &file)?;
+    let column = frame.column(emb_col)?;
+    let numeric = match column.dtype() {
+        DataType::List(inner) => inner.is_primitive_numeric(),
+        _ => false,
+    };
+    if !numeric {
+        return Err(InputError::new(
+            &file,
+            format!("expected lists of numbers, found {}", column.dtype()),
+        )
+        .column(emb_col)
+        .into());
+    }
+    let cast = column.cast(&DataType::List(Box::new(DataType::Float32)))?;
+    let mut dim = None;
+    let mut values = Vec::new();
+    for (r, (row, position)) in cast
+        .list()
+        .expect("cast")
+        .amortized_iter()
+        .zip(&positions)
+        .enumerate()
+    {
+        let at = |message: String| InputError::new(&file, message).column(emb_col).row(r + 1);
+        let Some(row) = row else {
+            return Err(at("embedding is null".to_string()).into());
+        };
+        let row = row.as_ref().f32().expect("cast").clone();
+        let d = *dim.get_or_insert(row.len());
+        if d != row.len() || d == 0 {
+            return Err(at(format!("{} values, earlier rows have {d}", row.len())).into());
+        }
+        if values.is_empty() {
+            values = vec![0.0f32; labels.ids.len() * d];
+        }
+        if let Some(p) = position {
+            for (slot, v) in values[p * d..(p + 1) * d].iter_mut().zip(row.iter()) {
+                let v = v.ok_or_else(|| at("embedding value is null".to_string()))?;
+                if !v.is_finite() {
+                    return Err(at(format!("embedding value {v} is not finite")).into());
+                }
+                *slot = v;
+            }
+        }
+    }
+    Ok((dim.expect("rows"), values))
+}
+
+/// The class order: names, and whether classes are written as integers.
+pub struct Classes {
+    pub names: Vec<String>,
+    pub integer: bool,
+    index: HashMap<ClassValue, usize>,
+}
+
+impl Classes {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Settle the order from `--classes`, else 0..K-1 (integers) or the sorted union of the
+    /// names seen (strings); `width` is the probability sources' class count.
+    pub fn settle(
+        given: Option<&[String]>,
+        seen: &BTreeSet<ClassValue>,
+        width: Option<usize>,
+    ) -> Result<Classes> {
+        let integer = seen.iter().all(|v| matches!(v, ClassValue::Int(_)));
+        let names: Vec<String> = match given {
+            Some(names) => {
+                let mut unique = BTreeSet::new();
+                for name in names {
+                    if !unique.insert(name) {
+                        return Err(usage(format!("--classes names '{name}' twice")));
+                    }
+                }
+                names.to_vec()
+            }
+            None if integer => {
+                if let Some(ClassValue::Int(low)) = seen.iter().next()
+                    && *low < 0
+                {
+                    return Err(usage(format!(
+                        "class {low} is negative; integer classes are 0..K-1 (or name them with --classes)"
+                    )));
+                }
+                let top = seen
+                    .iter()
+                    .filter_map(|v| match v {
+                        ClassValue::Int(k) => Some(*k as usize + 1),
+                        ClassValue::Text(_) => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let k = width.unwrap_or(top).max(top);
+                (0..k).map(|k| k.to_string()).collect()
+            }
+            None => seen.iter().map(ClassValue::name).collect(),
+        };
+        if let Some(width) = width
+            && width != names.len()
+        {
+            return Err(usage(format!(
+                "class-order mismatch: the probability sources have {width} classes but {} classes \
+                 were found ({}); name them in column order with --classes",
+                names.len(),
+                preview(&names)
+            )));
+        }
+        if names.len() < 2 {
+            return Err(usage(format!(
+                "need at least 2 classes, found {} ({})",
+                names.len(),
+                preview(&names)
+            )));
+        }
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let key = if integer && given.is_none() {
+                    ClassValue::Int(k as i64)
+                } else {
+                    ClassValue::Text(name.clone())
+                };
+                (key, k)
+            })
+            .collect();
+        Ok(Classes {
+            names,
+            integer: integer && given.is_none(),
+            index,
+        })
+    }
+
+    /// The class index of a value (integers match names by their digits when --classes is
+    /// given).
+    pub fn lookup(&self, value: &ClassValue) -> Option<usize> {
+        match (value, self.integer) {
+            (ClassValue::Int(_), true) | (ClassValue::Text(_), false) => {
+                self.index.get(value).copied()
+            }
+            (ClassValue::Int(v), false) => {
+                self.index.get(&ClassValue::Text(v.to_string())).copied()
+            }
+            (ClassValue::Text(_), true) => None,
+        }
+    }
+}
+
+fn preview(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > 8 { ", ..." } else { "" };
+    format!("{}{more}", shown.join(", "))
+}
+
+/// Class indices of every label row, or the first unknown class as an error.
+pub fn label_indices(labels: &Labels, classes: &Classes, column: &str) -> Result<Vec<Vec<usize>>> {
+    labels
+        .values
+        .iter()
+        .enumerate()
+        .map(|(row, values)| {
+            values
+                .iter()
+                .map(|v| {
+                    classes.lookup(v).ok_or_else(|| {
+                        InputError::new(
+                            &labels.file,
+                            format!(
+                                "unknown class '{}' (classes: {})",
+                                v.name(),
+                                preview(&classes.names)
+                            ),
+                        )
+                        .column(column)
+                        .row(row + 1)
+                        .into()
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs() {
+        let s = SourceSpec::parse("m=a/b.parquet").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column),
+            ("a/b.parquet", SourceKind::Probs, None)
+        );
+        let s = SourceSpec::parse("m=b.parquet:hard").unwrap();
+        assert_eq!((s.path.as_str(), s.kind), ("b.parquet", SourceKind::Hard));
+        let s = SourceSpec::parse("m=b.parquet:probs:pp_svc").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column.as_deref()),
+            ("b.parquet", SourceKind::Probs, Some("pp_svc"))
+        );
+        let s = SourceSpec::parse("m=c:/x/b.parquet:set").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind),
+            ("c:/x/b.parquet", SourceKind::Set)
+        );
+        assert!(SourceSpec::parse("b.parquet").is_err());
+        assert!(SourceSpec::parse("=b.parquet").is_err());
+    }
+}
