@@ -145,7 +145,7 @@ fn synthetic_100k_flags_scores_and_counts_equal_cleanlab() {
     check("synthetic_N100k_K10");
 }
 
-fn read_fixture(name: &str) -> DataFrame {
+pub fn read_fixture(name: &str) -> DataFrame {
     let path = crate::model::fixture(&format!("reveal/{name}"));
     ParquetReader::new(File::open(path).unwrap())
         .finish()
@@ -322,4 +322,32 @@ fn crowdlab_equals_cleanlab_multiannotator() {
             assert_close(*a, *b, key);
         }
     }
+}
+
+/// The CROWDLAB reference on the digits sources.
+pub struct CrowdlabExpected {
+    pub label: Vec<usize>,
+    pub posterior: Vec<Vec<f64>>,
+    pub model_weight: f64,
+}
+
+pub fn crowdlab_expected() -> CrowdlabExpected {
+    let expected = read_fixture("crowdlab_digits.parquet");
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(crate::model::fixture("reveal/crowdlab_digits.json")).unwrap(),
+    )
+    .unwrap();
+    CrowdlabExpected {
+        label: f64_column(&expected, "consensus_label")
+            .into_iter()
+            .map(|v| v as usize)
+            .collect(),
+        posterior: f64_rows(&expected, "posterior"),
+        model_weight: meta["model_weight"].as_f64().unwrap(),
+    }
+}
+
+/// Which digits labels were flipped.
+pub fn flipped() -> Vec<bool> {
+    bool_column(&read_fixture("digits_sources.parquet"), "is_flipped")
 }
