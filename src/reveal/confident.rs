@@ -251,6 +251,28 @@ pub fn estimate_joint(calibrated: &CountMatrix, label_counts: &[usize]) -> Vec<f
     again.counts.iter().map(|&c| c as f64 / total).collect()
 }
 
+/// Both `num_label_issues` counts (off_diagonal, off_diagonal_calibrated) from one pass: the
+/// calibrated joint is the raw joint calibrated, as in `compute_confident_joint`.
+pub fn issue_counts(labels: &[usize], probs: &Probabilities) -> (usize, usize) {
+    let classes = probs.classes();
+    let raw = confident_joint(labels, probs, false);
+    let off = raw
+        .off_diagonal
+        .iter()
+        .filter(|&&i| !model_agrees(probs.row(i), labels[i]))
+        .count();
+    let counts = label_counts(labels, classes);
+    let calibrated = calibrate_joint(&raw.joint, &counts);
+    (off, calibrated_count(&calibrated, &counts, labels.len()))
+}
+
+fn calibrated_count(calibrated: &CountMatrix, counts: &[usize], n: usize) -> usize {
+    let classes = calibrated.classes;
+    let joint = estimate_joint(calibrated, counts);
+    let trace = pairwise_sum_by(classes, &|k| joint[k * classes + k]);
+    round_half_even((1.0 - trace) * n as f64).max(0.0) as usize
+}
+
 /// `num_label_issues` for one-label-per-example data.
 pub fn num_label_issues(labels: &[usize], probs: &Probabilities, method: IssueCount) -> usize {
     match method {
@@ -264,10 +286,7 @@ pub fn num_label_issues(labels: &[usize], probs: &Probabilities, method: IssueCo
             let classes = probs.classes();
             let counts = label_counts(labels, classes);
             let calibrated = confident_joint(labels, probs, true).joint;
-            let joint = estimate_joint(&calibrated, &counts);
-            let trace = pairwise_sum_by(classes, &|k| joint[k * classes + k]);
-            let issues = round_half_even((1.0 - trace) * labels.len() as f64);
-            issues.max(0.0) as usize
+            calibrated_count(&calibrated, &counts, labels.len())
         }
     }
 }
@@ -331,22 +350,38 @@ pub fn find_label_issues(
                 options.filter_by,
                 FilterBy::PruneByNoiseRate | FilterBy::Both
             );
-            let mut class_flags = vec![true; n];
-            if by_class {
-                class_flags = vec![false; n];
-                for (k, rows) in members.iter().enumerate() {
-                    for i in prune_by_class(rows, probs, k, &prune, options) {
-                        class_flags[i] = true;
-                    }
+            // Classes are independent: prune them in parallel.
+            let pruned: Vec<(Vec<usize>, Vec<usize>)> = {
+                use rayon::prelude::*;
+                members
+                    .par_iter()
+                    .enumerate()
+                    .map(|(k, rows)| {
+                        if rows.len() <= options.min_examples_per_class {
+                            return (Vec::new(), Vec::new());
+                        }
+                        let by_class_rows = if by_class {
+                            prune_by_class(rows, probs, k, &prune)
+                        } else {
+                            Vec::new()
+                        };
+                        let by_noise_rows = if by_noise {
+                            prune_by_noise_rate(rows, probs, k, &prune)
+                        } else {
+                            Vec::new()
+                        };
+                        (by_class_rows, by_noise_rows)
+                    })
+                    .collect()
+            };
+            let mut class_flags = vec![!by_class; n];
+            let mut noise_flags = vec![!by_noise; n];
+            for (by_class_rows, by_noise_rows) in pruned {
+                for i in by_class_rows {
+                    class_flags[i] = true;
                 }
-            }
-            let mut noise_flags = vec![true; n];
-            if by_noise {
-                noise_flags = vec![false; n];
-                for (k, rows) in members.iter().enumerate() {
-                    for i in prune_by_noise_rate(rows, probs, k, &prune, options) {
-                        noise_flags[i] = true;
-                    }
+                for i in by_noise_rows {
+                    noise_flags[i] = true;
                 }
             }
             for i in 0..n {
@@ -419,11 +454,7 @@ fn prune_by_class(
     probs: &Probabilities,
     k: usize,
     prune: &[Vec<i64>],
-    options: FilterOptions,
 ) -> Vec<usize> {
-    if rows.len() <= options.min_examples_per_class {
-        return Vec::new();
-    }
     let issues = rows.len() as i64 - prune[k][k];
     if issues < 1 {
         return Vec::new();
@@ -436,29 +467,98 @@ fn prune_by_class(
 }
 
 /// In class `k`, for every other class `j` with a prune count, the rows with the largest
-/// margin `p_j - p_k`.
+/// margin `p_j - p_k` (the first of `argsort(-margin)`).
+///
+/// Prune counts are usually small: those are found in one pass over the class's rows, keeping
+/// a short sorted list per class `j`, then checked in a second pass for ties at the cut (which
+/// send that `j` to the exact order). Large counts take the margin column whole.
 fn prune_by_noise_rate(
     rows: &[usize],
     probs: &Probabilities,
     k: usize,
     prune: &[Vec<i64>],
-    options: FilterOptions,
 ) -> Vec<usize> {
-    if rows.len() <= options.min_examples_per_class {
-        return Vec::new();
-    }
+    const FEW: usize = 32;
+    let targets: Vec<(usize, usize)> = prune
+        .iter()
+        .enumerate()
+        .filter(|&(j, row)| j != k && row[k] > 0)
+        .map(|(j, row)| (j, row[k] as usize))
+        .collect();
+    // (class j, prune count) pairs, split by how many rows each prunes.
+    type Targets = Vec<(usize, usize)>;
+    let (few, many): (Targets, Targets) = targets.into_iter().partition(|&(_, m)| m <= FEW);
+    let negated = |i: usize, j: usize| {
+        let row = probs.row(i);
+        -(row[j] - row[k])
+    };
     let mut chosen = vec![false; rows.len()];
-    let mut negated = vec![0.0f64; rows.len()];
-    for (j, row) in prune.iter().enumerate() {
-        let count = row[k];
-        if j == k || count <= 0 {
-            continue;
+    // One pass: the m smallest negated margins for every few-count class, and the smallest
+    // value left out. Everything left out is at least the cut, so the kept set is exactly
+    // numpy's unless a left-out value equals the cut (a tie across it). Inputs are finite
+    // (checked on reading), so plain comparisons order them as numpy does.
+    let classes = probs.classes();
+    let mut want = vec![0usize; classes];
+    for &(j, m) in &few {
+        want[j] = m;
+    }
+    // The bar a margin must reach to matter: +inf while a list fills, then its last value;
+    // -inf for classes not pruned here.
+    let mut bar: Vec<f64> = (0..classes)
+        .map(|j| {
+            if want[j] > 0 {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            }
+        })
+        .collect();
+    let mut kept: Vec<Vec<(f64, usize)>> =
+        want.iter().map(|&m| Vec::with_capacity(m + 1)).collect();
+    let mut left_out = vec![f64::INFINITY; classes];
+    for (pos, &i) in rows.iter().enumerate() {
+        let row = probs.row(i);
+        let own = row[k];
+        for (j, &p) in row.iter().enumerate() {
+            // -(p_j - p_k), bit for bit up to the sign of a zero.
+            let x = own - p;
+            let limit = bar[j];
+            if x > limit {
+                continue;
+            }
+            let m = want[j];
+            let list = &mut kept[j];
+            if list.len() == m && x == limit {
+                left_out[j] = left_out[j].min(x);
+                continue;
+            }
+            let at = list.partition_point(|&(y, _)| y <= x);
+            list.insert(at, (x, pos));
+            if list.len() > m {
+                let (evicted, _) = list.pop().expect("over capacity");
+                left_out[j] = left_out[j].min(evicted);
+            }
+            if list.len() == m {
+                bar[j] = list[m - 1].0;
+            }
         }
-        for (slot, &i) in negated.iter_mut().zip(rows) {
-            *slot = -(probs.get(i, j) - probs.get(i, k));
+    }
+    let mut exact = many;
+    for &(j, m) in &few {
+        let list = &kept[j];
+        let cut = list[list.len() - 1].0;
+        if list.len() == m && left_out[j] == cut {
+            exact.push((j, m));
+        } else {
+            for &(_, pos) in list {
+                chosen[pos] = true;
+            }
         }
-        for p in smallest(&negated, count as usize) {
-            chosen[p] = true;
+    }
+    for (j, m) in exact {
+        let column: Vec<f64> = rows.iter().map(|&i| negated(i, j)).collect();
+        for pos in smallest(&column, m) {
+            chosen[pos] = true;
         }
     }
     rows.iter()

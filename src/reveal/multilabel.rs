@@ -48,17 +48,15 @@ pub fn class_issues(
 ) -> Vec<Vec<bool>> {
     let classes = probs.classes();
     let present = presence(labels, classes);
-    let mut flags = vec![vec![false; classes]; labels.len()];
-    for k in 0..classes {
-        let (binary, pair) = binary_problem(&present, probs, k);
-        for (row, flag) in find_label_issues(&binary, &pair, options)
-            .into_iter()
-            .enumerate()
-        {
-            flags[row][k] = flag;
-        }
-    }
-    flags
+    let columns: Vec<Vec<bool>> = (0..classes)
+        .map(|k| {
+            let (binary, pair) = binary_problem(&present, probs, k);
+            find_label_issues(&binary, &pair, options)
+        })
+        .collect();
+    (0..labels.len())
+        .map(|row| columns.iter().map(|column| column[row]).collect())
+        .collect()
 }
 
 /// `cleanlab.multilabel_classification.filter.find_label_issues`: one flag per row.

@@ -113,10 +113,10 @@ impl Lanes {
     /// keeps its own index when the kept key equals its own (so ties never move).
     fn cmp_merge(&mut self, perm: [usize; LANES], take_max: [bool; LANES]) {
         let other = self.permuted(perm);
-        for lane in 0..LANES {
+        for (lane, &max) in take_max.iter().enumerate() {
             let (a, b) = (self.keys[lane], other.keys[lane]);
             // _mm256_min_pd(b, a) / _mm256_max_pd(b, a): the second operand on equality.
-            let kept = if take_max[lane] {
+            let kept = if max {
                 if b > a { b } else { a }
             } else if b < a {
                 b
@@ -234,6 +234,9 @@ pub fn smallest(values: &[f64], m: usize) -> Vec<usize> {
     if m >= n {
         return (0..n).collect();
     }
+    if m <= SMALL_CUT {
+        return smallest_few(values, m);
+    }
     let mut keys: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
     let by_value = |a: &(f64, usize), b: &(f64, usize)| {
         if less(a.0, b.0) {
@@ -253,6 +256,37 @@ pub fn smallest(values: &[f64], m: usize) -> Vec<usize> {
         .count();
     if below + at_cut == m {
         let mut chosen: Vec<usize> = keys[..m].iter().map(|&(_, i)| i).collect();
+        chosen.sort_unstable();
+        return chosen;
+    }
+    let mut chosen = argsort(values);
+    chosen.truncate(m);
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Up to this many, the smallest values are kept in a sorted buffer during one scan.
+const SMALL_CUT: usize = 32;
+
+/// [`smallest`] for small `m`: one scan with a sorted buffer, one count of the cut value.
+fn smallest_few(values: &[f64], m: usize) -> Vec<usize> {
+    let mut best: Vec<(f64, usize)> = Vec::with_capacity(m + 1);
+    for (i, &x) in values.iter().enumerate() {
+        if best.len() == m && !less(x, best[m - 1].0) {
+            continue;
+        }
+        let at = best.partition_point(|&(y, _)| !less(x, y));
+        best.insert(at, (x, i));
+        best.truncate(m);
+    }
+    let cut = best[m - 1].0;
+    let (mut below, mut at_cut) = (0usize, 0usize);
+    for &x in values {
+        below += usize::from(less(x, cut));
+        at_cut += usize::from(!less(x, cut) && !less(cut, x));
+    }
+    if below + at_cut == m {
+        let mut chosen: Vec<usize> = best.into_iter().map(|(_, i)| i).collect();
         chosen.sort_unstable();
         return chosen;
     }

@@ -414,3 +414,25 @@ fn invalid_inputs_exit_2_without_output() {
         );
     }
 }
+
+/// Several probability sources: `cl` runs on their mean (summed in the order given), and flags
+/// exactly what cleanlab flags on that mean, for every `--filter-by`.
+#[test]
+fn cl_on_several_sources_is_cleanlab_on_their_mean() {
+    let frame = crate::reveal_parity::read_fixture("digits_sources.parquet");
+    let mut test = Test::new();
+    for mode in ["prune_by_noise_rate", "both", "low_normalized_margin"] {
+        let out = format!("{mode}.jsonl");
+        test.arg("reveal");
+        four_sources(&mut test)
+            .args(["--detectors", "cl", "--filter-by", mode, "--out", &out])
+            .run()
+            .success();
+        let rows = read_lines(&test, &out);
+        assert_eq!(
+            bools(&rows, "is_label_issue"),
+            bool_column(&frame, &format!("cl_mean_{mode}")),
+            "{mode}"
+        );
+    }
+}

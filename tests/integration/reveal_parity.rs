@@ -276,10 +276,9 @@ fn crowdlab_equals_cleanlab_multiannotator() {
     let mut prior = Vec::with_capacity(n * 10);
     let mut labels = Vec::with_capacity(n * 4);
     for i in 0..n {
-        for k in 0..10 {
-            let sum = ((probs[0][i][k] + probs[1][i][k]) + probs[2][i][k]) + probs[3][i][k];
-            prior.push(sum / 4.0);
-        }
+        let rows: Vec<&[f64]> = probs.iter().map(|p| p[i].as_slice()).collect();
+        prior
+            .extend((0..10).map(|k| (((rows[0][k] + rows[1][k]) + rows[2][k]) + rows[3][k]) / 4.0));
         for p in &probs {
             labels.push(Some(curate::reveal::numeric::argmax(&p[i])));
         }
@@ -300,8 +299,8 @@ fn crowdlab_equals_cleanlab_multiannotator() {
     for i in 0..n {
         assert_close(consensus.quality[i], quality[i], "quality");
         assert_close(consensus.agreement[i], agreement[i], "agreement");
-        for k in 0..10 {
-            assert_close(consensus.posterior.get(i, k), posterior[i][k], "posterior");
+        for (k, want) in posterior[i].iter().enumerate() {
+            assert_close(consensus.posterior.get(i, k), *want, "posterior");
         }
     }
     assert_close(

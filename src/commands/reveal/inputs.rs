@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use polars::prelude::PlHashMap;
+
 use anyhow::Result;
 use polars::prelude::*;
 
@@ -29,28 +31,60 @@ impl std::fmt::Display for Id {
     }
 }
 
-/// Ids of a table (the row index when it has no id column), checked unique.
-fn ids(frame: &DataFrame, file: &str, id_col: &str) -> Result<(Vec<Id>, Column), InputError> {
+/// Ids of a table's rows (the row index, from `offset`, when it has no id column).
+fn read_ids(frame: &DataFrame, file: &str, id_col: &str, offset: usize) -> Result<Vec<Id>> {
+    if frame.column(id_col).is_err() {
+        return Ok((offset..offset + frame.height())
+            .map(|i| Id::Int(i as i64))
+            .collect());
+    }
     let role = ColumnRole::new(id_col, "--id-col");
-    let column = table::id_column(frame, file, role, false)?;
-    let ids = if column.dtype().is_integer() {
-        column
-            .cast(&DataType::Int64)
-            .map_err(|e| InputError::new(file, e.to_string()).column(id_col))?
-            .i64()
+    let column = table::require_type(frame, file, role, Expected::Id)?;
+    let null_at = |row: usize| {
+        InputError::new(file, "id is null")
+            .column(id_col)
+            .row(offset + row + 1)
+    };
+    if column.dtype().is_integer() {
+        let cast = column.cast(&DataType::Int64)?;
+        cast.i64()
             .expect("cast")
-            .into_no_null_iter()
-            .map(Id::Int)
+            .iter()
+            .enumerate()
+            .map(|(r, v)| v.map(Id::Int).ok_or_else(|| null_at(r).into()))
             .collect()
     } else {
         column
             .str()
             .expect("checked id type")
             .iter()
-            .map(|s| Id::Text(s.expect("checked: no null ids").to_string()))
+            .enumerate()
+            .map(|(r, v)| {
+                v.map(|s| Id::Text(s.to_string()))
+                    .ok_or_else(|| null_at(r).into())
+            })
             .collect()
-    };
-    Ok((ids, column))
+    }
+}
+
+/// Ids must be unique; increasing ids are, without hashing.
+fn check_unique(ids: &[Id], file: &str, id_col: &str) -> Result<()> {
+    if ids.windows(2).all(|w| w[0] < w[1]) {
+        return Ok(());
+    }
+    let mut seen: PlHashMap<&Id, usize> = PlHashMap::with_capacity(ids.len());
+    for (row, id) in ids.iter().enumerate() {
+        if let Some(first) = seen.insert(id, row) {
+            return Err(InputError::new(
+                file,
+                format!("duplicate id {id} (first seen at row {})", first + 1),
+            )
+            .column(id_col)
+            .row(row + 1)
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A class as written in a file.
@@ -80,7 +114,26 @@ pub struct Labels {
     /// Per row, the classes as written (one for single-label data).
     pub values: Vec<Vec<ClassValue>>,
     pub multi_label: bool,
-    pub index: HashMap<Id, usize>,
+    /// Row of each id, built on first use (aligned inputs never need it).
+    index: std::sync::OnceLock<PlHashMap<Id, usize>>,
+}
+
+impl Labels {
+    /// The label row of `id`, trying `hint` (the same row number) first.
+    pub fn position(&self, id: &Id, hint: usize) -> Option<usize> {
+        if self.ids.get(hint) == Some(id) {
+            return Some(hint);
+        }
+        let index = self.index.get_or_init(|| {
+            self.ids
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, id)| (id, i))
+                .collect()
+        });
+        index.get(id).copied()
+    }
 }
 
 pub fn read_labels(
@@ -113,7 +166,15 @@ pub fn read_labels(
     }
     let frame = input.collect(input.scan()?.select(wanted))?;
     table::require_rows(&frame, &file)?;
-    let (ids, id_column) = ids(&frame, &file, id_col)?;
+    let ids = read_ids(&frame, &file, id_col, 0)?;
+    check_unique(&ids, &file, id_col)?;
+    let id_column = match frame.column(id_col) {
+        Ok(column) => column.clone(),
+        Err(_) => Column::new(
+            id_col.into(),
+            (0..frame.height() as u64).collect::<Vec<_>>(),
+        ),
+    };
     let label_column = frame.column(name).expect("selected").clone();
     let values = if multi_label {
         class_lists(&label_column, &file, name, "--labels-col")?
@@ -123,12 +184,6 @@ pub fn read_labels(
             .map(|v| vec![v])
             .collect()
     };
-    let index = ids
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, id)| (id, i))
-        .collect();
     Ok(Labels {
         file,
         ids,
@@ -136,7 +191,7 @@ pub fn read_labels(
         label_column,
         values,
         multi_label,
-        index,
+        index: std::sync::OnceLock::new(),
     })
 }
 
@@ -329,15 +384,15 @@ pub struct Source {
     pub covered: usize,
 }
 
-/// Rows of `frame` (a source or the embeddings) placed at label rows: `positions[r]` is the
-/// label row of source row `r`, or `None` for ids the labels do not have.
+/// Label rows of source rows `offset..` with these ids: `positions[r]` is the label row of
+/// source row `offset + r`, or `None` for ids the labels do not have.
 fn align(
-    frame: &DataFrame,
+    ids: &[Id],
+    offset: usize,
     file: &str,
     id_col: &str,
     labels: &Labels,
 ) -> Result<Vec<Option<usize>>> {
-    let (ids, _) = ids(frame, file, id_col)?;
     let label_is_int = matches!(labels.ids.first(), Some(Id::Int(_)));
     if let Some(first) = ids.first()
         && matches!(first, Id::Int(_)) != label_is_int
@@ -355,8 +410,19 @@ fn align(
         .column(id_col)
         .into());
     }
-    let positions: Vec<Option<usize>> =
-        ids.iter().map(|id| labels.index.get(id).copied()).collect();
+    Ok(ids
+        .iter()
+        .enumerate()
+        .map(|(r, id)| labels.position(id, offset + r))
+        .collect())
+}
+
+fn require_overlap(
+    positions: &[Option<usize>],
+    file: &str,
+    id_col: &str,
+    labels: &Labels,
+) -> Result<()> {
     if positions.iter().all(Option::is_none) {
         return Err(
             InputError::new(file, format!("shares no id with {}", labels.file))
@@ -364,7 +430,7 @@ fn align(
                 .into(),
         );
     }
-    Ok(positions)
+    Ok(())
 }
 
 /// The first label row no source row reaches, as an error.
@@ -441,67 +507,119 @@ pub fn read_source(
         }
     };
     wanted.extend(value_columns.iter().cloned());
-    let frame = input.collect(
-        input
-            .scan()?
-            .select(wanted.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()),
-    )?;
-    table::require_rows(&frame, &file)?;
-    let positions = align(&frame, &file, id_col, labels)?;
+    let selection: Vec<Expr> = wanted.iter().map(|c| col(c.as_str())).collect();
     let n = labels.ids.len();
+    if spec.kind.is_probabilities() {
+        let must_sum = spec.kind == SourceKind::Probs;
+        let mut matrix = Matrix::default();
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        // Parquet is read a slice of rows at a time, so the decoded table never sits in
+        // memory beside the whole matrix.
+        let total = input.row_count()?;
+        let step = if input.format() == crate::table::Format::Parquet {
+            PARQUET_BATCH_ROWS
+        } else {
+            total.max(1)
+        };
+        for offset in (0..total).step_by(step) {
+            crate::interrupt::check()?;
+            let query = input.scan()?.select(selection.clone());
+            let query = if step < total {
+                query.slice(offset as i64, step as IdxSize)
+            } else {
+                query
+            };
+            let t = std::time::Instant::now();
+            let frame = input.collect(query)?;
+            tracing::trace!(
+                "{file}: rows {offset}.. read in {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
+            let batch_ids = read_ids(&frame, &file, id_col, offset)?;
+            let batch_positions = align(&batch_ids, offset, &file, id_col, labels)?;
+            fill_probabilities(
+                &frame,
+                &file,
+                &value_columns,
+                &batch_positions,
+                offset,
+                n,
+                must_sum,
+                &mut matrix,
+            )?;
+            ids.extend(batch_ids);
+            positions.extend(batch_positions);
+            tracing::trace!(
+                "{file}: rows {offset}.. placed in {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        if ids.is_empty() {
+            return Err(InputError::new(&file, "no rows").into());
+        }
+        check_unique(&ids, &file, id_col)?;
+        require_overlap(&positions, &file, id_col, labels)?;
+        require_cover(&positions, labels, &file)?;
+        let covered = positions.iter().flatten().count();
+        let probs = Probabilities::new(matrix.classes, matrix.values);
+        if let Some(k) = classes
+            && probs.classes() != k
+        {
+            return Err(InputError::new(
+                &file,
+                format!("{} classes, but the class order has {k}", probs.classes()),
+            )
+            .into());
+        }
+        return Ok(Source {
+            spec,
+            predictions: Predictions::Probabilities(probs),
+            covered,
+        });
+    }
+    let frame = input.collect(input.scan()?.select(selection))?;
+    table::require_rows(&frame, &file)?;
+    let ids = read_ids(&frame, &file, id_col, 0)?;
+    check_unique(&ids, &file, id_col)?;
+    let positions = align(&ids, 0, &file, id_col, labels)?;
+    require_overlap(&positions, &file, id_col, labels)?;
     let covered = positions.iter().flatten().count();
-    let predictions = match spec.kind {
-        SourceKind::Probs | SourceKind::MlProbs => {
-            require_cover(&positions, labels, &file)?;
-            let must_sum = spec.kind == SourceKind::Probs;
-            let probs = probability_matrix(&frame, &file, &value_columns, &positions, n, must_sum)?;
-            if let Some(k) = classes
-                && probs.classes() != k
-            {
-                return Err(InputError::new(
-                    &file,
-                    format!("{} classes, but the class order has {k}", probs.classes()),
-                )
-                .into());
+    let column = frame.column(&value_columns[0])?;
+    let predictions = if spec.kind == SourceKind::Hard {
+        let values = class_values(column, &file, &value_columns[0], "--source")?;
+        let mut placed = vec![None; n];
+        for (value, position) in values.into_iter().zip(&positions) {
+            if let Some(p) = position {
+                placed[*p] = Some(value);
             }
-            Predictions::Probabilities(probs)
         }
-        SourceKind::Hard => {
-            let values = class_values(
-                frame.column(&value_columns[0])?,
-                &file,
-                &value_columns[0],
-                "--source",
-            )?;
-            let mut placed = vec![None; n];
-            for (value, position) in values.into_iter().zip(&positions) {
-                if let Some(p) = position {
-                    placed[*p] = Some(value);
-                }
+        Predictions::Hard(placed)
+    } else {
+        let values = class_lists(column, &file, &value_columns[0], "--source")?;
+        let mut placed = vec![None; n];
+        for (value, position) in values.into_iter().zip(&positions) {
+            if let Some(p) = position {
+                placed[*p] = Some(value);
             }
-            Predictions::Hard(placed)
         }
-        SourceKind::Set => {
-            let values = class_lists(
-                frame.column(&value_columns[0])?,
-                &file,
-                &value_columns[0],
-                "--source",
-            )?;
-            let mut placed = vec![None; n];
-            for (value, position) in values.into_iter().zip(&positions) {
-                if let Some(p) = position {
-                    placed[*p] = Some(value);
-                }
-            }
-            Predictions::Set(placed)
-        }
+        Predictions::Set(placed)
     };
     Ok(Source {
         spec,
         predictions,
         covered,
     })
+}
+
+/// Rows per slice when reading probabilities from Parquet.
+const PARQUET_BATCH_ROWS: usize = 1 << 17;
+
+/// The probability matrix being filled: sized on the first batch.
+#[derive(Default)]
+struct Matrix {
+    classes: usize,
+    values: Vec<f64>,
 }
 
 /// `p0..pK-1` (numbered from 0 without gaps), in class order.
@@ -522,51 +640,65 @@ fn wide_columns(schema: &Schema, prefix: &str) -> Option<Vec<String>> {
     Some(numbered.into_iter().map(|(_, n)| n).collect())
 }
 
-/// Probabilities from a list column or wide columns, placed at label rows, checked per row:
-/// finite, in [0, 1], and (class probabilities) summing to 1.
-fn probability_matrix(
+/// Probabilities of one batch (source rows `offset..`) from a list column or wide columns,
+/// placed at label rows and checked per row: finite, in [0, 1], and (class probabilities)
+/// summing to 1.
+#[allow(clippy::too_many_arguments)]
+fn fill_probabilities(
     frame: &DataFrame,
     file: &str,
     columns: &[String],
     positions: &[Option<usize>],
+    offset: usize,
     rows: usize,
     must_sum: bool,
-) -> Result<Probabilities> {
+    matrix: &mut Matrix,
+) -> Result<()> {
     let wide =
         columns.len() > 1 || !matches!(frame.column(&columns[0])?.dtype(), DataType::List(_));
-    let classes;
-    let mut values;
+    let width = if wide { columns.len() } else { 0 };
     if wide {
-        classes = columns.len();
-        values = vec![0.0f64; rows * classes];
-        for (k, name) in columns.iter().enumerate() {
-            let column = table::require_type(
-                frame,
-                file,
-                ColumnRole::new(name, "--probs-prefix"),
-                Expected::Number,
-            )?;
+        if matrix.values.is_empty() {
+            matrix.classes = width;
+            matrix.values = vec![0.0f64; rows * width];
+        }
+        let classes = matrix.classes;
+        let mut arrays = Vec::with_capacity(classes);
+        for name in columns {
+            let role = ColumnRole::new(name, "--probs-prefix");
+            let column = table::require_type(frame, file, role, Expected::Number)?;
             let cast = column.cast(&DataType::Float64)?;
-            for (r, (value, position)) in
-                cast.f64().expect("cast").iter().zip(positions).enumerate()
-            {
-                let value = value.ok_or_else(|| {
-                    InputError::new(file, "probability is null")
-                        .column(name.as_str())
-                        .row(r + 1)
-                })?;
-                if let Some(p) = position {
-                    values[p * classes + k] = value;
+            let array = cast.f64().expect("cast").rechunk().into_owned();
+            if array.null_count() > 0 {
+                let row = array.iter().position(|v| v.is_none()).expect("has a null");
+                return Err(InputError::new(file, "probability is null")
+                    .column(name.as_str())
+                    .row(offset + row + 1)
+                    .into());
+            }
+            arrays.push(array);
+        }
+        let slices: Vec<&[f64]> = arrays
+            .iter()
+            .map(|a| a.cont_slice().expect("one chunk, no nulls"))
+            .collect();
+        // Columns to rows a tile of rows at a time, so the scattered writes stay in cache.
+        const TILE: usize = 256;
+        for start in (0..positions.len()).step_by(TILE) {
+            let end = (start + TILE).min(positions.len());
+            for (k, column) in slices.iter().enumerate() {
+                for (position, &value) in positions[start..end].iter().zip(&column[start..end]) {
+                    if let Some(p) = position {
+                        matrix.values[p * classes + k] = value;
+                    }
                 }
             }
         }
     } else {
         let name = &columns[0];
         let column = frame.column(name)?;
-        let numeric = match column.dtype() {
-            DataType::List(inner) => inner.is_primitive_numeric(),
-            _ => false,
-        };
+        let numeric =
+            matches!(column.dtype(), DataType::List(inner) if inner.is_primitive_numeric());
         if !numeric {
             return Err(InputError::new(
                 file,
@@ -577,48 +709,52 @@ fn probability_matrix(
         }
         let cast = column.cast(&DataType::List(Box::new(DataType::Float64)))?;
         let lists = cast.list().expect("cast");
-        let mut width = None;
-        values = Vec::new();
         for (r, (row, position)) in lists.amortized_iter().zip(positions).enumerate() {
             let at = |message: String| {
                 InputError::new(file, message)
                     .column(name.as_str())
-                    .row(r + 1)
+                    .row(offset + r + 1)
             };
             let Some(row) = row else {
                 return Err(at("probabilities are null".to_string()).into());
             };
             let row = row.as_ref().f64().expect("cast").clone();
-            let k = *width.get_or_insert(row.len());
-            if k != row.len() || k == 0 {
+            if matrix.values.is_empty() {
+                if row.is_empty() {
+                    return Err(at("no probabilities".to_string()).into());
+                }
+                matrix.classes = row.len();
+                matrix.values = vec![0.0f64; rows * row.len()];
+            }
+            let k = matrix.classes;
+            if k != row.len() {
                 return Err(at(format!(
                     "{} probabilities, earlier rows have {k}",
                     row.len()
                 ))
                 .into());
             }
-            if values.is_empty() {
-                values = vec![0.0f64; rows * k];
-            }
             if let Some(p) = position {
-                for (slot, v) in values[p * k..(p + 1) * k].iter_mut().zip(row.iter()) {
+                for (slot, v) in matrix.values[p * k..(p + 1) * k].iter_mut().zip(row.iter()) {
                     *slot = v.ok_or_else(|| at("probability is null".to_string()))?;
                 }
             }
         }
-        classes = width.expect("at least one row");
     }
     // Checks per source row, reported at the source's own row number.
+    let classes = matrix.classes;
     for (r, position) in positions.iter().enumerate() {
         let Some(p) = position else { continue };
-        let row = &values[p * classes..(p + 1) * classes];
+        let row = &matrix.values[p * classes..(p + 1) * classes];
         let at = |message: String| {
             let column = if wide {
                 columns.join(",")
             } else {
                 columns[0].clone()
             };
-            InputError::new(file, message).column(column).row(r + 1)
+            InputError::new(file, message)
+                .column(column)
+                .row(offset + r + 1)
         };
         if let Some(v) = row
             .iter()
@@ -636,7 +772,7 @@ fn probability_matrix(
             }
         }
     }
-    Ok(Probabilities::new(classes, values))
+    Ok(())
 }
 
 /// Embeddings placed at label rows (every label row must have one).
@@ -660,7 +796,10 @@ pub fn read_embeddings(
     }
     let frame = input.collect(input.scan()?.select(wanted))?;
     table::require_rows(&frame, &file)?;
-    let positions = align(&frame, &file, id_col, labels)?;
+    let ids = read_ids(&frame, &file, id_col, 0)?;
+    check_unique(&ids, &file, id_col)?;
+    let positions = align(&ids, 0, &file, id_col, labels)?;
+    require_overlap(&positions, &file, id_col, labels)?;
     require_cover(&positions, labels, &file)?;
     let column = frame.column(emb_col)?;
     let numeric = match column.dtype() {

@@ -3,6 +3,7 @@
 mod inputs;
 mod outputs;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use anyhow::Result;
@@ -18,13 +19,13 @@ use crate::cli::{ProbeArg, RevealArgs};
 use crate::error::usage;
 use crate::interrupt;
 use crate::model::probe::{ProbeKind, ProbeSettings, out_of_fold_probabilities};
+use crate::reveal::confident::issue_counts;
 use crate::reveal::crowdlab::{Annotations, Consensus, crowdlab};
 use crate::reveal::decide::{DecisionOptions, Detector, IssueType, decide, mean_distribution};
 use crate::reveal::knn::{Embeddings, KnnOptions, knn_vote};
 use crate::reveal::multilabel::{find_multilabel_issues, multilabel_quality};
 use crate::reveal::{
-    FilterBy, FilterOptions, IssueCount, Probabilities, QualityMethod, find_label_issues,
-    num_label_issues, quality_scores,
+    FilterBy, FilterOptions, Probabilities, QualityMethod, find_label_issues, quality_scores,
 };
 use crate::table::{Format, Input, Output};
 
@@ -127,6 +128,8 @@ fn settings(args: &RevealArgs) -> Result<Settings> {
 }
 
 pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
+    let started = std::time::Instant::now();
+    let stage = |name: &str| tracing::debug!("{name}: {:.3} s", started.elapsed().as_secs_f64());
     let settings = settings(&args)?;
     let specs: Vec<SourceSpec> = args
         .sources
@@ -148,12 +151,15 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     };
 
     let labels_input = Input::open(&args.labels, None)?;
+    // Content hashes for provenance take a while on large inputs: compute them meanwhile.
+    let digests = digest_in_background(&args, &labels_input);
     let labels = read_labels(
         &labels_input,
         &args.id_col,
         &args.label_col,
         &args.labels_col,
     )?;
+    stage("read labels");
     let mut sources = Vec::new();
     for spec in specs {
         interrupt::check()?;
@@ -165,6 +171,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             None,
         )?);
     }
+    stage("read labels and sources");
     let classes = class_order(&args, &labels, &sources)?;
     let label_column = if labels.multi_label {
         &args.labels_col
@@ -178,6 +185,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         None => None,
     };
 
+    stage("classes and embeddings");
     let detectors = choose_detectors(&args, &settings, &labels, &sources, embeddings.is_some())?;
     let min_detectors = match args.min_detectors {
         Some(0) => return Err(usage("--min-detectors must be at least 1")),
@@ -235,10 +243,11 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             _ => None,
         })
         .collect();
-    let model_probs: Option<Probabilities> = match source_probs.len() {
-        0 => probe.clone(),
-        1 => Some(source_probs[0].clone()),
-        _ => Some(mean_distribution(&source_probs)),
+    // Borrowed where there is one set of probabilities: large inputs are never copied.
+    let model_probs: Option<Cow<Probabilities>> = match source_probs.len() {
+        0 => probe.as_ref().map(Cow::Borrowed),
+        1 => Some(Cow::Borrowed(source_probs[0])),
+        _ => Some(Cow::Owned(mean_distribution(&source_probs))),
     };
 
     let mut flags: Vec<(Detector, Vec<bool>)> = Vec::new();
@@ -283,7 +292,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
                     &labels,
                     &sources,
                     probe.as_ref(),
-                    model_probs.as_ref(),
+                    model_probs.as_deref(),
                     &given,
                     &classes,
                     context.seed,
@@ -294,6 +303,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             }
         }
         spinner.finish_and_clear();
+        stage(detector.name());
     }
     interrupt::check()?;
 
@@ -302,7 +312,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     // probe when it is not already inside the vote or the probabilities.
     let mut parts: Vec<&Probabilities> = Vec::new();
     if consensus.is_none()
-        && let Some(p) = &model_probs
+        && let Some(p) = model_probs.as_deref()
     {
         parts.push(p);
     }
@@ -313,8 +323,11 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     {
         parts.push(p);
     }
-    let soft = mean_distribution(&parts);
-    let quality_basis = model_probs.as_ref().unwrap_or(&soft);
+    let soft: Cow<Probabilities> = match parts.as_slice() {
+        [one] => Cow::Borrowed(*one),
+        _ => Cow::Owned(mean_distribution(&parts)),
+    };
+    let quality_basis: &Probabilities = model_probs.as_deref().unwrap_or(&soft);
     let quality = if labels.multi_label {
         multilabel_quality(&given, quality_basis, settings.quality)
     } else {
@@ -335,14 +348,12 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             multi_label: labels.multi_label,
         },
     );
-    let counts = (!labels.multi_label && model_probs.is_some()).then(|| {
-        let probs = model_probs.as_ref().expect("checked");
-        (
-            num_label_issues(&single, probs, IssueCount::OffDiagonal),
-            num_label_issues(&single, probs, IssueCount::OffDiagonalCalibrated),
-        )
-    });
+    let counts = match (&model_probs, labels.multi_label) {
+        (Some(probs), false) => Some(issue_counts(&single, probs)),
+        _ => None,
+    };
 
+    stage("decide");
     let report = outputs::Report {
         args: &args,
         labels: &labels,
@@ -361,15 +372,13 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     };
     let gate = report.gate(&settings.fail_on);
     let mut provenance = context.provenance();
-    provenance.add_input(labels_input.digest()?);
-    for source in &sources {
-        provenance.add_input(Input::open(&source.spec.path, None)?.digest()?);
+    for digest in digests.join().expect("digest thread")? {
+        provenance.add_input(digest);
     }
-    if let Some(path) = &args.embeddings {
-        provenance.add_input(Input::open(path, None)?.digest()?);
-    }
+    stage("provenance");
     let frame = report.frame()?;
     output.write_frame(&frame, Some(&provenance))?;
+    stage("write");
     if let Some(summary_output) = summary_output {
         let json = report.summary_json(&gate);
         let mut bytes = serde_json::to_vec_pretty(&json)?;
@@ -381,6 +390,32 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         ExitStatus::Success
     } else {
         ExitStatus::GateFailed
+    })
+}
+
+/// Hash every distinct input file on a thread of its own.
+fn digest_in_background(
+    args: &RevealArgs,
+    labels: &Input,
+) -> std::thread::JoinHandle<Result<Vec<crate::table::InputDigest>>> {
+    let mut paths = vec![args.labels.clone()];
+    for spec in &args.sources {
+        if let Ok(spec) = SourceSpec::parse(spec) {
+            paths.push(spec.path);
+        }
+    }
+    paths.extend(args.embeddings.clone());
+    let labels = labels.clone();
+    std::thread::spawn(move || {
+        let mut seen = BTreeSet::new();
+        let mut digests = vec![labels.digest()?];
+        seen.insert(paths[0].clone());
+        for path in &paths[1..] {
+            if seen.insert(path.clone()) {
+                digests.push(Input::open(path, None)?.digest()?);
+            }
+        }
+        Ok(digests)
     })
 }
 
