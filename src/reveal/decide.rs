@@ -99,8 +99,9 @@ pub fn decide(
     soft: &Probabilities,
     options: DecisionOptions,
 ) -> Vec<RowDecision> {
+    use rayon::prelude::*;
     labels
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(i, given)| {
             let fired: Vec<Detector> = flags

@@ -436,3 +436,31 @@ fn cl_on_several_sources_is_cleanlab_on_their_mean() {
         );
     }
 }
+
+/// Rows join on id whatever their order; ids the labels lack are ignored; a `hard` source may
+/// cover only some ids.
+#[test]
+fn sources_join_on_id_in_any_order() {
+    let labels =
+        "{\"id\": 10, \"label\": 0}\n{\"id\": 11, \"label\": 1}\n{\"id\": 12, \"label\": 1}\n";
+    let aligned = "{\"id\": 10, \"probs\": [0.9, 0.1]}\n{\"id\": 11, \"probs\": [0.2, 0.8]}\n{\"id\": 12, \"probs\": [0.7, 0.3]}\n";
+    let shuffled = "{\"id\": 99, \"probs\": [0.5, 0.5]}\n{\"id\": 12, \"probs\": [0.7, 0.3]}\n{\"id\": 10, \"probs\": [0.9, 0.1]}\n{\"id\": 11, \"probs\": [0.2, 0.8]}\n";
+    let hard = "{\"id\": 12, \"pred\": 0}\n";
+    let mut test = Test::new()
+        .file("l.jsonl", labels)
+        .file("a.jsonl", aligned)
+        .file("s.jsonl", shuffled)
+        .file("h.jsonl", hard);
+    for (source, out) in [("a.jsonl", "a.out.jsonl"), ("s.jsonl", "s.out.jsonl")] {
+        test.args(["reveal", "--labels", "l.jsonl", "--source"])
+            .arg(format!("m={source}"))
+            .args(["--source", "h=h.jsonl:hard", "--out", out])
+            .run()
+            .success();
+    }
+    assert_eq!(test.read("a.out.jsonl"), test.read("s.out.jsonl"));
+    let rows = read_lines(&test, "s.out.jsonl");
+    assert_eq!(rows[2]["id"], 12);
+    assert_eq!(rows[2]["vote_issue"], true);
+    assert!((rows[0]["quality"].as_f64().unwrap() - 0.9).abs() < 1e-12);
+}

@@ -684,12 +684,37 @@ fn fill_probabilities(
             .collect();
         // Columns to rows a tile of rows at a time, so the scattered writes stay in cache.
         const TILE: usize = 256;
-        for start in (0..positions.len()).step_by(TILE) {
-            let end = (start + TILE).min(positions.len());
-            for (k, column) in slices.iter().enumerate() {
-                for (position, &value) in positions[start..end].iter().zip(&column[start..end]) {
-                    if let Some(p) = position {
-                        matrix.values[p * classes + k] = value;
+        let aligned = positions
+            .iter()
+            .enumerate()
+            .all(|(r, p)| *p == Some(offset + r));
+        if aligned {
+            // Source rows in label order (the usual case): tiles of the matrix are disjoint,
+            // so they fill in parallel.
+            use rayon::prelude::*;
+            let block = &mut matrix.values[offset * classes..(offset + positions.len()) * classes];
+            block
+                .par_chunks_mut(TILE * classes)
+                .enumerate()
+                .for_each(|(t, tile)| {
+                    let start = t * TILE;
+                    let end = (start + TILE).min(positions.len());
+                    let columns: Vec<&[f64]> = slices.iter().map(|c| &c[start..end]).collect();
+                    for (k, column) in columns.iter().enumerate() {
+                        for (r, &value) in column.iter().enumerate() {
+                            tile[r * classes + k] = value;
+                        }
+                    }
+                });
+        } else {
+            for start in (0..positions.len()).step_by(TILE) {
+                let end = (start + TILE).min(positions.len());
+                let slices: Vec<&[f64]> = slices.iter().map(|c| &c[start..end]).collect();
+                for (k, column) in slices.iter().enumerate() {
+                    for (position, &value) in positions[start..end].iter().zip(*column) {
+                        if let Some(p) = position {
+                            matrix.values[p * classes + k] = value;
+                        }
                     }
                 }
             }

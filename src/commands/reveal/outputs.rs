@@ -197,16 +197,29 @@ impl Report<'_> {
             columns.push(builder.finish().into_column());
         }
         // Comma-joined rather than a list: pandas cannot convert Arrow lists of string views.
-        columns.push(Column::new(
-            "detectors".into(),
-            self.decisions
-                .iter()
-                .map(|d| {
-                    let names: Vec<&str> = d.fired.iter().map(|d| d.name()).collect();
-                    names.join(",")
-                })
-                .collect::<Vec<_>>(),
-        ));
+        let joined: Vec<String> = (0..1usize << self.flags.len())
+            .map(|mask| {
+                let names: Vec<&str> = self
+                    .flags
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| mask & (1 << b) != 0)
+                    .map(|(_, (d, _))| d.name())
+                    .collect();
+                names.join(",")
+            })
+            .collect();
+        let fired: Vec<&str> = (0..n)
+            .map(|i| {
+                let mask = self
+                    .flags
+                    .iter()
+                    .enumerate()
+                    .fold(0usize, |m, (b, (_, f))| m | (usize::from(f[i]) << b));
+                joined[mask].as_str()
+            })
+            .collect();
+        columns.push(Column::new("detectors".into(), fired));
         for (detector, flags) in self.flags {
             columns.push(Column::new(
                 format!("{}_issue", detector.name()).into(),
