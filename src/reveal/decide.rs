@@ -78,6 +78,13 @@ pub struct DecisionOptions {
     pub multi_label: bool,
 }
 
+impl DecisionOptions {
+    /// Enough detectors fired and, with `tau`, the consensus doubts the given label.
+    fn is_issue(&self, fired: usize, p_given: f64) -> bool {
+        fired >= self.min_detectors.max(1) && self.tau.is_none_or(|t| p_given < t)
+    }
+}
+
 /// What was decided for one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowDecision {
@@ -126,8 +133,7 @@ fn decide_single(
     options: DecisionOptions,
 ) -> RowDecision {
     let p_given = row[given];
-    let is_issue =
-        fired.len() >= options.min_detectors.max(1) && options.tau.is_none_or(|t| p_given < t);
+    let is_issue = options.is_issue(fired.len(), p_given);
     let best = super::numeric::argmax(row);
     let t = options.missing_threshold;
     let missing: Vec<usize> = if !is_issue && p_given >= t {
@@ -166,8 +172,7 @@ fn decide_multi(
 ) -> RowDecision {
     let t = options.missing_threshold;
     let p_given = given.iter().map(|&k| row[k]).fold(1.0, f64::min);
-    let is_issue =
-        fired.len() >= options.min_detectors.max(1) && options.tau.is_none_or(|tau| p_given < tau);
+    let is_issue = options.is_issue(fired.len(), p_given);
     let missing: Vec<usize> = (0..row.len())
         .filter(|k| !given.contains(k) && row[*k] >= t)
         .collect();

@@ -40,10 +40,26 @@ fn read_ids(frame: &DataFrame, file: &str, id_col: &str, offset: usize) -> Resul
     }
     let role = ColumnRole::new(id_col, "--id-col");
     let column = table::require_type(frame, file, role, Expected::Id)?;
+    int_or_text(column, file, id_col, "id", offset, Id::Int, Id::Text)
+}
+
+/// The values of an integer or string column (already type-checked), none null; rows are
+/// reported from `offset`.
+fn int_or_text<T>(
+    column: &Column,
+    file: &str,
+    name: &str,
+    what: &str,
+    offset: usize,
+    int: fn(i64) -> T,
+    text: fn(String) -> T,
+) -> Result<Vec<T>> {
     let null_at = |row: usize| {
-        InputError::new(file, "id is null")
-            .column(id_col)
-            .row(offset + row + 1)
+        anyhow::Error::from(
+            InputError::new(file, format!("{what} is null"))
+                .column(name)
+                .row(offset + row + 1),
+        )
     };
     if column.dtype().is_integer() {
         let cast = column.cast(&DataType::Int64)?;
@@ -51,18 +67,15 @@ fn read_ids(frame: &DataFrame, file: &str, id_col: &str, offset: usize) -> Resul
             .expect("cast")
             .iter()
             .enumerate()
-            .map(|(r, v)| v.map(Id::Int).ok_or_else(|| null_at(r).into()))
+            .map(|(r, v)| v.map(int).ok_or_else(|| null_at(r)))
             .collect()
     } else {
         column
             .str()
-            .expect("checked id type")
+            .expect("checked string type")
             .iter()
             .enumerate()
-            .map(|(r, v)| {
-                v.map(|s| Id::Text(s.to_string()))
-                    .ok_or_else(|| null_at(r).into())
-            })
+            .map(|(r, v)| v.map(|s| text(s.to_string())).ok_or_else(|| null_at(r)))
             .collect()
     }
 }
@@ -200,31 +213,15 @@ fn class_values(column: &Column, file: &str, name: &str, flag: &str) -> Result<V
     let role = ColumnRole::new(name, flag);
     let frame = DataFrame::new_infer_height(vec![column.clone()])?;
     let column = table::require_type(&frame, file, role, Expected::Id)?;
-    let null_at = |row: usize| {
-        InputError::new(file, "label is null")
-            .column(name)
-            .row(row + 1)
-    };
-    if column.dtype().is_integer() {
-        let cast = column.cast(&DataType::Int64)?;
-        cast.i64()
-            .expect("cast")
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v.map(ClassValue::Int).ok_or_else(|| null_at(i).into()))
-            .collect()
-    } else {
-        column
-            .str()
-            .expect("checked")
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.map(|s| ClassValue::Text(s.to_string()))
-                    .ok_or_else(|| null_at(i).into())
-            })
-            .collect()
-    }
+    int_or_text(
+        column,
+        file,
+        name,
+        "label",
+        0,
+        ClassValue::Int,
+        ClassValue::Text,
+    )
 }
 
 /// A list of classes per row.
@@ -459,7 +456,6 @@ pub fn read_source(
     labels: &Labels,
     id_col: &str,
     probs_prefix: &str,
-    classes: Option<usize>,
 ) -> Result<Source> {
     let input = Input::open(&spec.path, None)?;
     let file = input.label().to_string();
@@ -563,15 +559,6 @@ pub fn read_source(
         require_cover(&positions, labels, &file)?;
         let covered = positions.iter().flatten().count();
         let probs = Probabilities::new(matrix.classes, matrix.values);
-        if let Some(k) = classes
-            && probs.classes() != k
-        {
-            return Err(InputError::new(
-                &file,
-                format!("{} classes, but the class order has {k}", probs.classes()),
-            )
-            .into());
-        }
         return Ok(Source {
             spec,
             predictions: Predictions::Probabilities(probs),

@@ -168,7 +168,6 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             &labels,
             &args.id_col,
             &args.probs_prefix,
-            None,
         )?);
     }
     stage("read labels and sources");
