@@ -10,6 +10,7 @@ pub mod influence;
 pub mod interrupt;
 pub mod model;
 pub mod printer;
+pub mod rephrase;
 pub mod reveal;
 pub mod reweight;
 pub mod rng;
