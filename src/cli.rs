@@ -67,6 +67,101 @@ pub enum Command {
     /// learning exactly as cleanlab, kNN votes on embeddings, a CROWDLAB vote of the sources,
     /// an embedding probe; soft labels, suggestions, and a CI gate.
     Reveal(Box<RevealArgs>),
+    /// Rephrase long chain-of-thought traces into MinD multi-turn form: `<think>unit</think>
+    /// answer` repeated, each unit ending in an intermediate answer; validated, with rejects
+    /// and statistics.
+    Rephrase(RephraseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RephraseArgs {
+    /// Input table of traces ('-' reads stdin).
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// Output: the rephrased records in --format shape.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Records that could not be rephrased, with a reason code (otherwise only counted).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<String>,
+
+    /// Statistics as JSON: units per example, characters to the first answer before and after,
+    /// first correct unit, rejects by reason.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<String>,
+
+    /// How units are found. rules: paragraphs opening with switch/check markers, closed at the
+    /// first stated answer (offline, deterministic).
+    #[arg(long, value_enum, default_value = "rules")]
+    pub mode: RephraseModeArg,
+
+    /// Shape of the output records.
+    #[arg(long, value_enum, default_value = "completion")]
+    pub format: RecordFormatArg,
+
+    /// Column of unique ids [default: id, else the row index].
+    #[arg(long, value_name = "COLUMN")]
+    pub id_col: Option<String>,
+
+    /// Column with the question (the prompt).
+    #[arg(long, default_value = "question", value_name = "COLUMN")]
+    pub question_col: String,
+
+    /// Column with the trace.
+    #[arg(long, default_value = "response", value_name = "COLUMN")]
+    pub response_col: String,
+
+    /// Column with the reference answer (used where present).
+    #[arg(long, default_value = "reference", value_name = "COLUMN")]
+    pub reference_col: String,
+
+    /// Traces are plain multi-step solutions, not `<think>...</think> answer`.
+    #[arg(long)]
+    pub no_think_tags: bool,
+
+    /// Marker file (KIND<TAB>PHRASE lines) instead of the bundled one.
+    #[arg(long, value_name = "FILE")]
+    pub markers: Option<String>,
+
+    /// Units shorter than this many characters join the next one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub min_unit_chars: usize,
+
+    /// At most this many units per record (the rest join the last).
+    #[arg(long, value_name = "N")]
+    pub max_units: Option<usize>,
+
+    /// Reject records whose final answer differs from the reference (or that have none).
+    #[arg(long)]
+    pub require_correct: bool,
+
+    /// The user turn between units in the messages and sharegpt formats.
+    #[arg(long, default_value = "Continue.", value_name = "TEXT")]
+    pub continue_prompt: String,
+
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RephraseModeArg {
+    Rules,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormatArg {
+    /// {id, prompt, completion}: every unit rendered in one completion (chat templates of R1
+    /// and Qwen3 drop thinking from assistant messages, so this is the safe default).
+    Completion,
+    /// {id, messages: [{role, content}, ...]}: one assistant turn per unit.
+    Messages,
+    /// {id, conversations: [{from, value}, ...]}.
+    Sharegpt,
+    /// One row per unit, with its span in the trace, answer and correctness.
+    Turns,
 }
 
 /// The table formats, as flags name them.

@@ -4,6 +4,7 @@ mod convert;
 mod influence;
 mod inspect;
 mod output_dir;
+mod rephrase;
 mod reveal;
 mod reweight;
 mod sequences;
@@ -39,5 +40,6 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Train(args) => train::run(args, context),
         Command::Influence(args) => influence::run(args, context),
         Command::Reveal(args) => reveal::run(*args, context),
+        Command::Rephrase(args) => rephrase::run(args, context),
     }
 }

@@ -76,7 +76,7 @@ pub fn explicit_answer(text: &str) -> Option<Found> {
             kind: AnswerKind::Boxed,
         });
     }
-    if let Some(text) = answer_phrase(text) {
+    if let Some(text) = answer_phrase(text).or_else(|| gsm8k_final(text)) {
         return Some(Found {
             text,
             kind: AnswerKind::Phrase,
@@ -109,6 +109,16 @@ fn answer_phrase(text: &str) -> Option<String> {
     let tail = text[start..].trim_start_matches([':', ' ', '\t']);
     let value = sentence_head(tail);
     let value = value.trim().trim_end_matches(['.', ',', ';', ':']).trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// GSM8K's final line `#### 42`.
+fn gsm8k_final(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("####"))?;
+    let value = line.trim_start().trim_start_matches('#').trim();
     (!value.is_empty()).then(|| value.to_string())
 }
 
@@ -175,9 +185,8 @@ fn candidate_values(text: &str) -> Vec<String> {
     // Plain numbers (with thousands commas, decimals, fractions a/b, percentages).
     let mut current = String::new();
     for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || (!current.is_empty() && matches!(c, '.' | ',' | '/' | '%')) {
-            current.push(c);
-        } else if c == '-' && current.is_empty() {
+        let continues = !current.is_empty() && matches!(c, '.' | ',' | '/' | '%');
+        if c.is_ascii_digit() || continues || (c == '-' && current.is_empty()) {
             current.push(c);
         } else {
             let value = current.trim_end_matches(['.', ',', '/']);
@@ -426,6 +435,10 @@ mod tests {
                 Some(("6", AnswerKind::Boxed)),
             ),
             ("We continue.", None),
+            (
+                "3 + 4 = 7 apples\n\n#### 7",
+                Some(("7", AnswerKind::Phrase)),
+            ),
         ];
         for (text, want) in cases {
             let got = explicit_answer(text);

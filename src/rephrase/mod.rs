@@ -102,6 +102,9 @@ impl RenderedUnit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rephrased {
     pub units: Vec<RenderedUnit>,
+    /// Where the final answer text starts in the response: the units' spans, then the response
+    /// from here, rebuild it (less the `<think>` tags).
+    pub final_start: usize,
     /// Characters before the first answer in the original trace, and in the rephrased one.
     pub chars_to_first_answer_before: usize,
     pub chars_to_first_answer_after: usize,
@@ -141,15 +144,25 @@ pub fn rephrase_rules(
     reference: Option<&str>,
     settings: &RuleSettings,
 ) -> Result<Rephrased, Reject> {
-    let (thinking_range, final_text) = if settings.think_tags {
+    // The thinking, and the final answer text after it: after `</think>`, or for a plain
+    // solution its last paragraph (its conclusion).
+    let (thinking_range, final_range) = if settings.think_tags {
         let (range, tail) = split_trace(response)?;
-        (range, Some(tail.trim()))
+        let close_end = response.len() - tail.len();
+        (range, Some(close_end..response.len()))
     } else {
         if response.contains(OPEN) || response.contains(CLOSE) {
             return Err(Reject::MalformedTags);
         }
-        (0..response.len(), None)
+        let paragraphs = units::paragraphs(response);
+        match paragraphs.as_slice() {
+            [.., last] if paragraphs.len() >= 2 => {
+                (0..last.start, Some(last.start..response.len()))
+            }
+            _ => (0..response.len(), None),
+        }
     };
+    let final_text = final_range.clone().map(|r| response[r].trim());
     let thinking = &response[thinking_range.clone()];
     if thinking.trim().is_empty() {
         return Err(Reject::EmptyThinking);
@@ -166,8 +179,12 @@ pub fn rephrase_rules(
         return Err(Reject::ThinkingAltered);
     }
     let final_value: Option<String> = match final_text {
-        Some(text) if text.is_empty() => return Err(Reject::NoFinalAnswer),
-        Some(text) => Some(explicit_answer(text).map_or_else(|| text.to_string(), |f| f.text)),
+        Some("") => return Err(Reject::NoFinalAnswer),
+        Some(text) => Some(
+            explicit_answer(text)
+                .or_else(|| reference.and_then(|r| answer::implicit_answer(text, r)))
+                .map_or_else(|| text.to_string(), |f| f.text),
+        ),
         None => {
             let last = found.last().and_then(|u| u.answer.as_ref());
             Some(last.ok_or(Reject::NoFinalAnswer)?.text.clone())
@@ -227,15 +244,15 @@ pub fn rephrase_rules(
     {
         return Err(Reject::MalformedTags);
     }
-    let before = if settings.think_tags {
-        // The original shows its answer after all of the thinking.
-        response[..thinking_range.end].chars().count() + CLOSE.len()
-    } else {
-        response.chars().count()
+    // The original states its answer after all of the thinking.
+    let before = match &final_range {
+        Some(range) => response[..range.start].chars().count(),
+        None => response.chars().count(),
     };
     let first = &rendered[0];
     let after = OPEN.len() + first.thinking.chars().count() + CLOSE.len() + 3;
     Ok(Rephrased {
+        final_start: final_range.map_or(response.len(), |r| r.start),
         first_correct_unit: rendered
             .iter()
             .position(|u| u.correct == Some(true))
@@ -332,8 +349,14 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
     fn plain_solutions_end_in_their_own_answer() {
         let text = "C(10, 5) = 252.\n\nSo, there are 252 such strings. The answer is 252.";
         let out = rephrase_rules(text, Some("252"), &settings(false)).unwrap();
+        // The last paragraph is the solution's conclusion: the final answer text, kept as is.
         assert_eq!(out.units.len(), 1);
-        assert_eq!(out.units[0].answer, "The answer is $\\boxed{252}$.");
+        assert_eq!(out.units[0].thinking, "C(10, 5) = 252.");
+        assert_eq!(
+            out.units[0].answer,
+            "So, there are 252 such strings. The answer is 252."
+        );
         assert_eq!(out.units[0].correct, Some(true));
+        assert_eq!(&text[out.final_start..], out.units[0].answer);
     }
 }

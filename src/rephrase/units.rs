@@ -126,22 +126,13 @@ pub fn paragraphs(text: &str) -> Vec<Range<usize>> {
     ranges
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct UnitOptions {
     /// Units shorter than this (in characters) join the next one (the last joins the one
     /// before).
     pub min_unit_chars: usize,
     /// At most this many units: the ones past it join the last kept unit.
     pub max_units: Option<usize>,
-}
-
-impl Default for UnitOptions {
-    fn default() -> Self {
-        UnitOptions {
-            min_unit_chars: 0,
-            max_units: None,
-        }
-    }
 }
 
 /// One unit: a span of the trace and the answer it ends with (none for the last unit when the

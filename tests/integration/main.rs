@@ -7,6 +7,7 @@ mod errors;
 mod influence;
 mod inspect;
 mod model;
+mod rephrase;
 mod reveal;
 mod reveal_parity;
 mod reweight;

@@ -1,0 +1,259 @@
+//! `curate rephrase` through the binary: hand-written R1 traces that exercise every marker and
+//! merge rule, byte-exact reconstruction on the CHAMP solutions, output formats, rejects.
+
+use serde_json::Value;
+
+use crate::model::fixture;
+use crate::test::Test;
+
+fn read_lines(test: &Test, name: &str) -> Vec<Value> {
+    String::from_utf8(test.read(name))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn jsonl(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every accepted record's unit spans, then its final answer, put the response back together
+/// (less the think tags), in order and without gaps.
+fn assert_rebuilds(inputs: &[Value], turns: &[Value], think_tags: bool) -> usize {
+    let mut accepted = 0;
+    for input in inputs {
+        let units: Vec<&Value> = turns.iter().filter(|t| t["id"] == input["id"]).collect();
+        if units.is_empty() {
+            continue;
+        }
+        accepted += 1;
+        let response = input["response"].as_str().unwrap();
+        let mut rebuilt = String::new();
+        let mut at = units[0]["span_start"].as_u64().unwrap() as usize;
+        for unit in &units {
+            let (start, end) = (
+                unit["span_start"].as_u64().unwrap() as usize,
+                unit["span_end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(start, at, "{}: gap before unit", input["id"]);
+            assert_eq!(
+                unit["thinking"].as_str().unwrap(),
+                response[start..end].trim()
+            );
+            rebuilt.push_str(&response[start..end]);
+            at = end;
+        }
+        let final_start = units[0]["final_start"].as_u64().unwrap() as usize;
+        if think_tags {
+            let close = response.find("</think>").unwrap();
+            assert_eq!(at, close, "{}", input["id"]);
+            assert_eq!(final_start, close + "</think>".len());
+            let open = response.find("<think>").map_or(0, |o| o + "<think>".len());
+            assert_eq!(units[0]["span_start"].as_u64().unwrap() as usize, open);
+        } else {
+            assert_eq!(units[0]["span_start"], 0);
+            assert_eq!(at, final_start, "{}", input["id"]);
+            rebuilt.push_str(&response[final_start..]);
+            assert_eq!(rebuilt, response, "{}", input["id"]);
+        }
+        // The last unit closes with the original final answer text; a one-paragraph solution
+        // has none apart from its own answer, which is then rendered like the others.
+        let last = units.last().unwrap()["answer"].as_str().unwrap();
+        if final_start < response.len() {
+            assert_eq!(last, response[final_start..].trim());
+        } else {
+            assert!(last.starts_with("The answer is $\\boxed{"), "{last}");
+        }
+    }
+    accepted
+}
+
+#[test]
+fn r1_traces_follow_the_marker_and_merge_rules() {
+    let path = fixture("rephrase/r1_traces.jsonl");
+    let inputs = jsonl(&path);
+    let mut test = Test::new();
+    test.args([
+        "rephrase",
+        path.to_str().unwrap(),
+        "--out",
+        "t.jsonl",
+        "--format",
+        "turns",
+    ])
+    .args(["--rejects", "r.jsonl", "--stats", "s.json"])
+    .run()
+    .success();
+    let turns = read_lines(&test, "t.jsonl");
+    let rejects = read_lines(&test, "r.jsonl");
+    for input in &inputs {
+        let id = &input["id"];
+        let units = turns.iter().filter(|t| &t["id"] == id).count();
+        match input.get("expect_reject") {
+            Some(reason) => {
+                assert_eq!(units, 0, "{id}");
+                let reject = rejects.iter().find(|r| &r["id"] == id).expect("in rejects");
+                assert_eq!(&reject["reason"], reason, "{id}");
+                assert_eq!(reject["response"], input["response"]);
+            }
+            None => assert_eq!(
+                units as u64,
+                input["expect_units"].as_u64().unwrap(),
+                "{id}"
+            ),
+        }
+    }
+    assert_eq!(assert_rebuilds(&inputs, &turns, true), 9);
+    // Intermediate answers are boxed; the last keeps the original final answer text.
+    let first = &turns[0];
+    assert_eq!(
+        first["answer"],
+        "The answer is $\\boxed{42 before halving}$."
+    );
+    let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
+    assert_eq!(stats["accepted"], 9);
+    assert_eq!(stats["rejects_by_reason"]["no_think_tags"], 1);
+    // --require-correct rejects the wrong final answer, and only it among the accepted.
+    test.args([
+        "rephrase",
+        path.to_str().unwrap(),
+        "--out",
+        "c.jsonl",
+        "--require-correct",
+    ])
+    .args(["--rejects", "cr.jsonl"])
+    .run()
+    .success();
+    let rejects = read_lines(&test, "cr.jsonl");
+    let incorrect: Vec<&Value> = rejects
+        .iter()
+        .filter(|r| r["reason"] == "incorrect")
+        .collect();
+    assert_eq!(incorrect.len(), 1);
+    assert_eq!(incorrect[0]["id"], "incorrect-final");
+}
+
+/// The acceptance run: all 1,080 CHAMP model solutions (plain text): every accepted
+/// record rebuilds its original text exactly.
+#[test]
+fn champ_solutions_rebuild_exactly() {
+    let Some(data) = crate::model::reference("../data/champ_solutions_0shot.jsonl") else {
+        return;
+    };
+    let prefix = "Solve the following problem. Make sure to show your work before giving the final answer.\n\n";
+    let inputs: Vec<Value> = std::fs::read_to_string(data)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            let user = row["messages"][1]["text"].as_str().unwrap();
+            serde_json::json!({
+                "id": format!("{}/{}", row["problem_id"].as_str().unwrap(), row["model"].as_str().unwrap()),
+                "question": user.strip_prefix(prefix).unwrap_or(user),
+                "response": row["solution"],
+                "reference": row["reference_answer"],
+            })
+        })
+        .collect();
+    assert_eq!(inputs.len(), 1080);
+    let body: String = inputs.iter().map(|v| format!("{v}\n")).collect();
+    let mut test = Test::new().file("champ.jsonl", body);
+    test.args([
+        "rephrase",
+        "champ.jsonl",
+        "--no-think-tags",
+        "--format",
+        "turns",
+    ])
+    .args([
+        "--out",
+        "t.jsonl",
+        "--rejects",
+        "r.jsonl",
+        "--stats",
+        "s.json",
+    ])
+    .run()
+    .success();
+    let turns = read_lines(&test, "t.jsonl");
+    let accepted = assert_rebuilds(&inputs, &turns, false);
+    let rejects = read_lines(&test, "r.jsonl");
+    // Nothing is dropped silently.
+    assert_eq!(accepted + rejects.len(), 1080);
+    let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
+    assert_eq!(stats["accepted"].as_u64().unwrap() as usize, accepted);
+    assert!(accepted > 1000, "{accepted}");
+}
+
+#[test]
+fn formats_shape_the_records() {
+    let path = fixture("rephrase/r1_traces.jsonl");
+    let path = path.to_str().unwrap();
+    let mut test = Test::new();
+    for (format, out) in [
+        ("completion", "c.jsonl"),
+        ("messages", "m.parquet"),
+        ("messages", "m.jsonl"),
+        ("sharegpt", "g.jsonl"),
+    ] {
+        test.args(["rephrase", path, "--out", out, "--format", format])
+            .run()
+            .success();
+    }
+    let completion = &read_lines(&test, "c.jsonl")[0];
+    assert_eq!(completion["id"], "switch-and-check");
+    assert_eq!(completion["prompt"], "What is 6 times 7, halved?");
+    let text = completion["completion"].as_str().unwrap();
+    assert!(text.starts_with("<think>\nFirst, 6 * 7 = 42"));
+    assert!(text.ends_with("</think>\n\nThe answer is $\\boxed{21}$."));
+    let messages = &read_lines(&test, "m.jsonl")[0]["messages"];
+    let roles: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant"
+        ]
+    );
+    assert_eq!(messages[2]["content"], "Continue.");
+    let conversations = &read_lines(&test, "g.jsonl")[0]["conversations"];
+    assert_eq!(conversations[1]["from"], "gpt");
+    assert!(test.path("m.parquet").exists());
+}
+
+#[test]
+fn invalid_input_exits_2_without_output() {
+    let mut test = Test::new().file("a.jsonl", "{\"question\": \"q\", \"text\": \"t\"}\n");
+    test.args(["rephrase", "a.jsonl", "--out", "o.jsonl"])
+        .run()
+        .invalid("column 'response'");
+    assert!(!test.path("o.jsonl").exists());
+    let mut test = Test::new()
+        .file("a.jsonl", "{\"question\": \"q\", \"response\": \"t\"}\n")
+        .file("m.txt", "maybe\tx\n");
+    test.args([
+        "rephrase",
+        "a.jsonl",
+        "--out",
+        "o.jsonl",
+        "--markers",
+        "m.txt",
+    ])
+    .run()
+    .invalid("m.txt: line 1: unknown marker kind 'maybe'");
+    assert!(!test.path("o.jsonl").exists());
+}
