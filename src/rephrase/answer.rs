@@ -107,9 +107,27 @@ fn answer_phrase(text: &str) -> Option<String> {
     }
     let start = best?;
     let tail = text[start..].trim_start_matches([':', ' ', '\t']);
-    let value = sentence_head(tail);
+    let value = sentence_head(tail).trim();
+    // A leading `$...$` span or number is the answer; words after it are prose.
+    let value = leading_value(value).unwrap_or(value);
     let value = value.trim().trim_end_matches(['.', ',', ';', ':']).trim();
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The `$...$` span or number a phrase starts with, when prose follows it.
+fn leading_value(text: &str) -> Option<&str> {
+    if let Some(rest) = text.strip_prefix('$') {
+        let end = rest.find('$')?;
+        return Some(&text[..end + 2]);
+    }
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | ',' | '/' | '-' | '%')))
+        .unwrap_or(text.len());
+    let token = text[..end].trim_end_matches(['.', ',']);
+    let prose = text[end..]
+        .trim_start()
+        .starts_with(|c: char| c.is_alphabetic());
+    (token.chars().any(|c| c.is_ascii_digit()) && prose).then_some(token)
 }
 
 /// GSM8K's final line `#### 42`.
@@ -156,10 +174,10 @@ fn final_answer_heading(text: &str) -> Option<String> {
 
 /// A value in `text` equal to `reference` (numbers, `$...$` spans, right-hand sides of `=`),
 /// the last one found: an implicit conclusion.
-pub fn implicit_answer(text: &str, reference: &str) -> Option<Found> {
+pub fn implicit_answer(text: &str, reference: &Target) -> Option<Found> {
     let mut hit = None;
     for candidate in candidate_values(text) {
-        if equivalent(&candidate, reference) {
+        if reference.matches(&candidate) {
             hit = Some(candidate);
         }
     }
@@ -167,6 +185,67 @@ pub fn implicit_answer(text: &str, reference: &str) -> Option<Found> {
         text,
         kind: AnswerKind::Implicit,
     })
+}
+
+/// A reference answer, normalised once, to compare many candidates with.
+#[derive(Debug, Clone)]
+pub struct Target {
+    normalized: String,
+    value: Option<f64>,
+}
+
+impl Target {
+    pub fn new(reference: &str) -> Target {
+        let normalized = normalize(reference);
+        let value = numeric_value(&normalized);
+        Target { normalized, value }
+    }
+
+    /// Whether `answer` is the same after normalisation, or as a number within 1e-6 relative.
+    pub fn matches(&self, answer: &str) -> bool {
+        if self.normalized.is_empty() {
+            return false;
+        }
+        // Plain numbers (most candidates) compare without the full normalisation; one cannot
+        // equal a reference that is not a number.
+        if let Some(x) = plain_number(answer) {
+            return self.value.is_some_and(|y| close(x, y));
+        }
+        let normalized = normalize(answer);
+        if normalized.is_empty() {
+            return false;
+        }
+        if normalized == self.normalized {
+            return true;
+        }
+        match (numeric_value(&normalized), self.value) {
+            (Some(x), Some(y)) => close(x, y),
+            _ => false,
+        }
+    }
+}
+
+fn close(x: f64, y: f64) -> bool {
+    (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-12)
+}
+
+/// A bare decimal number, thousands commas allowed ("1,024", "-3.5").
+fn plain_number(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b',' | b'-'))
+    {
+        return None;
+    }
+    if s.contains(',') {
+        if !is_grouped_number(s) {
+            return None;
+        }
+        return s.replace(',', "").parse().ok();
+    }
+    s.parse().ok()
 }
 
 fn candidate_values(text: &str) -> Vec<String> {
@@ -204,17 +283,7 @@ fn candidate_values(text: &str) -> Vec<String> {
 
 /// Whether two answers are the same after normalisation, or as numbers within 1e-6 relative.
 pub fn equivalent(a: &str, b: &str) -> bool {
-    let (a, b) = (normalize(a), normalize(b));
-    if a.is_empty() || b.is_empty() {
-        return false;
-    }
-    if a == b {
-        return true;
-    }
-    match (numeric_value(&a), numeric_value(&b)) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-12),
-        _ => false,
-    }
+    Target::new(b).matches(a)
 }
 
 /// Words dropped as trailing units ("5 cm", "12 dollars").
@@ -424,7 +493,7 @@ mod tests {
             ),
             (
                 "The answer is 3.5 meters. Next",
-                Some(("3.5 meters", AnswerKind::Phrase)),
+                Some(("3.5", AnswerKind::Phrase)),
             ),
             (
                 "**Final Answer**\n\n$12$",
@@ -507,13 +576,13 @@ mod tests {
     fn implicit_conclusions_match_the_reference() {
         let text = "Adding, we get 10 + 15 = 25, so there are 25 apples left.";
         assert_eq!(
-            implicit_answer(text, "25").map(|f| f.text),
+            implicit_answer(text, &Target::new("25")).map(|f| f.text),
             Some("25".to_string())
         );
         assert_eq!(
-            implicit_answer("the total is $\\frac{6}{8}$", "3/4").map(|f| f.kind),
+            implicit_answer("the total is $\\frac{6}{8}$", &Target::new("3/4")).map(|f| f.kind),
             Some(AnswerKind::Implicit)
         );
-        assert!(implicit_answer("we have 24 so far", "25").is_none());
+        assert!(implicit_answer("we have 24 so far", &Target::new("25")).is_none());
     }
 }

@@ -12,7 +12,7 @@ pub mod units;
 
 use std::ops::Range;
 
-use self::answer::{AnswerKind, equivalent, explicit_answer};
+use self::answer::{AnswerKind, explicit_answer};
 use self::units::{MarkerKind, Markers, UnitOptions, units};
 
 const OPEN: &str = "<think>";
@@ -182,7 +182,9 @@ pub fn rephrase_rules(
         Some("") => return Err(Reject::NoFinalAnswer),
         Some(text) => Some(
             explicit_answer(text)
-                .or_else(|| reference.and_then(|r| answer::implicit_answer(text, r)))
+                .or_else(|| {
+                    reference.and_then(|r| answer::implicit_answer(text, &answer::Target::new(r)))
+                })
                 .map_or_else(|| text.to_string(), |f| f.text),
         ),
         None => {
@@ -190,7 +192,8 @@ pub fn rephrase_rules(
             Some(last.ok_or(Reject::NoFinalAnswer)?.text.clone())
         }
     };
-    let correct = |value: &str| reference.map(|r| equivalent(value, r));
+    let target = reference.map(answer::Target::new);
+    let correct = |value: &str| target.as_ref().map(|t| t.matches(value));
     if settings.require_correct && final_value.as_deref().and_then(correct) != Some(true) {
         return Err(Reject::Incorrect);
     }
@@ -244,13 +247,10 @@ pub fn rephrase_rules(
     {
         return Err(Reject::MalformedTags);
     }
-    // The original states its answer after all of the thinking.
-    let before = match &final_range {
-        Some(range) => response[..range.start].chars().count(),
-        None => response.chars().count(),
-    };
-    let first = &rendered[0];
-    let after = OPEN.len() + first.thinking.chars().count() + CLOSE.len() + 3;
+    // Reasoning characters before the first answer: all of the thinking in the original, the
+    // first unit's in the rephrased trace (tags and separators not counted).
+    let before = thinking.trim().chars().count();
+    let after = rendered[0].thinking.chars().count();
     Ok(Rephrased {
         final_start: final_range.map_or(response.len(), |r| r.start),
         first_correct_unit: rendered

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::answer::{Found, explicit_answer, implicit_answer};
+use super::answer::{Found, Target, explicit_answer, implicit_answer};
 
 /// What a marker announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,7 @@ pub fn units(
     reference: Option<&str>,
     options: UnitOptions,
 ) -> Vec<Unit> {
+    let target = reference.map(Target::new);
     let paragraphs = paragraphs(thinking);
     // Segments: runs of paragraphs, a new one at every marker.
     let mut segments: Vec<(Range<usize>, Option<MarkerKind>)> = Vec::new();
@@ -168,8 +169,8 @@ pub fn units(
     let mut open: Option<Unit> = None;
     for (range, opening) in segments {
         let text = &thinking[range.clone()];
-        let answer =
-            explicit_answer(text).or_else(|| reference.and_then(|r| implicit_answer(text, r)));
+        let answer = explicit_answer(text)
+            .or_else(|| target.as_ref().and_then(|t| implicit_answer(text, t)));
         let unit = open.get_or_insert(Unit {
             span: range.start..range.start,
             answer: None,
