@@ -6,14 +6,6 @@ use serde_json::Value;
 use crate::model::fixture;
 use crate::test::Test;
 
-fn read_lines(test: &Test, name: &str) -> Vec<Value> {
-    String::from_utf8(test.read(name))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -89,8 +81,8 @@ fn r1_traces_follow_the_marker_and_merge_rules() {
     .args(["--rejects", "r.jsonl", "--stats", "s.json"])
     .run()
     .success();
-    let turns = read_lines(&test, "t.jsonl");
-    let rejects = read_lines(&test, "r.jsonl");
+    let turns = test.read_lines("t.jsonl");
+    let rejects = test.read_lines("r.jsonl");
     for input in &inputs {
         let id = &input["id"];
         let units = turns.iter().filter(|t| &t["id"] == id).count();
@@ -126,7 +118,7 @@ fn r1_traces_follow_the_marker_and_merge_rules() {
     .args(["--rejects", "cr.jsonl"])
     .run()
     .success();
-    let rejects = read_lines(&test, "cr.jsonl");
+    let rejects = test.read_lines("cr.jsonl");
     let incorrect: Vec<&Value> = rejects
         .iter()
         .filter(|r| r["reason"] == "incorrect")
@@ -177,9 +169,9 @@ fn champ_solutions_rebuild_exactly() {
     ])
     .run()
     .success();
-    let turns = read_lines(&test, "t.jsonl");
+    let turns = test.read_lines("t.jsonl");
     let accepted = assert_rebuilds(&inputs, &turns, false);
-    let rejects = read_lines(&test, "r.jsonl");
+    let rejects = test.read_lines("r.jsonl");
     // Nothing is dropped silently.
     assert_eq!(accepted + rejects.len(), 1080);
     let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
@@ -202,13 +194,13 @@ fn formats_shape_the_records() {
             .run()
             .success();
     }
-    let completion = &read_lines(&test, "c.jsonl")[0];
+    let completion = &test.read_lines("c.jsonl")[0];
     assert_eq!(completion["id"], "switch-and-check");
     assert_eq!(completion["prompt"], "What is 6 times 7, halved?");
     let text = completion["completion"].as_str().unwrap();
     assert!(text.starts_with("<think>\nFirst, 6 * 7 = 42"));
     assert!(text.ends_with("</think>\n\nThe answer is $\\boxed{21}$."));
-    let messages = &read_lines(&test, "m.jsonl")[0]["messages"];
+    let messages = &test.read_lines("m.jsonl")[0]["messages"];
     let roles: Vec<&str> = messages
         .as_array()
         .unwrap()
@@ -227,7 +219,7 @@ fn formats_shape_the_records() {
         ]
     );
     assert_eq!(messages[2]["content"], "Continue.");
-    let conversations = &read_lines(&test, "g.jsonl")[0]["conversations"];
+    let conversations = &test.read_lines("g.jsonl")[0]["conversations"];
     assert_eq!(conversations[1]["from"], "gpt");
     assert!(test.path("m.parquet").exists());
 }

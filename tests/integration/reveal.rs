@@ -13,14 +13,6 @@ fn digits() -> String {
         .to_string()
 }
 
-fn read_lines(test: &Test, name: &str) -> Vec<Value> {
-    String::from_utf8(test.read(name))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn bools(rows: &[Value], field: &str) -> Vec<bool> {
     rows.iter().map(|r| r[field].as_bool().unwrap()).collect()
 }
@@ -67,7 +59,7 @@ fn cl_alone_flags_exactly_cleanlabs_rows() {
             .args(["--quality-method", "normalized_margin", "--no-soft-label"])
             .run()
             .success();
-        let rows = read_lines(&test, &out);
+        let rows = test.read_lines(&out);
         assert_eq!(
             bools(&rows, "is_label_issue"),
             bool_column(&r.frame, &format!("cl_{mode}")),
@@ -105,7 +97,7 @@ fn vote_soft_label_is_cleanlabs_crowdlab_posterior() {
         ])
         .run()
         .success();
-    let rows = read_lines(&test, "vote.jsonl");
+    let rows = test.read_lines("vote.jsonl");
     let expected = crate::reveal_parity::crowdlab_expected();
     for (i, row) in rows.iter().enumerate() {
         let soft: Vec<f64> = serde_json::from_value(row["soft_label"].clone()).unwrap();
@@ -146,7 +138,7 @@ fn consensus_of_four_detectors_is_complete_and_reproducible() {
             .success();
     }
     assert_eq!(test.read("a.jsonl"), test.read("b.jsonl"));
-    let rows = read_lines(&test, "a.jsonl");
+    let rows = test.read_lines("a.jsonl");
     assert_eq!(rows.len(), 1797);
     let flipped = crate::reveal_parity::flipped();
     let mut hits = 0;
@@ -218,7 +210,7 @@ fn multi_label_flags_equal_cleanlab_and_name_missing_labels() {
         ])
         .run()
         .success();
-    let rows = read_lines(&test, "ml.jsonl");
+    let rows = test.read_lines("ml.jsonl");
     assert_eq!(
         bools(&rows, "is_label_issue"),
         bool_column(&frame, "cl_both")
@@ -302,7 +294,7 @@ fn string_classes_follow_the_given_order() {
     ])
     .run()
     .success();
-    let rows = read_lines(&test, "o.jsonl");
+    let rows = test.read_lines("o.jsonl");
     assert_eq!(rows[2]["is_label_issue"], true);
     assert_eq!(rows[2]["suggested_label"], "eight");
     assert_eq!(rows[0]["is_label_issue"], false);
@@ -428,7 +420,7 @@ fn cl_on_several_sources_is_cleanlab_on_their_mean() {
             .args(["--detectors", "cl", "--filter-by", mode, "--out", &out])
             .run()
             .success();
-        let rows = read_lines(&test, &out);
+        let rows = test.read_lines(&out);
         assert_eq!(
             bools(&rows, "is_label_issue"),
             bool_column(&frame, &format!("cl_mean_{mode}")),
@@ -459,7 +451,7 @@ fn sources_join_on_id_in_any_order() {
             .success();
     }
     assert_eq!(test.read("a.out.jsonl"), test.read("s.out.jsonl"));
-    let rows = read_lines(&test, "s.out.jsonl");
+    let rows = test.read_lines("s.out.jsonl");
     assert_eq!(rows[2]["id"], 12);
     assert_eq!(rows[2]["vote_issue"], true);
     assert!((rows[0]["quality"].as_f64().unwrap() - 0.9).abs() < 1e-12);

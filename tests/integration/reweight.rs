@@ -13,14 +13,6 @@ fn mix() -> String {
     )
 }
 
-fn read_lines(test: &Test, name: &str) -> Vec<Value> {
-    String::from_utf8(test.read(name))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// One field of every row, as numbers.
 fn numbers(rows: &[Value], field: &str) -> Vec<f64> {
     rows.iter().map(|r| r[field].as_f64().unwrap()).collect()
@@ -73,7 +65,7 @@ fn flip_makes_math_harder_and_code_easier_keeping_totals() {
         "{}",
         out.stderr
     );
-    let rows = read_lines(&test, "w.jsonl");
+    let rows = test.read_lines("w.jsonl");
     assert_eq!(rows.len(), 300);
     let stats = domain_stats(&rows);
     let (math_after, math_before, math_total) = stats["math"];
@@ -99,7 +91,7 @@ fn flip_makes_math_harder_and_code_easier_keeping_totals() {
         b.as_object_mut().unwrap().remove("weight");
         assert_eq!(a, &b);
     }
-    let audit = read_lines(&test, "audit.jsonl");
+    let audit = test.read_lines("audit.jsonl");
     assert_eq!(audit.len(), 15, "7 math levels and 8 code levels");
     assert_eq!(audit[0]["domain"], "math");
     assert_eq!(audit[0]["difficulty_min"], 2.0);
@@ -121,7 +113,7 @@ fn target_gives_the_requested_proportions_and_provenance() {
     .args(["--target", "math=4,1,1,1,1,1,1", "--direction", "code=easy"])
     .run()
     .success();
-    let audit = read_lines(&test, "audit.jsonl");
+    let audit = test.read_lines("audit.jsonl");
     let math: Vec<f64> = audit
         .iter()
         .filter(|r| r["domain"] == "math")
@@ -157,8 +149,8 @@ fn materialize_copies_match_weights() {
     ])
     .run()
     .success();
-    let weighted = read_lines(&test, "w.jsonl");
-    let resampled = read_lines(&test, "m.jsonl");
+    let weighted = test.read_lines("w.jsonl");
+    let resampled = test.read_lines("m.jsonl");
     assert_eq!(resampled.len(), 300);
     let mut copies: HashMap<String, f64> = HashMap::new();
     for row in &resampled {
@@ -231,7 +223,7 @@ fn influence_scores_weight_groups() {
     ])
     .run()
     .success();
-    let rows = read_lines(&test, "w.jsonl");
+    let rows = test.read_lines("w.jsonl");
     let w = numbers(&rows, "weight");
     assert!(w[1] > w[0] && w[5] > w[4]);
     assert!((w[..4].iter().sum::<f64>() - 4.0).abs() < 1e-9);
@@ -272,7 +264,8 @@ fn topk_keeps_the_best_fraction() {
     ])
     .run()
     .success();
-    let ids: Vec<i64> = read_lines(&test, "top.jsonl")
+    let ids: Vec<i64> = test
+        .read_lines("top.jsonl")
         .iter()
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
@@ -400,6 +393,6 @@ fn continuous_difficulty_is_binned() {
     ])
     .run()
     .success();
-    let weights = numbers(&read_lines(&test, "w.jsonl"), "weight");
+    let weights = numbers(&test.read_lines("w.jsonl"), "weight");
     assert_eq!(weights, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 4.0]);
 }

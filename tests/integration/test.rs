@@ -67,6 +67,15 @@ impl Test {
         std::fs::read(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
+    /// A JSON Lines file in the scratch directory, one value per line.
+    pub fn read_lines(&self, name: &str) -> Vec<serde_json::Value> {
+        String::from_utf8(self.read(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
+            .collect()
+    }
+
     /// Names of every entry in the scratch directory, sorted (temporary files included).
     pub fn entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
