@@ -161,6 +161,7 @@ pub fn out_of_fold_probabilities(
         let mut rng = SplitMix64::new(seed ^ 0x5EED);
         let mut order = train.clone();
         for _ in 0..settings.epochs {
+            crate::interrupt::check()?;
             rng.shuffle(&mut order);
             for batch in order.chunks(settings.batch_size.max(1)) {
                 let x = Tensor::<2>::from_data(

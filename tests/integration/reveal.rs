@@ -456,3 +456,32 @@ fn sources_join_on_id_in_any_order() {
     assert_eq!(rows[2]["vote_issue"], true);
     assert!((rows[0]["quality"].as_f64().unwrap() - 0.9).abs() < 1e-12);
 }
+
+/// Ctrl-C during the probe: exit 130, nothing written, no temporary file left.
+#[test]
+fn ctrl_c_leaves_nothing() {
+    use std::process::Stdio;
+    let test = Test::new();
+    let f = digits();
+    let child = crate::test::curate_command(test.path("").as_path())
+        .args(["reveal", "--labels", &f, "--source"])
+        .arg(format!("svc={f}:probs:p_svc"))
+        .args([
+            "--embeddings",
+            &f,
+            "--probe",
+            "mlp",
+            "--probe-epochs",
+            "2000",
+        ])
+        .args(["--out", "o.parquet", "--summary", "s.json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) =
+        crate::test::interrupt_once_staged(&test, child, std::time::Duration::from_millis(300));
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
+    assert!(test.entries().is_empty(), "{:?}", test.entries());
+}
