@@ -485,3 +485,25 @@ fn ctrl_c_leaves_nothing() {
     assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
     assert!(test.entries().is_empty(), "{:?}", test.entries());
 }
+
+/// Results do not depend on the number of threads (kNN blocks, pruning per class, decisions
+/// run in parallel).
+#[test]
+fn outputs_do_not_depend_on_the_thread_count() {
+    let test = Test::new();
+    let f = digits();
+    for threads in ["1", "3"] {
+        let status = crate::test::curate_command(test.path("").as_path())
+            .env("RAYON_NUM_THREADS", threads)
+            .args(["-q", "reveal", "--labels", &f])
+            .arg("--source")
+            .arg(format!("a={f}:probs:p_logreg"))
+            .arg("--source")
+            .arg(format!("b={f}:probs:p_rf"))
+            .args(["--embeddings", &f, "--out", &format!("t{threads}.jsonl")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert_eq!(test.read("t1.jsonl"), test.read("t3.jsonl"));
+}
