@@ -156,7 +156,8 @@ pub fn rephrase_rules(
         }
         let paragraphs = units::paragraphs(response);
         match paragraphs.as_slice() {
-            [.., last] if paragraphs.len() >= 2 => {
+            // Blank lines before a single paragraph do not make a second one.
+            [.., last] if paragraphs.len() >= 2 && !response[..last.start].trim().is_empty() => {
                 (0..last.start, Some(last.start..response.len()))
             }
             _ => (0..response.len(), None),
@@ -343,6 +344,9 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
             rephrase_rules("We compute things.", None, &plain),
             Err(Reject::NoFinalAnswer)
         );
+        // Leading blank lines: still one paragraph, answered in itself.
+        let out = rephrase_rules("\n\nSo the answer is 3.", None, &plain).unwrap();
+        assert_eq!(out.units[0].answer, "The answer is $\\boxed{3}$.");
     }
 
     #[test]
