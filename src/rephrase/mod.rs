@@ -8,6 +8,7 @@
 //! A record that fails is rejected with a reason, never dropped.
 
 pub mod answer;
+pub mod boundaries;
 pub mod units;
 
 use std::ops::Range;
