@@ -40,17 +40,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 8] = [
-        Reject::NoThinkTags,
-        Reject::MalformedTags,
-        Reject::EmptyThinking,
-        Reject::NoFinalAnswer,
-        Reject::ThinkingAltered,
-        Reject::AnswerAltered,
-        Reject::Incorrect,
-        Reject::NoReference,
-    ];
-
     pub fn code(self) -> &'static str {
         match self {
             Reject::NoThinkTags => "no_think_tags",

@@ -249,18 +249,29 @@ pub fn smallest(values: &[f64], m: usize) -> Vec<usize> {
     };
     keys.select_nth_unstable_by(m - 1, by_value);
     let cut = keys[m - 1].0;
-    let below = values.iter().filter(|&&x| less(x, cut)).count();
-    let at_cut = values
-        .iter()
-        .filter(|&&x| !less(x, cut) && !less(cut, x))
-        .count();
-    if below + at_cut == m {
-        let mut chosen: Vec<usize> = keys[..m].iter().map(|&(_, i)| i).collect();
-        chosen.sort_unstable();
-        return chosen;
+    exact_or_numpy(values, m, cut, keys[..m].iter().map(|&(_, i)| i))
+}
+
+/// `kept` (the `m` smallest under some tie order, the largest of them `cut`) when no value
+/// outside it ties with `cut`; else the first `m` of numpy's own order. Sorted by position.
+fn exact_or_numpy(
+    values: &[f64],
+    m: usize,
+    cut: f64,
+    kept: impl Iterator<Item = usize>,
+) -> Vec<usize> {
+    let (mut below, mut at_cut) = (0usize, 0usize);
+    for &x in values {
+        below += usize::from(less(x, cut));
+        at_cut += usize::from(!less(x, cut) && !less(cut, x));
     }
-    let mut chosen = argsort(values);
-    chosen.truncate(m);
+    let mut chosen: Vec<usize> = if below + at_cut == m {
+        kept.collect()
+    } else {
+        let mut order = argsort(values);
+        order.truncate(m);
+        order
+    };
     chosen.sort_unstable();
     chosen
 }
@@ -280,20 +291,7 @@ fn smallest_few(values: &[f64], m: usize) -> Vec<usize> {
         best.truncate(m);
     }
     let cut = best[m - 1].0;
-    let (mut below, mut at_cut) = (0usize, 0usize);
-    for &x in values {
-        below += usize::from(less(x, cut));
-        at_cut += usize::from(!less(x, cut) && !less(cut, x));
-    }
-    if below + at_cut == m {
-        let mut chosen: Vec<usize> = best.into_iter().map(|(_, i)| i).collect();
-        chosen.sort_unstable();
-        return chosen;
-    }
-    let mut chosen = argsort(values);
-    chosen.truncate(m);
-    chosen.sort_unstable();
-    chosen
+    exact_or_numpy(values, m, cut, best.into_iter().map(|(_, i)| i))
 }
 
 /// `np.round`: halves go to the even neighbour.
