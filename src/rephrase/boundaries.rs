@@ -1,6 +1,5 @@
-//! The transport-free half of the LLM boundaries mode: the chat-completions request that asks a
-//! model where units end, the parsing and checking of its reply, the units it implies, and the
-//! content address a reply is cached under.
+//! The LLM boundaries mode: the chat-completions request that asks a model where units end,
+//! the checking of its answer, and the units it implies.
 //!
 //! The model sees numbered paragraphs and answers only with paragraph numbers, so the thinking
 //! text cannot drift: units are cut from the original bytes.
@@ -8,7 +7,8 @@
 use std::ops::Range;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+
+use super::chat::{ReplyError, estimate_tokens};
 
 /// Instructions for the boundaries request (part of the cache key, so a change re-asks).
 pub const BOUNDARIES_PROMPT: &str = "You split a step-by-step solution into units for \
@@ -33,47 +33,22 @@ pub fn boundaries_request(model: &str, question: &str, paragraphs: &[&str]) -> V
     })
 }
 
-/// Why a reply could not be used (the request may be retried for these).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyError {
-    /// Not a chat-completions response, or no message content.
-    NotCompletion(String),
-    /// The content is not the JSON asked for.
-    NotJson(String),
-    /// Paragraph numbers out of range, not increasing, or not ending at the last paragraph.
-    BadEnds(String),
-}
-
-impl std::fmt::Display for ReplyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReplyError::NotCompletion(m) => write!(f, "not a chat completion: {m}"),
-            ReplyError::NotJson(m) => write!(f, "reply is not the JSON asked for: {m}"),
-            ReplyError::BadEnds(m) => write!(f, "unusable unit ends: {m}"),
-        }
-    }
-}
-
-/// The message content of a chat-completions response body.
-pub fn completion_content(body: &str) -> Result<String, ReplyError> {
-    let value: Value =
-        serde_json::from_str(body).map_err(|e| ReplyError::NotCompletion(e.to_string()))?;
-    value["choices"][0]["message"]["content"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| ReplyError::NotCompletion("no choices[0].message.content".to_string()))
-}
-
-/// Token usage reported by the server (`usage.total_tokens`), if any.
-pub fn reported_tokens(body: &str) -> Option<u64> {
-    let value: Value = serde_json::from_str(body).ok()?;
-    value["usage"]["total_tokens"].as_u64()
+/// Estimated completion tokens of a boundaries reply: at worst every paragraph ends a unit.
+pub fn estimate_reply_tokens(paragraphs: usize) -> u64 {
+    let numbers: Vec<String> = (1..=paragraphs).map(|n| n.to_string()).collect();
+    estimate_tokens(&format!("{{\"ends\": [{}]}}", numbers.join(", ")))
 }
 
 /// Unit ends (0-based paragraph indices) from the model's content, checked against the
-/// paragraph count. Code fences around the JSON are tolerated.
+/// paragraph count. Code fences around the JSON are tolerated, and so is a reasoning model's
+/// own `<think>...</think>` before it (servers without a reasoning parser leave it in).
 pub fn parse_ends(content: &str, paragraphs: usize) -> Result<Vec<usize>, ReplyError> {
-    let trimmed = content.trim();
+    let mut trimmed = content.trim();
+    if trimmed.starts_with("<think>")
+        && let Some(close) = trimmed.rfind("</think>")
+    {
+        trimmed = trimmed[close + "</think>".len()..].trim();
+    }
     let trimmed = trimmed
         .strip_prefix("```json")
         .or_else(|| trimmed.strip_prefix("```"))
@@ -123,25 +98,6 @@ pub fn unit_spans(paragraphs: &[Range<usize>], ends: &[usize]) -> Vec<Range<usiz
     spans
 }
 
-/// The cache address of a request: SHA-256 of the endpoint and the exact body.
-pub fn cache_key(base_url: &str, body: &Value) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(base_url.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(body.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A rough token count for budgets and `--dry-run` before a server reports usage: one token
-/// per four bytes, rounded up.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(4)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,15 +111,20 @@ mod tests {
         let user = body["messages"][1]["content"].as_str().unwrap();
         assert!(user.contains("[1] a\n\n[2] b"));
         assert_eq!(body["messages"][0]["content"], BOUNDARIES_PROMPT);
+        assert_eq!(estimate_reply_tokens(2), 4);
     }
 
     #[test]
-    fn replies_parse_or_say_why() {
-        let ok = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ends\": [2, 4]}"}}],"usage":{"total_tokens":57}}"#;
-        let content = completion_content(ok).unwrap();
-        assert_eq!(parse_ends(&content, 4), Ok(vec![1, 3]));
-        assert_eq!(reported_tokens(ok), Some(57));
+    fn ends_parse_or_say_why() {
+        assert_eq!(parse_ends("{\"ends\": [2, 4]}", 4), Ok(vec![1, 3]));
         assert_eq!(parse_ends("```json\n{\"ends\": [1]}\n```", 1), Ok(vec![0]));
+        assert_eq!(
+            parse_ends(
+                "<think>\nParagraph 2 answers.\n</think>\n\n{\"ends\": [2]}",
+                2
+            ),
+            Ok(vec![1])
+        );
         let bad = [
             ("{\"ends\": [3, 2, 4]}", 4),
             ("{\"ends\": [0, 4]}", 4),
@@ -185,28 +146,15 @@ mod tests {
             parse_ends("{\"units\": []}", 4),
             Err(ReplyError::NotJson(_))
         ));
-        assert!(matches!(
-            completion_content("{}"),
-            Err(ReplyError::NotCompletion(_))
-        ));
-        assert!(matches!(
-            completion_content("<html>"),
-            Err(ReplyError::NotCompletion(_))
-        ));
     }
 
     #[test]
-    fn spans_cover_the_text_and_keys_are_stable() {
+    fn spans_cover_the_text() {
         let text = "a\n\nb\n\nc\n\nd";
         let paras = paragraphs(text);
         let spans = unit_spans(&paras, &[1, 3]);
         let joined: String = spans.iter().map(|s| &text[s.clone()]).collect();
         assert_eq!(joined, text);
         assert_eq!(&text[spans[0].clone()], "a\n\nb\n\n");
-        let body = boundaries_request("m", "Q?", &["a"]);
-        assert_eq!(cache_key("http://x", &body), cache_key("http://x", &body));
-        assert_ne!(cache_key("http://x", &body), cache_key("http://y", &body));
-        assert_eq!(cache_key("http://x", &body).len(), 64);
-        assert_eq!(estimate_tokens("abcde"), 2);
     }
 }

@@ -1,20 +1,26 @@
 //! Long chain-of-thought traces into MinD multi-turn form: `<think>unit</think> answer`
 //! repeated, each unit ending in an intermediate answer (Zeng et al. 2025).
 //!
-//! Rules mode cuts the trace at paragraphs that open with switch or check markers and closes a
-//! unit at the first segment that states an answer ([`units`]). Every record is validated: the
-//! units must put the thinking back together byte for byte, the final answer must survive, the
-//! tags must be well formed, and with a reference the answer can be required to be correct.
-//! A record that fails is rejected with a reason, never dropped.
+//! Three ways to find the units: rules mode cuts the trace at paragraphs that open with switch
+//! or check markers ([`units`]); boundaries mode lets an LLM say after which paragraphs units
+//! end ([`boundaries`]), so the text is still cut from the original bytes; rewrite mode lets an
+//! LLM write the units itself ([`rewrite`]), checked for drift. Every record is validated: the
+//! units must put the thinking back together byte for byte (rules, boundaries), the final
+//! answer must survive, the tags must be well formed, and with a reference the answer can be
+//! required to be correct. A record that fails is rejected with a reason, never dropped.
 
 pub mod answer;
 pub mod boundaries;
+pub mod chat;
+pub mod client;
+pub mod rewrite;
 pub mod units;
 
 use std::ops::Range;
 
-use self::answer::{AnswerKind, explicit_answer};
-use self::units::{MarkerKind, Markers, UnitOptions, units};
+use self::answer::{AnswerKind, Target, explicit_answer, implicit_answer};
+use self::rewrite::RewrittenUnit;
+use self::units::{MarkerKind, Markers, Segment, Unit, UnitOptions, close_units, units};
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -31,15 +37,41 @@ pub enum Reject {
     NoFinalAnswer,
     /// The units do not put the thinking back together (a guard; rules mode cannot cause it).
     ThinkingAltered,
-    /// The rendered last answer is not the original final answer.
+    /// The rendered last answer is not the original final answer (rewrite: the rewritten last
+    /// answer is not the original's).
     AnswerAltered,
     /// `--require-correct` and the final answer differs from the reference.
     Incorrect,
     /// `--require-correct` and the row has no reference.
     NoReference,
+    /// The LLM's reply could not be used, also after asking again.
+    UnusableReply,
+    /// The endpoint refused the request for this record (400, 413, 422: too long, say).
+    RequestRejected,
+    /// Rewrite mode: the rewritten thinking strays too far from the original.
+    Drift,
 }
 
 impl Reject {
+    pub const ALL: [Reject; 11] = [
+        Reject::NoThinkTags,
+        Reject::MalformedTags,
+        Reject::EmptyThinking,
+        Reject::NoFinalAnswer,
+        Reject::ThinkingAltered,
+        Reject::AnswerAltered,
+        Reject::Incorrect,
+        Reject::NoReference,
+        Reject::UnusableReply,
+        Reject::RequestRejected,
+        Reject::Drift,
+    ];
+
+    /// The reason a code names.
+    pub fn from_code(code: &str) -> Option<Reject> {
+        Reject::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Reject::NoThinkTags => "no_think_tags",
@@ -50,12 +82,31 @@ impl Reject {
             Reject::AnswerAltered => "answer_altered",
             Reject::Incorrect => "incorrect",
             Reject::NoReference => "no_reference",
+            Reject::UnusableReply => "unusable_reply",
+            Reject::RequestRejected => "request_rejected",
+            Reject::Drift => "drift",
+        }
+    }
+}
+
+/// A reject with what was wrong in words, where there is more to say than the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: Reject,
+    pub detail: Option<String>,
+}
+
+impl From<Reject> for Rejection {
+    fn from(reason: Reject) -> Self {
+        Rejection {
+            reason,
+            detail: None,
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct RuleSettings {
+pub struct Settings {
     pub markers: Markers,
     pub units: UnitOptions,
     /// Traces are `<think>...</think> answer` (false: plain multi-step solutions).
@@ -66,8 +117,9 @@ pub struct RuleSettings {
 /// One rephrased unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedUnit {
-    /// Byte span of the unit in the thinking (plain traces: in the response).
-    pub span: Range<usize>,
+    /// Byte span of the unit in the thinking (plain traces: in the response); none for
+    /// rewritten units.
+    pub span: Option<Range<usize>>,
     /// The unit's thinking, trimmed of the separators around it.
     pub thinking: String,
     /// The answer text closing the unit as rendered.
@@ -100,6 +152,8 @@ pub struct Rephrased {
     pub chars_to_first_answer_after: usize,
     /// 1-based index of the first unit whose answer equals the reference.
     pub first_correct_unit: Option<usize>,
+    /// Rewrite mode: how far the rewritten thinking is from the original (0 = same words).
+    pub drift: Option<f64>,
 }
 
 impl Rephrased {
@@ -128,18 +182,29 @@ pub fn split_trace(response: &str) -> Result<(Range<usize>, &str), Reject> {
     Ok((start..close, &response[close + CLOSE.len()..]))
 }
 
-/// Rephrase one trace in rules mode.
-pub fn rephrase_rules(
+/// Where the thinking and the final answer text are in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParts {
+    pub thinking: Range<usize>,
+    /// After `</think>`, or for a plain solution its last paragraph (its conclusion); none for
+    /// a plain solution of one paragraph.
+    pub final_text: Option<Range<usize>>,
+}
+
+/// The parts of a response, or why it cannot be rephrased at all. The checks every mode
+/// makes before looking for units (the LLM modes before asking anything).
+pub fn trace_parts(
     response: &str,
     reference: Option<&str>,
-    settings: &RuleSettings,
-) -> Result<Rephrased, Reject> {
-    // The thinking, and the final answer text after it: after `</think>`, or for a plain
-    // solution its last paragraph (its conclusion).
-    let (thinking_range, final_range) = if settings.think_tags {
+    settings: &Settings,
+) -> Result<TraceParts, Reject> {
+    let parts = if settings.think_tags {
         let (range, tail) = split_trace(response)?;
         let close_end = response.len() - tail.len();
-        (range, Some(close_end..response.len()))
+        TraceParts {
+            thinking: range,
+            final_text: Some(close_end..response.len()),
+        }
     } else {
         if response.contains(OPEN) || response.contains(CLOSE) {
             return Err(Reject::MalformedTags);
@@ -148,20 +213,103 @@ pub fn rephrase_rules(
         match paragraphs.as_slice() {
             // Blank lines before a single paragraph do not make a second one.
             [.., last] if paragraphs.len() >= 2 && !response[..last.start].trim().is_empty() => {
-                (0..last.start, Some(last.start..response.len()))
+                TraceParts {
+                    thinking: 0..last.start,
+                    final_text: Some(last.start..response.len()),
+                }
             }
-            _ => (0..response.len(), None),
+            _ => TraceParts {
+                thinking: 0..response.len(),
+                final_text: None,
+            },
         }
     };
-    let final_text = final_range.clone().map(|r| response[r].trim());
-    let thinking = &response[thinking_range.clone()];
-    if thinking.trim().is_empty() {
+    if response[parts.thinking.clone()].trim().is_empty() {
         return Err(Reject::EmptyThinking);
     }
     if settings.require_correct && reference.is_none() {
         return Err(Reject::NoReference);
     }
+    if let Some(range) = &parts.final_text
+        && response[range.clone()].trim().is_empty()
+    {
+        return Err(Reject::NoFinalAnswer);
+    }
+    Ok(parts)
+}
+
+/// Rephrase one trace in rules mode.
+pub fn rephrase_rules(
+    response: &str,
+    reference: Option<&str>,
+    settings: &Settings,
+) -> Result<Rephrased, Reject> {
+    let parts = trace_parts(response, reference, settings)?;
+    let thinking = &response[parts.thinking.clone()];
     let found = units(thinking, &settings.markers, reference, settings.units);
+    assemble(response, &parts, found, reference, settings)
+}
+
+/// Rephrase one trace at the unit ends an LLM gave (0-based paragraph indices of the
+/// thinking, checked by [`boundaries::parse_ends`]). Each proposed unit is a segment: one
+/// without an answer candidate joins the next, as in rules mode, so every unit still ends in
+/// an answer.
+pub fn rephrase_at_ends(
+    response: &str,
+    reference: Option<&str>,
+    settings: &Settings,
+    ends: &[usize],
+) -> Result<Rephrased, Reject> {
+    let parts = trace_parts(response, reference, settings)?;
+    let thinking = &response[parts.thinking.clone()];
+    let paragraphs = units::paragraphs(thinking);
+    if ends.last().is_none_or(|&last| last + 1 != paragraphs.len()) {
+        return Err(Reject::ThinkingAltered);
+    }
+    let segments = boundaries::unit_spans(&paragraphs, ends)
+        .into_iter()
+        .map(|span| Segment {
+            opened_by: settings.markers.opening(&thinking[span.clone()]),
+            span,
+        })
+        .collect();
+    let found = close_units(thinking, segments, reference, settings.units);
+    assemble(response, &parts, found, reference, settings)
+}
+
+/// The final answer value of a trace: stated in its final text (else the text itself), or for
+/// a plain one-paragraph solution, the answer it ends with.
+fn final_value(
+    final_text: Option<&str>,
+    last_answer: Option<&str>,
+    reference: Option<&Target>,
+) -> Result<String, Reject> {
+    match final_text {
+        Some(text) => Ok(explicit_answer(text)
+            .or_else(|| reference.and_then(|t| implicit_answer(text, t)))
+            .map_or_else(|| text.to_string(), |f| f.text)),
+        None => last_answer.map(str::to_string).ok_or(Reject::NoFinalAnswer),
+    }
+}
+
+/// An intermediate answer as rendered.
+fn boxed_answer(value: &str) -> String {
+    format!(
+        "The answer is $\\boxed{{{}}}$.",
+        value.trim().trim_matches('$')
+    )
+}
+
+/// Units found in the thinking, validated and rendered.
+fn assemble(
+    response: &str,
+    parts: &TraceParts,
+    found: Vec<Unit>,
+    reference: Option<&str>,
+    settings: &Settings,
+) -> Result<Rephrased, Reject> {
+    let thinking = &response[parts.thinking.clone()];
+    let final_text = parts.final_text.clone().map(|r| response[r].trim());
     // The units must cover the thinking exactly, in order.
     let covered = found.first().map(|u| u.span.start) == Some(0)
         && found.last().map(|u| u.span.end) == Some(thinking.len())
@@ -169,26 +317,18 @@ pub fn rephrase_rules(
     if !covered {
         return Err(Reject::ThinkingAltered);
     }
-    let final_value: Option<String> = match final_text {
-        Some("") => return Err(Reject::NoFinalAnswer),
-        Some(text) => Some(
-            explicit_answer(text)
-                .or_else(|| {
-                    reference.and_then(|r| answer::implicit_answer(text, &answer::Target::new(r)))
-                })
-                .map_or_else(|| text.to_string(), |f| f.text),
-        ),
-        None => {
-            let last = found.last().and_then(|u| u.answer.as_ref());
-            Some(last.ok_or(Reject::NoFinalAnswer)?.text.clone())
-        }
-    };
-    let target = reference.map(answer::Target::new);
+    let target = reference.map(Target::new);
+    let last_answer = found
+        .last()
+        .and_then(|u| u.answer.as_ref())
+        .map(|a| a.text.as_str());
+    let final_value = final_value(final_text, last_answer, target.as_ref())?;
     let correct = |value: &str| target.as_ref().map(|t| t.matches(value));
-    if settings.require_correct && final_value.as_deref().and_then(correct) != Some(true) {
+    if settings.require_correct && correct(&final_value) != Some(true) {
         return Err(Reject::Incorrect);
     }
     let count = found.len();
+    let offset = parts.thinking.start;
     let rendered: Vec<RenderedUnit> = found
         .into_iter()
         .enumerate()
@@ -196,12 +336,9 @@ pub fn rephrase_rules(
             let last = i + 1 == count;
             let (answer, value, kind) = match (&unit.answer, last, final_text) {
                 // The last unit keeps the original final answer text.
-                (_, true, Some(text)) => (text.to_string(), final_value.clone(), None),
+                (_, true, Some(text)) => (text.to_string(), Some(final_value.clone()), None),
                 (Some(found), _, _) => (
-                    format!(
-                        "The answer is $\\boxed{{{}}}$.",
-                        found.text.trim().trim_matches('$')
-                    ),
+                    boxed_answer(&found.text),
                     Some(found.text.clone()),
                     Some(found.kind),
                 ),
@@ -212,8 +349,7 @@ pub fn rephrase_rules(
             RenderedUnit {
                 thinking: thinking[unit.span.clone()].trim().to_string(),
                 correct: value.as_deref().and_then(correct),
-                span: (unit.span.start + thinking_range.start)
-                    ..(unit.span.end + thinking_range.start),
+                span: Some((unit.span.start + offset)..(unit.span.end + offset)),
                 answer,
                 value,
                 answer_kind: kind,
@@ -223,19 +359,34 @@ pub fn rephrase_rules(
         })
         .collect();
     // Validation: the thinking back, byte for byte, and the final answer kept.
-    let rebuilt: String = rendered.iter().map(|u| &response[u.span.clone()]).collect();
+    let rebuilt: String = rendered
+        .iter()
+        .filter_map(|u| u.span.clone().map(|span| &response[span]))
+        .collect();
     if rebuilt != thinking {
         return Err(Reject::ThinkingAltered);
     }
+    finish(rendered, parts, thinking, final_text, None)
+}
+
+/// The checks every mode ends with, and the record's statistics.
+fn finish(
+    rendered: Vec<RenderedUnit>,
+    parts: &TraceParts,
+    thinking: &str,
+    final_text: Option<&str>,
+    drift: Option<f64>,
+) -> Result<Rephrased, Reject> {
     if let Some(text) = final_text
         && rendered.last().map(|u| u.answer.as_str()) != Some(text)
     {
         return Err(Reject::AnswerAltered);
     }
-    if rendered
-        .iter()
-        .any(|u| u.thinking.contains(OPEN) || u.thinking.contains(CLOSE))
-    {
+    if rendered.iter().any(|u| {
+        [&u.thinking, &u.answer]
+            .iter()
+            .any(|t| t.contains(OPEN) || t.contains(CLOSE))
+    }) {
         return Err(Reject::MalformedTags);
     }
     // Reasoning characters before the first answer: all of the thinking in the original, the
@@ -243,7 +394,10 @@ pub fn rephrase_rules(
     let before = thinking.trim().chars().count();
     let after = rendered[0].thinking.chars().count();
     Ok(Rephrased {
-        final_start: final_range.map_or(response.len(), |r| r.start),
+        final_start: parts
+            .final_text
+            .as_ref()
+            .map_or(parts.thinking.end, |r| r.start),
         first_correct_unit: rendered
             .iter()
             .position(|u| u.correct == Some(true))
@@ -251,15 +405,95 @@ pub fn rephrase_rules(
         chars_to_first_answer_before: before,
         chars_to_first_answer_after: after,
         units: rendered,
+        drift,
     })
+}
+
+/// Rephrase one trace from units an LLM rewrote (parsed by [`rewrite::parse_units`]). The
+/// rewritten thinking may differ from the original, but only by `max_drift`
+/// ([`rewrite::drift`]); each unit's answer is taken from what the model wrote, and the last
+/// one must state the original final answer, whose text then closes the record.
+pub fn rephrase_rewritten(
+    response: &str,
+    reference: Option<&str>,
+    settings: &Settings,
+    rewritten: &[RewrittenUnit],
+    max_drift: f64,
+) -> Result<Rephrased, Rejection> {
+    let parts = trace_parts(response, reference, settings)?;
+    let thinking = &response[parts.thinking.clone()];
+    let final_text = parts.final_text.clone().map(|r| response[r].trim());
+    let Some(last) = rewritten.last() else {
+        return Err(Reject::UnusableReply.into());
+    };
+    let drift = rewrite::drift(thinking, rewritten);
+    if drift > max_drift {
+        return Err(Rejection {
+            reason: Reject::Drift,
+            detail: Some(format!(
+                "the rewritten thinking drifts {drift:.3} from the original (--max-drift {max_drift})"
+            )),
+        });
+    }
+    let target = reference.map(Target::new);
+    let stated = |answer: &str| {
+        explicit_answer(answer).map_or_else(
+            || (answer.trim().to_string(), None),
+            |f| (f.text, Some(f.kind)),
+        )
+    };
+    // The original's own final answer: in its final text, else where its thinking ends.
+    let original_last = explicit_answer(thinking)
+        .or_else(|| target.as_ref().and_then(|t| implicit_answer(thinking, t)))
+        .map(|f| f.text);
+    let final_value = final_value(final_text, original_last.as_deref(), target.as_ref())?;
+    let (last_value, _) = stated(&last.answer);
+    let kept = answer::equivalent(&last_value, &final_value)
+        || final_text
+            .is_some_and(|text| implicit_answer(text, &Target::new(&last_value)).is_some());
+    if !kept {
+        return Err(Rejection {
+            reason: Reject::AnswerAltered,
+            detail: Some(format!(
+                "the rewrite ends in {last_value:?}, the original in {final_value:?}"
+            )),
+        });
+    }
+    let correct = |value: &str| target.as_ref().map(|t| t.matches(value));
+    if settings.require_correct && correct(&final_value) != Some(true) {
+        return Err(Reject::Incorrect.into());
+    }
+    let count = rewritten.len();
+    let rendered = rewritten
+        .iter()
+        .enumerate()
+        .map(|(i, unit)| {
+            let (value, kind) = stated(&unit.answer);
+            let (answer, value, kind) = match final_text {
+                Some(text) if i + 1 == count => (text.to_string(), final_value.clone(), None),
+                _ => (boxed_answer(&value), value, kind),
+            };
+            RenderedUnit {
+                span: None,
+                thinking: unit.thinking.trim().to_string(),
+                correct: correct(&value),
+                answer,
+                value: Some(value),
+                answer_kind: kind,
+                segments: 1,
+                opened_by: settings.markers.opening(&unit.thinking),
+            }
+        })
+        .collect();
+    Ok(finish(rendered, &parts, thinking, final_text, Some(drift))?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(think_tags: bool) -> RuleSettings {
-        RuleSettings {
+    fn settings(think_tags: bool) -> Settings {
+        Settings {
             markers: Markers::bundled(),
             units: UnitOptions::default(),
             think_tags,
@@ -288,7 +522,11 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
         assert_eq!(out.units[2].answer, "The answer is $\\boxed{21}$.");
         assert_eq!(out.first_correct_unit, Some(2));
         let (range, _) = split_trace(R1).unwrap();
-        let rebuilt: String = out.units.iter().map(|u| &R1[u.span.clone()]).collect();
+        let rebuilt: String = out
+            .units
+            .iter()
+            .map(|u| &R1[u.span.clone().unwrap()])
+            .collect();
         assert_eq!(rebuilt, &R1[range]);
         let completion = out.completion();
         assert!(completion.starts_with("<think>\nFirst, 6 * 7 = 42"));
@@ -319,7 +557,7 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
             rephrase_rules("<think>x = 5</think>  ", None, &s),
             Err(Reject::NoFinalAnswer)
         );
-        let strict = RuleSettings {
+        let strict = Settings {
             require_correct: true,
             ..settings(true)
         };

@@ -146,6 +146,31 @@ pub struct Unit {
     pub opened_by: Option<MarkerKind>,
 }
 
+/// A run of paragraphs that opens a unit or continues one: cut at markers (rules mode) or
+/// at the unit ends an LLM proposed (boundaries mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub span: Range<usize>,
+    pub opened_by: Option<MarkerKind>,
+}
+
+/// Segments of `thinking`: runs of paragraphs, a new one at every paragraph opening with a
+/// marker.
+pub fn marker_segments(thinking: &str, markers: &Markers) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    for range in paragraphs(thinking) {
+        let opening = markers.opening(&thinking[range.clone()]);
+        match segments.last_mut() {
+            Some(last) if opening.is_none() => last.span.end = range.end,
+            _ => segments.push(Segment {
+                span: range,
+                opened_by: opening,
+            }),
+        }
+    }
+    segments
+}
+
 /// Cut `thinking` into units. With `reference`, a segment whose text holds a value equal to
 /// the reference also closes a unit (an implicit conclusion).
 pub fn units(
@@ -154,30 +179,37 @@ pub fn units(
     reference: Option<&str>,
     options: UnitOptions,
 ) -> Vec<Unit> {
+    close_units(
+        thinking,
+        marker_segments(thinking, markers),
+        reference,
+        options,
+    )
+}
+
+/// Units from segments that cover `thinking` in order: a unit closes at the end of the first
+/// segment with an answer candidate; segments without one join the next unit, trailing ones
+/// the last.
+pub fn close_units(
+    thinking: &str,
+    segments: Vec<Segment>,
+    reference: Option<&str>,
+    options: UnitOptions,
+) -> Vec<Unit> {
     let target = reference.map(Target::new);
-    let paragraphs = paragraphs(thinking);
-    // Segments: runs of paragraphs, a new one at every marker.
-    let mut segments: Vec<(Range<usize>, Option<MarkerKind>)> = Vec::new();
-    for range in paragraphs {
-        let opening = markers.opening(&thinking[range.clone()]);
-        match segments.last_mut() {
-            Some(last) if opening.is_none() => last.0.end = range.end,
-            _ => segments.push((range, opening)),
-        }
-    }
     let mut units: Vec<Unit> = Vec::new();
     let mut open: Option<Unit> = None;
-    for (range, opening) in segments {
-        let text = &thinking[range.clone()];
+    for Segment { span, opened_by } in segments {
+        let text = &thinking[span.clone()];
         let answer = explicit_answer(text)
             .or_else(|| target.as_ref().and_then(|t| implicit_answer(text, t)));
         let unit = open.get_or_insert(Unit {
-            span: range.start..range.start,
+            span: span.start..span.start,
             answer: None,
             segments: 0,
-            opened_by: opening,
+            opened_by,
         });
-        unit.span.end = range.end;
+        unit.span.end = span.end;
         unit.segments += 1;
         if answer.is_some() {
             unit.answer = answer;

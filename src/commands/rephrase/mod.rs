@@ -1,5 +1,9 @@
 //! `curate rephrase`: traces into MinD multi-turn records, with rejects and statistics.
 
+mod cache;
+mod journal;
+mod llm;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -9,11 +13,11 @@ use serde_json::{Value, json};
 
 use super::Context;
 use crate::ExitStatus;
-use crate::cli::{RecordFormatArg, RephraseArgs};
+use crate::cli::{RecordFormatArg, RephraseArgs, RephraseModeArg};
 use crate::error::{InputError, usage};
 use crate::rephrase::units::{Markers, UnitOptions};
-use crate::rephrase::{Reject, Rephrased, RuleSettings, rephrase_rules};
-use crate::table::{self, ColumnRole, Expected, Format, Input, Output};
+use crate::rephrase::{Reject, Rejection, Rephrased, Settings, rephrase_rules};
+use crate::table::{self, ColumnRole, Expected, Format, Input, Output, Shard};
 
 /// One input row.
 struct Trace {
@@ -37,6 +41,11 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
             }
         }
     }
+    llm::check_flags(&args)?;
+    let shard = match &args.shard {
+        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
+        None => Shard::WHOLE,
+    };
     let markers = match &args.markers {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -45,7 +54,21 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         }
         None => Markers::bundled(),
     };
+    let settings = Settings {
+        markers,
+        units: UnitOptions {
+            min_unit_chars: args.min_unit_chars,
+            max_units: args.max_units,
+        },
+        think_tags: !args.no_think_tags,
+        require_correct: args.require_correct,
+    };
     let input = Input::open(&args.input, None)?;
+    if args.dry_run {
+        let traces = read_traces(&input, &args, shard)?;
+        llm::dry_run(&traces, &settings, &args, context)?;
+        return Ok(ExitStatus::Success);
+    }
     let output = Output::create(&args.out, None, args.force)?;
     let rejects_output = match &args.rejects {
         Some(path) => Some(Output::create(path, None, args.force)?),
@@ -55,46 +78,37 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
         None => None,
     };
-    let traces = read_traces(&input, &args)?;
-    let settings = RuleSettings {
-        markers,
-        units: UnitOptions {
-            min_unit_chars: args.min_unit_chars,
-            max_units: args.max_units,
-        },
-        think_tags: !args.no_think_tags,
-        require_correct: args.require_correct,
-    };
+    let traces = read_traces(&input, &args, shard)?;
 
-    let bar = context
-        .printer
-        .progress_bar(traces.len() as u64, "rephrasing");
+    let (outcomes, journal, llm_report) = match args.mode {
+        RephraseModeArg::Rules => (rephrase_all_rules(&traces, &settings, context)?, None, None),
+        RephraseModeArg::LlmBoundaries | RephraseModeArg::LlmRewrite => {
+            let run = llm::rephrase(&traces, &settings, &args, context)?;
+            (run.outcomes, run.journal, Some(run.report))
+        }
+    };
     let mut records = Vec::new();
     let mut rejected = Vec::new();
     let mut stats = Stats::default();
-    for (i, trace) in traces.iter().enumerate() {
-        if i % 256 == 0 {
-            crate::interrupt::check()?;
-        }
-        match rephrase_rules(&trace.response, trace.reference.as_deref(), &settings) {
+    for (trace, outcome) in traces.iter().zip(outcomes) {
+        match outcome {
             Ok(done) => {
                 stats.add(&done, trace.reference.is_some());
                 records.extend(shape(trace, &done, args.format, &args.continue_prompt));
             }
-            Err(reason) => {
+            Err(Rejection { reason, detail }) => {
                 *stats.rejects.entry(reason).or_default() += 1;
                 rejected.push(json!({
                     "id": trace.id,
                     "reason": reason.code(),
+                    "detail": detail,
                     "question": trace.question,
                     "response": trace.response,
                     "reference": trace.reference,
                 }));
             }
         }
-        bar.inc(1);
     }
-    bar.finish_and_clear();
 
     let mut provenance = context.provenance();
     provenance.add_input(input.digest()?);
@@ -105,17 +119,48 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(rejects) = rejects_output {
         write_records(rejects, &rejected, &provenance)?;
     }
-    let summary = stats.json(traces.len(), &settings.markers.version);
+    let mut summary = stats.json(traces.len(), &settings.markers.version);
+    if let Some(report) = &llm_report {
+        summary["llm"] = report.clone();
+    }
     if let Some(stats_output) = stats_output {
         let mut bytes = serde_json::to_vec_pretty(&summary)?;
         bytes.push(b'\n');
         stats_output.write_document(&bytes)?;
     }
-    stats.print(context, traces.len(), &args)?;
+    // Every output is in place: the run's journal is no longer needed.
+    if let Some(journal) = journal {
+        journal.remove()?;
+    }
+    stats.print(context, traces.len(), &args, llm_report.as_ref())?;
     Ok(ExitStatus::Success)
 }
 
-fn read_traces(input: &Input, args: &RephraseArgs) -> Result<Vec<Trace>> {
+fn rephrase_all_rules(
+    traces: &[Trace],
+    settings: &Settings,
+    context: &Context,
+) -> Result<Vec<Result<Rephrased, Rejection>>> {
+    let bar = context
+        .printer
+        .progress_bar(traces.len() as u64, "rephrasing");
+    let mut outcomes = Vec::with_capacity(traces.len());
+    for (i, trace) in traces.iter().enumerate() {
+        if i % 256 == 0 {
+            crate::interrupt::check()?;
+        }
+        outcomes.push(
+            rephrase_rules(&trace.response, trace.reference.as_deref(), settings)
+                .map_err(Rejection::from),
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(outcomes)
+}
+
+/// The traces of `shard`, checked over the whole input (ids unique, no nulls).
+fn read_traces(input: &Input, args: &RephraseArgs, shard: Shard) -> Result<Vec<Trace>> {
     let frame = input.read()?;
     let file = input.label();
     table::require_rows(&frame, file)?;
@@ -174,6 +219,9 @@ fn read_traces(input: &Input, args: &RephraseArgs) -> Result<Vec<Trace>> {
             reference: reference.filter(|r| !r.trim().is_empty()),
         });
     }
+    let rows = shard.rows(traces.len());
+    traces.truncate(rows.end);
+    traces.drain(..rows.start);
     Ok(traces)
 }
 
@@ -215,12 +263,12 @@ fn shape(
             .iter()
             .enumerate()
             .map(|(i, unit)| {
-                json!({
+                let mut row = json!({
                     "id": trace.id,
                     "unit": i + 1,
                     "units": done.units.len(),
-                    "span_start": unit.span.start,
-                    "span_end": unit.span.end,
+                    "span_start": unit.span.as_ref().map(|s| s.start),
+                    "span_end": unit.span.as_ref().map(|s| s.end),
                     "final_start": done.final_start,
                     "segments": unit.segments,
                     "opened_by": unit.opened_by.map(|k| format!("{k:?}").to_lowercase()),
@@ -229,7 +277,11 @@ fn shape(
                     "answer_value": unit.value,
                     "answer_kind": unit.answer_kind.map(|k| format!("{k:?}").to_lowercase()),
                     "correct": unit.correct,
-                })
+                });
+                if let Some(drift) = done.drift {
+                    row["drift"] = json!(drift);
+                }
+                row
             })
             .collect(),
     }
@@ -269,6 +321,8 @@ struct Stats {
     first_correct: BTreeMap<usize, usize>,
     never_correct: usize,
     rejects: BTreeMap<Reject, usize>,
+    /// Rewrite mode: each accepted record's drift from its original thinking.
+    drift: Vec<f64>,
 }
 
 impl Stats {
@@ -277,6 +331,7 @@ impl Stats {
         self.units.push(done.units.len());
         self.before.push(done.chars_to_first_answer_before);
         self.after.push(done.chars_to_first_answer_after);
+        self.drift.extend(done.drift);
         if has_reference {
             self.with_reference += 1;
             match done.first_correct_unit {
@@ -304,7 +359,7 @@ impl Stats {
             *histogram.entry(u).or_default() += 1;
         }
         let first_already = self.first_correct.get(&1).copied().unwrap_or(0);
-        json!({
+        let mut summary = json!({
             "records": total,
             "accepted": self.accepted,
             "rejected": total - self.accepted,
@@ -325,10 +380,24 @@ impl Stats {
             "first_correct_unit": self.first_correct.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "never_correct": self.never_correct,
             "first_answer_correct_share": if self.with_reference == 0 { Value::Null } else { json!(first_already as f64 / self.with_reference as f64) },
-        })
+        });
+        if !self.drift.is_empty() {
+            let max = self.drift.iter().copied().fold(0.0, f64::max);
+            summary["drift"] = json!({
+                "mean": self.drift.iter().sum::<f64>() / self.drift.len() as f64,
+                "max": max,
+            });
+        }
+        summary
     }
 
-    fn print(&self, context: &Context, total: usize, args: &RephraseArgs) -> Result<()> {
+    fn print(
+        &self,
+        context: &Context,
+        total: usize,
+        args: &RephraseArgs,
+        llm: Option<&Value>,
+    ) -> Result<()> {
         let mut err = context.printer.stderr();
         let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
         writeln!(
@@ -360,6 +429,20 @@ impl Stats {
                 None => " (name a --rejects file to keep them)".to_string(),
             };
             writeln!(err, "rejected: {}{whereto}", parts.join(", "))?;
+        }
+        if let Some(llm) = llm {
+            writeln!(
+                err,
+                "{} records asked of {}: {} requests ({} retries, {} asked again after an unusable reply), {} cached, {} from the journal, {} tokens",
+                llm["records_asked"],
+                llm["model"].as_str().unwrap_or_default(),
+                llm["requests"],
+                llm["retries"],
+                llm["repairs"],
+                llm["cache_hits"],
+                llm["from_journal"],
+                llm["tokens"]
+            )?;
         }
         if args.out != "-" {
             writeln!(err, "wrote {}", args.out)?;

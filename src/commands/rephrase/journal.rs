@@ -1,0 +1,203 @@
+//! The journal of an LLM run, `OUT.curate-journal`: one JSON line per record the endpoint
+//! answered (its reply content, or why the record was rejected), appended and flushed as
+//! answers arrive. An interrupted or budget-stopped run keeps it; `--resume` reads it back and
+//! asks only for the records it lacks; a completed run removes it after writing its outputs.
+//!
+//! The header holds a fingerprint of every request the run makes, so a journal is only ever
+//! continued by the same input, mode, model, endpoint and prompts.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::error::{InputError, usage};
+use crate::rephrase::Reject;
+
+/// What the endpoint gave for one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A usable reply's message content.
+    Content(String),
+    /// Rejected on the endpoint's account (unusable reply, refused request).
+    Rejected {
+        reason: Reject,
+        detail: Option<String>,
+    },
+}
+
+/// A journal entry: the request's cache key, and the answer.
+pub type Entry = (String, Answer);
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+/// The journal beside an output file.
+pub fn path_for(out: &str) -> PathBuf {
+    PathBuf::from(format!("{out}.curate-journal"))
+}
+
+impl Journal {
+    /// Start a journal at `path`, or with `resume` continue the one there. An existing journal
+    /// is only replaced with `force`.
+    pub fn open(
+        path: &Path,
+        fingerprint: &str,
+        resume: bool,
+        force: bool,
+    ) -> Result<(Journal, HashMap<usize, Entry>)> {
+        let label = path.display().to_string();
+        if path.exists() && resume {
+            let (entries, good_len) = load(path, fingerprint)?;
+            // A line cut short by a crash is dropped, so appends start on a fresh line.
+            let file = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("{label}: cannot open"))?;
+            file.set_len(good_len)
+                .with_context(|| format!("{label}: cannot write"))?;
+            return Ok((
+                Journal {
+                    path: path.to_path_buf(),
+                    file,
+                },
+                entries,
+            ));
+        }
+        if path.exists() && !force {
+            return Err(usage(format!(
+                "{label}: an interrupted run's journal is here; pass --resume to continue it, \
+                 or --force to start over"
+            )));
+        }
+        let mut file = File::create(path).with_context(|| format!("{label}: cannot create"))?;
+        let header =
+            json!({"curate_journal": 1, "command": "rephrase", "fingerprint": fingerprint});
+        writeln!(file, "{header}").with_context(|| format!("{label}: cannot write"))?;
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file,
+            },
+            HashMap::new(),
+        ))
+    }
+
+    /// The entries of the journal at `path` without touching it (for `--dry-run`); none when
+    /// there is no journal.
+    pub fn peek(path: &Path, fingerprint: &str) -> Result<HashMap<usize, Entry>> {
+        if !path.exists() {
+            return Ok(HashMap::new());
+        }
+        Ok(load(path, fingerprint)?.0)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Record the answer for input row `row` (0-based) and flush it to the file.
+    pub fn append(&mut self, row: usize, key: &str, answer: &Answer) -> Result<()> {
+        let line = match answer {
+            Answer::Content(content) => json!({"row": row, "key": key, "content": content}),
+            Answer::Rejected { reason, detail } => {
+                json!({"row": row, "key": key, "reject": reason.code(), "detail": detail})
+            }
+        };
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("{}: cannot write", self.path.display()))
+    }
+
+    /// The run is complete and its outputs are written: the journal goes.
+    pub fn remove(self) -> Result<()> {
+        drop(self.file);
+        std::fs::remove_file(&self.path)
+            .with_context(|| format!("{}: cannot remove", self.path.display()))
+    }
+}
+
+/// Entries by row, and the length of the complete lines.
+fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("{label}: cannot read"))?;
+    let mut entries = HashMap::new();
+    let mut good_len = 0u64;
+    let mut complete = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+    let header: Value = complete
+        .next()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| InputError::new(&label, "not a curate journal (no header line)"))?;
+    if header["curate_journal"] != 1 || header["command"] != "rephrase" {
+        return Err(InputError::new(&label, "not a curate rephrase journal").into());
+    }
+    if header["fingerprint"] != fingerprint {
+        return Err(usage(format!(
+            "{label}: written by a different run (other input, mode, model, endpoint or \
+             prompts); pass --force without --resume to start over"
+        )));
+    }
+    good_len += text.split_inclusive('\n').next().map_or(0, str::len) as u64;
+    for (n, line) in complete.enumerate() {
+        let bad = || InputError::new(&label, format!("line {}: not a journal entry", n + 2));
+        let value: Value = serde_json::from_str(line).map_err(|_| bad())?;
+        let row = value["row"].as_u64().ok_or_else(bad)? as usize;
+        let key = value["key"].as_str().ok_or_else(bad)?.to_string();
+        let answer = match (value["content"].as_str(), value["reject"].as_str()) {
+            (Some(content), None) => Answer::Content(content.to_string()),
+            (None, Some(code)) => Answer::Rejected {
+                reason: Reject::from_code(code).ok_or_else(bad)?,
+                detail: value["detail"].as_str().map(str::to_string),
+            },
+            _ => return Err(bad().into()),
+        };
+        entries.insert(row, (key, answer));
+        good_len += line.len() as u64;
+    }
+    Ok((entries, good_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_a_resume_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl.curate-journal");
+        let (mut journal, entries) = Journal::open(&path, "fp", false, false).unwrap();
+        assert!(entries.is_empty());
+        journal
+            .append(3, "k3", &Answer::Content("{\"ends\": [1]}".into()))
+            .unwrap();
+        let rejected = Answer::Rejected {
+            reason: Reject::UnusableReply,
+            detail: Some("not JSON".into()),
+        };
+        journal.append(0, "k0", &rejected).unwrap();
+        drop(journal);
+        // A crash in the middle of a line.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(file, "{{\"row\": 5, \"ke").unwrap();
+        drop(file);
+        assert!(Journal::open(&path, "fp", false, false).is_err());
+        assert!(Journal::open(&path, "other", true, false).is_err());
+        assert_eq!(Journal::peek(&path, "fp").unwrap().len(), 2);
+        let (mut journal, entries) = Journal::open(&path, "fp", true, false).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[&0], ("k0".to_string(), rejected));
+        journal
+            .append(5, "k5", &Answer::Content("c".into()))
+            .unwrap();
+        drop(journal);
+        let (journal, entries) = Journal::open(&path, "fp", true, false).unwrap();
+        assert_eq!(entries.len(), 3);
+        journal.remove().unwrap();
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,639 @@
+//! The LLM modes of `curate rephrase`: plan one request per record that needs one, answer
+//! what the journal and the cache already hold, send the rest from a pool of workers within
+//! the budgets, journal every answer as it arrives, then turn the answers into records.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use indicatif::ProgressBar;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::Trace;
+use super::cache::ReplyCache;
+use super::journal::{self, Answer, Journal};
+use crate::cli::{RephraseArgs, RephraseModeArg};
+use crate::commands::Context;
+use crate::error::{Interrupted, usage};
+use crate::interrupt;
+use crate::rephrase::boundaries::{self, boundaries_request, parse_ends};
+use crate::rephrase::chat::{
+    ReplyError, cache_key, completion_content, estimate_prompt_tokens, with_repair,
+};
+use crate::rephrase::client::{Budget, CallError, ChatClient, ClientSettings, chat_endpoint};
+use crate::rephrase::rewrite::{self, parse_units, rewrite_request};
+use crate::rephrase::units::paragraphs;
+use crate::rephrase::{
+    Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten, trace_parts,
+};
+
+/// The API key variable read when `--api-key-env` is not given.
+const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// What a reply must hold to be usable.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Unit ends among this many paragraphs.
+    Ends { paragraphs: usize },
+    /// Rewritten units.
+    Units,
+}
+
+impl Expect {
+    fn check(self, content: &str) -> Result<(), ReplyError> {
+        match self {
+            Expect::Ends { paragraphs } => parse_ends(content, paragraphs).map(drop),
+            Expect::Units => parse_units(content).map(drop),
+        }
+    }
+}
+
+/// The request for one record.
+struct Job {
+    row: usize,
+    key: String,
+    body: Value,
+    /// Expected completion tokens.
+    reply_estimate: u64,
+    expect: Expect,
+}
+
+/// Each record is settled without asking (rejected up front, or a one-paragraph thinking
+/// that is one unit whatever a model says), or needs a request.
+enum Plan {
+    Settled(Result<Rephrased, Rejection>),
+    Ask(Job),
+}
+
+/// The endpoint, model and key of the run, from the flags.
+struct Endpoint {
+    url: String,
+    model: String,
+    api_key: Option<String>,
+}
+
+fn endpoint(args: &RephraseArgs) -> Result<Endpoint> {
+    let mode = mode_name(args.mode);
+    let base = args
+        .base_url
+        .as_deref()
+        .ok_or_else(|| usage(format!("--mode {mode} needs --base-url (the endpoint)")))?;
+    let url = chat_endpoint(base).map_err(|e| usage(format!("--base-url {e}")))?;
+    let model = args.model.clone().ok_or_else(|| {
+        usage(format!(
+            "--mode {mode} needs --model (the name the endpoint serves)"
+        ))
+    })?;
+    let api_key = match &args.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => {
+                return Err(usage(format!(
+                    "--api-key-env {var}: the variable is not set"
+                )));
+            }
+        },
+        None => std::env::var(DEFAULT_KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty()),
+    };
+    Ok(Endpoint {
+        url,
+        model,
+        api_key,
+    })
+}
+
+fn mode_name(mode: RephraseModeArg) -> &'static str {
+    match mode {
+        RephraseModeArg::Rules => "rules",
+        RephraseModeArg::LlmBoundaries => "llm-boundaries",
+        RephraseModeArg::LlmRewrite => "llm-rewrite",
+    }
+}
+
+/// Check the LLM flags before anything is read or written.
+pub fn check_flags(args: &RephraseArgs) -> Result<()> {
+    let llm = args.mode != RephraseModeArg::Rules;
+    if !llm {
+        let given = [
+            (args.base_url.is_some(), "--base-url"),
+            (args.model.is_some(), "--model"),
+            (args.cache_dir.is_some(), "--cache-dir"),
+            (args.resume, "--resume"),
+            (args.dry_run, "--dry-run"),
+            (args.max_requests.is_some(), "--max-requests"),
+            (args.max_total_tokens.is_some(), "--max-total-tokens"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+            return Err(usage(format!(
+                "{flag} is for the LLM modes (--mode llm-boundaries or llm-rewrite)"
+            )));
+        }
+        return Ok(());
+    }
+    endpoint(args)?;
+    if args.concurrency == 0 {
+        return Err(usage("--concurrency must be at least 1"));
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(usage("--timeout must be a positive number of seconds"));
+    }
+    if !(0.0..=1.0).contains(&args.max_drift) {
+        return Err(usage("--max-drift must be between 0 and 1"));
+    }
+    if args.resume && args.out == "-" {
+        return Err(usage(
+            "--resume needs --out FILE: the journal it continues lives beside the output",
+        ));
+    }
+    Ok(())
+}
+
+fn plan(traces: &[Trace], settings: &Settings, mode: RephraseModeArg, ep: &Endpoint) -> Vec<Plan> {
+    traces
+        .iter()
+        .enumerate()
+        .map(|(row, trace)| {
+            let reference = trace.reference.as_deref();
+            let parts = match trace_parts(&trace.response, reference, settings) {
+                Ok(parts) => parts,
+                Err(reason) => return Plan::Settled(Err(reason.into())),
+            };
+            let thinking = &trace.response[parts.thinking.clone()];
+            let ranges = paragraphs(thinking);
+            let (body, reply_estimate, expect) = match mode {
+                RephraseModeArg::LlmBoundaries => {
+                    if ranges.len() == 1 {
+                        return Plan::Settled(
+                            rephrase_at_ends(&trace.response, reference, settings, &[0])
+                                .map_err(Into::into),
+                        );
+                    }
+                    let texts: Vec<&str> = ranges.iter().map(|r| &thinking[r.clone()]).collect();
+                    (
+                        boundaries_request(&ep.model, &trace.question, &texts),
+                        boundaries::estimate_reply_tokens(ranges.len()),
+                        Expect::Ends {
+                            paragraphs: ranges.len(),
+                        },
+                    )
+                }
+                RephraseModeArg::LlmRewrite => {
+                    let final_text = parts.final_text.clone().map(|r| &trace.response[r]);
+                    (
+                        rewrite_request(&ep.model, &trace.question, thinking, final_text),
+                        rewrite::estimate_reply_tokens(thinking, ranges.len()),
+                        Expect::Units,
+                    )
+                }
+                RephraseModeArg::Rules => unreachable!("rules mode asks no LLM"),
+            };
+            Plan::Ask(Job {
+                row,
+                key: cache_key(&ep.url, &body),
+                body,
+                reply_estimate,
+                expect,
+            })
+        })
+        .collect()
+}
+
+/// Names the run's requests: the journal is continued only by the same ones.
+fn fingerprint(mode: RephraseModeArg, plans: &[Plan]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(mode_name(mode).as_bytes());
+    for job in jobs(plans) {
+        hasher.update(format!("\n{}:{}", job.row, job.key).as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job> {
+    plans.iter().filter_map(|p| match p {
+        Plan::Ask(job) => Some(job),
+        Plan::Settled(_) => None,
+    })
+}
+
+/// A cached reply for `job` that is still usable.
+fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
+    let body = cache?.get(&job.key)?;
+    let content = completion_content(&body).ok()?;
+    job.expect.check(&content).ok()?;
+    Some(content)
+}
+
+/// The outcome of the LLM modes, ready for the common output path.
+pub struct LlmRun {
+    pub outcomes: Vec<Result<Rephrased, Rejection>>,
+    /// Removed once the outputs are written.
+    pub journal: Option<Journal>,
+    /// The `llm` part of the statistics.
+    pub report: Value,
+}
+
+/// What a worker got for one job.
+enum Asked {
+    Answer {
+        answer: Answer,
+        cached: bool,
+        repairs: u64,
+    },
+    /// The endpoint cannot serve the run.
+    Fatal(String),
+    /// A budget is used up.
+    Halted(String),
+    /// Stopped before an answer (Ctrl-C, or a failure elsewhere).
+    Stopped,
+}
+
+struct Worker<'a> {
+    client: &'a ChatClient,
+    budget: &'a Budget,
+    cache: Option<&'a ReplyCache>,
+    parse_retries: u32,
+    stop: &'a AtomicBool,
+}
+
+impl Worker<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || interrupt::check().is_err()
+    }
+
+    fn ask(&self, job: &Job) -> Asked {
+        if let Some(content) = cached_content(self.cache, job) {
+            return Asked::Answer {
+                answer: Answer::Content(content),
+                cached: true,
+                repairs: 0,
+            };
+        }
+        let mut body = job.body.clone();
+        let mut repairs = 0;
+        let mut problem = None;
+        for _ in 0..=self.parse_retries {
+            let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
+            let completion = match self
+                .client
+                .complete(&body, estimate, self.budget, &|| self.stopping())
+            {
+                Ok(completion) => completion,
+                Err(CallError::Refused { status, message }) => {
+                    return Asked::Answer {
+                        answer: Answer::Rejected {
+                            reason: Reject::RequestRejected,
+                            detail: Some(format!("HTTP {status}: {message}")),
+                        },
+                        cached: false,
+                        repairs,
+                    };
+                }
+                Err(CallError::Failed(message)) => return Asked::Fatal(message),
+                Err(CallError::BudgetExhausted(message)) => return Asked::Halted(message),
+                Err(CallError::Stopped) => return Asked::Stopped,
+            };
+            let content = completion_content(&completion.body);
+            match content
+                .clone()
+                .and_then(|c| job.expect.check(&c).map(|()| c))
+            {
+                Ok(content) => {
+                    if let Some(cache) = self.cache
+                        && let Err(err) = cache.put(&job.key, &job.body, &completion.body)
+                    {
+                        tracing::warn!("reply cache: {err:#}");
+                    }
+                    return Asked::Answer {
+                        answer: Answer::Content(content),
+                        cached: false,
+                        repairs,
+                    };
+                }
+                Err(err) => {
+                    // Ask again from the original request, quoting the reply and its problem.
+                    body = with_repair(&job.body, content.ok().as_deref(), &err);
+                    problem = Some(err);
+                    repairs += 1;
+                }
+            }
+        }
+        Asked::Answer {
+            answer: Answer::Rejected {
+                reason: Reject::UnusableReply,
+                detail: problem.map(|p| p.to_string()),
+            },
+            cached: false,
+            // The last unusable reply was not followed by another request.
+            repairs: repairs - 1,
+        }
+    }
+}
+
+/// Rephrase every trace in an LLM mode.
+pub fn rephrase(
+    traces: &[Trace],
+    settings: &Settings,
+    args: &RephraseArgs,
+    context: &Context,
+) -> Result<LlmRun> {
+    let ep = endpoint(args)?;
+    let plans = plan(traces, settings, args.mode, &ep);
+    let fingerprint = fingerprint(args.mode, &plans);
+    let (mut journal, mut entries) = if args.out == "-" {
+        (None, HashMap::new())
+    } else {
+        let (journal, entries) = Journal::open(
+            &journal::path_for(&args.out),
+            &fingerprint,
+            args.resume,
+            args.force,
+        )?;
+        (Some(journal), entries)
+    };
+    let mut answers: HashMap<usize, Answer> = HashMap::new();
+    for job in jobs(&plans) {
+        if let Some((key, answer)) = entries.remove(&job.row)
+            && key == job.key
+        {
+            answers.insert(job.row, answer);
+        }
+    }
+    let from_journal = answers.len();
+    let pending: Vec<&Job> = jobs(&plans)
+        .filter(|job| !answers.contains_key(&job.row))
+        .collect();
+    let cache = args
+        .cache_dir
+        .as_deref()
+        .map(ReplyCache::open)
+        .transpose()?;
+    let client = ChatClient::new(ClientSettings {
+        endpoint: ep.url.clone(),
+        api_key: ep.api_key.clone(),
+        timeout: Duration::from_secs_f64(args.timeout),
+        max_retries: args.max_retries,
+        seed: context.seed,
+    });
+    let budget = Budget::new(args.max_requests, args.max_total_tokens);
+    let stop = AtomicBool::new(false);
+    let worker = Worker {
+        client: &client,
+        budget: &budget,
+        cache: cache.as_ref(),
+        parse_retries: args.parse_retries,
+        stop: &stop,
+    };
+    let bar = context.printer.progress_bar(pending.len() as u64, "asking");
+    let collected = ask_all(&pending, &worker, args.concurrency, journal.as_mut(), &bar);
+    bar.finish_and_clear();
+    answers.extend(collected.answers);
+
+    let asked = jobs(&plans).count();
+    let kept = match &journal {
+        Some(journal) => format!(
+            "{} of {asked} answers are kept in {} (run again with --resume to continue)",
+            answers.len(),
+            journal.path().display()
+        ),
+        None => "no journal is kept when writing to stdout; --cache-dir keeps replies".to_string(),
+    };
+    if interrupt::check().is_err() {
+        return Err(anyhow::Error::new(Interrupted).context(format!("stopped: {kept}")));
+    }
+    if let Some(message) = collected.fatal.or(collected.halted) {
+        return Err(anyhow!("{message}; {kept}"));
+    }
+
+    let mut outcomes = Vec::with_capacity(plans.len());
+    for (plan, trace) in plans.into_iter().zip(traces) {
+        outcomes.push(match plan {
+            Plan::Settled(outcome) => outcome,
+            Plan::Ask(job) => {
+                let answer = answers
+                    .remove(&job.row)
+                    .expect("every job is answered when no stop was asked");
+                settle(trace, &job, answer, settings, args.max_drift)
+            }
+        });
+    }
+    let (requests, tokens) = budget.used();
+    let report = json!({
+        "mode": mode_name(args.mode),
+        "model": ep.model,
+        "endpoint": ep.url,
+        "records_asked": asked,
+        "without_request": traces.len() - asked,
+        "from_journal": from_journal,
+        "cache_hits": collected.cache_hits,
+        "requests": requests,
+        "retries": client.retries(),
+        "repairs": collected.repairs,
+        "tokens": tokens,
+    });
+    Ok(LlmRun {
+        outcomes,
+        journal,
+        report,
+    })
+}
+
+/// What the workers brought back.
+#[derive(Default)]
+struct Collected {
+    answers: HashMap<usize, Answer>,
+    cache_hits: u64,
+    repairs: u64,
+    /// Why the endpoint cannot serve the run (or the journal cannot be written).
+    fatal: Option<String>,
+    /// Which budget stopped the run.
+    halted: Option<String>,
+}
+
+/// Ask for every pending job from `concurrency` workers, journaling each answer as it
+/// arrives, until all are answered or something stops the run. Requests in flight when it
+/// stops are finished and journaled.
+fn ask_all(
+    pending: &[&Job],
+    worker: &Worker,
+    concurrency: usize,
+    mut journal: Option<&mut Journal>,
+    bar: &ProgressBar,
+) -> Collected {
+    let mut collected = Collected::default();
+    let next = AtomicUsize::new(0);
+    let keys: HashMap<usize, &str> = pending.iter().map(|j| (j.row, j.key.as_str())).collect();
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel::<(usize, Asked)>();
+        for _ in 0..concurrency.min(pending.len()) {
+            let (sender, next) = (sender.clone(), &next);
+            scope.spawn(move || {
+                while !worker.stopping() {
+                    let Some(job) = pending.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        break;
+                    };
+                    if sender.send((job.row, worker.ask(job))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        loop {
+            let (row, asked) = match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(received) => received,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupt::check().is_err() {
+                        worker.stop.store(true, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            match asked {
+                Asked::Answer {
+                    answer,
+                    cached,
+                    repairs,
+                } => {
+                    if let Some(journal) = journal.as_deref_mut()
+                        && let Err(err) = journal.append(row, keys[&row], &answer)
+                    {
+                        worker.stop.store(true, Ordering::SeqCst);
+                        collected.fatal.get_or_insert(format!("{err:#}"));
+                    }
+                    collected.cache_hits += u64::from(cached);
+                    collected.repairs += repairs;
+                    collected.answers.insert(row, answer);
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "{} requests, {} retries, {} cached",
+                        worker.budget.used().0,
+                        worker.client.retries(),
+                        collected.cache_hits
+                    ));
+                }
+                Asked::Fatal(message) => {
+                    worker.stop.store(true, Ordering::SeqCst);
+                    collected.fatal.get_or_insert(message);
+                }
+                Asked::Halted(message) => {
+                    worker.stop.store(true, Ordering::SeqCst);
+                    collected.halted.get_or_insert(message);
+                }
+                Asked::Stopped => {}
+            }
+        }
+    });
+    collected
+}
+
+/// A record from the model's answer.
+fn settle(
+    trace: &Trace,
+    job: &Job,
+    answer: Answer,
+    settings: &Settings,
+    max_drift: f64,
+) -> Result<Rephrased, Rejection> {
+    let content = match answer {
+        Answer::Content(content) => content,
+        Answer::Rejected { reason, detail } => return Err(Rejection { reason, detail }),
+    };
+    let unusable = |err: ReplyError| Rejection {
+        reason: Reject::UnusableReply,
+        detail: Some(err.to_string()),
+    };
+    let reference = trace.reference.as_deref();
+    match job.expect {
+        Expect::Ends { paragraphs } => {
+            let ends = parse_ends(&content, paragraphs).map_err(unusable)?;
+            rephrase_at_ends(&trace.response, reference, settings, &ends).map_err(Into::into)
+        }
+        Expect::Units => {
+            let units = parse_units(&content).map_err(unusable)?;
+            rephrase_rewritten(&trace.response, reference, settings, &units, max_drift)
+        }
+    }
+}
+
+/// `--dry-run`: what the run would send, as JSON on stdout; nothing is sent or written.
+pub fn dry_run(
+    traces: &[Trace],
+    settings: &Settings,
+    args: &RephraseArgs,
+    context: &Context,
+) -> Result<()> {
+    let ep = endpoint(args)?;
+    let plans = plan(traces, settings, args.mode, &ep);
+    let entries = if args.resume {
+        Journal::peek(
+            &journal::path_for(&args.out),
+            &fingerprint(args.mode, &plans),
+        )?
+    } else {
+        HashMap::new()
+    };
+    let cache = match &args.cache_dir {
+        Some(dir) if std::path::Path::new(dir).is_dir() => Some(ReplyCache::open(dir)?),
+        _ => None,
+    };
+    let (mut from_journal, mut cached, mut requests) = (0u64, 0u64, 0u64);
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    for job in jobs(&plans) {
+        if entries
+            .get(&job.row)
+            .is_some_and(|(key, _)| *key == job.key)
+        {
+            from_journal += 1;
+        } else if cached_content(cache.as_ref(), job).is_some() {
+            cached += 1;
+        } else {
+            requests += 1;
+            prompt += estimate_prompt_tokens(&job.body);
+            completion += job.reply_estimate;
+        }
+    }
+    let total = prompt + completion;
+    let within = args.max_requests.is_none_or(|max| requests <= max)
+        && args.max_total_tokens.is_none_or(|max| total <= max);
+    let asked = jobs(&plans).count();
+    let estimate = json!({
+        "mode": mode_name(args.mode),
+        "model": ep.model,
+        "endpoint": ep.url,
+        "records": traces.len(),
+        "without_request": traces.len() - asked,
+        "from_journal": from_journal,
+        "cached": cached,
+        "requests": requests,
+        "estimated_prompt_tokens": prompt,
+        "estimated_completion_tokens": completion,
+        "estimated_total_tokens": total,
+        "max_requests": args.max_requests,
+        "max_total_tokens": args.max_total_tokens,
+        "within_budget": within,
+    });
+    let mut out = context.printer.stdout();
+    writeln!(out, "{estimate}")?;
+    out.flush()?;
+    writeln!(
+        context.printer.stderr(),
+        "dry run: {requests} requests of {} records ({} need none, {from_journal} in the journal, \
+         {cached} cached), about {total} tokens ({prompt} prompt + {completion} completion, \
+         at 4 bytes a token){}; nothing was sent",
+        traces.len(),
+        traces.len() - asked,
+        if within { "" } else { "; over the budget" }
+    )?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! What the LLM modes share about the chat-completions protocol: reading a reply, asking again
+//! after an unusable one, the content address of a request, and token estimates.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Why a reply could not be used (the request is asked again for these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// Not a chat-completions response, no message content, or cut off at the token limit.
+    NotCompletion(String),
+    /// The content is not the JSON asked for.
+    NotJson(String),
+    /// Paragraph numbers out of range, not increasing, or not ending at the last paragraph.
+    BadEnds(String),
+    /// Rewritten units not in the `<think>...</think> answer` form asked for.
+    BadUnits(String),
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::NotCompletion(m) => write!(f, "not a chat completion: {m}"),
+            ReplyError::NotJson(m) => write!(f, "reply is not the JSON asked for: {m}"),
+            ReplyError::BadEnds(m) => write!(f, "unusable unit ends: {m}"),
+            ReplyError::BadUnits(m) => write!(f, "unusable units: {m}"),
+        }
+    }
+}
+
+/// The message content of a chat-completions response body.
+pub fn completion_content(body: &str) -> Result<String, ReplyError> {
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| ReplyError::NotCompletion(e.to_string()))?;
+    let choice = &value["choices"][0];
+    if choice["finish_reason"] == "length" {
+        return Err(ReplyError::NotCompletion(
+            "the reply was cut off at the token limit (finish_reason length)".to_string(),
+        ));
+    }
+    choice["message"]["content"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ReplyError::NotCompletion("no choices[0].message.content".to_string()))
+}
+
+/// Token usage reported by the server (`usage.total_tokens`), if any.
+pub fn reported_tokens(body: &str) -> Option<u64> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    value["usage"]["total_tokens"].as_u64()
+}
+
+/// The request again, with the unusable reply and what was wrong with it, so the model can
+/// correct itself. A reply without content is not quoted: the same request is sent again.
+pub fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyError) -> Value {
+    let mut repaired = body.clone();
+    if let (Some(content), Some(messages)) = (content, repaired["messages"].as_array_mut()) {
+        messages.push(json!({"role": "assistant", "content": content}));
+        messages.push(json!({
+            "role": "user",
+            "content": format!(
+                "That reply cannot be used ({problem}). Reply again in exactly the format \
+                 asked for, and nothing else."
+            ),
+        }));
+    }
+    repaired
+}
+
+/// The cache address of a request: SHA-256 of the endpoint and the exact body.
+pub fn cache_key(endpoint: &str, body: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body.to_string().as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A rough token count for budgets and `--dry-run` before a server reports usage: one token
+/// per four bytes, rounded up.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// Estimated prompt tokens of a request: its messages' text, and a few tokens of framing
+/// each.
+pub fn estimate_prompt_tokens(body: &Value) -> u64 {
+    body["messages"].as_array().map_or(0, |messages| {
+        messages
+            .iter()
+            .map(|m| 4 + m["content"].as_str().map_or(0, estimate_tokens))
+            .sum()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_or_say_why() {
+        let ok = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ends\": [2, 4]}"}}],"usage":{"total_tokens":57}}"#;
+        assert_eq!(completion_content(ok).unwrap(), "{\"ends\": [2, 4]}");
+        assert_eq!(reported_tokens(ok), Some(57));
+        let cut =
+            r#"{"choices":[{"message":{"content":"{\"ends\": [2"},"finish_reason":"length"}]}"#;
+        assert!(matches!(
+            completion_content(cut),
+            Err(ReplyError::NotCompletion(m)) if m.contains("token limit")
+        ));
+        for bad in [
+            "{}",
+            "<html>",
+            r#"{"choices":[{"message":{"content":null}}]}"#,
+        ] {
+            assert!(matches!(
+                completion_content(bad),
+                Err(ReplyError::NotCompletion(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn repair_quotes_the_reply_and_the_problem() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
+        let problem = ReplyError::NotJson("expected value".to_string());
+        let repaired = with_repair(&body, Some("nope"), &problem);
+        let messages = repaired["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[1]["content"], "nope");
+        assert!(
+            messages[2]["content"]
+                .as_str()
+                .unwrap()
+                .contains("expected value")
+        );
+        assert_eq!(with_repair(&body, None, &problem), body);
+    }
+
+    #[test]
+    fn keys_are_stable_and_estimates_count_messages() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "abcde"}]});
+        assert_eq!(cache_key("http://x", &body), cache_key("http://x", &body));
+        assert_ne!(cache_key("http://x", &body), cache_key("http://y", &body));
+        assert_eq!(cache_key("http://x", &body).len(), 64);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_prompt_tokens(&body), 6);
+    }
+}

@@ -1,0 +1,497 @@
+//! A blocking client for OpenAI-compatible `/v1/chat/completions` endpoints (vLLM, llama.cpp
+//! server, Ollama, hosted APIs), with the retry policy and budgets a batch job needs.
+//!
+//! Retried: 408, 409, 429 and 5xx replies and connection errors (timeouts included), with
+//! jittered exponential backoff, or after the server's `Retry-After` when it sends one.
+//! Refused for one record (400, 413, 422: a prompt too long, say): the caller rejects that
+//! record. Anything else (401, 404, retries used up) means the endpoint cannot serve the run.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::chat::reported_tokens;
+use crate::rng::unit_interval;
+
+/// First backoff, doubled per retry up to [`MAX_BACKOFF`], then scaled by a jitter in
+/// [0.5, 1).
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A `Retry-After` longer than this is cut to it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Replies larger than this are an error rather than memory exhausted.
+const MAX_REPLY_BYTES: u64 = 64 << 20;
+
+/// The chat-completions URL for a base URL as OpenAI clients take it: `http://host:8000/v1`
+/// gets `/chat/completions`; a bare `http://host:8000` gets `/v1/chat/completions`; a URL that
+/// already ends in `/chat/completions` is used as it is.
+pub fn chat_endpoint(base_url: &str) -> Result<String, String> {
+    let trimmed = base_url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| format!("{base_url}: expected an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{base_url}: no host"));
+    }
+    Ok(if trimmed.ends_with("/chat/completions") {
+        trimmed.to_string()
+    } else if !rest.contains('/') {
+        format!("{trimmed}/v1/chat/completions")
+    } else {
+        format!("{trimmed}/chat/completions")
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The full chat-completions URL ([`chat_endpoint`]).
+    pub endpoint: String,
+    /// Sent as `Authorization: Bearer KEY` when present.
+    pub api_key: Option<String>,
+    /// For one whole request, connection to last byte.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Seeds the backoff jitter.
+    pub seed: u64,
+}
+
+/// Request and token limits shared by every worker of a run. Each attempt counts as a
+/// request; tokens are the server's `usage.total_tokens` (the estimate when it reports none),
+/// and an attempt is only sent while its estimate still fits.
+#[derive(Debug, Default)]
+pub struct Budget {
+    max_requests: Option<u64>,
+    max_tokens: Option<u64>,
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BudgetState {
+    requests: u64,
+    tokens: u64,
+    /// Estimates of the attempts in flight.
+    reserved: u64,
+}
+
+impl Budget {
+    pub fn new(max_requests: Option<u64>, max_tokens: Option<u64>) -> Budget {
+        Budget {
+            max_requests,
+            max_tokens,
+            state: Mutex::default(),
+        }
+    }
+
+    fn admit(&self, estimate: u64) -> Result<(), CallError> {
+        let mut state = self.state.lock().expect("budget lock");
+        if let Some(max) = self.max_requests
+            && state.requests >= max
+        {
+            return Err(CallError::BudgetExhausted(format!(
+                "the request budget (--max-requests {max}) is used up"
+            )));
+        }
+        if let Some(max) = self.max_tokens
+            && state.tokens + state.reserved + estimate > max
+        {
+            return Err(CallError::BudgetExhausted(format!(
+                "the token budget (--max-total-tokens {max}) does not allow the next request \
+                 ({} used, about {estimate} more)",
+                state.tokens + state.reserved
+            )));
+        }
+        state.requests += 1;
+        state.reserved += estimate;
+        Ok(())
+    }
+
+    fn settle(&self, estimate: u64, tokens: u64) {
+        let mut state = self.state.lock().expect("budget lock");
+        state.reserved -= estimate;
+        state.tokens += tokens;
+    }
+
+    /// Requests sent and tokens used so far.
+    pub fn used(&self) -> (u64, u64) {
+        let state = self.state.lock().expect("budget lock");
+        (state.requests, state.tokens)
+    }
+}
+
+/// Why a completion was not had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The endpoint refused this request (400, 413, 422); other records may still succeed.
+    Refused { status: u16, message: String },
+    /// The endpoint cannot serve the run: not retryable, or retries used up.
+    Failed(String),
+    /// A budget does not allow another request.
+    BudgetExhausted(String),
+    /// The caller asked to stop (Ctrl-C, or a failure elsewhere).
+    Stopped,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub body: String,
+    /// Tokens charged to the budget for it.
+    pub tokens: u64,
+}
+
+pub struct ChatClient {
+    agent: ureq::Agent,
+    settings: ClientSettings,
+    retries: AtomicU64,
+    backoffs: AtomicU64,
+}
+
+/// What one attempt got back.
+enum Attempt {
+    Reply {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    /// No reply: connection refused or dropped, timeout, unreadable response.
+    Transport(String),
+    /// A request that can never be sent (bad URL, TLS set-up).
+    Unsendable(String),
+}
+
+impl ChatClient {
+    pub fn new(settings: ClientSettings) -> ChatClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(settings.timeout))
+            .user_agent(format!("curate/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        ChatClient {
+            agent,
+            settings,
+            retries: AtomicU64::new(0),
+            backoffs: AtomicU64::new(0),
+        }
+    }
+
+    /// Attempts that were retries (of every call so far).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// POST `body`, retrying as the policy says. `estimate` is the request's expected token
+    /// count, reserved against the budget while it is in flight. `stop` is polled before each
+    /// attempt and during backoff.
+    pub fn complete(
+        &self,
+        body: &Value,
+        estimate: u64,
+        budget: &Budget,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Completion, CallError> {
+        let payload = body.to_string();
+        let endpoint = &self.settings.endpoint;
+        let mut attempt = 0u32;
+        loop {
+            if stop() {
+                return Err(CallError::Stopped);
+            }
+            budget.admit(estimate)?;
+            let outcome = self.send(&payload);
+            let (problem, retry_after) = match outcome {
+                Attempt::Reply { status, body, .. } if (200..300).contains(&status) => {
+                    let tokens = reported_tokens(&body).unwrap_or(estimate);
+                    budget.settle(estimate, tokens);
+                    return Ok(Completion { body, tokens });
+                }
+                Attempt::Reply {
+                    status,
+                    retry_after,
+                    body,
+                } => {
+                    budget.settle(estimate, 0);
+                    let message = error_message(&body);
+                    if matches!(status, 400 | 413 | 422) {
+                        return Err(CallError::Refused { status, message });
+                    }
+                    if !retryable(status) {
+                        return Err(CallError::Failed(format!(
+                            "{endpoint}: HTTP {status}: {message}"
+                        )));
+                    }
+                    (format!("HTTP {status}: {message}"), retry_after)
+                }
+                Attempt::Transport(message) => {
+                    budget.settle(estimate, 0);
+                    (message, None)
+                }
+                Attempt::Unsendable(message) => {
+                    budget.settle(estimate, 0);
+                    return Err(CallError::Failed(format!("{endpoint}: {message}")));
+                }
+            };
+            if attempt >= self.settings.max_retries {
+                let tries = attempt + 1;
+                return Err(CallError::Failed(format!(
+                    "{endpoint}: {problem} (after {tries} attempt{})",
+                    if tries == 1 { "" } else { "s" }
+                )));
+            }
+            let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            tracing::info!(
+                "{endpoint}: {problem}; retrying in {:.1} s",
+                wait.as_secs_f64()
+            );
+            sleep_unless_stopped(wait, stop)?;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            attempt += 1;
+        }
+    }
+
+    fn send(&self, payload: &str) -> Attempt {
+        let mut request = self
+            .agent
+            .post(&self.settings.endpoint)
+            .header("Content-Type", "application/json");
+        if let Some(key) = &self.settings.api_key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut response = match request.send(payload) {
+            Ok(response) => response,
+            Err(err) => return classify(err),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        match response
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY_BYTES)
+            .read_to_string()
+        {
+            Ok(body) => Attempt::Reply {
+                status,
+                retry_after,
+                body,
+            },
+            Err(err) => match classify(err) {
+                // A 200 whose body did not arrive is as good as no reply.
+                Attempt::Unsendable(m) | Attempt::Transport(m) => {
+                    Attempt::Transport(format!("reading the reply: {m}"))
+                }
+                reply => reply,
+            },
+        }
+    }
+
+    /// Exponential backoff with jitter, so workers that failed together do not retry together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let stream = self.backoffs.fetch_add(1, Ordering::Relaxed);
+        let base = FIRST_BACKOFF
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(MAX_BACKOFF);
+        base.mul_f64(0.5 + 0.5 * unit_interval(self.settings.seed, stream))
+    }
+}
+
+/// Status codes worth another attempt.
+fn retryable(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429) || (500..600).contains(&status)
+}
+
+fn classify(err: ureq::Error) -> Attempt {
+    use ureq::Error as E;
+    match err {
+        E::BadUri(_) | E::Http(_) | E::InvalidProxyUrl | E::Tls(_) | E::RedirectFailed => {
+            Attempt::Unsendable(err.to_string())
+        }
+        E::Timeout(_) => Attempt::Transport(format!("no reply in time ({err})")),
+        other => Attempt::Transport(other.to_string()),
+    }
+}
+
+/// The server's error message: OpenAI's `{"error": {"message"}}`, a plain `{"error": "..."}`,
+/// else the start of the body.
+fn error_message(body: &str) -> String {
+    if let Ok(value) = serde_json::from_str::<Value>(body) {
+        if let Some(m) = value["error"]["message"].as_str() {
+            return m.to_string();
+        }
+        if let Some(m) = value["error"].as_str() {
+            return m.to_string();
+        }
+    }
+    let head: String = body.trim().chars().take(200).collect();
+    if head.is_empty() {
+        "(empty reply)".to_string()
+    } else {
+        crate::error::one_line(&head)
+    }
+}
+
+/// Sleep `wait`, in short steps so a stop request is seen promptly.
+fn sleep_unless_stopped(wait: Duration, stop: &dyn Fn() -> bool) -> Result<(), CallError> {
+    let until = Instant::now() + wait;
+    loop {
+        if stop() {
+            return Err(CallError::Stopped);
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// `Retry-After` as seconds (`120`, also `1.5`) or an HTTP date, as a wait from `now`; capped
+/// at five minutes.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),
+        Ok(_) => return None,
+        Err(_) => http_date(value)?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP servers send.
+fn http_date(value: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
+    let day: i64 = day.parse().ok()?;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + h * 3600 + m * 60 + s;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_become_chat_endpoints() {
+        for (base, endpoint) in [
+            (
+                "http://localhost:8000/v1",
+                "http://localhost:8000/v1/chat/completions",
+            ),
+            (
+                "http://localhost:8000/v1/",
+                "http://localhost:8000/v1/chat/completions",
+            ),
+            (
+                "http://localhost:8000",
+                "http://localhost:8000/v1/chat/completions",
+            ),
+            (
+                "https://api.example.com/openai/v1",
+                "https://api.example.com/openai/v1/chat/completions",
+            ),
+            (
+                "http://h/v1/chat/completions",
+                "http://h/v1/chat/completions",
+            ),
+        ] {
+            assert_eq!(chat_endpoint(base).unwrap(), endpoint);
+        }
+        assert!(chat_endpoint("localhost:8000").is_err());
+        assert!(chat_endpoint("http://").is_err());
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("0.5", now),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(UNIX_EPOCH));
+        assert_eq!(
+            http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
+        );
+    }
+
+    #[test]
+    fn budgets_admit_until_used_up() {
+        let budget = Budget::new(Some(2), None);
+        assert!(budget.admit(10).is_ok());
+        budget.settle(10, 7);
+        assert!(budget.admit(10).is_ok());
+        assert!(matches!(
+            budget.admit(10),
+            Err(CallError::BudgetExhausted(_))
+        ));
+        budget.settle(10, 0);
+        assert_eq!(budget.used(), (2, 7));
+        // Tokens: in-flight estimates count until settled.
+        let budget = Budget::new(None, Some(100));
+        assert!(budget.admit(60).is_ok());
+        assert!(budget.admit(60).is_err());
+        budget.settle(60, 30);
+        assert!(budget.admit(60).is_ok());
+        assert!(budget.admit(11).is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let client = ChatClient::new(ClientSettings {
+            endpoint: "http://127.0.0.1:9/v1/chat/completions".to_string(),
+            api_key: None,
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            seed: 0,
+        });
+        for attempt in 0..8 {
+            let wait = client.backoff(attempt);
+            let base = FIRST_BACKOFF.saturating_mul(1 << attempt).min(MAX_BACKOFF);
+            assert!(wait >= base / 2 && wait < base, "{attempt}: {wait:?}");
+        }
+        assert!(client.backoff(40) < MAX_BACKOFF);
+    }
+}
