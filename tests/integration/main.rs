@@ -1,5 +1,6 @@
 //! Integration tests: drive the built `curate` binary on files in a temporary directory.
 
+mod chat_server;
 mod cli;
 mod cli_reference;
 mod convert;
@@ -8,6 +9,7 @@ mod influence;
 mod inspect;
 mod model;
 mod rephrase;
+mod rephrase_llm;
 mod reveal;
 mod reveal_parity;
 mod reweight;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::model::fixture;
 use crate::test::Test;
 
-fn jsonl(path: &std::path::Path) -> Vec<Value> {
+pub fn jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -16,7 +16,7 @@ fn jsonl(path: &std::path::Path) -> Vec<Value> {
 
 /// Every accepted record's unit spans, then its final answer, put the response back together
 /// (less the think tags), in order and without gaps.
-fn assert_rebuilds(inputs: &[Value], turns: &[Value], think_tags: bool) -> usize {
+pub fn assert_rebuilds(inputs: &[Value], turns: &[Value], think_tags: bool) -> usize {
     let mut accepted = 0;
     for input in inputs {
         let units: Vec<&Value> = turns.iter().filter(|t| t["id"] == input["id"]).collect();
@@ -245,4 +245,31 @@ fn invalid_input_exits_2_without_output() {
     .run()
     .invalid("m.txt: line 1: unknown marker kind 'maybe'");
     assert!(!test.path("o.jsonl").exists());
+}
+
+#[test]
+fn shards_concatenate_to_the_whole_run() {
+    let path = fixture("rephrase/r1_traces.jsonl");
+    let path = path.to_str().unwrap();
+    let mut test = Test::new();
+    let run = |test: &mut Test, extra: &[&str], out: &str, rejects: &str| {
+        test.args(["rephrase", path, "--format", "turns", "--out", out])
+            .args(["--rejects", rejects])
+            .args(extra)
+            .run()
+            .success();
+    };
+    run(&mut test, &[], "whole.jsonl", "whole-r.jsonl");
+    let (mut turns, mut rejects) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let (out, r) = (format!("s{i}.jsonl"), format!("s{i}-r.jsonl"));
+        run(&mut test, &["--shard", &format!("{i}/3")], &out, &r);
+        turns.extend(test.read_lines(&out));
+        rejects.extend(test.read_lines(&r));
+    }
+    assert_eq!(turns, test.read_lines("whole.jsonl"));
+    assert_eq!(rejects, test.read_lines("whole-r.jsonl"));
+    test.args(["rephrase", path, "--out", "x.jsonl", "--shard", "3/3"])
+        .run()
+        .invalid("shards are numbered from 0 to 2");
 }

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 pub struct Test {
     dir: TempDir,
     args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
 }
 
@@ -26,6 +27,7 @@ impl Test {
         Test {
             dir: tempfile::tempdir().expect("temp dir"),
             args: Vec::new(),
+            envs: Vec::new(),
             stdin: None,
         }
     }
@@ -51,6 +53,12 @@ impl Test {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable for the next run.
+    pub fn env(&mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
+        self.envs.push((name.into(), value.into()));
         self
     }
 
@@ -88,22 +96,31 @@ impl Test {
 
     /// Run with the current arguments, then clear them so the same directory can be reused.
     pub fn run(&mut self) -> Outcome {
-        let outcome = run_curate(self.dir.path(), &self.args, self.stdin.as_deref());
-        self.args.clear();
-        self.stdin = None;
-        outcome
+        let stdin = self.stdin.take();
+        run_curate(self.take_command(), stdin.as_deref())
+    }
+
+    /// The command the current arguments and variables make, to spawn by hand; they are
+    /// cleared as by [`Test::run`].
+    pub fn take_command(&mut self) -> Command {
+        let mut command = curate_command(self.dir.path());
+        command.args(self.args.drain(..)).envs(self.envs.drain(..));
+        command
     }
 }
 
 pub fn curate_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_curate"));
-    command.current_dir(dir).env_remove("RUST_LOG");
+    // A key in the caller's environment must not reach the tests' endpoints.
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("OPENAI_API_KEY");
     command
 }
 
-fn run_curate(dir: &Path, args: &[OsString], stdin: Option<&[u8]>) -> Outcome {
-    let mut child = curate_command(dir)
-        .args(args)
+fn run_curate(mut command: Command, stdin: Option<&[u8]>) -> Outcome {
+    let mut child = command
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
