@@ -433,9 +433,9 @@ impl Stats {
         if let Some(llm) = llm {
             writeln!(
                 err,
-                "{} records asked of {}: {} requests ({} retries, {} asked again after an unusable reply), {} cached, {} from the journal, {} tokens",
-                llm["records_asked"],
+                "asked {} for {} records: {} requests ({} retries, {} asked again after an unusable reply), {} cached, {} from the journal, {} tokens",
                 llm["model"].as_str().unwrap_or_default(),
+                llm["records_asked"],
                 llm["requests"],
                 llm["retries"],
                 llm["repairs"],
