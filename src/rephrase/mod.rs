@@ -442,9 +442,15 @@ pub fn rephrase_rewritten(
             |f| (f.text, Some(f.kind)),
         )
     };
-    // The original's own final answer: in its final text, else where its thinking ends.
-    let original_last = explicit_answer(thinking)
-        .or_else(|| target.as_ref().and_then(|t| implicit_answer(thinking, t)))
+    // The original's own final answer: in its final text, else (a plain one-paragraph
+    // solution) the answer its thinking states.
+    let original_last = final_text
+        .is_none()
+        .then(|| {
+            explicit_answer(thinking)
+                .or_else(|| target.as_ref().and_then(|t| implicit_answer(thinking, t)))
+        })
+        .flatten()
         .map(|f| f.text);
     let final_value = final_value(final_text, original_last.as_deref(), target.as_ref())?;
     let (last_value, _) = stated(&last.answer);
@@ -575,6 +581,75 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
         // Leading blank lines: still one paragraph, answered in itself.
         let out = rephrase_rules("\n\nSo the answer is 3.", None, &plain).unwrap();
         assert_eq!(out.units[0].answer, "The answer is $\\boxed{3}$.");
+    }
+
+    #[test]
+    fn llm_ends_are_segments_that_close_at_answers() {
+        let s = settings(true);
+        let (range, _) = split_trace(R1).unwrap();
+        let rebuilt = |out: &Rephrased| -> String {
+            out.units
+                .iter()
+                .map(|u| &R1[u.span.clone().unwrap()])
+                .collect()
+        };
+        // Four paragraphs; units proposed after the second and the fourth.
+        let out = rephrase_at_ends(R1, None, &s, &[1, 3]).unwrap();
+        assert_eq!(out.units.len(), 2);
+        assert!(out.units[0].thinking.ends_with("half of it."));
+        assert_eq!(out.units[0].answer, "The answer is $\\boxed{42}$.");
+        assert_eq!(rebuilt(&out), &R1[range.clone()]);
+        // Every paragraph proposed: the answer-less "Wait" joins the next; with the reference,
+        // the verification closes on its implicit 21.
+        let out = rephrase_at_ends(R1, Some("21"), &s, &[0, 1, 2, 3]).unwrap();
+        assert_eq!(out.units.len(), 3);
+        assert!(out.units[1].thinking.starts_with("Wait"));
+        assert_eq!(out.units[1].segments, 2);
+        assert_eq!(rebuilt(&out), &R1[range]);
+        assert_eq!(
+            rephrase_at_ends(R1, None, &s, &[1]),
+            Err(Reject::ThinkingAltered)
+        );
+    }
+
+    #[test]
+    fn rewrites_keep_the_final_answer_within_the_drift_limit() {
+        let s = settings(true);
+        let unit = |thinking: &str, answer: &str| RewrittenUnit {
+            thinking: thinking.to_string(),
+            answer: answer.to_string(),
+        };
+        let close = [
+            unit(
+                "First, 6 * 7 = 42, so the answer is 42.",
+                "The answer is 42.",
+            ),
+            unit(
+                "Wait, the question asks for half of it.\n\nHalf of 42 is 21. So the answer is \\boxed{21}.\n\nLet me verify: 21 * 2 = 42. Correct.",
+                "The answer is \\boxed{21}.",
+            ),
+        ];
+        let out = rephrase_rewritten(R1, Some("21"), &s, &close, 0.3).unwrap();
+        assert_eq!(out.drift, Some(0.0));
+        assert_eq!(out.units[0].span, None);
+        assert_eq!(out.units[0].answer, "The answer is $\\boxed{42}$.");
+        assert_eq!(out.units[0].correct, Some(false));
+        // The last unit closes with the original final answer text.
+        assert_eq!(out.units[1].answer, "The answer is $\\boxed{21}$.");
+        assert_eq!(out.first_correct_unit, Some(2));
+        let loose = [unit("Six sevens, halved.", "The answer is 21.")];
+        let err = rephrase_rewritten(R1, None, &s, &loose, 0.3).unwrap_err();
+        assert_eq!(err.reason, Reject::Drift);
+        assert!(rephrase_rewritten(R1, None, &s, &loose, 1.0).is_ok());
+        let wrong = [unit("Six sevens, halved.", "The answer is 20.")];
+        let err = rephrase_rewritten(R1, None, &s, &wrong, 1.0).unwrap_err();
+        assert_eq!(err.reason, Reject::AnswerAltered);
+        assert_eq!(
+            rephrase_rewritten(R1, None, &s, &[], 1.0)
+                .unwrap_err()
+                .reason,
+            Reject::UnusableReply
+        );
     }
 
     #[test]
