@@ -155,6 +155,8 @@ enum Attempt {
     Reply {
         status: u16,
         retry_after: Option<Duration>,
+        /// Where a redirect points.
+        location: Option<String>,
         body: String,
     },
     /// No reply: connection refused or dropped, timeout, unreadable response.
@@ -167,6 +169,9 @@ impl ChatClient {
     pub fn new(settings: ClientSettings) -> ChatClient {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect would turn the POST into a GET or drop its body: report it instead.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .timeout_global(Some(settings.timeout))
             .user_agent(format!("curate/{}", env!("CARGO_PKG_VERSION")))
             .build()
@@ -212,10 +217,16 @@ impl ChatClient {
                 Attempt::Reply {
                     status,
                     retry_after,
+                    location,
                     body,
                 } => {
                     budget.settle(estimate, 0);
-                    let message = error_message(&body);
+                    let message = match location {
+                        Some(to) if (300..400).contains(&status) => {
+                            format!("redirected to {to}; give the final URL as --base-url")
+                        }
+                        _ => error_message(&body),
+                    };
                     if matches!(status, 400 | 413 | 422) {
                         return Err(CallError::Refused { status, message });
                     }
@@ -266,11 +277,16 @@ impl ChatClient {
             Err(err) => return classify(err),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let location = header("location");
         match response
             .body_mut()
             .with_config()
@@ -280,6 +296,7 @@ impl ChatClient {
             Ok(body) => Attempt::Reply {
                 status,
                 retry_after,
+                location,
                 body,
             },
             Err(err) => match classify(err) {

@@ -9,7 +9,8 @@
 //! (`Retry-After: 1`), `#500`, `#slow` (replies after 2.5 s), `#drop` (closes the connection
 //! without a reply), `#garbage` (every reply's content is prose), `#garbage-once`, `#html` (a
 //! non-JSON 200), `#400` (every request refused), `#401` (every request unauthorised),
-//! `#drift` and `#wrong-answer` (rewrites that stray).
+//! `#drift` and `#wrong-answer` (rewrites that stray). Paths under `/old/` redirect; other
+//! paths than `/v1/chat/completions` are 404.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -68,6 +69,10 @@ impl ChatServer {
     /// The base URL as a user would pass it.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -163,6 +168,10 @@ fn serve(stream: TcpStream, state: &Mutex<State>, delay: &Mutex<Duration>) {
 fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec<u8>> {
     let first = attempt == 1;
     let has = |directive: &str| question.split_whitespace().any(|w| w == directive);
+    if path.starts_with("/old/") {
+        let location = format!("http://{}/v1/chat/completions", "127.0.0.1");
+        return Some(response(301, &[("Location", &location)], ""));
+    }
     if path != "/v1/chat/completions" {
         return Some(response(
             404,
@@ -235,6 +244,7 @@ fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        301 => "Moved Permanently",
         401 => "Unauthorized",
         404 => "Not Found",
         429 => "Too Many Requests",

@@ -402,6 +402,31 @@ fn endpoint_failures_exit_3_with_one_line_and_no_output() {
     );
     assert_eq!(failed.stderr.trim_end().lines().count(), 1);
     assert!(!test.path("o.jsonl").exists());
+    // A wrong path and a redirect are reported, not followed.
+    for (base, needle) in [
+        (
+            format!("http://127.0.0.1:{}/api", server.port()),
+            "HTTP 404: no such route",
+        ),
+        (
+            format!("http://127.0.0.1:{}/old/v1", server.port()),
+            "HTTP 301: redirected to",
+        ),
+    ] {
+        test.args([
+            "rephrase",
+            "in.jsonl",
+            "--out",
+            "q.jsonl",
+            "--mode",
+            "llm-boundaries",
+        ])
+        .args(["--base-url", &base, "--model", "m", "--force"]);
+        let failed = test.run();
+        assert_eq!(failed.code, 3, "{}", failed.stderr);
+        assert!(failed.stderr.contains(needle), "{}", failed.stderr);
+        assert!(!test.path("q.jsonl").exists());
+    }
     // Nobody listening: connection errors are retried, then the run fails.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
