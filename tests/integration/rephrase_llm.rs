@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::chat_server::ChatServer;
 use crate::model::fixture;
 use crate::rephrase::{assert_rebuilds, jsonl};
-use crate::test::Test;
+use crate::test::{Test, interrupt_when};
 
 /// A trace whose fourth paragraph only checks the work: the model ends units after the first
 /// and third, and the check joins the last.
@@ -286,22 +286,10 @@ fn ctrl_c_keeps_the_journal_and_resume_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while journal_lines(&test, "o.jsonl") < 6 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no answers journaled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    // Once some answers are journaled, with many still to come.
+    let answered = |test: &Test| journal_lines(test, "o.jsonl") >= 6;
+    let (code, stderr) = interrupt_when(&test, child, answered, Duration::ZERO);
+    assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("--resume"), "{stderr}");
     assert!(!test.path("o.jsonl").exists());
     assert!(!test.entries().iter().any(|e| e.ends_with(".curate-tmp")));

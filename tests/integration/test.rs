@@ -185,20 +185,29 @@ impl Outcome {
 /// installed and work has begun, `delay` after that; return its exit code and stderr.
 pub fn interrupt_once_staged(
     test: &Test,
+    child: std::process::Child,
+    delay: std::time::Duration,
+) -> (Option<i32>, String) {
+    let staged = |test: &Test| {
+        test.entries()
+            .iter()
+            .any(|name| name.ends_with(".curate-tmp"))
+    };
+    interrupt_when(test, child, staged, delay)
+}
+
+/// Send Ctrl-C to `child` `delay` after `ready` holds (within 30 s); return its exit code and
+/// stderr.
+pub fn interrupt_when(
+    test: &Test,
     mut child: std::process::Child,
+    ready: impl Fn(&Test) -> bool,
     delay: std::time::Duration,
 ) -> (Option<i32>, String) {
     use std::io::Read;
     let started = std::time::Instant::now();
-    while !test
-        .entries()
-        .iter()
-        .any(|name| name.ends_with(".curate-tmp"))
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "no staged output appeared"
-        );
+    while !ready(test) {
+        assert!(started.elapsed().as_secs() < 30, "never ready to interrupt");
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     std::thread::sleep(delay);
