@@ -4,6 +4,8 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::table::hex;
+
 /// Why a reply could not be used (the request is asked again for these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyError {
@@ -73,11 +75,7 @@ pub fn cache_key(endpoint: &str, body: &Value) -> String {
     hasher.update(endpoint.as_bytes());
     hasher.update([0u8]);
     hasher.update(body.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 /// A rough token count for budgets and `--dry-run` before a server reports usage: one token

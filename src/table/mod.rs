@@ -9,7 +9,7 @@ mod validate;
 mod write;
 
 pub use format::Format;
-pub use provenance::{InputDigest, Provenance};
+pub use provenance::{InputDigest, Provenance, hex};
 pub use read::Input;
 pub use shard::Shard;
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};

@@ -119,7 +119,8 @@ impl Provenance {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes (a digest) as lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -30,6 +30,7 @@ use crate::rephrase::units::paragraphs;
 use crate::rephrase::{
     Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten, trace_parts,
 };
+use crate::table::hex;
 
 /// The API key variable read when `--api-key-env` is not given.
 const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -211,11 +212,7 @@ fn fingerprint(mode: RephraseModeArg, plans: &[Plan]) -> String {
     for job in jobs(plans) {
         hasher.update(format!("\n{}:{}", job.row, job.key).as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job> {
