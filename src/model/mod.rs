@@ -3,8 +3,11 @@
 
 pub mod batch;
 pub mod capture;
+pub mod chat;
 pub mod config;
 pub mod device;
+pub mod from_gguf;
+pub mod gguf;
 pub mod lm;
 pub mod probe;
 pub mod tokenizer;
@@ -12,7 +15,7 @@ pub mod train;
 pub mod weights;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use burn::tensor::{DType, Device, Tensor};
@@ -21,6 +24,7 @@ use tokenizers::Tokenizer;
 
 pub use batch::{IGNORE_INDEX, Padding, Sequence, TokenBatch};
 pub use capture::{Capture, DEFAULT_TRACKED, LayerActivations};
+pub use chat::{ChatTemplate, Message, SpecialTokenText};
 pub use config::{Architecture, LmConfig};
 pub use device::DeviceSpec;
 pub use lm::CausalLm;
@@ -30,6 +34,10 @@ use weights::TensorSource;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// Where transformers (4.43 and later) keeps a model's chat template.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+const CHAT_TEMPLATE_JSON: &str = "chat_template.json";
 
 /// How to load a model directory.
 #[derive(Debug, Clone)]
@@ -56,23 +64,63 @@ impl LoadOptions {
     }
 }
 
-/// A causal LM with its configuration and (optional) tokenizer.
+/// A chat template as the model carries it (compiled when a command uses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateText {
+    pub text: String,
+    /// Where it was found, for error messages.
+    pub origin: String,
+}
+
+/// A causal LM with its configuration, tokenizer and chat template (both optional).
 #[derive(Debug)]
 pub struct LanguageModel {
     pub config: LmConfig,
     pub model: CausalLm,
     pub tokenizer: Option<Tokenizer>,
+    /// Why there is no tokenizer, when the model has a vocabulary curate does not rebuild.
+    pub tokenizer_note: Option<String>,
+    pub chat_template: Option<TemplateText>,
+    /// The special token texts a chat template refers to.
+    pub special_tokens: SpecialTokenText,
+}
+
+/// True when `path` is a GGUF file (by its magic bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// The files a model is made of (for content hashes): a GGUF file, or a directory's
+/// config.json and weight files.
+pub fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if is_gguf(path) {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = vec![path.join(CONFIG_FILE)];
+    files.extend(weights::checkpoint_files(path)?);
+    Ok(files)
 }
 
 impl LanguageModel {
-    /// Load `config.json`, the safetensors weights and `tokenizer.json` (if present).
-    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+    /// Load a model directory in Hugging Face layout (`config.json`, the safetensors weights,
+    /// `tokenizer.json` and the chat template when present) or a GGUF file.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        if is_gguf(path) {
+            return LanguageModel::load_gguf(path, options);
+        }
+        let dir = path;
         if !dir.is_dir() {
-            return Err(InputError::new(
-                dir.display().to_string(),
-                "model directory does not exist",
-            )
-            .into());
+            let message = if dir.exists() {
+                "not a model directory or a GGUF file"
+            } else {
+                "model directory does not exist"
+            };
+            return Err(InputError::new(dir.display().to_string(), message).into());
         }
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(|e| {
@@ -90,13 +138,57 @@ impl LanguageModel {
             lm::tensor_specs(&config),
             stored,
             dir,
+            CONFIG_FILE,
             options.allow_partial,
             config.tie_word_embeddings,
             &device,
             options.dtype,
         )?
         .seeded(options.seed, config.initializer_range);
-        LanguageModel::build(config, tokenizer, source, options.trainable)
+        let mut lm = LanguageModel::build(config, tokenizer, source, options.trainable)?;
+        lm.chat_template = read_chat_template(dir)?;
+        lm.special_tokens = read_special_tokens(dir)?;
+        Ok(lm)
+    }
+
+    /// The chat template a model directory carries, without loading the model.
+    pub fn template_of_dir(dir: &Path) -> Result<Option<TemplateText>> {
+        read_chat_template(dir)
+    }
+
+    /// A GGUF file: configuration from its metadata, dequantised weights, the embedded
+    /// tokenizer and chat template.
+    fn load_gguf(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let file = gguf::GgufFile::open(path)?;
+        let config = from_gguf::config(&file)?;
+        let tokenizer = from_gguf::tokenizer(&file)?;
+        let stored = from_gguf::read_weights(&file, &config)?;
+        let device = autodiff_device(&options.device);
+        let source = TensorSource::checkpoint(
+            lm::tensor_specs(&config),
+            stored,
+            path,
+            "the GGUF metadata",
+            options.allow_partial,
+            config.tie_word_embeddings,
+            &device,
+            options.dtype,
+        )?
+        .seeded(options.seed, config.initializer_range);
+        let tokenizer_note = tokenizer.is_none().then(|| {
+            format!(
+                "its tokenizer kind '{}' is not one curate rebuilds (only byte-level BPE, 'gpt2')",
+                from_gguf::tokenizer_kind(&file)
+            )
+        });
+        let mut lm = LanguageModel::build(config, tokenizer, source, options.trainable)?;
+        lm.tokenizer_note = tokenizer_note;
+        lm.chat_template = from_gguf::chat_template(&file).map(|text| TemplateText {
+            text,
+            origin: format!("{} (tokenizer.chat_template)", file.label()),
+        });
+        lm.special_tokens = from_gguf::special_tokens(&file);
+        Ok(lm)
     }
 
     /// A freshly initialised model (transformers' initialisation, seeded).
@@ -133,6 +225,9 @@ impl LanguageModel {
             config,
             model,
             tokenizer,
+            tokenizer_note: None,
+            chat_template: None,
+            special_tokens: SpecialTokenText::default(),
         })
     }
 
@@ -154,8 +249,87 @@ impl LanguageModel {
             tokenizer
                 .save(dir.join(TOKENIZER_FILE), true)
                 .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+            let path = dir.join(TOKENIZER_CONFIG_FILE);
+            std::fs::write(&path, self.tokenizer_config(tokenizer))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(template) = &self.chat_template {
+            let path = dir.join(CHAT_TEMPLATE_FILE);
+            std::fs::write(&path, &template.text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// `tokenizer_config.json`: the special tokens by text, and the plain fast-tokenizer class
+    /// so transformers does not swap in a model-specific one with other defaults.
+    fn tokenizer_config(&self, tokenizer: &Tokenizer) -> String {
+        let by_id = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+        let special = &self.special_tokens;
+        let entries = [
+            (
+                "bos_token",
+                special
+                    .bos
+                    .clone()
+                    .or_else(|| by_id(self.config.bos_token_id)),
+            ),
+            (
+                "eos_token",
+                special
+                    .eos
+                    .clone()
+                    .or_else(|| by_id(self.config.eos_token_id)),
+            ),
+            ("unk_token", special.unk.clone()),
+            (
+                "pad_token",
+                special
+                    .pad
+                    .clone()
+                    .or_else(|| by_id(self.config.pad_token_id)),
+            ),
+        ];
+        let mut map = serde_json::Map::new();
+        map.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        map.insert("add_bos_token".into(), false.into());
+        map.insert("add_eos_token".into(), false.into());
+        for (key, value) in entries {
+            map.insert(
+                key.into(),
+                value.map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+        map.insert(
+            "model_max_length".into(),
+            self.config.max_position_embeddings.into(),
+        );
+        let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(map))
+            .expect("a JSON object serialises");
+        text.push('\n');
+        text
+    }
+
+    /// The chat template to use: the model's own (`Auto`), none, or one given as text; compiled
+    /// with the model's special tokens. Errors name where the template came from.
+    pub fn chat_template(&self, choice: &TemplateChoice) -> Result<Option<ChatTemplate>> {
+        let text = match choice {
+            TemplateChoice::None => return Ok(None),
+            TemplateChoice::Auto => match &self.chat_template {
+                Some(text) => text.clone(),
+                None => return Ok(None),
+            },
+            TemplateChoice::Given(text) => text.clone(),
+        };
+        ChatTemplate::new(text.text, self.special_tokens.clone())
+            .map(Some)
+            .map_err(|e| {
+                InputError::new(
+                    text.origin,
+                    format!("the chat template does not compile: {e}"),
+                )
+                .into()
+            })
     }
 
     /// The token used to pad batches: `pad_token_id`, else `eos_token_id`, else 0 (padded
@@ -264,6 +438,91 @@ fn autodiff_device(device: &Device) -> Device {
     } else {
         device.clone().autodiff()
     }
+}
+
+/// Which chat template a command uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateChoice {
+    /// The model's own, when it has one.
+    Auto,
+    None,
+    Given(TemplateText),
+}
+
+/// A JSON file of a model directory, when present.
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError::new(label.clone(), format!("cannot read: {e}")))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| InputError::new(label, format!("not JSON: {e}")).into())
+}
+
+/// The chat template of a model directory: `chat_template.jinja`, `chat_template.json`, or the
+/// `chat_template` of `tokenizer_config.json` (a string, or a list of named templates of which
+/// "default" is taken).
+fn read_chat_template(dir: &Path) -> Result<Option<TemplateText>> {
+    let jinja = dir.join(CHAT_TEMPLATE_FILE);
+    if jinja.is_file() {
+        let origin = jinja.display().to_string();
+        let text = std::fs::read_to_string(&jinja)
+            .map_err(|e| InputError::new(origin.clone(), format!("cannot read: {e}")))?;
+        return Ok(Some(TemplateText { text, origin }));
+    }
+    for file in [CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG_FILE] {
+        let path = dir.join(file);
+        let Some(json) = read_json(&path)? else {
+            continue;
+        };
+        let origin = format!("{} (chat_template)", path.display());
+        match json.get("chat_template") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(text)) => {
+                return Ok(Some(TemplateText {
+                    text: text.clone(),
+                    origin,
+                }));
+            }
+            Some(serde_json::Value::Array(named)) => {
+                let default = named.iter().find(|t| t["name"] == "default");
+                if let Some(text) = default.and_then(|t| t["template"].as_str()) {
+                    return Ok(Some(TemplateText {
+                        text: text.to_string(),
+                        origin,
+                    }));
+                }
+            }
+            Some(_) => {
+                return Err(InputError::new(origin, "chat_template is not a string").into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// bos/eos/unk/pad token texts from `tokenizer_config.json` (strings or `{"content": ...}`).
+fn read_special_tokens(dir: &Path) -> Result<SpecialTokenText> {
+    let Some(json) = read_json(&dir.join(TOKENIZER_CONFIG_FILE))? else {
+        return Ok(SpecialTokenText::default());
+    };
+    let text = |key: &str| match json.get(key) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        _ => None,
+    };
+    Ok(SpecialTokenText {
+        bos: text("bos_token"),
+        eos: text("eos_token"),
+        unk: text("unk_token"),
+        pad: text("pad_token"),
+    })
 }
 
 fn read_tokenizer(dir: &Path, config: &LmConfig) -> Result<Option<Tokenizer>> {

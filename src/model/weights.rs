@@ -164,10 +164,13 @@ impl TensorSource {
 
     /// A checkpoint checked against the key map: shapes must agree, and unless
     /// `allow_partial` every expected tensor must be present and every stored one used.
+    /// `config_origin` names where the expected shapes come from, for the error message.
+    #[allow(clippy::too_many_arguments)]
     pub fn checkpoint(
         specs: Vec<TensorSpec>,
         mut stored: BTreeMap<String, StoredTensor>,
         origin: &Path,
+        config_origin: &str,
         allow_partial: bool,
         tied_embeddings: bool,
         device: &Device,
@@ -185,7 +188,7 @@ impl TensorSource {
                 bail!(InputError::new(
                     tensor.file.display().to_string(),
                     format!(
-                        "tensor '{}' has shape {:?} but config.json implies {:?}",
+                        "tensor '{}' has shape {:?} but {config_origin} implies {:?}",
                         spec.name, tensor.shape, spec.shape
                     )
                 ));
