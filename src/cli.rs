@@ -692,8 +692,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<String>,
 
-    /// Continue training a model directory (its weights and tokenizer).
-    #[arg(long, value_name = "DIR")]
+    /// Continue training a model (its weights, tokenizer and chat template): a directory in
+    /// Hugging Face layout or a llama.cpp GGUF file.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: Option<String>,
 
     /// With --model: initialise tensors the checkpoint lacks and ignore ones the model does
@@ -748,6 +749,9 @@ pub struct TrainArgs {
     /// Column with the response text (loss on these tokens).
     #[arg(long, default_value = "response", value_name = "COLUMN")]
     pub response_col: String,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 
     /// Cut sequences longer than N tokens to their first N (prompt first, then as much of
     /// the response as fits). Without it a row longer than the model's positions is an error.
@@ -820,6 +824,25 @@ pub struct TrainArgs {
     pub input_format: Option<FormatArg>,
 }
 
+/// How text rows become token sequences for a chat model.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Chat template for text rows: auto (the model's own, when it has one), none (prompt,
+    /// response and the end-of-text token), or a Jinja template file. With a template the loss
+    /// is on the assistant messages (and the end-of-turn token after each) only.
+    #[arg(long, default_value = "auto", value_name = "auto|none|FILE")]
+    pub chat_template: String,
+
+    /// System message put first in every conversation that has none (needs a chat template).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Column of whole conversations, lists of {role, content} messages (used when present;
+    /// needs a chat template).
+    #[arg(long, default_value = "messages", value_name = "NAME")]
+    pub messages_col: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecondArg {
     Identity,
@@ -857,8 +880,9 @@ pub enum GranularityArg {
 /// fitting.
 #[derive(Debug, Args)]
 pub struct GradientArgs {
-    /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
-    #[arg(long, required = true, value_name = "DIR")]
+    /// Model: a directory in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json, chat template) or a llama.cpp GGUF file.
+    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
     pub model: Option<String>,
 
     /// Training table: prompt/response text or input_ids/labels lists, optional id, domain,
@@ -894,6 +918,9 @@ pub struct GradientArgs {
     /// Response text column (loss on its tokens and the end-of-text token).
     #[arg(long, default_value = "response", value_name = "NAME")]
     pub response_col: String,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 
     /// Cut token sequences to this many tokens instead of failing on rows longer than the
     /// model's positions.

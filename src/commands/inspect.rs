@@ -1,5 +1,6 @@
 //! `curate inspect`: what is in a data file, for people (text) and machines (`--json`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -51,6 +52,9 @@ pub fn run(args: InspectArgs, context: &Context) -> Result<ExitStatus> {
         }
         if Path::new(path).is_dir() {
             let report = inspect_model(Path::new(path))?;
+            emit(&mut stdout, args.json, &report, write_model_text)?;
+        } else if model::is_gguf(Path::new(path)) {
+            let report = inspect_gguf(Path::new(path))?;
             emit(&mut stdout, args.json, &report, write_model_text)?;
         } else {
             let input = Input::open(path, format)?;
@@ -122,7 +126,8 @@ fn inspect(input: &Input, args: &InspectArgs, context: &Context) -> Result<FileR
     })
 }
 
-/// A model directory: its architecture, size, tokenizer and provenance.
+/// A model directory or GGUF file: its architecture, size, tokenizer, chat template and
+/// provenance.
 #[derive(Serialize)]
 struct ModelReport {
     path: String,
@@ -131,6 +136,8 @@ struct ModelReport {
     parameters: usize,
     tensors: usize,
     dtypes: Vec<String>,
+    /// Tensors per stored type (quantisation, for GGUF).
+    tensor_types: BTreeMap<String, usize>,
     files: usize,
     vocab_size: usize,
     hidden_size: usize,
@@ -143,7 +150,14 @@ struct ModelReport {
     rope_theta: f64,
     tied_embeddings: bool,
     tokenizer_tokens: Option<usize>,
+    /// What kind of tokenizer (GGUF: llama.cpp's tokenizer model and pre-tokenizer).
+    tokenizer_kind: Option<String>,
+    /// Characters of the chat template, when the model has one.
+    chat_template_chars: Option<usize>,
     provenance: Option<ProvenanceReport>,
+    /// GGUF only: the file version and its metadata (long arrays cut to their first items).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gguf: Option<serde_json::Value>,
 }
 
 fn inspect_model(dir: &Path) -> Result<ModelReport> {
@@ -169,9 +183,12 @@ fn inspect_model(dir: &Path) -> Result<ModelReport> {
     } else {
         None
     };
-    let mut dtypes: Vec<String> = header.tensors.iter().map(|(_, d, _)| d.clone()).collect();
-    dtypes.sort();
-    dtypes.dedup();
+    let mut tensor_types = BTreeMap::new();
+    for (_, dtype, _) in &header.tensors {
+        *tensor_types.entry(dtype.clone()).or_insert(0) += 1;
+    }
+    let dtypes = tensor_types.keys().cloned().collect();
+    let lm_template = model::LanguageModel::template_of_dir(dir)?;
     let provenance = Provenance::from_key_values(
         header
             .metadata
@@ -191,6 +208,7 @@ fn inspect_model(dir: &Path) -> Result<ModelReport> {
         parameters: header.parameter_count(),
         tensors: header.tensors.len(),
         dtypes,
+        tensor_types,
         files: header.files.len(),
         vocab_size: config.vocab_size,
         hidden_size: config.hidden_size,
@@ -203,19 +221,83 @@ fn inspect_model(dir: &Path) -> Result<ModelReport> {
         rope_theta: config.rope_theta,
         tied_embeddings: config.tie_word_embeddings,
         tokenizer_tokens,
+        tokenizer_kind: tokenizer_tokens.map(|_| "tokenizer.json".to_string()),
+        chat_template_chars: lm_template.map(|t| t.text.chars().count()),
         provenance,
+        gguf: None,
+    })
+}
+
+/// A GGUF file, from its header alone (no tensor data is read).
+fn inspect_gguf(path: &Path) -> Result<ModelReport> {
+    use model::{from_gguf, gguf};
+    let file = gguf::GgufFile::open(path)?;
+    let config = from_gguf::config(&file)?;
+    let mut tensor_types = BTreeMap::new();
+    for tensor in &file.tensors {
+        *tensor_types
+            .entry(tensor.ggml_type.name().to_string())
+            .or_insert(0) += 1;
+    }
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .and_then(gguf::MetaValue::as_array)
+        .map(<[gguf::MetaValue]>::len);
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(gguf::MetaValue::as_str)
+        .unwrap_or("default");
+    let metadata: serde_json::Map<String, serde_json::Value> = file
+        .metadata
+        .iter()
+        .map(|(key, value)| (key.clone(), value.to_json(8)))
+        .collect();
+    Ok(ModelReport {
+        path: path.display().to_string(),
+        format: "gguf",
+        model_type: config.architecture.model_type().to_string(),
+        parameters: file.tensors.iter().map(|t| t.elements() as usize).sum(),
+        tensors: file.tensors.len(),
+        dtypes: tensor_types.keys().cloned().collect(),
+        tensor_types,
+        files: 1,
+        vocab_size: config.vocab_size,
+        hidden_size: config.hidden_size,
+        intermediate_size: config.intermediate_size,
+        layers: config.num_layers,
+        heads: config.num_heads,
+        kv_heads: config.num_kv_heads,
+        head_dim: config.head_dim,
+        max_position_embeddings: config.max_position_embeddings,
+        rope_theta: config.rope_theta,
+        tied_embeddings: config.tie_word_embeddings,
+        tokenizer_tokens: tokens,
+        tokenizer_kind: tokens
+            .map(|_| format!("{} (pre-tokenizer {pre})", from_gguf::tokenizer_kind(&file))),
+        chat_template_chars: from_gguf::chat_template(&file).map(|t| t.chars().count()),
+        provenance: None,
+        gguf: Some(serde_json::json!({"version": file.version, "metadata": metadata})),
     })
 }
 
 fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Result<()> {
     writeln!(out, "{}", report.path)?;
-    writeln!(out, "  format      model ({})", report.model_type)?;
+    writeln!(
+        out,
+        "  format      {} ({})",
+        report.format, report.model_type
+    )?;
+    let types: Vec<String> = report
+        .tensor_types
+        .iter()
+        .map(|(dtype, count)| format!("{dtype} ×{count}"))
+        .collect();
     writeln!(
         out,
         "  parameters  {} in {} tensors ({}), {} file{}",
         report.parameters,
         report.tensors,
-        report.dtypes.join(", "),
+        types.join(", "),
         report.files,
         if report.files == 1 { "" } else { "s" }
     )?;
@@ -244,9 +326,30 @@ fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Resu
         "  positions   {} (rope_theta {})",
         report.max_position_embeddings, report.rope_theta
     )?;
-    match report.tokenizer_tokens {
-        Some(n) => writeln!(out, "  tokenizer   {n} tokens")?,
-        None => writeln!(out, "  tokenizer   none")?,
+    match (report.tokenizer_tokens, &report.tokenizer_kind) {
+        (Some(n), Some(kind)) if report.format == "gguf" => {
+            writeln!(out, "  tokenizer   {n} tokens, {kind}")?
+        }
+        (Some(n), _) => writeln!(out, "  tokenizer   {n} tokens")?,
+        (None, _) => writeln!(out, "  tokenizer   none")?,
+    }
+    match report.chat_template_chars {
+        Some(n) => writeln!(out, "  chat        template of {n} characters")?,
+        None => writeln!(out, "  chat        no template")?,
+    }
+    if let Some(gguf) = &report.gguf {
+        writeln!(out, "  gguf        version {}", gguf["version"])?;
+        for (key, value) in gguf["metadata"].as_object().into_iter().flatten() {
+            if key.starts_with("tokenizer.ggml.") || key == "tokenizer.chat_template" {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            writeln!(out, "  metadata    {key} = {}", clip(&text, 60))?;
+        }
+        return Ok(());
     }
     write_provenance(out, &report.provenance)
 }

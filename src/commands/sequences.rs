@@ -1,13 +1,166 @@
-//! Token sequences from a table: prompt/response text tokenised with the model's tokenizer, or
-//! `input_ids`/`labels` lists; each row checked against the model (length, vocabulary, loss).
+//! Token sequences from a table: prompt/response text or whole conversations tokenised with the
+//! model's tokenizer (through its chat template when one is in use), or `input_ids`/`labels`
+//! lists; each row checked against the model (length, vocabulary, loss).
+
+use std::path::Path;
 
 use anyhow::Result;
 use polars::prelude::*;
 use tokenizers::Tokenizer;
 
+use crate::cli::ChatArgs;
 use crate::error::{InputError, usage};
-use crate::model::{IGNORE_INDEX, LanguageModel, Sequence, tokenizer};
+use crate::model::chat::{self, ChatTemplate, Message};
+use crate::model::{
+    IGNORE_INDEX, LanguageModel, Sequence, TemplateChoice, TemplateText, tokenizer,
+};
 use crate::table::{self, ColumnRole, Expected};
+
+/// The chat template `--chat-template` names: auto, none, or a file.
+pub fn template_choice(args: &ChatArgs) -> Result<TemplateChoice> {
+    Ok(match args.chat_template.as_str() {
+        "auto" => TemplateChoice::Auto,
+        "none" => TemplateChoice::None,
+        path => {
+            let text = std::fs::read_to_string(Path::new(path)).map_err(|e| {
+                usage(format!(
+                    "--chat-template {path}: cannot read the template: {e}"
+                ))
+            })?;
+            TemplateChoice::Given(TemplateText {
+                text,
+                origin: path.to_string(),
+            })
+        }
+    })
+}
+
+/// Text rows: prompt/response pairs, or whole conversations.
+pub enum TextRows {
+    PromptResponse {
+        prompts: Vec<String>,
+        responses: Vec<String>,
+    },
+    Conversations(Vec<Vec<Message>>),
+}
+
+impl TextRows {
+    /// The conversations column when the table has it, else the prompt and response columns.
+    pub fn read(frame: &DataFrame, file: &str, columns: &TextColumns) -> Result<TextRows> {
+        if frame.column(columns.messages_col).is_ok() {
+            return Ok(TextRows::Conversations(messages_column(
+                frame,
+                file,
+                columns.messages_col,
+            )?));
+        }
+        Ok(TextRows::PromptResponse {
+            prompts: text_column(frame, file, columns.prompt_col, "--prompt-col")?,
+            responses: text_column(frame, file, columns.response_col, "--response-col")?,
+        })
+    }
+
+    /// Every text, for training a tokenizer.
+    pub fn texts(&self) -> Box<dyn Iterator<Item = &str> + Send + '_> {
+        match self {
+            TextRows::PromptResponse { prompts, responses } => {
+                Box::new(prompts.iter().chain(responses).map(String::as_str))
+            }
+            TextRows::Conversations(rows) => {
+                Box::new(rows.iter().flatten().map(|m| m.content.as_str()))
+            }
+        }
+    }
+
+    /// The text that carries loss in each row: the response, or the assistant messages joined
+    /// by blank lines.
+    pub fn responses(&self) -> Vec<String> {
+        match self {
+            TextRows::PromptResponse { responses, .. } => responses.clone(),
+            TextRows::Conversations(rows) => rows
+                .iter()
+                .map(|messages| {
+                    messages
+                        .iter()
+                        .filter(|m| m.role == "assistant")
+                        .map(|m| m.content.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n\n")
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Names of the text columns.
+pub struct TextColumns<'a> {
+    pub prompt_col: &'a str,
+    pub response_col: &'a str,
+    pub messages_col: &'a str,
+}
+
+/// A column of conversations: lists of `{role, content}` structs, no nulls.
+pub fn messages_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Vec<Message>>> {
+    let column = frame.column(name)?;
+    let not_messages = || {
+        InputError::new(
+            file,
+            format!(
+                "expected a list of {{role, content}} messages, found {}",
+                column.dtype()
+            ),
+        )
+        .column(name)
+    };
+    let DataType::List(inner) = column.dtype() else {
+        return Err(not_messages().into());
+    };
+    let DataType::Struct(fields) = inner.as_ref() else {
+        return Err(not_messages().into());
+    };
+    for field in ["role", "content"] {
+        if !fields.iter().any(|f| f.name() == field) {
+            return Err(not_messages().into());
+        }
+    }
+    let lists = column.list()?;
+    let mut rows = Vec::with_capacity(lists.len());
+    for index in 0..lists.len() {
+        let row = index + 1;
+        let at = |message: String| InputError::new(file, message).column(name).row(row);
+        let series = lists
+            .get_as_series(index)
+            .ok_or_else(|| at("missing conversation (null)".into()))?;
+        let messages = series.struct_()?;
+        let text = |field: &str| -> Result<Vec<Option<String>>> {
+            let values = messages.field_by_name(field)?.cast(&DataType::String)?;
+            Ok(values
+                .str()?
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect())
+        };
+        let roles = text("role")?;
+        let contents = text("content")?;
+        let mut conversation = Vec::with_capacity(roles.len());
+        for (position, (role, content)) in roles.into_iter().zip(contents).enumerate() {
+            match (role, content) {
+                (Some(role), Some(content)) if !role.is_empty() => {
+                    conversation.push(Message { role, content })
+                }
+                _ => {
+                    return Err(at(format!(
+                        "message {} has no role or no content",
+                        position + 1
+                    ))
+                    .into());
+                }
+            }
+        }
+        rows.push(conversation);
+    }
+    Ok(rows)
+}
 
 /// A text column without nulls.
 pub fn text_column(frame: &DataFrame, file: &str, name: &str, flag: &str) -> Result<Vec<String>> {
@@ -61,9 +214,14 @@ pub struct Encoding<'a> {
     pub file: &'a str,
     pub prompt_col: &'a str,
     pub response_col: &'a str,
+    pub messages_col: &'a str,
     /// Cut longer sequences to this many tokens; without it a row longer than the model's
     /// positions is an error.
     pub max_length: Option<usize>,
+    /// Rows are rendered as conversations with this template (loss on assistant messages).
+    pub chat: Option<&'a ChatTemplate>,
+    /// System message for conversations that have none.
+    pub system: Option<&'a str>,
 }
 
 impl Encoding<'_> {
@@ -77,6 +235,90 @@ impl Encoding<'_> {
             )));
         }
         Ok(self.max_length.unwrap_or(limit))
+    }
+
+    /// Text rows as sequences: through the chat template when there is one, else prompt then
+    /// response. Returns the sequences and how many were cut.
+    pub fn encode_rows(
+        &self,
+        lm: &LanguageModel,
+        tok: &Tokenizer,
+        rows: &TextRows,
+    ) -> Result<(Vec<Sequence>, usize)> {
+        const NO_TEMPLATE: &str =
+            "no chat template is in use (the model has none, or --chat-template none); give --chat-template FILE";
+        if self.system.is_some() && self.chat.is_none() {
+            return Err(usage(format!("--system needs a chat template: {NO_TEMPLATE}")));
+        }
+        match (rows, self.chat) {
+            (TextRows::PromptResponse { prompts, responses }, None) => {
+                self.encode_texts(lm, tok, prompts, responses)
+            }
+            (TextRows::Conversations(_), None) => Err(usage(format!(
+                "{}: column '{}' holds conversations, which need a chat template: {NO_TEMPLATE}",
+                self.file, self.messages_col
+            ))),
+            (TextRows::PromptResponse { prompts, responses }, Some(template)) => {
+                let conversations = prompts
+                    .iter()
+                    .zip(responses)
+                    .map(|(p, r)| vec![Message::new("user", p), Message::new("assistant", r)])
+                    .collect();
+                self.encode_conversations(lm, tok, template, conversations, false)
+            }
+            (TextRows::Conversations(conversations), Some(template)) => {
+                self.encode_conversations(lm, tok, template, conversations.clone(), true)
+            }
+        }
+    }
+
+    fn encode_conversations(
+        &self,
+        lm: &LanguageModel,
+        tok: &Tokenizer,
+        template: &ChatTemplate,
+        conversations: Vec<Vec<Message>>,
+        from_messages: bool,
+    ) -> Result<(Vec<Sequence>, usize)> {
+        let mut sequences = Vec::with_capacity(conversations.len());
+        let mut truncated = 0;
+        for (index, mut messages) in conversations.into_iter().enumerate() {
+            let row = index + 1;
+            if let Some(system) = self.system
+                && messages.first().is_none_or(|m| m.role != "system")
+            {
+                messages.insert(0, Message::new("system", system));
+            }
+            let column = if from_messages {
+                self.messages_col
+            } else {
+                self.response_col
+            };
+            let (_, sequence) =
+                chat::encode_conversation(tok, template, &messages).map_err(|e| {
+                    InputError::new(self.file, e.to_string())
+                        .column(column)
+                        .row(row)
+                })?;
+            if sequence.loss_tokens() == 0 {
+                return Err(InputError::new(
+                    self.file,
+                    "empty assistant message (no tokens to train on)",
+                )
+                .column(column)
+                .row(row)
+                .into());
+            }
+            let prompt_col = if from_messages {
+                self.messages_col
+            } else {
+                self.prompt_col
+            };
+            let (sequence, cut) = self.check(lm, sequence, row, prompt_col)?;
+            truncated += usize::from(cut);
+            sequences.push(sequence);
+        }
+        Ok((sequences, truncated))
     }
 
     /// Prompt tokens without loss, response tokens and the end-of-text token with loss. Returns

@@ -11,14 +11,15 @@ use tokenizers::Tokenizer;
 
 use super::Context;
 use super::output_dir::OutputDir;
-use super::sequences;
+use super::sequences::{self, TextColumns, TextRows};
 use crate::ExitStatus;
 use crate::cli::{ArchArg, DtypeArg, ScheduleArg, TrainArgs};
 use crate::error::{InputError, Interrupted, usage};
 use crate::interrupt;
 use crate::model::train::{Schedule, TrainSettings, Trainer};
 use crate::model::{
-    Architecture, DeviceSpec, LanguageModel, LmConfig, LoadOptions, Sequence, tokenizer,
+    Architecture, DeviceSpec, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice,
+    tokenizer,
 };
 use crate::table::{self, Input};
 
@@ -49,7 +50,8 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     }
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
-    let (prompts, responses) = read_texts(&input, &args)?;
+    let rows = read_rows(&input, &args)?;
+    let template_choice = sequences::template_choice(&args.chat)?;
 
     // The starting model: a checkpoint, a model directory, or a fresh one.
     let options = LoadOptions {
@@ -72,14 +74,21 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     } else {
         let tokenizer = match &args.tokenizer {
             Some(path) => read_tokenizer(path)?,
-            None => tokenizer::train_byte_level_bpe(
-                prompts.iter().chain(&responses).map(String::as_str),
-                args.vocab_size,
-            )?,
+            None => tokenizer::train_byte_level_bpe(rows.texts(), args.vocab_size)?,
         };
         let config = initial_config(&args, &tokenizer)?;
-        LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?
+        let eos = config.eos_token_id.and_then(|id| tokenizer.id_to_token(id));
+        let mut lm =
+            LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?;
+        lm.special_tokens.eos = eos;
+        lm
     };
+    // A template given on the command line is saved with the model, so influence and later
+    // runs render rows the same way.
+    if let TemplateChoice::Given(text) = &template_choice {
+        lm.chat_template = Some(text.clone());
+    }
+    let chat = lm.chat_template(&template_choice)?;
     let Some(tok) = lm.tokenizer.clone() else {
         return Err(usage(format!(
             "{}: the model has no tokenizer.json; give one with --tokenizer",
@@ -91,9 +100,12 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         file: input.label(),
         prompt_col: &args.prompt_col,
         response_col: &args.response_col,
+        messages_col: &args.chat.messages_col,
         max_length: args.max_length,
+        chat: chat.as_ref(),
+        system: args.chat.system.as_deref(),
     };
-    let (sequences, truncated) = encoding.encode_texts(&lm, &tok, &prompts, &responses)?;
+    let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
     let settings = TrainSettings {
         epochs: args.epochs,
         max_steps: args.steps,
@@ -111,7 +123,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         ..TrainSettings::default()
     };
     let digest = input.digest()?;
-    let fingerprint = fingerprint(&digest.sha256, &settings, &lm, &tok);
+    let fingerprint = fingerprint(&digest.sha256, &settings, &lm, &tok, &encoding);
     let mut trainer = Trainer::new(settings, sequences.iter().map(Sequence::len).collect());
     if args.resume {
         resume(&mut trainer, &checkpoint_dir, &fingerprint)?;
@@ -276,13 +288,16 @@ fn read_tokenizer(path: &str) -> Result<Tokenizer> {
         .map_err(|e| InputError::new(path, format!("not a tokenizer: {e}")).into())
 }
 
-fn read_texts(input: &Input, args: &TrainArgs) -> Result<(Vec<String>, Vec<String>)> {
+fn read_rows(input: &Input, args: &TrainArgs) -> Result<TextRows> {
     let frame = input.read()?;
     let label = input.label();
     table::require_rows(&frame, label)?;
-    let prompts = sequences::text_column(&frame, label, &args.prompt_col, "--prompt-col")?;
-    let responses = sequences::text_column(&frame, label, &args.response_col, "--response-col")?;
-    Ok((prompts, responses))
+    let columns = TextColumns {
+        prompt_col: &args.prompt_col,
+        response_col: &args.response_col,
+        messages_col: &args.chat.messages_col,
+    };
+    TextRows::read(&frame, label, &columns)
 }
 
 fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
@@ -334,18 +349,25 @@ fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
     Ok(config)
 }
 
-/// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer.
+/// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer,
+/// and how rows became sequences (chat template, system message, length limit).
 fn fingerprint(
     data_sha256: &str,
     settings: &TrainSettings,
     lm: &LanguageModel,
     tok: &Tokenizer,
+    encoding: &sequences::Encoding,
 ) -> String {
     let mut hash = Sha256::new();
     hash.update(data_sha256.as_bytes());
     hash.update(format!("{settings:?}").as_bytes());
     hash.update(lm.config.to_json().as_bytes());
     hash.update(tok.to_string(false).unwrap_or_default().as_bytes());
+    if let Some(template) = encoding.chat {
+        hash.update(b"chat template\0");
+        hash.update(template.source().as_bytes());
+        hash.update(encoding.system.unwrap_or_default().as_bytes());
+    }
     format!("{:x}", hash.finalize())
 }
 

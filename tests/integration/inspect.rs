@@ -153,7 +153,7 @@ fn model_directories_show_architecture_size_and_provenance() {
         .stdout;
     assert!(text.contains("format      model (llama)"), "{text}");
     assert!(
-        text.contains("205120 in 20 tensors (F32), 1 file"),
+        text.contains("205120 in 20 tensors (F32 ×20), 1 file"),
         "{text}"
     );
 

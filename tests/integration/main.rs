@@ -1,17 +1,21 @@
 //! Integration tests: drive the built `curate` binary on files in a temporary directory.
 
+mod chat;
 mod chat_server;
 mod cli;
 mod cli_reference;
 mod convert;
 mod errors;
+mod gguf;
 mod influence;
 mod inspect;
 mod model;
+mod pandas;
 mod rephrase;
 mod rephrase_llm;
 mod reveal;
 mod reveal_parity;
 mod reweight;
+mod smollm2;
 mod test;
 mod train;

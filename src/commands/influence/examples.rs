@@ -3,9 +3,9 @@
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::commands::sequences::{self, Encoding};
+use crate::commands::sequences::{self, Encoding, TextColumns, TextRows};
 use crate::error::{InputError, usage};
-use crate::model::{IGNORE_INDEX, LanguageModel, Sequence};
+use crate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{self, ColumnRole, Input, InputDigest};
 
 /// One input table, tokenised.
@@ -31,6 +31,9 @@ pub struct ReadOptions<'a> {
     pub id_col: Option<&'a str>,
     pub prompt_col: &'a str,
     pub response_col: &'a str,
+    pub messages_col: &'a str,
+    pub chat: Option<&'a ChatTemplate>,
+    pub system: Option<&'a str>,
     pub max_length: Option<usize>,
     pub answer_col: Option<&'a str>,
     pub correct_col: Option<&'a str>,
@@ -69,7 +72,10 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         file: &file,
         prompt_col: options.prompt_col,
         response_col: options.response_col,
+        messages_col: options.messages_col,
         max_length: options.max_length,
+        chat: options.chat,
+        system: options.system,
     };
     let has = |name: &str| frame.column(name).is_ok();
     let (sequences, truncated, responses) = if has("input_ids") {
@@ -91,15 +97,22 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         (sequences, truncated, None)
     } else {
         let Some(tok) = &lm.tokenizer else {
+            let why = lm
+                .tokenizer_note
+                .clone()
+                .unwrap_or_else(|| "it has no tokenizer.json".to_string());
             return Err(usage(format!(
-                "{file}: text rows need the model's tokenizer.json (or give input_ids/labels columns)"
+                "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
             )));
         };
-        let prompts = sequences::text_column(&frame, &file, options.prompt_col, "--prompt-col")?;
-        let responses =
-            sequences::text_column(&frame, &file, options.response_col, "--response-col")?;
-        let (sequences, truncated) = encoding.encode_texts(lm, tok, &prompts, &responses)?;
-        (sequences, truncated, Some(responses))
+        let columns = TextColumns {
+            prompt_col: options.prompt_col,
+            response_col: options.response_col,
+            messages_col: options.messages_col,
+        };
+        let rows = TextRows::read(&frame, &file, &columns)?;
+        let (sequences, truncated) = encoding.encode_rows(lm, tok, &rows)?;
+        (sequences, truncated, Some(rows.responses()))
     };
     let as_text = |name: &str| -> Result<Option<(Column, Vec<String>)>> {
         let Ok(column) = frame.column(name) else {

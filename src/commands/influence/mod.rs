@@ -21,13 +21,14 @@ use crate::cli::{
     DtypeArg, FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction,
     InfluenceArgs, MergeFactorsArgs, PrecondArg, QueryAggArg,
 };
+use crate::commands::sequences;
 use crate::error::usage;
 use crate::influence::{
     self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
     QueryAggregate, Stage, segment::Segmenter,
 };
 use crate::interrupt;
-use crate::model::{DeviceSpec, LanguageModel, LoadOptions, weights};
+use crate::model::{self, ChatTemplate, DeviceSpec, LanguageModel, LoadOptions};
 use crate::printer::Printer;
 use crate::table::{InputDigest, Shard};
 use examples::{Examples, ReadOptions};
@@ -54,6 +55,8 @@ struct Setup {
     shard: Shard,
     batch_size: usize,
     cache_bytes: usize,
+    /// The chat template text rows go through, if any.
+    chat: Option<ChatTemplate>,
     train: Examples,
 }
 
@@ -111,10 +114,14 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         },
     )?;
     let (model_digest, model_inputs) = model_digest(model_dir)?;
+    let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
     let options = ReadOptions {
         id_col: args.id_col.as_deref(),
         prompt_col: &args.prompt_col,
         response_col: &args.response_col,
+        messages_col: &args.chat.messages_col,
+        chat: chat.as_ref(),
+        system: args.chat.system.as_deref(),
         max_length: args.max_length,
         answer_col,
         correct_col: None,
@@ -134,14 +141,15 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         shard,
         batch_size: args.batch_size,
         cache_bytes: args.cache_mib << 20,
+        chat,
         train,
     })
 }
 
-/// sha256 over the model's config and weight files, and each file's digest for provenance.
-fn model_digest(dir: &Path) -> Result<(String, Vec<InputDigest>)> {
-    let mut files = vec![dir.join("config.json")];
-    files.extend(weights::checkpoint_files(dir)?);
+/// sha256 over the model's files (config and weights, or the GGUF file), and each file's
+/// digest for provenance.
+fn model_digest(path: &Path) -> Result<(String, Vec<InputDigest>)> {
+    let files = model::model_files(path)?;
     let mut hash = Sha256::new();
     let mut digests = Vec::new();
     for file in files {
@@ -499,6 +507,9 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         id_col: args.gradients.id_col.as_deref(),
         prompt_col: &args.gradients.prompt_col,
         response_col: &args.gradients.response_col,
+        messages_col: &args.gradients.chat.messages_col,
+        chat: setup.chat.as_ref(),
+        system: args.gradients.chat.system.as_deref(),
         max_length: args.gradients.max_length,
         answer_col: None,
         correct_col: Some(&args.correct_col),
