@@ -129,17 +129,15 @@ impl Output {
             Format::Parquet => {
                 let metadata = (!key_values.is_empty())
                     .then(|| KeyValueMetadata::from_static(key_values.clone()));
-                Encoder::Parquet(Box::new(
-                    ParquetWriter::new(stream)
-                        .with_key_value_metadata(metadata)
-                        .batched(schema)?,
-                ))
+                Encoder::Parquet(Box::new(compat_parquet_writer(stream, schema, metadata)?))
             }
             Format::Ipc => {
-                let arrow_schema = schema.to_arrow(CompatLevel::newest());
+                let arrow_schema = schema.to_arrow(COMPAT);
                 let fields =
                     polars_arrow::io::ipc::write::default_ipc_fields(arrow_schema.iter_values());
-                let mut writer = IpcWriter::new(stream).batched(schema, fields)?;
+                let mut writer = IpcWriter::new(stream)
+                    .with_compat_level(COMPAT)
+                    .batched(schema, fields)?;
                 if !key_values.is_empty() {
                     writer.set_custom_metadata(key_values.clone());
                 }
@@ -177,6 +175,56 @@ impl Output {
         let label = self.label.clone();
         commit(self.sink, &label)
     }
+}
+
+/// The Arrow layout of written files: the oldest level writes plain large strings and binaries
+/// instead of views, which pyarrow converts to pandas everywhere (views inside lists it cannot).
+const COMPAT: CompatLevel = CompatLevel::oldest();
+
+type ParquetBatches = polars::io::parquet::write::BatchedWriter<Box<dyn Write + Send>>;
+
+/// A batched Parquet writer whose file schema is at [`COMPAT`] (polars' own picks the newest),
+/// with polars' default settings: zstd, statistics, format version 1.
+fn compat_parquet_writer(
+    stream: Box<dyn Write + Send>,
+    schema: &Schema,
+    metadata: Option<KeyValueMetadata>,
+) -> PolarsResult<ParquetBatches> {
+    use polars::io::parquet::write::{StatisticsOptions, get_encodings};
+    use polars_parquet::write::{CompressionOptions, FileWriter, Version, WriteOptions};
+    let arrow_schema = schema.to_arrow(COMPAT);
+    let options = WriteOptions {
+        statistics: StatisticsOptions::default(),
+        version: Version::V1,
+        compression: CompressionOptions::Zstd(None),
+        data_page_size: None,
+    };
+    let encodings = get_encodings(&arrow_schema);
+    let writer = FileWriter::try_new(stream, arrow_schema, options)?;
+    Ok(ParquetBatches::new(
+        std::sync::Mutex::new(writer),
+        encodings,
+        options,
+        true,
+        metadata,
+    ))
+}
+
+/// One batch as row groups at [`COMPAT`].
+fn write_compat_parquet(writer: &mut ParquetBatches, batch: &DataFrame) -> PolarsResult<()> {
+    use polars_parquet::write::RowGroupIterator;
+    let file_writer = writer.get_writer().lock().expect("writer lock");
+    let schema = file_writer.schema().clone();
+    let options = file_writer.options();
+    drop(file_writer);
+    let encodings = polars::io::parquet::write::get_encodings(&schema);
+    let chunks = batch
+        .iter_chunks(COMPAT, true)
+        .filter(|chunk| !chunk.is_empty())
+        .map(Ok);
+    let groups = RowGroupIterator::try_new(chunks, &schema, options, encodings)?
+        .collect::<PolarsResult<Vec<_>>>()?;
+    writer.write_row_groups(groups)
 }
 
 /// Create the temporary file in the target's directory (so the final rename never crosses
@@ -235,7 +283,7 @@ impl TableWriter {
         let mut batch = batch.clone();
         batch.align_chunks();
         let written = match &mut self.encoder {
-            Encoder::Parquet(w) => w.write_batch(&batch),
+            Encoder::Parquet(w) => write_compat_parquet(w, &batch),
             Encoder::Ipc(w) => w.write_batch(&batch),
             Encoder::Csv(w) => w.write_batch(&batch),
             Encoder::Jsonl(w) => w.write_batch(&batch),
