@@ -139,6 +139,22 @@ struct ModelReport {
     /// Tensors per stored type (quantisation, for GGUF).
     tensor_types: BTreeMap<String, usize>,
     files: usize,
+    #[serde(flatten)]
+    shape: ModelShape,
+    tokenizer_tokens: Option<usize>,
+    /// What kind of tokenizer (GGUF: llama.cpp's tokenizer model and pre-tokenizer).
+    tokenizer_kind: Option<String>,
+    /// Characters of the chat template, when the model has one.
+    chat_template_chars: Option<usize>,
+    provenance: Option<ProvenanceReport>,
+    /// GGUF only: the file version and its metadata (long arrays cut to their first items).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gguf: Option<serde_json::Value>,
+}
+
+/// The architecture's numbers, as `config.json` (or a GGUF's metadata) gives them.
+#[derive(Serialize)]
+struct ModelShape {
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -149,15 +165,23 @@ struct ModelReport {
     max_position_embeddings: usize,
     rope_theta: f64,
     tied_embeddings: bool,
-    tokenizer_tokens: Option<usize>,
-    /// What kind of tokenizer (GGUF: llama.cpp's tokenizer model and pre-tokenizer).
-    tokenizer_kind: Option<String>,
-    /// Characters of the chat template, when the model has one.
-    chat_template_chars: Option<usize>,
-    provenance: Option<ProvenanceReport>,
-    /// GGUF only: the file version and its metadata (long arrays cut to their first items).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gguf: Option<serde_json::Value>,
+}
+
+impl From<&LmConfig> for ModelShape {
+    fn from(config: &LmConfig) -> Self {
+        ModelShape {
+            vocab_size: config.vocab_size,
+            hidden_size: config.hidden_size,
+            intermediate_size: config.intermediate_size,
+            layers: config.num_layers,
+            heads: config.num_heads,
+            kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            max_position_embeddings: config.max_position_embeddings,
+            rope_theta: config.rope_theta,
+            tied_embeddings: config.tie_word_embeddings,
+        }
+    }
 }
 
 fn inspect_model(dir: &Path) -> Result<ModelReport> {
@@ -210,16 +234,7 @@ fn inspect_model(dir: &Path) -> Result<ModelReport> {
         dtypes,
         tensor_types,
         files: header.files.len(),
-        vocab_size: config.vocab_size,
-        hidden_size: config.hidden_size,
-        intermediate_size: config.intermediate_size,
-        layers: config.num_layers,
-        heads: config.num_heads,
-        kv_heads: config.num_kv_heads,
-        head_dim: config.head_dim,
-        max_position_embeddings: config.max_position_embeddings,
-        rope_theta: config.rope_theta,
-        tied_embeddings: config.tie_word_embeddings,
+        shape: ModelShape::from(&config),
         tokenizer_tokens,
         tokenizer_kind: tokenizer_tokens.map(|_| "tokenizer.json".to_string()),
         chat_template_chars: lm_template.map(|t| t.text.chars().count()),
@@ -261,16 +276,7 @@ fn inspect_gguf(path: &Path) -> Result<ModelReport> {
         dtypes: tensor_types.keys().cloned().collect(),
         tensor_types,
         files: 1,
-        vocab_size: config.vocab_size,
-        hidden_size: config.hidden_size,
-        intermediate_size: config.intermediate_size,
-        layers: config.num_layers,
-        heads: config.num_heads,
-        kv_heads: config.num_kv_heads,
-        head_dim: config.head_dim,
-        max_position_embeddings: config.max_position_embeddings,
-        rope_theta: config.rope_theta,
-        tied_embeddings: config.tie_word_embeddings,
+        shape: ModelShape::from(&config),
         tokenizer_tokens: tokens,
         tokenizer_kind: tokens
             .map(|_| format!("{} (pre-tokenizer {pre})", from_gguf::tokenizer_kind(&file))),
@@ -304,18 +310,18 @@ fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Resu
     writeln!(
         out,
         "  shape       {} layers, hidden {}, MLP {}, {} heads / {} kv heads of {}",
-        report.layers,
-        report.hidden_size,
-        report.intermediate_size,
-        report.heads,
-        report.kv_heads,
-        report.head_dim
+        report.shape.layers,
+        report.shape.hidden_size,
+        report.shape.intermediate_size,
+        report.shape.heads,
+        report.shape.kv_heads,
+        report.shape.head_dim
     )?;
     writeln!(
         out,
         "  vocabulary  {}{}",
-        report.vocab_size,
-        if report.tied_embeddings {
+        report.shape.vocab_size,
+        if report.shape.tied_embeddings {
             ", tied embeddings"
         } else {
             ""
@@ -324,7 +330,7 @@ fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Resu
     writeln!(
         out,
         "  positions   {} (rope_theta {})",
-        report.max_position_embeddings, report.rope_theta
+        report.shape.max_position_embeddings, report.shape.rope_theta
     )?;
     match (report.tokenizer_tokens, &report.tokenizer_kind) {
         (Some(n), Some(kind)) if report.format == "gguf" => {

@@ -2,9 +2,11 @@
 //! `train`, and every way a conversation can fail (exit 2, file, column and row named).
 
 use burn::tensor::DType;
-use curate::model::{LanguageModel, LoadOptions, Message, TemplateChoice};
+use curate::model::chat::encode_conversation;
+use curate::model::{ChatTemplate, LanguageModel, Message, TemplateChoice};
+use tokenizers::Tokenizer;
 
-use crate::model::{fixture, test_device};
+use crate::model::{fixture, load};
 use crate::test::Test;
 
 /// Two conversations: one turn, and two turns with a system message.
@@ -18,13 +20,31 @@ const CONVERSATIONS: &str = concat!(
     "\n",
 );
 
+/// The conversation renders and tokenises as a reference row says: `text`, `input_ids` and
+/// `labels` (made with transformers by the fixture scripts).
+pub fn assert_encodes_as(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+    expected: &serde_json::Value,
+) {
+    let (text, sequence) = encode_conversation(tokenizer, template, messages).unwrap();
+    let ints = |key: &str| -> Vec<i64> {
+        expected[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect()
+    };
+    let id = &expected["id"];
+    assert_eq!(text, expected["text"].as_str().unwrap(), "{id}");
+    assert_eq!(sequence.input_ids, ints("input_ids"), "{id}");
+    assert_eq!(sequence.labels, ints("labels"), "{id}");
+}
+
 fn template_of(gguf: &str) -> String {
-    let lm = LanguageModel::load(
-        &fixture(gguf),
-        &LoadOptions::inference(&test_device(), DType::F32),
-    )
-    .unwrap();
-    lm.chat_template.unwrap().text
+    load(&fixture(gguf), DType::F32).chat_template.unwrap().text
 }
 
 #[test]
@@ -32,10 +52,18 @@ fn train_saves_the_chat_template_it_used() {
     let gguf = fixture("gguf/tiny-lm-f32.gguf");
     let mut test = Test::new().file("chat.jsonl", CONVERSATIONS);
     // Fine-tuning a GGUF model on conversations with its own template.
-    test.args(["train", "chat.jsonl", "--out", "tuned", "--steps", "2", "--model"])
-        .arg(&gguf)
-        .run()
-        .success();
+    test.args([
+        "train",
+        "chat.jsonl",
+        "--out",
+        "tuned",
+        "--steps",
+        "2",
+        "--model",
+    ])
+    .arg(&gguf)
+    .run()
+    .success();
     let template = template_of("gguf/tiny-lm-f32.gguf");
     let saved = String::from_utf8(test.read("tuned/chat_template.jinja")).unwrap();
     assert_eq!(saved, template);
@@ -43,19 +71,17 @@ fn train_saves_the_chat_template_it_used() {
         serde_json::from_slice(&test.read("tuned/tokenizer_config.json")).unwrap();
     assert_eq!(config["eos_token"], "<|endoftext|>");
     // The saved model renders and tokenises conversations as the GGUF does.
-    let load = |path: &std::path::Path| {
-        LanguageModel::load(path, &LoadOptions::inference(&test_device(), DType::F32)).unwrap()
-    };
-    let (tuned, original) = (load(&test.path("tuned")), load(&gguf));
-    let messages = [Message::new("user", "Hi"), Message::new("assistant", "Hello")];
+    let (tuned, original) = (
+        load(&test.path("tuned"), DType::F32),
+        load(&gguf, DType::F32),
+    );
+    let messages = [
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello"),
+    ];
     let encode = |lm: &LanguageModel| {
         let template = lm.chat_template(&TemplateChoice::Auto).unwrap().unwrap();
-        curate::model::chat::encode_conversation(
-            lm.tokenizer.as_ref().unwrap(),
-            &template,
-            &messages,
-        )
-        .unwrap()
+        encode_conversation(lm.tokenizer.as_ref().unwrap(), &template, &messages).unwrap()
     };
     assert_eq!(encode(&tuned), encode(&original));
 

@@ -5,39 +5,12 @@
 use std::path::Path;
 
 use burn::tensor::DType;
-use curate::model::chat::encode_conversation;
 use curate::model::gguf::GgufFile;
-use curate::model::{
-    LanguageModel, LoadOptions, Message, Padding, Sequence, TemplateChoice, TokenBatch,
-    tensor_to_f64,
-};
+use curate::model::{Message, TemplateChoice};
 
-use crate::model::{fixture, read_rows, read_tensor, test_device};
+use crate::chat::assert_encodes_as;
+use crate::model::{fixture, load, logits_of, max_abs_diff, read_rows, read_tensor};
 use crate::test::Test;
-
-fn load(path: &Path) -> LanguageModel {
-    LanguageModel::load(path, &LoadOptions::inference(&test_device(), DType::F32)).unwrap()
-}
-
-fn logits_of(lm: &LanguageModel, rows: Vec<Vec<i64>>) -> Vec<f64> {
-    let sequences: Vec<Sequence> = rows
-        .into_iter()
-        .map(|ids| Sequence {
-            labels: ids.clone(),
-            input_ids: ids,
-        })
-        .collect();
-    let refs: Vec<&Sequence> = sequences.iter().collect();
-    tensor_to_f64(lm.logits(&TokenBatch::pad(&refs, 0, Padding::Right)))
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
 
 #[test]
 fn dequantises_every_supported_type_like_gguf_py() {
@@ -75,9 +48,9 @@ fn dequantises_every_supported_type_like_gguf_py() {
 fn tiny_gguf_logits_match_transformers_and_the_safetensors_model() {
     let reference = fixture("gguf/reference.safetensors");
     let rows = read_rows(&reference, "input_ids");
-    let from_dir = logits_of(&load(&fixture("tiny-lm")), rows.clone());
+    let from_dir = logits_of(&load(&fixture("tiny-lm"), DType::F32), rows.clone());
     for kind in ["f32", "q8_0"] {
-        let lm = load(&fixture(&format!("gguf/tiny-lm-{kind}.gguf")));
+        let lm = load(&fixture(&format!("gguf/tiny-lm-{kind}.gguf")), DType::F32);
         let ours = logits_of(&lm, rows.clone());
         let (want, _) = read_tensor(&reference, &format!("logits.{kind}"));
         let diff = max_abs_diff(&ours, &want);
@@ -92,7 +65,7 @@ fn tiny_gguf_logits_match_transformers_and_the_safetensors_model() {
 
 #[test]
 fn gguf_tokenizer_and_chat_template_match_transformers() {
-    let lm = load(&fixture("gguf/tiny-lm-f32.gguf"));
+    let lm = load(&fixture("gguf/tiny-lm-f32.gguf"), DType::F32);
     let tokenizer = lm.tokenizer.as_ref().expect("a byte-level BPE");
     let template = lm.chat_template(&TemplateChoice::Auto).unwrap().unwrap();
     let chat: serde_json::Value =
@@ -105,18 +78,7 @@ fn gguf_tokenizer_and_chat_template_match_transformers() {
             .iter()
             .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
             .collect();
-        let (text, sequence) = encode_conversation(tokenizer, &template, &messages).unwrap();
-        let ints = |v: &serde_json::Value| -> Vec<i64> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect()
-        };
-        let id = &row["id"];
-        assert_eq!(text, row["text"].as_str().unwrap(), "{id}");
-        assert_eq!(sequence.input_ids, ints(&row["input_ids"]), "{id}");
-        assert_eq!(sequence.labels, ints(&row["labels"]), "{id}");
+        assert_encodes_as(tokenizer, &template, &messages, row);
     }
 }
 

@@ -68,7 +68,7 @@ pub fn read_rows(file: &Path, name: &str) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -76,14 +76,13 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn load(dir: &Path, dtype: DType) -> LanguageModel {
+/// A model (directory or GGUF file) on the test device.
+pub fn load(dir: &Path, dtype: DType) -> LanguageModel {
     LanguageModel::load(dir, &LoadOptions::inference(&test_device(), dtype)).unwrap()
 }
 
-/// Logits of the stored query ids against the stored transformers logits.
-fn check_logits(model_dir: &Path, fixture: &Path, ids: &str, logits: &str, tolerance: f64) {
-    let lm = load(model_dir, DType::F32);
-    let rows = read_rows(fixture, ids);
+/// Logits `[rows, positions, vocab]` of token id rows (right-padded with 0).
+pub fn logits_of(lm: &LanguageModel, rows: Vec<Vec<i64>>) -> Vec<f64> {
     let sequences: Vec<Sequence> = rows
         .into_iter()
         .map(|ids| Sequence {
@@ -92,10 +91,17 @@ fn check_logits(model_dir: &Path, fixture: &Path, ids: &str, logits: &str, toler
         })
         .collect();
     let refs: Vec<&Sequence> = sequences.iter().collect();
-    let batch = TokenBatch::pad(&refs, 0, Padding::Right);
-    let ours = tensor_to_f64(lm.logits(&batch));
+    tensor_to_f64(lm.logits(&TokenBatch::pad(&refs, 0, Padding::Right)))
+}
+
+/// Logits of the stored query ids against the stored transformers logits.
+fn check_logits(model_dir: &Path, fixture: &Path, ids: &str, logits: &str, tolerance: f64) {
+    let lm = load(model_dir, DType::F32);
+    let rows = read_rows(fixture, ids);
+    let (n, t) = (rows.len(), rows[0].len());
+    let ours = logits_of(&lm, rows);
     let (expected, shape) = read_tensor(fixture, logits);
-    assert_eq!(shape, vec![batch.batch, batch.seq, lm.config.vocab_size]);
+    assert_eq!(shape, vec![n, t, lm.config.vocab_size]);
     let diff = max_abs_diff(&ours, &expected);
     eprintln!("{}: max |logit difference| {diff:e}", model_dir.display());
     assert!(diff < tolerance, "max |logit difference| {diff:e}");

@@ -9,24 +9,6 @@ use std::process::Command;
 use crate::model::fixture;
 use crate::test::Test;
 
-/// A Python that imports pandas and pyarrow.
-fn python() -> Option<String> {
-    let python = std::env::var("CURATE_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let works = Command::new(&python)
-        .args(["-c", "import pandas, pyarrow"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if works {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("CURATE_REQUIRE_PANDAS").is_none(),
-        "{python} cannot import pandas and pyarrow"
-    );
-    eprintln!("skipped: {python} cannot import pandas and pyarrow");
-    None
-}
-
 const READ_ALL: &str = r#"
 import sys, json
 import pandas as pd, pyarrow as pa, pyarrow.parquet as pq, pyarrow.ipc as ipc
@@ -50,7 +32,9 @@ print(json.dumps(report))
 
 #[test]
 fn every_parquet_output_loads_in_pandas() {
-    let Some(python) = python() else {
+    let Some(python) =
+        crate::test::python_importing("pandas, pyarrow", Some("CURATE_REQUIRE_PANDAS"))
+    else {
         return;
     };
     let mix = fixture("math_code_mix.parquet");

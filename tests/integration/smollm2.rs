@@ -6,14 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::DType;
-use curate::model::chat::encode_conversation;
-use curate::model::{
-    LanguageModel, LoadOptions, Message, Padding, Sequence, TemplateChoice, TokenBatch,
-    tensor_to_f64,
-};
+use curate::model::{LanguageModel, Message, TemplateChoice};
 
+use crate::chat::assert_encodes_as;
 use crate::influence::relative_error;
-use crate::model::{fixture, read_tensor, test_device};
+use crate::model::{fixture, load, logits_of, read_tensor};
 use crate::test::Test;
 
 const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -52,10 +49,6 @@ pub fn smollm2() -> Option<PathBuf> {
     None
 }
 
-fn load(path: &Path) -> LanguageModel {
-    LanguageModel::load(path, &LoadOptions::inference(&test_device(), DType::F32)).unwrap()
-}
-
 /// Rows of a JSON Lines fixture by id.
 fn rows(name: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(fixture(name))
@@ -74,8 +67,7 @@ fn smollm2_logits_match_transformers() {
     // transformers ran in float32: its own rounding is 7.2e-5 here (what the f64 forward
     // pass differs from it by), so two float32 computations differ by up to 1.1e-4.
     for (dtype, tolerance) in [(DType::F64, 1e-4), (DType::F32, 2e-4)] {
-        let lm =
-            LanguageModel::load(&model, &LoadOptions::inference(&test_device(), dtype)).unwrap();
+        let lm = load(&model, dtype);
         logits_agree(&lm, &reference, dtype, tolerance);
     }
 }
@@ -84,12 +76,7 @@ fn logits_agree(lm: &LanguageModel, reference: &Path, dtype: DType, tolerance: f
     for i in 0..2 {
         let (ids, _) = read_tensor(reference, &format!("logits.{i}.input_ids"));
         let ids: Vec<i64> = ids.iter().map(|&v| v as i64).collect();
-        let sequence = Sequence {
-            labels: ids.clone(),
-            input_ids: ids,
-        };
-        let batch = TokenBatch::pad(&[&sequence], lm.pad_id(), Padding::Right);
-        let logits = tensor_to_f64(lm.logits(&batch));
+        let logits = logits_of(lm, vec![ids]);
         let vocab = lm.config.vocab_size;
         let positions = logits.len() / vocab;
         let (strided, shape) = read_tensor(reference, &format!("logits.{i}.strided"));
@@ -127,7 +114,7 @@ fn smollm2_chat_tokens_match_transformers() {
     let Some(model) = smollm2() else {
         return;
     };
-    let lm = load(&model);
+    let lm = load(&model, DType::F32);
     let tokenizer = lm.tokenizer.as_ref().expect("the GGUF's byte-level BPE");
     let template = lm.chat_template(&TemplateChoice::Auto).unwrap().unwrap();
     let by_id: HashMap<String, serde_json::Value> = rows("smollm2/train.jsonl")
@@ -147,18 +134,7 @@ fn smollm2_chat_tokens_match_transformers() {
         if let Some(system) = expected["system"].as_str() {
             messages.insert(0, Message::new("system", system));
         }
-        let (text, sequence) = encode_conversation(tokenizer, &template, &messages).unwrap();
-        let ints = |v: &serde_json::Value| -> Vec<i64> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_i64().unwrap())
-                .collect()
-        };
-        let id = &expected["id"];
-        assert_eq!(text, expected["text"].as_str().unwrap(), "{id}");
-        assert_eq!(sequence.input_ids, ints(&expected["input_ids"]), "{id}");
-        assert_eq!(sequence.labels, ints(&expected["labels"]), "{id}");
+        assert_encodes_as(tokenizer, &template, &messages, expected);
         checked += 1;
     }
     assert_eq!(checked, 24);

@@ -109,6 +109,28 @@ impl Test {
     }
 }
 
+/// `CURATE_PYTHON` (else `python3`) when it can import `modules` (comma-separated). Otherwise
+/// `None` with a note, or a failure where the variable `required_by` is set (CI sets it for
+/// what it installs).
+pub fn python_importing(modules: &str, required_by: Option<&str>) -> Option<String> {
+    let python = std::env::var("CURATE_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let works = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Some(python);
+    }
+    if let Some(variable) = required_by {
+        assert!(
+            std::env::var_os(variable).is_none(),
+            "{python} cannot import {modules}, and {variable} requires it"
+        );
+    }
+    eprintln!("skipped: {python} cannot import {modules} (set CURATE_PYTHON to a Python that can)");
+    None
+}
+
 pub fn curate_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_curate"));
     // A key in the caller's environment must not reach the tests' endpoints.

@@ -224,26 +224,9 @@ fn saved_model_reloads_with_identical_logits() {
     );
 }
 
-/// The Python that has transformers: `CURATE_PYTHON`, else `python3`.
-fn python_with_transformers() -> Option<String> {
-    let python = std::env::var("CURATE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        Some(python)
-    } else {
-        eprintln!(
-            "skipped: {python} cannot import torch and transformers (set CURATE_PYTHON to a Python that can)"
-        );
-        None
-    }
-}
-
 #[test]
 fn trained_model_loads_in_transformers_with_the_same_logits() {
-    let Some(python) = python_with_transformers() else {
+    let Some(python) = crate::test::python_importing("torch, transformers", None) else {
         return;
     };
     let mut test = Test::new();
