@@ -245,10 +245,11 @@ impl Encoding<'_> {
         tok: &Tokenizer,
         rows: &TextRows,
     ) -> Result<(Vec<Sequence>, usize)> {
-        const NO_TEMPLATE: &str =
-            "no chat template is in use (the model has none, or --chat-template none); give --chat-template FILE";
+        const NO_TEMPLATE: &str = "no chat template is in use (the model has none, or --chat-template none); give --chat-template FILE";
         if self.system.is_some() && self.chat.is_none() {
-            return Err(usage(format!("--system needs a chat template: {NO_TEMPLATE}")));
+            return Err(usage(format!(
+                "--system needs a chat template: {NO_TEMPLATE}"
+            )));
         }
         match (rows, self.chat) {
             (TextRows::PromptResponse { prompts, responses }, None) => {
