@@ -175,11 +175,11 @@ impl LanguageModel {
             options.dtype,
         )?
         .seeded(options.seed, config.initializer_range);
-        let tokenizer_note = tokenizer.is_none().then(|| {
-            format!(
-                "its tokenizer kind '{}' is not one curate rebuilds (only byte-level BPE, 'gpt2')",
-                from_gguf::tokenizer_kind(&file)
-            )
+        let tokenizer_note = tokenizer.is_none().then(|| match from_gguf::tokenizer_kind(&file) {
+            "none" => "the GGUF file has no tokenizer".to_string(),
+            kind => format!(
+                "its tokenizer kind '{kind}' is not one curate rebuilds (only byte-level BPE, 'gpt2')"
+            ),
         });
         let mut lm = LanguageModel::build(config, tokenizer, source, options.trainable)?;
         lm.tokenizer_note = tokenizer_note;

@@ -63,6 +63,59 @@ fn tiny_gguf_logits_match_transformers_and_the_safetensors_model() {
     }
 }
 
+/// A Qwen2 (biases, untied Q8_0 head, F16 matrices, no rotary interleave) as transformers
+/// loads it; without a tokenizer it takes token id rows, and text rows say why not.
+#[test]
+fn qwen2_gguf_matches_transformers_and_needs_token_ids() {
+    let reference = fixture("gguf/reference.safetensors");
+    let gguf = fixture("gguf/tiny-qwen2-f16.gguf");
+    let lm = load(&gguf, DType::F32);
+    assert!(lm.config.qkv_bias && !lm.config.tie_word_embeddings);
+    assert!(lm.tokenizer.is_none());
+    let rows = read_rows(&reference, "qwen2.input_ids");
+    let ours = logits_of(&lm, rows.clone());
+    let (want, _) = read_tensor(&reference, "logits.qwen2");
+    let diff = max_abs_diff(&ours, &want);
+    assert!(diff < 1e-4, "max |logit difference| {diff:e}");
+
+    let ids_rows: String = rows
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let labels: Vec<i64> = ids
+                .iter()
+                .enumerate()
+                .map(|(t, &id)| if t < 3 { -100 } else { id })
+                .collect();
+            format!(
+                "{}\n",
+                serde_json::json!({"id": i, "input_ids": ids, "labels": labels})
+            )
+        })
+        .collect();
+    let mut test = Test::new().file("ids.jsonl", ids_rows);
+    test.args(["influence", "--model"])
+        .arg(&gguf)
+        .args([
+            "--train",
+            "ids.jsonl",
+            "--query",
+            "ids.jsonl",
+            "--out",
+            "s.jsonl",
+        ])
+        .run()
+        .success();
+    assert_eq!(test.read_lines("s.jsonl").len(), 4);
+    test.args(["influence", "--model"])
+        .arg(&gguf)
+        .arg("--train")
+        .arg(fixture("math_code_queries.jsonl"))
+        .args(["--query", "ids.jsonl", "--out", "t.jsonl"])
+        .run()
+        .invalid("text rows need the model's tokenizer, but the GGUF file has no tokenizer");
+}
+
 #[test]
 fn gguf_tokenizer_and_chat_template_match_transformers() {
     let lm = load(&fixture("gguf/tiny-lm-f32.gguf"), DType::F32);
