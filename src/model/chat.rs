@@ -84,7 +84,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.clone())
+        env.add_template_owned(TEMPLATE_NAME, without_generation_tags(&source))
             .map_err(|e| describe(&e))?;
         Ok(ChatTemplate {
             source,
@@ -125,6 +125,22 @@ impl ChatTemplate {
         };
         template.render(context).map_err(|e| describe(&e))
     }
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` marks assistant text for its own
+/// masks; here it is a block that always renders (keeping any `-` whitespace control), since the
+/// assistant spans are found from the messages.
+fn without_generation_tags(source: &str) -> String {
+    let tag = regex::Regex::new(r"\{%(-?)\s*(end)?generation\s*(-?)%\}").expect("a valid regex");
+    tag.replace_all(source, |caps: &regex::Captures| {
+        let statement = if caps.get(2).is_some() {
+            "endif"
+        } else {
+            "if true"
+        };
+        format!("{{%{} {statement} {}%}}", &caps[1], &caps[3])
+    })
+    .into_owned()
 }
 
 /// The engine's error on one line: a template's own `raise_exception` message as it is,
@@ -520,6 +536,17 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("no tools"), "{err}");
         assert!(ChatTemplate::new("{% for %}", SpecialTokenText::default()).is_err());
+    }
+
+    #[test]
+    fn generation_tags_render_their_content() {
+        let source = "{% for m in messages %}{% if m.role == 'assistant' %}A: \
+                      {%- generation -%}  {{ m.content }}  {%- endgeneration %}|\
+                      {% else %}U: {{ m.content }}|{% endif %}{% endfor %}";
+        let template = ChatTemplate::new(source, SpecialTokenText::default()).unwrap();
+        let messages = [Message::new("user", "q"), Message::new("assistant", "a")];
+        assert_eq!(template.render(&messages, false).unwrap(), "U: q|A:a|");
+        assert_eq!(template.source(), source);
     }
 
     #[test]
