@@ -758,6 +758,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub max_length: Option<usize>,
 
+    /// Per-row loss weights, such as `curate reweight` writes: a row's loss counts w times
+    /// (resampling the rows by weight, in expectation); rows of weight 0 are left out.
+    #[arg(long, value_name = "COLUMN")]
+    pub weight_col: Option<String>,
+
     /// Passes over the data.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub epochs: usize,

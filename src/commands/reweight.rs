@@ -202,7 +202,7 @@ fn groups(frame: &DataFrame, label: &str, args: &ReweightArgs) -> Result<Groups>
     let difficulty = if optional && frame.column(&args.difficulty_col).is_err() {
         vec![0.0; frame.height()]
     } else {
-        numbers(frame, label, difficulty_role, "difficulty")?
+        table::number_column(frame, label, difficulty_role, "difficulty")?
     };
     let binning = args
         .bins
@@ -240,28 +240,6 @@ fn domains(frame: &DataFrame, label: &str, role: ColumnRole) -> Result<(Vec<Stri
         domain.push(d);
     }
     Ok((names, domain))
-}
-
-/// A numeric column as f64, refusing nulls and NaN with the row named.
-fn numbers(frame: &DataFrame, label: &str, role: ColumnRole, what: &str) -> Result<Vec<f64>> {
-    let column = table::require_type(frame, label, role, Expected::Number)?;
-    let values = column.cast(&DataType::Float64)?;
-    values
-        .f64()?
-        .iter()
-        .enumerate()
-        .map(|(row, value)| match value {
-            Some(v) if !v.is_nan() => Ok(v),
-            Some(_) => Err(InputError::new(label, format!("{what} is NaN"))
-                .column(role.name)
-                .row(row + 1)
-                .into()),
-            None => Err(InputError::new(label, format!("{what} is null"))
-                .column(role.name)
-                .row(row + 1)
-                .into()),
-        })
-        .collect()
 }
 
 fn directions(
@@ -351,7 +329,7 @@ fn scores(
 ) -> Result<Vec<f64>> {
     let label = input.label();
     let Some(scores_input) = scores_input else {
-        return numbers(
+        return table::number_column(
             frame,
             label,
             ColumnRole::new(&args.score_col, "--score-col"),
@@ -363,7 +341,7 @@ fn scores(
     table::require_rows(&table, scores_label)?;
     let train_role = ColumnRole::new("train_id", "--scores");
     table::require_type(&table, scores_label, train_role, Expected::Id)?;
-    let values = numbers(
+    let values = table::number_column(
         &table,
         scores_label,
         ColumnRole::new("score", "--scores"),

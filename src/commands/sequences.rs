@@ -60,6 +60,24 @@ impl TextRows {
         })
     }
 
+    /// The rows where `keep` is true, in order.
+    pub fn select(self, keep: &[bool]) -> TextRows {
+        fn pick<T>(items: Vec<T>, keep: &[bool]) -> Vec<T> {
+            items
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(item, &k)| k.then_some(item))
+                .collect()
+        }
+        match self {
+            TextRows::PromptResponse { prompts, responses } => TextRows::PromptResponse {
+                prompts: pick(prompts, keep),
+                responses: pick(responses, keep),
+            },
+            TextRows::Conversations(rows) => TextRows::Conversations(pick(rows, keep)),
+        }
+    }
+
     /// Every text, for training a tokenizer.
     pub fn texts(&self) -> Box<dyn Iterator<Item = &str> + Send + '_> {
         match self {

@@ -50,7 +50,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     }
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
-    let rows = read_rows(&input, &args)?;
+    let (rows, weights) = read_rows(&input, &args)?;
     let template_choice = sequences::template_choice(&args.chat)?;
 
     // The starting model: a checkpoint, a model directory, or a fresh one.
@@ -123,8 +123,18 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         ..TrainSettings::default()
     };
     let digest = input.digest()?;
-    let fingerprint = fingerprint(&digest.sha256, &settings, &lm, &tok, &encoding);
+    let fingerprint = fingerprint(
+        &digest.sha256,
+        &settings,
+        &lm,
+        &tok,
+        &encoding,
+        weights.as_ref().map(|w| w.values.as_slice()),
+    );
     let mut trainer = Trainer::new(settings, sequences.iter().map(Sequence::len).collect());
+    if let Some(weights) = &weights {
+        trainer = trainer.with_weights(weights.values.clone());
+    }
     if args.resume {
         resume(&mut trainer, &checkpoint_dir, &fingerprint)?;
     }
@@ -147,6 +157,18 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         }
     )?;
 
+    if let (Some(name), Some(weights)) = (&args.weight_col, &weights) {
+        writeln!(
+            err,
+            "losses weighted by '{name}' (total {:.3}){}",
+            weights.values.iter().sum::<f64>(),
+            if weights.left_out > 0 {
+                format!("; {} rows of weight 0 left out", weights.left_out)
+            } else {
+                String::new()
+            }
+        )?;
+    }
     if truncated > 0 {
         writeln!(
             err,
@@ -288,7 +310,14 @@ fn read_tokenizer(path: &str) -> Result<Tokenizer> {
         .map_err(|e| InputError::new(path, format!("not a tokenizer: {e}")).into())
 }
 
-fn read_rows(input: &Input, args: &TrainArgs) -> Result<TextRows> {
+/// `--weight-col`'s weights of the rows kept, and how many rows weighed 0.
+struct RowWeights {
+    values: Vec<f64>,
+    left_out: usize,
+}
+
+/// The text rows and, with `--weight-col`, their weights; rows of weight 0 are left out.
+fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<RowWeights>)> {
     let frame = input.read()?;
     let label = input.label();
     table::require_rows(&frame, label)?;
@@ -297,7 +326,35 @@ fn read_rows(input: &Input, args: &TrainArgs) -> Result<TextRows> {
         response_col: &args.response_col,
         messages_col: &args.chat.messages_col,
     };
-    TextRows::read(&frame, label, &columns)
+    let rows = TextRows::read(&frame, label, &columns)?;
+    let Some(name) = &args.weight_col else {
+        return Ok((rows, None));
+    };
+    let role = table::ColumnRole::new(name, "--weight-col");
+    let weights = table::number_column(&frame, label, role, "weight")?;
+    if let Some(row) = weights.iter().position(|w| !w.is_finite() || *w < 0.0) {
+        return Err(InputError::new(
+            label,
+            format!(
+                "weight {} is not a finite non-negative number",
+                weights[row]
+            ),
+        )
+        .column(name.as_str())
+        .row(row + 1)
+        .into());
+    }
+    let keep: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
+    if !keep.contains(&true) {
+        return Err(
+            InputError::new(label, "every weight is 0: nothing to train on")
+                .column(name.as_str())
+                .into(),
+        );
+    }
+    let values: Vec<f64> = weights.into_iter().filter(|&w| w > 0.0).collect();
+    let left_out = keep.len() - values.len();
+    Ok((rows.select(&keep), Some(RowWeights { values, left_out })))
 }
 
 fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
@@ -357,8 +414,15 @@ fn fingerprint(
     lm: &LanguageModel,
     tok: &Tokenizer,
     encoding: &sequences::Encoding,
+    weights: Option<&[f64]>,
 ) -> String {
     let mut hash = Sha256::new();
+    if let Some(weights) = weights {
+        hash.update(b"weights\0");
+        for w in weights {
+            hash.update(w.to_le_bytes());
+        }
+    }
     hash.update(data_sha256.as_bytes());
     hash.update(format!("{settings:?}").as_bytes());
     hash.update(lm.config.to_json().as_bytes());

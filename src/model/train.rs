@@ -62,7 +62,7 @@ impl Default for TrainSettings {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
     pub step: usize,
-    /// Mean next-token loss over the batch's response tokens.
+    /// Mean next-token loss over the batch's response tokens (weighted, with weights).
     pub loss: f64,
     pub learning_rate: f64,
     /// Loss-carrying tokens in the batch.
@@ -75,6 +75,8 @@ pub struct Trainer {
     settings: TrainSettings,
     optimizer: ModuleOptimizer,
     lengths: Vec<usize>,
+    /// Per-sequence loss weights; `None` weighs every sequence 1.
+    weights: Option<Vec<f64>>,
     /// Optimizer steps done so far.
     pub step: usize,
 }
@@ -92,8 +94,19 @@ impl Trainer {
             settings,
             optimizer,
             lengths,
+            weights: None,
             step: 0,
         }
+    }
+
+    /// Weigh each sequence's loss (one positive weight per sequence, in table order): a batch's
+    /// loss becomes `sum_i w_i L_i / sum_i w_i n_i` (`L_i` summed token loss, `n_i` its loss
+    /// tokens), exactly the loss of the batch with sequence i repeated w_i times when the
+    /// weights are whole numbers, so weighting equals resampling in expectation.
+    pub fn with_weights(mut self, weights: Vec<f64>) -> Self {
+        assert_eq!(weights.len(), self.lengths.len(), "one weight per sequence");
+        self.weights = Some(weights);
+        self
     }
 
     pub fn settings(&self) -> &TrainSettings {
@@ -153,13 +166,30 @@ impl Trainer {
     ) -> (CausalLm, StepReport) {
         let rows = self.batch_rows(self.step);
         let batch: Vec<&Sequence> = rows.iter().map(|&r| &sequences[r]).collect();
+        let weights: Vec<f64> = match &self.weights {
+            Some(weights) => rows.iter().map(|&r| weights[r]).collect(),
+            None => vec![1.0; rows.len()],
+        };
+        let weighted_tokens: f64 = batch
+            .iter()
+            .zip(&weights)
+            .map(|(s, w)| w * s.loss_tokens() as f64)
+            .sum();
         let batch = TokenBatch::pad(&batch, lm.pad_id(), Padding::Right);
         let tokens = batch.loss_tokens().max(1);
         let logits = model.forward(&batch, &mut super::Capture::none());
-        let loss = model
-            .sequence_losses(logits, &batch)
-            .sum()
-            .div_scalar(tokens as f64);
+        let losses = model.sequence_losses(logits, &batch);
+        let loss = if self.weights.is_some() {
+            let w = Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(weights, [rows.len()]),
+                (&losses.device(), losses.dtype()),
+            );
+            (losses * w)
+                .sum()
+                .div_scalar(weighted_tokens.max(f64::MIN_POSITIVE))
+        } else {
+            losses.sum().div_scalar(tokens as f64)
+        };
         let loss_value = loss.clone().detach().into_scalar::<f64>();
         let grads = loss.backward();
         let mut grads = GradientsParams::from_grads(grads, &model);

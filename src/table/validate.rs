@@ -136,6 +136,34 @@ pub fn require_type<'f>(
 }
 
 /// The id column holds integers or strings, none null, none repeated.
+/// A numeric column as f64, refusing nulls and NaN with the row named (`what` names the
+/// value in the message).
+pub fn number_column(
+    frame: &DataFrame,
+    file: &str,
+    role: ColumnRole,
+    what: &str,
+) -> anyhow::Result<Vec<f64>> {
+    let column = require_type(frame, file, role, Expected::Number)?;
+    let values = column.cast(&DataType::Float64)?;
+    values
+        .f64()?
+        .iter()
+        .enumerate()
+        .map(|(row, value)| match value {
+            Some(v) if !v.is_nan() => Ok(v),
+            Some(_) => Err(InputError::new(file, format!("{what} is NaN"))
+                .column(role.name)
+                .row(row + 1)
+                .into()),
+            None => Err(InputError::new(file, format!("{what} is null"))
+                .column(role.name)
+                .row(row + 1)
+                .into()),
+        })
+        .collect()
+}
+
 pub fn require_unique_ids(
     frame: &DataFrame,
     file: &str,

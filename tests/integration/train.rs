@@ -467,3 +467,114 @@ fn weights_do_not_depend_on_the_thread_count() {
     }
     assert_eq!(tensors(&test.path("t1")), tensors(&test.path("t3")));
 }
+
+/// Whole-number weights train exactly as the rows repeated that many times: one step over a
+/// batch holding every row, from the same model, gives the same weights (to rounding).
+#[test]
+fn weighted_rows_train_as_repeated_rows() {
+    let row = |id: u32, prompt: &str, response: &str, weight: f64| {
+        format!(
+            "{}\n",
+            serde_json::json!({"id": id, "prompt": prompt, "response": response, "w": weight})
+        )
+    };
+    let a = ("What is 2 + 3?", "2 + 3 = 5.\n#### 5");
+    let b = ("def f(x): return x * 4\nWhat is f(2)?", "f(2) = 8");
+    let c = ("Name a colour.", "Blue.");
+    let weighted = [
+        row(0, a.0, a.1, 2.0),
+        row(1, b.0, b.1, 1.0),
+        row(2, c.0, c.1, 0.0),
+    ]
+    .concat();
+    let repeated = [
+        row(0, a.0, a.1, 1.0),
+        row(1, a.0, a.1, 1.0),
+        row(2, b.0, b.1, 1.0),
+    ]
+    .concat();
+    let mut test = Test::new()
+        .file("weighted.jsonl", weighted)
+        .file("repeated.jsonl", repeated);
+    let model = format!("{}/fixtures/tiny-lm", env!("CARGO_MANIFEST_DIR"));
+    for (input, out, extra) in [
+        ("weighted.jsonl", "w", vec!["--weight-col", "w"]),
+        ("repeated.jsonl", "r", vec![]),
+    ] {
+        let outcome = test
+            .args(["train", input, "--out", out, "--model", &model])
+            .args(["--steps", "1", "--batch-size", "8", "--warmup", "0"])
+            .args(extra)
+            .run()
+            .success();
+        if out == "w" {
+            assert!(
+                outcome
+                    .stderr
+                    .contains("losses weighted by 'w' (total 3.000); 1 rows of weight 0 left out"),
+                "{}",
+                outcome.stderr
+            );
+        }
+    }
+    let (weighted, repeated) = (tensors(&test.path("w")), tensors(&test.path("r")));
+    let original = tensors(Path::new(&model));
+    let mut largest = 0f64;
+    for ((name, w), ((_, r), (_, o))) in weighted.iter().zip(repeated.iter().zip(&original)) {
+        assert_ne!(w, o, "{name} did not train");
+        for (x, y) in w.iter().zip(r) {
+            largest = largest.max((x - y).abs());
+        }
+    }
+    assert!(largest < 1e-6, "largest difference {largest:e}");
+}
+
+#[test]
+fn bad_weights_fail_cleanly() {
+    let rows = |weights: [&str; 2]| {
+        format!(
+            "{{\"prompt\": \"a\", \"response\": \"b\", \"w\": {}}}\n{{\"prompt\": \"c\", \"response\": \"d\", \"w\": {}}}\n",
+            weights[0], weights[1]
+        )
+    };
+    let mut test = Test::new()
+        .file("negative.jsonl", rows(["1.0", "-0.5"]))
+        .file("zero.jsonl", rows(["0", "0"]))
+        .file("null.jsonl", rows(["1.0", "null"]))
+        .file("text.jsonl", rows(["\"x\"", "\"y\""]));
+    for (file, needle) in [
+        (
+            "negative.jsonl",
+            "negative.jsonl: column 'w', row 2: weight -0.5 is not a finite non-negative number",
+        ),
+        (
+            "zero.jsonl",
+            "zero.jsonl: column 'w': every weight is 0: nothing to train on",
+        ),
+        (
+            "null.jsonl",
+            "null.jsonl: column 'w', row 2: weight is null",
+        ),
+        ("text.jsonl", "text.jsonl: column 'w'"),
+        ("zero.jsonl", "column 'weight'"),
+    ] {
+        let column = if needle.contains("'weight'") {
+            "weight"
+        } else {
+            "w"
+        };
+        test.args([
+            "train",
+            file,
+            "--out",
+            "m",
+            "--weight-col",
+            column,
+            "--vocab-size",
+            "300",
+        ])
+        .run()
+        .invalid(needle);
+        assert!(!test.path("m").exists());
+    }
+}
