@@ -59,6 +59,10 @@ pub enum Command {
     /// Train a small Llama-family causal LM (or continue training one) on prompt/response
     /// text, with loss on the response tokens; saved in Hugging Face layout.
     Train(TrainArgs),
+    /// Evaluate a causal LM on rows: each row's loss on its response (the loss influence
+    /// attributes), per-domain summaries, and with --generate greedy answers checked against a
+    /// reference (a `correct` column influence reads).
+    Eval(Box<EvalArgs>),
     /// Attribute a causal LM's performance on query examples to its training examples,
     /// reasoning segments and tokens with influence functions (identity, diagonal, K-FAC,
     /// EK-FAC), kronfluence's conventions.
@@ -846,6 +850,77 @@ pub struct ChatArgs {
     /// needs a chat template).
     #[arg(long, default_value = "messages", value_name = "NAME")]
     pub messages_col: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model: a directory in Hugging Face layout or a llama.cpp GGUF file.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
+    pub model: String,
+
+    /// Rows to evaluate: prompt/response text, conversations or input_ids/labels lists; every
+    /// column is kept in the output.
+    #[arg(long, value_name = "FILE")]
+    pub data: String,
+
+    /// The rows with `loss`, `loss_tokens`, `mean_loss` (and `generation`, `predicted_answer`,
+    /// `correct` with --generate) added.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Per domain and overall: rows, loss tokens, mean token loss, and accuracy with --generate.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<String>,
+
+    /// Prompt text column (no loss).
+    #[arg(long, default_value = "prompt", value_name = "NAME")]
+    pub prompt_col: String,
+
+    /// Response text column (the loss is on its tokens).
+    #[arg(long, default_value = "response", value_name = "NAME")]
+    pub response_col: String,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
+
+    /// Domain column the summary groups by (when present).
+    #[arg(long, default_value = "domain", value_name = "NAME")]
+    pub domain_col: String,
+
+    /// Cut token sequences to this many tokens instead of failing on rows longer than the
+    /// model's positions.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+
+    /// Also answer each prompt by greedy decoding, extract the final answer (\boxed{}, "the
+    /// answer is", "#### N") and check it against --reference-col.
+    #[arg(long)]
+    pub generate: bool,
+
+    /// Most tokens generated per row (decoding also stops at the end-of-text or end-of-turn
+    /// token).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_new_tokens: usize,
+
+    /// Reference answer column for --generate (a null reference gives a null verdict).
+    #[arg(long, default_value = "reference", value_name = "NAME")]
+    pub reference_col: String,
+
+    /// Rows per forward pass (and per decoding batch).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
+    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Model compute precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

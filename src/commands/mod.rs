@@ -1,6 +1,7 @@
 //! One file per subcommand: read inputs, call the library, write outputs.
 
 mod convert;
+mod eval;
 mod influence;
 mod inspect;
 mod output_dir;
@@ -38,6 +39,7 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Convert(args) => convert::run(args, context),
         Command::Reweight(args) => reweight::run(args, context),
         Command::Train(args) => train::run(args, context),
+        Command::Eval(args) => eval::run(*args, context),
         Command::Influence(args) => influence::run(args, context),
         Command::Reveal(args) => reveal::run(*args, context),
         Command::Rephrase(args) => rephrase::run(args, context),

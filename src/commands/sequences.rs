@@ -60,6 +60,13 @@ impl TextRows {
         })
     }
 
+    pub fn len(&self) -> usize {
+        match self {
+            TextRows::PromptResponse { prompts, .. } => prompts.len(),
+            TextRows::Conversations(rows) => rows.len(),
+        }
+    }
+
     /// The rows where `keep` is true, in order.
     pub fn select(self, keep: &[bool]) -> TextRows {
         fn pick<T>(items: Vec<T>, keep: &[bool]) -> Vec<T> {
@@ -289,6 +296,66 @@ impl Encoding<'_> {
                 self.encode_conversations(lm, tok, template, conversations.clone(), true)
             }
         }
+    }
+
+    /// What each row prompts the model with when it is to answer: the prompt (through the
+    /// chat template with its generation prompt, when one is in use), or a conversation up to
+    /// its last assistant message.
+    pub fn encode_prompts(&self, tok: &Tokenizer, rows: &TextRows) -> Result<Vec<Vec<i64>>> {
+        let ids = |ids: Vec<u32>| ids.into_iter().map(i64::from).collect::<Vec<_>>();
+        let mut prompts = Vec::with_capacity(rows.len());
+        match (rows, self.chat) {
+            (TextRows::PromptResponse { prompts: texts, .. }, None) => {
+                for (index, text) in texts.iter().enumerate() {
+                    let encoded = tokenizer::encode(tok, text).map_err(|e| {
+                        InputError::new(self.file, format!("cannot tokenise: {e}"))
+                            .column(self.prompt_col)
+                            .row(index + 1)
+                    })?;
+                    prompts.push(ids(encoded));
+                }
+            }
+            (TextRows::Conversations(_), None) => {
+                return Err(usage(format!(
+                    "{}: column '{}' holds conversations, which need a chat template",
+                    self.file, self.messages_col
+                )));
+            }
+            (rows, Some(template)) => {
+                let (column, conversations) = match rows {
+                    TextRows::PromptResponse { prompts: texts, .. } => (
+                        self.prompt_col,
+                        texts
+                            .iter()
+                            .map(|p| vec![Message::new("user", p)])
+                            .collect(),
+                    ),
+                    TextRows::Conversations(all) => (
+                        self.messages_col,
+                        all.iter()
+                            .map(|messages| {
+                                let last = messages.iter().rposition(|m| m.role == "assistant");
+                                messages[..last.unwrap_or(messages.len())].to_vec()
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                };
+                for (index, mut messages) in conversations.into_iter().enumerate() {
+                    if let Some(system) = self.system
+                        && messages.first().is_none_or(|m| m.role != "system")
+                    {
+                        messages.insert(0, Message::new("system", system));
+                    }
+                    let encoded = chat::encode_prompt(tok, template, &messages).map_err(|e| {
+                        InputError::new(self.file, e.to_string())
+                            .column(column)
+                            .row(index + 1)
+                    })?;
+                    prompts.push(ids(encoded));
+                }
+            }
+        }
+        Ok(prompts)
     }
 
     fn encode_conversations(

@@ -478,6 +478,20 @@ pub fn encode_conversation(
     Ok((text, sequence))
 }
 
+/// The token ids that prompt the model for the next assistant message: `messages` rendered
+/// with the generation prompt, tokenised whole with no special tokens added.
+pub fn encode_prompt(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+) -> Result<Vec<u32>, ChatError> {
+    let text = template.render(messages, true).map_err(ChatError::Render)?;
+    tokenizer
+        .encode(text.as_str(), false)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| ChatError::Tokenize(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

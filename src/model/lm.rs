@@ -190,7 +190,15 @@ fn rotate_half(x: Tensor<4>) -> Tensor<4> {
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, shared: &LayerInputs, capture: &mut Capture) -> Tensor<3> {
+    /// With `cache`, the keys and values of earlier tokens are read from it and this call's
+    /// appended, so `x` holds only the new tokens.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        shared: &LayerInputs,
+        capture: &mut Capture,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
@@ -199,7 +207,16 @@ impl Attention {
         let v = heads(self.v_proj.forward(x, capture), self.num_kv_heads);
 
         let q = q.clone() * shared.cos.clone() + rotate_half(q) * shared.sin.clone();
-        let k = k.clone() * shared.cos.clone() + rotate_half(k) * shared.sin.clone();
+        let mut k = k.clone() * shared.cos.clone() + rotate_half(k) * shared.sin.clone();
+        let mut v = v;
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dims()[2];
         let k = self.repeat_kv(k);
         let v = self.repeat_kv(v);
 
@@ -209,7 +226,7 @@ impl Attention {
             shared
                 .masked
                 .clone()
-                .expand([batch, self.num_heads, seq, seq]),
+                .expand([batch, self.num_heads, seq, keys]),
             shared.mask_value,
         );
         let weights = softmax(scores, 3);
@@ -258,15 +275,48 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, shared: &LayerInputs, capture: &mut Capture) -> Tensor<3> {
-        let attended =
-            self.self_attn
-                .forward(self.input_layernorm.forward(x.clone()), shared, capture);
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        shared: &LayerInputs,
+        capture: &mut Capture,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let attended = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            shared,
+            capture,
+            cache,
+        );
         let x = x + attended;
         let mlp = self
             .mlp
             .forward(self.post_attention_layernorm.forward(x.clone()), capture);
         x + mlp
+    }
+}
+
+/// The keys and values of every layer for the tokens seen so far, so decoding feeds only the
+/// new token each step.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Per row: which cached positions are real tokens (false for left padding).
+    key_mask: Vec<Vec<bool>>,
+    /// Per row: the rotary position of its next real token.
+    next_position: Vec<usize>,
+}
+
+impl KvCache {
+    pub fn new(model: &CausalLm, rows: usize) -> Self {
+        KvCache {
+            layers: vec![None; model.layers.len()],
+            key_mask: vec![Vec::new(); rows],
+            next_position: vec![0; rows],
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.next_position.len()
     }
 }
 
@@ -393,15 +443,68 @@ impl CausalLm {
     pub fn forward(&self, batch: &TokenBatch, capture: &mut Capture) -> Tensor<3> {
         let device = self.device();
         let dtype = self.dtype();
-        let shared = self.layer_inputs(batch, &device, dtype);
+        let (b, t) = (batch.batch, batch.seq);
+        let positions: Vec<usize> = batch.positions().iter().map(|&p| p as usize).collect();
+        let mut masked = Vec::with_capacity(b * t * t);
+        for row in 0..b {
+            for query in 0..t {
+                for key in 0..t {
+                    masked.push(key > query || !batch.attention_mask[row * t + key]);
+                }
+            }
+        }
+        let shared = self.layer_inputs(&positions, masked, [b, t, t], &device, dtype);
         let ids = Tensor::<2, Int>::from_data(
             TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]),
             &device,
         );
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
         for layer in &self.layers {
-            x = layer.forward(x, &shared, capture);
+            x = layer.forward(x, &shared, capture, None);
         }
+        self.project(x)
+    }
+
+    /// Logits `[B, S, vocab]` of `S` new tokens per row (`ids`, row-major; `real` false for
+    /// left padding) that follow the tokens `cache` holds, which they are appended to. Equal to
+    /// the last `S` positions of [`CausalLm::forward`] over the whole sequences.
+    pub fn forward_cached(&self, ids: &[i64], real: &[bool], cache: &mut KvCache) -> Tensor<3> {
+        let device = self.device();
+        let dtype = self.dtype();
+        let b = cache.rows();
+        let s = ids.len() / b.max(1);
+        let past = cache.key_mask.first().map_or(0, Vec::len);
+        let keys = past + s;
+        let mut positions = Vec::with_capacity(b * s);
+        for row in 0..b {
+            for step in 0..s {
+                let is_real = real[row * s + step];
+                positions.push(cache.next_position[row]);
+                cache.key_mask[row].push(is_real);
+                if is_real {
+                    cache.next_position[row] += 1;
+                }
+            }
+        }
+        let mut masked = Vec::with_capacity(b * s * keys);
+        for row in 0..b {
+            for step in 0..s {
+                for key in 0..keys {
+                    masked.push(key > past + step || !cache.key_mask[row][key]);
+                }
+            }
+        }
+        let shared = self.layer_inputs(&positions, masked, [b, s, keys], &device, dtype);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [b, s]), &device);
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), ids);
+        for (layer, entry) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &shared, &mut Capture::none(), Some(entry));
+        }
+        self.project(x)
+    }
+
+    /// The final norm and the output projection.
+    fn project(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.norm.forward(x);
         let head = match &self.lm_head {
             Some(head) => head.val(),
@@ -433,17 +536,25 @@ impl CausalLm {
         (picked * weights).sum_dim(1).reshape([b]).neg()
     }
 
-    fn layer_inputs(&self, batch: &TokenBatch, device: &Device, dtype: DType) -> LayerInputs {
+    /// Rotary tables for `positions` (`[B * T]`) and the attention mask `masked`
+    /// (`[B * T * keys]`, true where a query may not see a key); `shape` is `[B, T, keys]`.
+    fn layer_inputs(
+        &self,
+        positions: &[usize],
+        masked: Vec<bool>,
+        shape: [usize; 3],
+        device: &Device,
+        dtype: DType,
+    ) -> LayerInputs {
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let (b, t) = (batch.batch, batch.seq);
-        let positions = batch.positions();
+        let [b, t, keys] = shape;
         // transformers computes the angles in float32: inv_freq, then position * inv_freq.
         let inv_freq: Vec<f32> = (0..head_dim / 2)
             .map(|i| (1.0 / self.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
             .collect();
         let mut cos = Vec::with_capacity(b * t * head_dim);
         let mut sin = Vec::with_capacity(b * t * head_dim);
-        for &position in &positions {
+        for &position in positions {
             for _ in 0..2 {
                 for &f in &inv_freq {
                     let angle = position as f32 * f;
@@ -458,14 +569,6 @@ impl CausalLm {
                 (device, dtype),
             )
         };
-        let mut masked = Vec::with_capacity(b * t * t);
-        for row in 0..b {
-            for query in 0..t {
-                for key in 0..t {
-                    masked.push(key > query || !batch.attention_mask[row * t + key]);
-                }
-            }
-        }
         let mask_value = match dtype {
             DType::F64 => f64::MIN,
             DType::F16 => -65504.0,
@@ -474,7 +577,7 @@ impl CausalLm {
         LayerInputs {
             cos: table(cos),
             sin: table(sin),
-            masked: Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, t]), device),
+            masked: Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, keys]), device),
             mask_value,
         }
     }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod device;
 pub mod from_gguf;
+pub mod generate;
 pub mod gguf;
 pub mod lm;
 pub mod probe;

@@ -284,12 +284,12 @@ fn sharded_factors_add_up_to_the_whole() {
 }
 
 /// The tiny Qwen2 reference: model directory and fixture file.
-fn qwen2_reference() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+pub fn qwen2_reference() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let dir = reference("kronfluence/tiny-qwen2")?;
     Some((dir.join("model"), dir.join("fixture.safetensors")))
 }
 
-fn sequences(fixture: &std::path::Path, prefix: &str) -> Vec<Sequence> {
+pub fn sequences(fixture: &std::path::Path, prefix: &str) -> Vec<Sequence> {
     let ids = read_rows(fixture, &format!("{prefix}_input_ids"));
     let labels = read_rows(fixture, &format!("{prefix}_labels"));
     ids.into_iter()
@@ -389,7 +389,7 @@ fn tiny_qwen2_matches_kronfluence() {
 }
 
 /// `[N, T]` id and label rows of the fixture as a JSON Lines table.
-fn ids_table(fixture: &std::path::Path, prefix: &str) -> String {
+pub fn ids_table(fixture: &std::path::Path, prefix: &str) -> String {
     let ids = read_rows(fixture, &format!("{prefix}_input_ids"));
     let labels = read_rows(fixture, &format!("{prefix}_labels"));
     ids.iter()

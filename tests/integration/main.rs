@@ -6,6 +6,7 @@ mod cli;
 mod cli_reference;
 mod convert;
 mod errors;
+mod eval;
 mod gguf;
 mod influence;
 mod inspect;

@@ -395,3 +395,46 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused() {
     assert!(message.contains("tokenizer.json"), "{message}");
     assert!(message.contains("vocab size mismatch"), "{message}");
 }
+
+/// Greedy decoding through the key/value cache picks the tokens that running the whole
+/// (left-padded) sequences through the model again at every step picks.
+#[test]
+fn cached_greedy_decoding_equals_full_forward_passes() {
+    use curate::model::generate::greedy;
+    let lm = load(&fixture("tiny-lm"), DType::F32);
+    let prompts: Vec<Vec<i64>> = vec![
+        vec![5, 17, 300, 42, 9, 111, 7],
+        vec![88, 3],
+        vec![1000, 20, 30, 40],
+    ];
+    let steps = 12;
+    let generated = greedy(&lm, &prompts, steps, &[]);
+    for (row, prompt) in prompts.iter().enumerate() {
+        let mut sequence = prompt.clone();
+        for step in 0..steps {
+            let others: Vec<Sequence> = vec![Sequence {
+                labels: sequence.clone(),
+                input_ids: sequence.clone(),
+            }];
+            let refs: Vec<&Sequence> = others.iter().collect();
+            let batch = TokenBatch::pad(&refs, lm.pad_id(), Padding::Left);
+            let logits = tensor_to_f64(lm.logits(&batch));
+            let vocab = lm.config.vocab_size;
+            let last = &logits[logits.len() - vocab..];
+            let best = (0..vocab).fold(0, |b, t| if last[t] > last[b] { t } else { b });
+            assert_eq!(
+                generated[row].tokens[step] as usize, best,
+                "row {row}, step {step}"
+            );
+            sequence.push(best as i64);
+        }
+        assert!(!generated[row].stopped);
+    }
+    // A stop token ends a row at its first occurrence and is not kept.
+    let tokens = &generated[0].tokens;
+    let stop = tokens[5];
+    let first = tokens.iter().position(|&t| t == stop).unwrap();
+    let stopped = greedy(&lm, &prompts[..1], steps, &[stop as i64]);
+    assert!(stopped[0].stopped);
+    assert_eq!(stopped[0].tokens, tokens[..first]);
+}

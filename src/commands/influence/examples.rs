@@ -4,7 +4,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::commands::sequences::{self, Encoding, TextColumns, TextRows};
-use crate::error::{InputError, usage};
+use crate::error::usage;
 use crate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{self, ColumnRole, Input, InputDigest};
 
@@ -23,8 +23,10 @@ pub struct Examples {
     pub responses: Option<Vec<String>>,
     /// Reference answers for `--segmenter answer`.
     pub answers: Option<Vec<Option<String>>>,
-    /// Rows flagged as correctly answered (queries).
+    /// Rows flagged as correctly answered (queries); a null verdict counts as not correct.
     pub correct: Option<Vec<bool>>,
+    /// Rows whose verdict is null (no reference answer to check against).
+    pub correct_unknown: usize,
 }
 
 pub struct ReadOptions<'a> {
@@ -138,7 +140,9 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         ),
         _ => None,
     };
-    let correct = match options.correct_col {
+    // A null verdict (`curate eval` writes one where a row has no reference answer) is not
+    // known to be correct, so the row is left out like a false one.
+    let (correct, correct_unknown) = match options.correct_col {
         Some(name) if has(name) => {
             let column = table::require_type(
                 &frame,
@@ -147,17 +151,10 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
                 table::Expected::Boolean,
             )?;
             let values = column.bool()?;
-            let mut flags = Vec::with_capacity(values.len());
-            for (index, value) in values.iter().enumerate() {
-                flags.push(value.ok_or_else(|| {
-                    InputError::new(file.as_str(), "null (expected true or false)")
-                        .column(name)
-                        .row(index + 1)
-                })?);
-            }
-            Some(flags)
+            let flags: Vec<bool> = values.iter().map(|v| v.unwrap_or(false)).collect();
+            (Some(flags), values.null_count())
         }
-        _ => None,
+        _ => (None, 0),
     };
     Ok(Examples {
         digest: input.digest()?,
@@ -169,6 +166,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         responses,
         answers,
         correct,
+        correct_unknown,
         file,
     })
 }

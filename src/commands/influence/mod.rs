@@ -531,6 +531,38 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
             )?;
         }
     }
+    // The queries scored against: every row, or those marked correct (checked before any
+    // factor is fitted).
+    let query_rows: Vec<usize> = match &query.correct {
+        Some(flags) => (0..query.len()).filter(|&i| flags[i]).collect(),
+        None => (0..query.len()).collect(),
+    };
+    if query_rows.is_empty() {
+        return Err(crate::error::InputError::new(
+            query.file.as_str(),
+            format!("no query row is marked correct in '{}'", args.correct_col),
+        )
+        .column(args.correct_col.as_str())
+        .into());
+    }
+    if query.correct.is_some() {
+        writeln!(
+            err,
+            "{}: {} of {} queries marked correct in '{}'{}",
+            query.file,
+            query_rows.len(),
+            query.len(),
+            args.correct_col,
+            if query.correct_unknown > 0 {
+                format!(
+                    " ({} without a verdict are left out)",
+                    query.correct_unknown
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
     let started = Instant::now();
 
     // Factors: reused, or fitted on every training row (then there is no shard).
@@ -579,18 +611,6 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let fitted = started.elapsed().as_secs_f64();
 
     // Query gradients, preconditioned once.
-    let query_rows: Vec<usize> = match &query.correct {
-        Some(flags) => (0..query.len()).filter(|&i| flags[i]).collect(),
-        None => (0..query.len()).collect(),
-    };
-    if query_rows.is_empty() {
-        return Err(crate::error::InputError::new(
-            query.file.as_str(),
-            format!("no query row is marked correct in '{}'", args.correct_col),
-        )
-        .column(args.correct_col.as_str())
-        .into());
-    }
     let kept: Vec<crate::model::Sequence> = query_rows
         .iter()
         .map(|&i| query.sequences[i].clone())

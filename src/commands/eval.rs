@@ -1,0 +1,544 @@
+//! `curate eval`: each row's loss on its response (the summed token loss influence attributes),
+//! per-domain summaries, and with `--generate` greedy answers checked against references.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::DType;
+use polars::prelude::*;
+use tokenizers::Tokenizer;
+
+use super::Context;
+use super::sequences::{self, Encoding, TextColumns, TextRows};
+use crate::ExitStatus;
+use crate::cli::{DtypeArg, EvalArgs};
+use crate::error::{InputError, usage};
+use crate::interrupt;
+use crate::model::generate::greedy;
+use crate::model::{
+    DeviceSpec, IGNORE_INDEX, LanguageModel, LoadOptions, Padding, Sequence, TokenBatch,
+};
+use crate::printer::{Align, text_table};
+use crate::rephrase::answer::{Target, explicit_answer};
+use crate::table::{self, Input, Output};
+
+/// What one row's evaluation gives.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RowResult {
+    /// Summed loss and loss tokens, when the row has a response.
+    loss: Option<(f64, usize)>,
+    generation: Option<String>,
+    predicted: Option<String>,
+    /// None without a reference answer (or without --generate).
+    correct: Option<bool>,
+}
+
+pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be positive"));
+    }
+    if args.generate && args.max_new_tokens == 0 {
+        return Err(usage("--max-new-tokens must be positive"));
+    }
+    let input = Input::open(&args.data, None)?;
+    let output = Output::create(&args.out, None, args.force)?;
+    let summary_output = match &args.summary {
+        Some(path) => Some(Output::create(path, None, args.force)?),
+        None => None,
+    };
+    let device = args
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(usage)?
+        .device()
+        .map_err(usage)?;
+    let dtype = match args.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F64 => DType::F64,
+    };
+    let lm = LanguageModel::load(
+        Path::new(&args.model),
+        &LoadOptions::inference(&device, dtype),
+    )?;
+    let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
+    let frame = input.read()?;
+    let file = input.label().to_string();
+    table::require_rows(&frame, &file)?;
+    let encoding = Encoding {
+        file: &file,
+        prompt_col: &args.prompt_col,
+        response_col: &args.response_col,
+        messages_col: &args.chat.messages_col,
+        max_length: args.max_length,
+        chat: chat.as_ref(),
+        system: args.chat.system.as_deref(),
+    };
+    let rows = read_rows(&frame, &encoding, &lm, &args)?;
+    let references = if args.generate {
+        Some(reference_column(&frame, &file, &args.reference_col)?)
+    } else {
+        None
+    };
+
+    let started = Instant::now();
+    let mut results = vec![RowResult::default(); frame.height()];
+    if let Some(sequences) = &rows.sequences {
+        let losses = row_losses(&lm, sequences, args.batch_size, context)?;
+        for (result, (sequence, loss)) in results.iter_mut().zip(sequences.iter().zip(losses)) {
+            result.loss = Some((loss, sequence.loss_tokens()));
+        }
+    }
+    if let Some(references) = &references {
+        let tok = lm
+            .tokenizer
+            .as_ref()
+            .expect("checked when reading the rows");
+        generate(
+            &lm,
+            tok,
+            &rows.prompts,
+            references,
+            &args,
+            &mut results,
+            context,
+        )?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let domains = domain_names(&frame, &args.domain_col)?;
+    let summary = summarize(&results, domains.as_deref(), args.generate);
+    let mut provenance = context.provenance();
+    provenance.add_input(input.digest()?);
+    for path in crate::model::model_files(Path::new(&args.model))? {
+        provenance.add_input(table::InputDigest::of_file(
+            path.display().to_string(),
+            &path,
+        )?);
+    }
+    let out_frame = with_results(frame, &results, args.generate)?;
+    output.write_frame(&out_frame, Some(&provenance))?;
+    if let Some(summary_output) = summary_output {
+        summary_output.write_frame(&summary_frame(&summary, args.generate)?, Some(&provenance))?;
+    }
+
+    let mut err = context.printer.stderr();
+    if rows.truncated > 0 {
+        writeln!(err, "{file}: cut {} rows to --max-length", rows.truncated)?;
+    }
+    write_summary(&mut err, &summary, args.generate)?;
+    writeln!(
+        err,
+        "evaluated {} rows in {seconds:.1}s; wrote {}",
+        results.len(),
+        args.out
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// Sequences to score (absent when the rows have no response) and generation prompts.
+struct Rows {
+    sequences: Option<Vec<Sequence>>,
+    prompts: Vec<Vec<i64>>,
+    truncated: usize,
+}
+
+fn read_rows(
+    frame: &DataFrame,
+    encoding: &Encoding,
+    lm: &LanguageModel,
+    args: &EvalArgs,
+) -> Result<Rows> {
+    let file = encoding.file;
+    let has = |name: &str| frame.column(name).is_ok();
+    if has("input_ids") {
+        let input_ids = sequences::id_list_column(frame, file, "input_ids")?;
+        let labels = sequences::id_list_column(frame, file, "labels")?;
+        let (sequences, truncated) = encoding.encode_ids(lm, input_ids, labels)?;
+        // The prompt of an id row is what precedes its first label.
+        let prompts = sequences
+            .iter()
+            .map(|s| {
+                let first = s.labels.iter().skip(1).position(|&l| l != IGNORE_INDEX);
+                s.input_ids[..first.map_or(s.len(), |p| p + 1)].to_vec()
+            })
+            .collect();
+        return Ok(Rows {
+            sequences: Some(sequences),
+            prompts,
+            truncated,
+        });
+    }
+    let Some(tok) = &lm.tokenizer else {
+        let why = lm
+            .tokenizer_note
+            .clone()
+            .unwrap_or_else(|| "it has no tokenizer.json".to_string());
+        return Err(usage(format!(
+            "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
+        )));
+    };
+    let columns = TextColumns {
+        prompt_col: encoding.prompt_col,
+        response_col: encoding.response_col,
+        messages_col: encoding.messages_col,
+    };
+    // Generation alone needs no response.
+    let answers_only = args.generate && !has(encoding.messages_col) && !has(encoding.response_col);
+    let text_rows = if answers_only {
+        let prompts = sequences::text_column(frame, file, encoding.prompt_col, "--prompt-col")?;
+        TextRows::PromptResponse {
+            responses: vec![String::new(); prompts.len()],
+            prompts,
+        }
+    } else {
+        TextRows::read(frame, file, &columns)?
+    };
+    let (sequences, truncated) = if answers_only {
+        (None, 0)
+    } else {
+        let (sequences, truncated) = encoding.encode_rows(lm, tok, &text_rows)?;
+        (Some(sequences), truncated)
+    };
+    let prompts = if args.generate {
+        encoding.encode_prompts(tok, &text_rows)?
+    } else {
+        Vec::new()
+    };
+    Ok(Rows {
+        sequences,
+        prompts,
+        truncated,
+    })
+}
+
+/// The reference answers, as text (numbers are read as their decimal text); null is None.
+fn reference_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Option<String>>> {
+    let column = frame.column(name).map_err(|_| {
+        usage(format!(
+            "{file}: --generate needs the reference answer column '{name}' (name it with \
+             --reference-col)"
+        ))
+    })?;
+    let text = column
+        .cast(&DataType::String)
+        .map_err(|e| InputError::new(file, e.to_string()).column(name))?;
+    Ok(text.str()?.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// The summed response loss of each sequence, in batches of similar length.
+fn row_losses(
+    lm: &LanguageModel,
+    sequences: &[Sequence],
+    batch_size: usize,
+    context: &Context,
+) -> Result<Vec<f64>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| (sequences[i].len(), i));
+    let bar = context.printer.progress_bar(sequences.len() as u64, "loss");
+    let mut losses = vec![0.0; sequences.len()];
+    for chunk in order.chunks(batch_size) {
+        interrupt::check()?;
+        let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
+        let batch = TokenBatch::pad(&batch, lm.pad_id(), Padding::Right);
+        for (&row, loss) in chunk.iter().zip(lm.sequence_losses(&batch)) {
+            losses[row] = loss;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(losses)
+}
+
+/// Greedy answers, their extracted final answers, and the verdict against each reference.
+fn generate(
+    lm: &LanguageModel,
+    tok: &Tokenizer,
+    prompts: &[Vec<i64>],
+    references: &[Option<String>],
+    args: &EvalArgs,
+    results: &mut [RowResult],
+    context: &Context,
+) -> Result<()> {
+    let positions = lm.config.max_position_embeddings;
+    for (index, prompt) in prompts.iter().enumerate() {
+        if prompt.len() + args.max_new_tokens > positions {
+            return Err(InputError::new(
+                args.data.as_str(),
+                format!(
+                    "a prompt of {} tokens and --max-new-tokens {} exceed the model's {positions} \
+                     positions",
+                    prompt.len(),
+                    args.max_new_tokens
+                ),
+            )
+            .row(index + 1)
+            .into());
+        }
+    }
+    // Decoding stops at the end-of-text token and at any special token (the template's
+    // end-of-turn marker).
+    let mut stop: Vec<i64> = tok
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, token)| token.special)
+        .map(|(id, _)| id as i64)
+        .collect();
+    stop.extend(lm.config.eos_token_id.map(i64::from));
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| (prompts[i].len(), i));
+    let bar = context
+        .printer
+        .progress_bar(prompts.len() as u64, "generate");
+    for chunk in order.chunks(args.batch_size) {
+        interrupt::check()?;
+        let batch: Vec<Vec<i64>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        for (&row, generated) in chunk
+            .iter()
+            .zip(greedy(lm, &batch, args.max_new_tokens, &stop))
+        {
+            let text = tok
+                .decode(&generated.tokens, true)
+                .map_err(|e| anyhow::anyhow!("cannot decode a generation: {e}"))?;
+            let predicted = explicit_answer(&text).map(|found| found.text);
+            let result = &mut results[row];
+            result.correct = references[row].as_deref().map(|reference| {
+                predicted
+                    .as_deref()
+                    .is_some_and(|p| Target::new(reference).matches(p))
+            });
+            result.predicted = predicted;
+            result.generation = Some(text);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The domain of each row as text, when the table has the column.
+fn domain_names(frame: &DataFrame, name: &str) -> Result<Option<Vec<String>>> {
+    let Ok(column) = frame.column(name) else {
+        return Ok(None);
+    };
+    let text = column.cast(&DataType::String)?;
+    Ok(Some(
+        text.str()?
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect(),
+    ))
+}
+
+/// One summary row: a domain (or `all`).
+#[derive(Debug, Clone, PartialEq)]
+struct SummaryRow {
+    domain: String,
+    rows: usize,
+    loss_tokens: usize,
+    /// Token-weighted mean loss: summed losses over summed loss tokens.
+    mean_loss: Option<f64>,
+    /// Rows with a reference answer, and how many were answered correctly.
+    checked: usize,
+    correct: usize,
+}
+
+/// Per domain in order of first appearance, then `all`.
+fn summarize(
+    results: &[RowResult],
+    domains: Option<&[String]>,
+    generated: bool,
+) -> Vec<SummaryRow> {
+    let mut names: Vec<String> = Vec::new();
+    if let Some(domains) = domains {
+        for d in domains {
+            if !names.contains(d) {
+                names.push(d.clone());
+            }
+        }
+    }
+    let row_of = |name: &str, keep: &dyn Fn(usize) -> bool| {
+        let mut row = SummaryRow {
+            domain: name.to_string(),
+            rows: 0,
+            loss_tokens: 0,
+            mean_loss: None,
+            checked: 0,
+            correct: 0,
+        };
+        let mut total = 0.0;
+        for (_, result) in results.iter().enumerate().filter(|(i, _)| keep(*i)) {
+            row.rows += 1;
+            if let Some((loss, tokens)) = result.loss {
+                total += loss;
+                row.loss_tokens += tokens;
+            }
+            if generated && let Some(correct) = result.correct {
+                row.checked += 1;
+                row.correct += usize::from(correct);
+            }
+        }
+        if row.loss_tokens > 0 {
+            row.mean_loss = Some(total / row.loss_tokens as f64);
+        }
+        row
+    };
+    let mut summary: Vec<SummaryRow> = names
+        .iter()
+        .map(|name| {
+            let domains = domains.expect("names come from domains");
+            row_of(name, &|i| domains[i] == *name)
+        })
+        .collect();
+    summary.push(row_of("all", &|_| true));
+    summary
+}
+
+fn with_results(mut frame: DataFrame, results: &[RowResult], generated: bool) -> Result<DataFrame> {
+    let loss: Vec<Option<f64>> = results.iter().map(|r| r.loss.map(|(l, _)| l)).collect();
+    let tokens: Vec<Option<u32>> = results
+        .iter()
+        .map(|r| r.loss.map(|(_, t)| t as u32))
+        .collect();
+    let mean: Vec<Option<f64>> = results
+        .iter()
+        .map(|r| r.loss.and_then(|(l, t)| (t > 0).then(|| l / t as f64)))
+        .collect();
+    let mut columns = vec![
+        Column::new("loss".into(), loss),
+        Column::new("loss_tokens".into(), tokens),
+        Column::new("mean_loss".into(), mean),
+    ];
+    if generated {
+        let text = |f: fn(&RowResult) -> Option<String>| -> Vec<Option<String>> {
+            results.iter().map(f).collect()
+        };
+        columns.push(Column::new(
+            "generation".into(),
+            text(|r| r.generation.clone()),
+        ));
+        columns.push(Column::new(
+            "predicted_answer".into(),
+            text(|r| r.predicted.clone()),
+        ));
+        let correct: Vec<Option<bool>> = results.iter().map(|r| r.correct).collect();
+        columns.push(Column::new("correct".into(), correct));
+    }
+    for column in columns {
+        frame.with_column(column)?;
+    }
+    Ok(frame)
+}
+
+fn summary_frame(summary: &[SummaryRow], generated: bool) -> Result<DataFrame> {
+    let mut columns = vec![
+        Column::new(
+            "domain".into(),
+            summary.iter().map(|r| r.domain.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "rows".into(),
+            summary.iter().map(|r| r.rows as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "loss_tokens".into(),
+            summary
+                .iter()
+                .map(|r| r.loss_tokens as u64)
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "mean_loss".into(),
+            summary.iter().map(|r| r.mean_loss).collect::<Vec<_>>(),
+        ),
+    ];
+    if generated {
+        columns.push(Column::new(
+            "checked".into(),
+            summary.iter().map(|r| r.checked as u64).collect::<Vec<_>>(),
+        ));
+        columns.push(Column::new(
+            "correct".into(),
+            summary.iter().map(|r| r.correct as u64).collect::<Vec<_>>(),
+        ));
+        columns.push(Column::new(
+            "accuracy".into(),
+            summary
+                .iter()
+                .map(|r| (r.checked > 0).then(|| r.correct as f64 / r.checked as f64))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    Ok(DataFrame::new(summary.len(), columns)?)
+}
+
+fn write_summary(out: &mut impl Write, summary: &[SummaryRow], generated: bool) -> Result<()> {
+    let mut header = vec!["domain", "rows", "loss tokens", "mean loss"];
+    if generated {
+        header.push("correct");
+    }
+    let rows: Vec<Vec<String>> = summary
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.domain.clone(),
+                r.rows.to_string(),
+                r.loss_tokens.to_string(),
+                r.mean_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            ];
+            if generated {
+                row.push(if r.checked > 0 {
+                    format!("{}/{}", r.correct, r.checked)
+                } else {
+                    "-".into()
+                });
+            }
+            row
+        })
+        .collect();
+    let mut align = vec![Align::Left, Align::Right, Align::Right, Align::Right];
+    if generated {
+        align.push(Align::Right);
+    }
+    for line in text_table(&header, &rows, &align) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_weighs_losses_by_tokens_and_counts_checked_answers() {
+        let results = [
+            RowResult {
+                loss: Some((6.0, 3)),
+                correct: Some(true),
+                ..Default::default()
+            },
+            RowResult {
+                loss: Some((2.0, 2)),
+                correct: Some(false),
+                ..Default::default()
+            },
+            RowResult {
+                loss: Some((1.0, 1)),
+                correct: None,
+                ..Default::default()
+            },
+        ];
+        let domains = ["math", "code", "math"].map(String::from);
+        let summary = summarize(&results, Some(&domains), true);
+        assert_eq!(summary.len(), 3);
+        assert_eq!(summary[0].domain, "math");
+        assert_eq!(summary[0].rows, 2);
+        assert_eq!(summary[0].mean_loss, Some(7.0 / 4.0));
+        assert_eq!((summary[0].checked, summary[0].correct), (1, 1));
+        assert_eq!(summary[2].domain, "all");
+        assert_eq!(summary[2].mean_loss, Some(9.0 / 6.0));
+        assert_eq!((summary[2].checked, summary[2].correct), (2, 1));
+    }
+}
