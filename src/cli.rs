@@ -507,6 +507,9 @@ pub enum RuleArg {
     Flip,
     /// Weight (domain, level) groups by exp(tau * z) of their mean influence score.
     Influence,
+    /// The control for `influence`: groups weighted by exp(tau * z) of a random z per group
+    /// (standard normal, seeded by --seed).
+    Random,
     /// Keep the top --fraction of rows by score (weight 1), drop the rest (weight 0).
     Topk,
 }
@@ -853,20 +856,24 @@ pub struct ChatArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
+
     /// Model: a directory in Hugging Face layout or a llama.cpp GGUF file.
-    #[arg(long, value_name = "DIR|FILE.gguf")]
-    pub model: String,
+    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
+    pub model: Option<String>,
 
     /// Rows to evaluate: prompt/response text, conversations or input_ids/labels lists; every
     /// column is kept in the output.
-    #[arg(long, value_name = "FILE")]
-    pub data: String,
+    #[arg(long, required = true, value_name = "FILE")]
+    pub data: Option<String>,
 
     /// The rows with `loss`, `loss_tokens`, `mean_loss` (and `generation`, `predicted_answer`,
     /// `correct` with --generate) added.
-    #[arg(short, long, value_name = "FILE")]
-    pub out: String,
+    #[arg(short, long, required = true, value_name = "FILE")]
+    pub out: Option<String>,
 
     /// Per domain and overall: rows, loss tokens, mean token loss, and accuracy with --generate.
     #[arg(long, value_name = "FILE")]
@@ -1125,6 +1132,155 @@ pub enum InfluenceAction {
     /// Concatenate the score files of --shard runs in query order and rank each query's
     /// training examples, as one unsharded run writes them.
     MergeScores(MergeScoresArgs),
+    /// Check scores by retraining: the linear datamodeling score (Spearman, over random
+    /// subsets of the training rows, between the summed scores and the query loss after
+    /// training on the subset), and removal controls (drop the most helpful rows or as many
+    /// random ones, retrain, compare the query loss).
+    Validate(Box<ValidateArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalAction {
+    /// Compare arms (say reweighting rules), each evaluated once per seed: per arm and domain
+    /// the mean token loss over seeds with its spread, and a gate on the gain of one arm over
+    /// another.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// An arm: NAME=FILE[,FILE...], `curate eval` outputs of that arm (one file per seed).
+    #[arg(required = true, value_name = "NAME=FILE[,FILE...]")]
+    pub arms: Vec<String>,
+
+    /// Per arm and domain (and `all`): runs, mean token loss over the runs, its standard
+    /// deviation, minimum and maximum, and the gain over --control.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Domain column of the eval outputs (when present).
+    #[arg(long, default_value = "domain", value_name = "NAME")]
+    pub domain_col: String,
+
+    /// The arm expected to do better (lower loss) than --control.
+    #[arg(long, requires = "control", value_name = "ARM")]
+    pub candidate: Option<String>,
+
+    /// The arm --candidate is held against (a random control).
+    #[arg(long, requires = "candidate", value_name = "ARM")]
+    pub control: Option<String>,
+
+    /// Gate: exit 1 (outputs still written) unless the candidate's mean loss over all rows is
+    /// at least this much below the control's.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "G",
+        allow_negative_numbers = true
+    )]
+    pub min_gain: f64,
+
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The model every retraining starts from: a directory or a GGUF file.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
+    pub model: String,
+
+    /// The training rows the scores are for (as given to influence).
+    #[arg(long, value_name = "FILE")]
+    pub train: String,
+
+    /// The query rows the scores are for (as given to influence).
+    #[arg(long, value_name = "FILE")]
+    pub query: String,
+
+    /// Influence scores of those rows (`curate influence --out`): query_id, train_id, score;
+    /// per query, or one `mean` / `sum` objective. Repeat to compare several (say EK-FAC and
+    /// identity) on the same retrainings.
+    #[arg(long, required = true, value_name = "FILE")]
+    pub scores: Vec<String>,
+
+    /// Per score file and query: its LDS over the subsets and its losses after retraining.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// JSON report: per score file the mean LDS with its standard error and the removal
+    /// controls; the losses of the base model and of retraining on all rows; settings.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<String>,
+
+    /// Random training subsets to retrain on.
+    #[arg(long, default_value_t = 16, value_name = "K")]
+    pub subsets: usize,
+
+    /// Share of the training rows in each subset.
+    #[arg(long, default_value_t = 0.5, value_name = "ALPHA")]
+    pub alpha: f64,
+
+    /// Removal controls: fractions of the rows to drop (the most helpful by mean score, and
+    /// as many random rows) before retraining; `none` skips them.
+    #[arg(long, default_value = "0.1,0.3", value_name = "F,...")]
+    pub remove: String,
+
+    /// Random removals per fraction.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub random_controls: usize,
+
+    /// Passes over each subset.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub epochs: usize,
+
+    /// Learning rate (AdamW, after --warmup, then --schedule).
+    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
+    pub lr: f64,
+
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup: usize,
+
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub schedule: ScheduleArg,
+
+    /// Sequences per training batch (and per loss batch).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Id column (default: `id` when present, else the row index).
+    #[arg(long, value_name = "NAME")]
+    pub id_col: Option<String>,
+
+    /// Prompt text column (no loss).
+    #[arg(long, default_value = "prompt", value_name = "NAME")]
+    pub prompt_col: String,
+
+    /// Response text column.
+    #[arg(long, default_value = "response", value_name = "NAME")]
+    pub response_col: String,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
+
+    /// Cut token sequences to this many tokens.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+
+    /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
+    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Compute precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

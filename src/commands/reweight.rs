@@ -78,6 +78,20 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
             ));
             reweight::from_group_scores(&groups, &scores, args.tau, preserve)
         }
+        RuleArg::Random => {
+            notes.push(format!(
+                "groups weighted by exp({} * z) of a random z per group (seed {}); totals kept per {}",
+                args.tau,
+                context.seed,
+                if preserve == Preserve::Domain {
+                    "domain"
+                } else {
+                    "table"
+                }
+            ));
+            let scores = reweight::random_group_scores(&groups, context.seed);
+            reweight::from_group_scores(&groups, &scores, args.tau, preserve)
+        }
         RuleArg::Topk => {
             let scores = scores(&frame, &input, scores_input.as_ref(), &args)?;
             let fraction = args.fraction.expect("checked in check_flags");

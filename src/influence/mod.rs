@@ -17,6 +17,7 @@ mod projection;
 mod score;
 pub mod segment;
 mod stacks;
+pub mod validate;
 
 pub use engine::{
     BatchScores, PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas,

@@ -10,6 +10,6 @@ pub use audit::{AuditRow, audit};
 pub use levels::{Binning, Groups, LevelError, assign};
 pub use resample::systematic;
 pub use rules::{
-    Adjustment, CapError, Direction, Preserve, TargetError, cap, flip, from_group_scores, rescale,
-    top_fraction,
+    Adjustment, CapError, Direction, Preserve, TargetError, cap, flip, from_group_scores,
+    random_group_scores, rescale, top_fraction,
 };

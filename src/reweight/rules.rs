@@ -204,6 +204,19 @@ pub fn from_group_scores(
     rescale(&raw, &groups.domain, preserve)
 }
 
+/// A random score per (domain, level) group, standard normal and seeded, given to each of its
+/// rows: with [`from_group_scores`] the random control of influence-driven weights (the same
+/// exp(tau * z) spread, assigned to groups at random).
+pub fn random_group_scores(groups: &Groups, seed: u64) -> Vec<f64> {
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let draws: Vec<Vec<f64>> = (0..groups.domains())
+        .map(|d| (0..groups.levels_in(d)).map(|_| rng.normal()).collect())
+        .collect();
+    (0..groups.rows())
+        .map(|i| draws[groups.domain[i]][groups.level[i]])
+        .collect()
+}
+
 /// Row indices grouped by key, groups in key order.
 pub fn partition(keys: &[usize]) -> Vec<Vec<usize>> {
     let mut sets: Vec<Vec<usize>> = Vec::new();

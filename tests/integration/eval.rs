@@ -213,3 +213,95 @@ fn invalid_evaluations_fail_cleanly() {
     );
     fails(&["--response-col", "missing"], "column 'missing'");
 }
+
+/// One eval output: rows of (domain, loss, loss_tokens).
+fn eval_rows(rows: &[(&str, f64, u32)]) -> String {
+    rows.iter()
+        .map(|(d, l, t)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"domain": d, "loss": l, "loss_tokens": t})
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn compare_reports_arms_over_seeds_and_gates_on_the_gain() {
+    let mut test = Test::new()
+        .file(
+            "i0.jsonl",
+            eval_rows(&[("math", 10.0, 5), ("code", 6.0, 3)]),
+        )
+        .file(
+            "i1.jsonl",
+            eval_rows(&[("math", 12.0, 4), ("code", 9.0, 3)]),
+        )
+        .file(
+            "r0.jsonl",
+            eval_rows(&[("math", 16.0, 4), ("code", 9.0, 3)]),
+        )
+        .file(
+            "r1.jsonl",
+            eval_rows(&[("math", 15.0, 5), ("code", 12.0, 3)]),
+        );
+    let arms = ["influence=i0.jsonl,i1.jsonl", "random=r0.jsonl,r1.jsonl"];
+    let out = test
+        .args(["eval", "compare"])
+        .args(arms)
+        .args([
+            "--out",
+            "t.jsonl",
+            "--candidate",
+            "influence",
+            "--control",
+            "random",
+        ])
+        .run()
+        .success();
+    assert!(out.stderr.contains("gate passed"), "{}", out.stderr);
+    let table = test.read_lines("t.jsonl");
+    let row = |arm: &str, domain: &str| {
+        table
+            .iter()
+            .find(|r| r["arm"] == arm && r["domain"] == domain)
+            .unwrap()
+            .clone()
+    };
+    // Per run token means: influence math 2.0 and 3.0, random math 4.0 and 3.0.
+    assert_eq!(row("influence", "math")["mean_loss"], 2.5);
+    assert_eq!(row("random", "math")["mean_loss"], 3.5);
+    assert_eq!(row("influence", "math")["gain_over_control"], 1.0);
+    assert_eq!(
+        row("random", "math")["gain_over_control"],
+        serde_json::Value::Null
+    );
+    // all: influence (16/8, 21/7) = (2, 3); random (25/7, 27/8).
+    let all = row("influence", "all");
+    assert_eq!(all["runs"], 2);
+    assert!((all["mean_loss"].as_f64().unwrap() - 2.5).abs() < 1e-12);
+    // The gate fails (exit 1, table still written) when the gain must be larger.
+    let out = test
+        .args(["eval", "compare"])
+        .args(arms)
+        .args([
+            "--out",
+            "t2.jsonl",
+            "--candidate",
+            "influence",
+            "--control",
+            "random",
+        ])
+        .args(["--min-gain", "5"])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("gate failed"));
+    assert!(test.path("t2.jsonl").exists());
+    test.args(["eval", "compare", "influence=i0.jsonl", "--out", "x.jsonl"])
+        .args(["--candidate", "influence", "--control", "nope"])
+        .run()
+        .invalid("--candidate/--control 'nope' is not an arm");
+    test.args(["eval", "compare", "influence", "--out", "x.jsonl"])
+        .run()
+        .invalid("expected NAME=FILE[,FILE...]");
+}

@@ -845,3 +845,98 @@ fn ctrl_c_stops_cleanly_and_writes_nothing() {
     assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
     assert!(test.entries().is_empty(), "{:?}", test.entries());
 }
+
+/// Validation by retraining: LDS per query and removal controls, reproducible, for several
+/// score files at once; scores must cover every pair.
+#[test]
+fn validate_retrains_and_reports_lds_for_each_score_file() {
+    let model = format!("{}/fixtures/tiny-lm", env!("CARGO_MANIFEST_DIR"));
+    let rows = format!(
+        "{}/fixtures/math_code_queries.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut test = Test::new();
+    for (precond, out) in [("identity", "id.jsonl"), ("kfac", "kfac.jsonl")] {
+        test.args([
+            "influence",
+            "--model",
+            &model,
+            "--train",
+            &rows,
+            "--query",
+            &rows,
+        ])
+        .args(["--max-length", "256", "--precond", precond, "--out", out])
+        .run()
+        .success();
+    }
+    let validate = |test: &mut Test, out: &str, summary: &str| {
+        test.args(["influence", "validate", "--model", &model, "--train", &rows])
+            .args([
+                "--query",
+                &rows,
+                "--scores",
+                "id.jsonl",
+                "--scores",
+                "kfac.jsonl",
+            ])
+            .args(["--max-length", "256", "--subsets", "4", "--remove", "0.25"])
+            .args(["--random-controls", "2", "--batch-size", "4"])
+            .args(["--out", out, "--summary", summary])
+            .run()
+            .success()
+    };
+    let outcome = validate(&mut test, "v.jsonl", "v.json");
+    assert!(
+        outcome.stderr.contains("id.jsonl: LDS"),
+        "{}",
+        outcome.stderr
+    );
+    let table = test.read_lines("v.jsonl");
+    assert_eq!(table.len(), 32);
+    for row in &table {
+        if let Some(lds) = row["lds"].as_f64() {
+            assert!((-1.0..=1.0).contains(&lds));
+        }
+        assert!(row["full_data_loss"].as_f64().unwrap() > 0.0);
+    }
+    let report: Value = serde_json::from_slice(&test.read("v.json")).unwrap();
+    assert_eq!(report["subsets"], 4);
+    assert_eq!(report["subset_rows"], 8);
+    assert_eq!(report["scores"].as_array().unwrap().len(), 2);
+    let control = &report["scores"][0]["controls"][0];
+    assert_eq!(control["removed_rows"], 4);
+    assert_eq!(
+        control["random_removed_losses"].as_array().unwrap().len(),
+        2
+    );
+    // The same seed retrains the same way.
+    validate(&mut test, "w.jsonl", "w.json");
+    assert_eq!(test.read("v.jsonl"), test.read("w.jsonl"));
+
+    let partial: String = test
+        .read_lines("id.jsonl")
+        .iter()
+        .skip(1)
+        .map(|r| format!("{r}\n"))
+        .collect();
+    std::fs::write(test.path("partial.jsonl"), partial).unwrap();
+    test.args(["influence", "validate", "--model", &model, "--train", &rows])
+        .args([
+            "--query",
+            &rows,
+            "--scores",
+            "partial.jsonl",
+            "--out",
+            "p.jsonl",
+        ])
+        .args(["--max-length", "256"])
+        .run()
+        .invalid("partial.jsonl: no score for query 'qmath-0' and training row 'qmath-0'");
+    test.args(["influence", "validate", "--model", &model, "--train", &rows])
+        .args(["--query", &rows, "--scores", "id.jsonl", "--out", "p.jsonl"])
+        .args(["--alpha", "1.5"])
+        .run()
+        .invalid("--alpha 1.5 is not in (0, 1)");
+    assert!(!test.path("p.jsonl").exists());
+}

@@ -396,3 +396,36 @@ fn continuous_difficulty_is_binned() {
     let weights = numbers(&test.read_lines("w.jsonl"), "weight");
     assert_eq!(weights, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0, 4.0]);
 }
+
+/// The random control: exp(tau * z) of a seeded random z per group, totals kept per domain.
+#[test]
+fn random_rule_is_seeded_and_keeps_domain_totals() {
+    let mix = format!(
+        "{}/fixtures/math_code_mix.parquet",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut test = Test::new();
+    for (seed, out) in [("1", "a.jsonl"), ("1", "b.jsonl"), ("2", "c.jsonl")] {
+        test.args([
+            "--seed", seed, "reweight", &mix, "--rule", "random", "--out", out,
+        ])
+        .run()
+        .success();
+    }
+    assert_eq!(test.read("a.jsonl"), test.read("b.jsonl"));
+    assert_ne!(test.read("a.jsonl"), test.read("c.jsonl"));
+    let rows = test.read_lines("a.jsonl");
+    for domain in ["math", "code"] {
+        let weights: Vec<f64> = rows
+            .iter()
+            .filter(|r| r["domain"] == domain)
+            .map(|r| r["weight"].as_f64().unwrap())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        assert!(
+            (total - weights.len() as f64).abs() < 1e-9,
+            "{domain}: {total}"
+        );
+        assert!(weights.iter().any(|&w| (w - 1.0).abs() > 0.05));
+    }
+}

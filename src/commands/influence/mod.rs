@@ -5,6 +5,7 @@ mod examples;
 mod factors_dir;
 mod merge_scores;
 mod outputs;
+mod validate;
 
 use std::io::Write;
 use std::path::Path;
@@ -40,6 +41,7 @@ pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
         Some(InfluenceAction::FitFactors(fit)) => fit_factors(*fit, context),
         Some(InfluenceAction::MergeFactors(merge)) => merge_factors(merge, context),
         Some(InfluenceAction::MergeScores(merge)) => merge_scores::run(merge, context),
+        Some(InfluenceAction::Validate(validate)) => validate::run(*validate, context),
         None => score(args, context),
     }
 }

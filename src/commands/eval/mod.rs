@@ -10,10 +10,12 @@ use burn::tensor::DType;
 use polars::prelude::*;
 use tokenizers::Tokenizer;
 
+mod compare;
+
 use super::Context;
 use super::sequences::{self, Encoding, TextColumns, TextRows};
 use crate::ExitStatus;
-use crate::cli::{DtypeArg, EvalArgs};
+use crate::cli::{DtypeArg, EvalAction, EvalArgs};
 use crate::error::{InputError, usage};
 use crate::interrupt;
 use crate::model::generate::greedy;
@@ -36,14 +38,24 @@ struct RowResult {
 }
 
 pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
+    match args.action {
+        Some(EvalAction::Compare(compare)) => compare::run(compare, context),
+        None => evaluate(args, context),
+    }
+}
+
+fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
+    let model = args.model.clone().expect("clap requires --model");
+    let data = args.data.clone().expect("clap requires --data");
+    let out = args.out.clone().expect("clap requires --out");
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be positive"));
     }
     if args.generate && args.max_new_tokens == 0 {
         return Err(usage("--max-new-tokens must be positive"));
     }
-    let input = Input::open(&args.data, None)?;
-    let output = Output::create(&args.out, None, args.force)?;
+    let input = Input::open(&data, None)?;
+    let output = Output::create(&out, None, args.force)?;
     let summary_output = match &args.summary {
         Some(path) => Some(Output::create(path, None, args.force)?),
         None => None,
@@ -58,10 +70,7 @@ pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         DtypeArg::F32 => DType::F32,
         DtypeArg::F64 => DType::F64,
     };
-    let lm = LanguageModel::load(
-        Path::new(&args.model),
-        &LoadOptions::inference(&device, dtype),
-    )?;
+    let lm = LanguageModel::load(Path::new(&model), &LoadOptions::inference(&device, dtype))?;
     let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
     let frame = input.read()?;
     let file = input.label().to_string();
@@ -111,7 +120,7 @@ pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let summary = summarize(&results, domains.as_deref(), args.generate);
     let mut provenance = context.provenance();
     provenance.add_input(input.digest()?);
-    for path in crate::model::model_files(Path::new(&args.model))? {
+    for path in crate::model::model_files(Path::new(&model))? {
         provenance.add_input(table::InputDigest::of_file(
             path.display().to_string(),
             &path,
@@ -130,9 +139,8 @@ pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     write_summary(&mut err, &summary, args.generate)?;
     writeln!(
         err,
-        "evaluated {} rows in {seconds:.1}s; wrote {}",
-        results.len(),
-        args.out
+        "evaluated {} rows in {seconds:.1}s; wrote {out}",
+        results.len()
     )?;
     Ok(ExitStatus::Success)
 }
@@ -265,7 +273,7 @@ fn generate(
     for (index, prompt) in prompts.iter().enumerate() {
         if prompt.len() + args.max_new_tokens > positions {
             return Err(InputError::new(
-                args.data.as_str(),
+                args.data.as_deref().unwrap_or_default(),
                 format!(
                     "a prompt of {} tokens and --max-new-tokens {} exceed the model's {positions} \
                      positions",
