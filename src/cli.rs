@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::train::Schedule;
 use crate::table::Format;
 
 #[derive(Debug, Parser)]
@@ -682,6 +683,25 @@ pub enum ScheduleArg {
 pub enum DtypeArg {
     F32,
     F64,
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(value: ScheduleArg) -> Self {
+        match value {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Linear => Schedule::Linear,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        }
+    }
+}
+
+impl From<DtypeArg> for burn::tensor::DType {
+    fn from(value: DtypeArg) -> Self {
+        match value {
+            DtypeArg::F32 => burn::tensor::DType::F32,
+            DtypeArg::F64 => burn::tensor::DType::F64,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,14 @@ impl Context {
     }
 }
 
+/// The compute device `--device` names (a usage error when this build lacks it).
+pub fn device(spec: &str) -> Result<burn::tensor::Device> {
+    spec.parse::<crate::model::DeviceSpec>()
+        .map_err(crate::error::usage)?
+        .device()
+        .map_err(crate::error::usage)
+}
+
 pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
     match command {
         Command::Inspect(args) => inspect::run(args, context),

@@ -16,6 +16,19 @@ use crate::model::{
 };
 use crate::table::{self, ColumnRole, Expected};
 
+/// The model's tokenizer, which text rows of `file` need (a usage error saying why it has none).
+pub fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a Tokenizer> {
+    lm.tokenizer.as_ref().ok_or_else(|| {
+        let why = lm
+            .tokenizer_note
+            .clone()
+            .unwrap_or_else(|| "it has no tokenizer.json".to_string());
+        usage(format!(
+            "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
+        ))
+    })
+}
+
 /// The chat template `--chat-template` names: auto, none, or a file.
 pub fn template_choice(args: &ChatArgs) -> Result<TemplateChoice> {
     Ok(match args.chat_template.as_str() {

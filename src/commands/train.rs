@@ -13,13 +13,12 @@ use super::Context;
 use super::output_dir::OutputDir;
 use super::sequences::{self, TextColumns, TextRows};
 use crate::ExitStatus;
-use crate::cli::{ArchArg, DtypeArg, ScheduleArg, TrainArgs};
+use crate::cli::{ArchArg, TrainArgs};
 use crate::error::{InputError, Interrupted, usage};
 use crate::interrupt;
-use crate::model::train::{Schedule, TrainSettings, Trainer};
+use crate::model::train::{TrainSettings, Trainer};
 use crate::model::{
-    Architecture, DeviceSpec, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice,
-    tokenizer,
+    Architecture, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
 use crate::table::{self, Input};
 
@@ -29,12 +28,8 @@ const CHECKPOINT_MODEL: &str = "model";
 
 pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
-    let device_spec: DeviceSpec = args.device.parse().map_err(usage)?;
-    let device = device_spec.device().map_err(usage)?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F64 => DType::F64,
-    };
+    let device = super::device(&args.device)?;
+    let dtype = DType::from(args.dtype);
     let out = PathBuf::from(&args.out);
     let checkpoint_dir = args
         .checkpoint_dir
@@ -112,11 +107,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         batch_size: args.batch_size,
         learning_rate: args.lr,
         warmup_steps: args.warmup,
-        schedule: match args.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Linear => Schedule::Linear,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
+        schedule: args.schedule.into(),
         weight_decay: args.weight_decay,
         grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
         seed: context.seed,

@@ -15,13 +15,11 @@ mod compare;
 use super::Context;
 use super::sequences::{self, Encoding, TextColumns, TextRows};
 use crate::ExitStatus;
-use crate::cli::{DtypeArg, EvalAction, EvalArgs};
+use crate::cli::{EvalAction, EvalArgs};
 use crate::error::{InputError, usage};
 use crate::interrupt;
 use crate::model::generate::greedy;
-use crate::model::{
-    DeviceSpec, IGNORE_INDEX, LanguageModel, LoadOptions, Padding, Sequence, TokenBatch,
-};
+use crate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Padding, Sequence, TokenBatch};
 use crate::printer::{Align, text_table};
 use crate::rephrase::answer::{Target, explicit_answer};
 use crate::table::{self, Input, Output};
@@ -60,16 +58,8 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         Some(path) => Some(Output::create(path, None, args.force)?),
         None => None,
     };
-    let device = args
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(usage)?
-        .device()
-        .map_err(usage)?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F64 => DType::F64,
-    };
+    let device = super::device(&args.device)?;
+    let dtype = DType::from(args.dtype);
     let lm = LanguageModel::load(Path::new(&model), &LoadOptions::inference(&device, dtype))?;
     let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
     let frame = input.read()?;
@@ -178,15 +168,7 @@ fn read_rows(
             truncated,
         });
     }
-    let Some(tok) = &lm.tokenizer else {
-        let why = lm
-            .tokenizer_note
-            .clone()
-            .unwrap_or_else(|| "it has no tokenizer.json".to_string());
-        return Err(usage(format!(
-            "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
-        )));
-    };
+    let tok = sequences::require_tokenizer(lm, file)?;
     let columns = TextColumns {
         prompt_col: encoding.prompt_col,
         response_col: encoding.response_col,

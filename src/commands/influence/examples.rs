@@ -4,7 +4,6 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::commands::sequences::{self, Encoding, TextColumns, TextRows};
-use crate::error::usage;
 use crate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{self, ColumnRole, Input, InputDigest};
 
@@ -98,15 +97,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         let (sequences, truncated) = encoding.encode_ids(lm, input_ids, labels)?;
         (sequences, truncated, None)
     } else {
-        let Some(tok) = &lm.tokenizer else {
-            let why = lm
-                .tokenizer_note
-                .clone()
-                .unwrap_or_else(|| "it has no tokenizer.json".to_string());
-            return Err(usage(format!(
-                "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
-            )));
-        };
+        let tok = sequences::require_tokenizer(lm, &file)?;
         let columns = TextColumns {
             prompt_col: options.prompt_col,
             response_col: options.response_col,

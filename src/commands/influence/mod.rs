@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{
-    DtypeArg, FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction,
-    InfluenceArgs, MergeFactorsArgs, PrecondArg, QueryAggArg,
+    FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction, InfluenceArgs,
+    MergeFactorsArgs, PrecondArg, QueryAggArg,
 };
 use crate::commands::sequences;
 use crate::error::usage;
@@ -29,7 +29,7 @@ use crate::influence::{
     QueryAggregate, Stage, segment::Segmenter,
 };
 use crate::interrupt;
-use crate::model::{self, ChatTemplate, DeviceSpec, LanguageModel, LoadOptions};
+use crate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
 use crate::printer::Printer;
 use crate::table::{InputDigest, Shard};
 use examples::{Examples, ReadOptions};
@@ -96,16 +96,8 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         FisherArg::Empirical => Fisher::Empirical,
         FisherArg::Sampled => Fisher::Sampled { seed: context.seed },
     };
-    let device = args
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(usage)?
-        .device()
-        .map_err(usage)?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F64 => DType::F64,
-    };
+    let device = crate::commands::device(&args.device)?;
+    let dtype = DType::from(args.dtype);
     let model_dir = Path::new(args.model.as_deref().expect("clap requires --model"));
     let lm = LanguageModel::load(
         model_dir,

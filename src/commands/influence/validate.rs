@@ -13,15 +13,15 @@ use serde_json::json;
 
 use super::examples::{self, Examples, ReadOptions};
 use crate::ExitStatus;
-use crate::cli::{DtypeArg, ScheduleArg, ValidateArgs};
+use crate::cli::ValidateArgs;
 use crate::commands::{Context, sequences};
 use crate::error::{InputError, usage};
 use crate::influence::validate::{
     lds, mean_and_standard_error, random_subsets, removal_sets, retrain_and_measure,
 };
 use crate::interrupt;
-use crate::model::train::{Schedule, TrainSettings, Trainer};
-use crate::model::{DeviceSpec, LanguageModel, LoadOptions, Sequence};
+use crate::model::train::{TrainSettings, Trainer};
+use crate::model::{LanguageModel, LoadOptions, Sequence};
 use crate::table::{self, ColumnRole, Expected, Format, Input, Output};
 
 pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
@@ -32,16 +32,8 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
         None => None,
     };
-    let device = args
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(usage)?
-        .device()
-        .map_err(usage)?;
-    let dtype = match args.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F64 => DType::F64,
-    };
+    let device = crate::commands::device(&args.device)?;
+    let dtype = DType::from(args.dtype);
     let base = LanguageModel::load(
         Path::new(&args.model),
         &LoadOptions {
@@ -84,11 +76,7 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         batch_size: args.batch_size,
         learning_rate: args.lr,
         warmup_steps: args.warmup,
-        schedule: match args.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Linear => Schedule::Linear,
-            ScheduleArg::Cosine => Schedule::Cosine,
-        },
+        schedule: args.schedule.into(),
         seed: context.seed,
         ..TrainSettings::default()
     };
