@@ -353,12 +353,8 @@ impl Encoding<'_> {
                             .collect::<Vec<_>>(),
                     ),
                 };
-                for (index, mut messages) in conversations.into_iter().enumerate() {
-                    if let Some(system) = self.system
-                        && messages.first().is_none_or(|m| m.role != "system")
-                    {
-                        messages.insert(0, Message::new("system", system));
-                    }
+                for (index, messages) in conversations.into_iter().enumerate() {
+                    let messages = self.with_system(messages);
                     let encoded = chat::encode_prompt(tok, template, &messages).map_err(|e| {
                         InputError::new(self.file, e.to_string())
                             .column(column)
@@ -371,6 +367,16 @@ impl Encoding<'_> {
         Ok(prompts)
     }
 
+    /// `--system` first, where the conversation has no system message.
+    fn with_system(&self, mut messages: Vec<Message>) -> Vec<Message> {
+        if let Some(system) = self.system
+            && messages.first().is_none_or(|m| m.role != "system")
+        {
+            messages.insert(0, Message::new("system", system));
+        }
+        messages
+    }
+
     fn encode_conversations(
         &self,
         lm: &LanguageModel,
@@ -381,13 +387,9 @@ impl Encoding<'_> {
     ) -> Result<(Vec<Sequence>, usize)> {
         let mut sequences = Vec::with_capacity(conversations.len());
         let mut truncated = 0;
-        for (index, mut messages) in conversations.into_iter().enumerate() {
+        for (index, messages) in conversations.into_iter().enumerate() {
             let row = index + 1;
-            if let Some(system) = self.system
-                && messages.first().is_none_or(|m| m.role != "system")
-            {
-                messages.insert(0, Message::new("system", system));
-            }
+            let messages = self.with_system(messages);
             let column = if from_messages {
                 self.messages_col
             } else {

@@ -12,7 +12,7 @@
 use anyhow::Result;
 
 use crate::model::train::{TrainSettings, Trainer};
-use crate::model::{Capture, LanguageModel, Padding, Sequence, TokenBatch, tensor_to_f64};
+use crate::model::{LanguageModel, Sequence, batched_losses};
 use crate::rng::SplitMix64;
 
 /// `count` random subsets of `round(alpha * n)` rows each (sorted), drawn from `seed`.
@@ -100,31 +100,35 @@ pub fn lds(scores: &[Vec<f64>], subsets: &[Vec<usize>], losses: &[Vec<f64>]) -> 
         .collect()
 }
 
-/// The `fraction` of rows with the highest mean score over queries (ties by row index), and
-/// `seeds` random sets of the same size.
-pub fn removal_sets(
-    scores: &[Vec<f64>],
-    fraction: f64,
-    seeds: &[u64],
-) -> (Vec<usize>, Vec<Vec<usize>>) {
+/// How many of `n` rows a removal of `fraction` takes.
+pub fn removal_count(n: usize, fraction: f64) -> usize {
+    ((fraction * n as f64).round() as usize).min(n)
+}
+
+/// The `count` rows with the highest mean score over queries (`scores[query][row]`; ties by
+/// row index).
+pub fn most_helpful(scores: &[Vec<f64>], count: usize) -> Vec<usize> {
     let n = scores.first().map_or(0, Vec::len);
-    let count = ((fraction * n as f64).round() as usize).min(n);
     let mean: Vec<f64> = (0..n)
         .map(|i| scores.iter().map(|row| row[i]).sum::<f64>() / scores.len().max(1) as f64)
         .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]).then(a.cmp(&b)));
-    let top = order[..count].to_vec();
-    let random = seeds
+    order.truncate(count.min(n));
+    order
+}
+
+/// One random set of `count` of `n` rows per seed.
+pub fn random_sets(n: usize, count: usize, seeds: &[u64]) -> Vec<Vec<usize>> {
+    seeds
         .iter()
         .map(|&seed| {
             let mut rows: Vec<usize> = (0..n).collect();
             SplitMix64::new(seed).shuffle(&mut rows);
-            rows.truncate(count);
+            rows.truncate(count.min(n));
             rows
         })
-        .collect();
-    (top, random)
+        .collect()
 }
 
 /// Train a copy of `base` on `rows` of `train` with `settings` (from the same starting point and
@@ -150,17 +154,7 @@ pub fn retrain_and_measure(
         }
         on_step()?;
     }
-    let mut losses = vec![0.0; queries.len()];
-    for (chunk_index, chunk) in queries.chunks(batch_size.max(1)).enumerate() {
-        let refs: Vec<&Sequence> = chunk.iter().collect();
-        let batch = TokenBatch::pad(&refs, base.pad_id(), Padding::Right);
-        let logits = model.forward(&batch, &mut Capture::none());
-        let values = tensor_to_f64(model.sequence_losses(logits, &batch).detach());
-        for (i, v) in values.into_iter().enumerate() {
-            losses[chunk_index * batch_size.max(1) + i] = v;
-        }
-    }
-    Ok(losses)
+    batched_losses(&model, base.pad_id(), queries, batch_size, &mut |_| Ok(()))
 }
 
 #[cfg(test)]
@@ -211,8 +205,9 @@ mod tests {
     #[test]
     fn removal_takes_the_most_helpful_rows() {
         let scores = vec![vec![1.0, 5.0, 3.0, -2.0], vec![1.0, 3.0, 5.0, -2.0]];
-        let (top, random) = removal_sets(&scores, 0.5, &[1, 2]);
-        assert_eq!(top, vec![1, 2]);
+        let count = removal_count(4, 0.5);
+        assert_eq!(most_helpful(&scores, count), vec![1, 2]);
+        let random = random_sets(4, count, &[1, 2]);
         assert_eq!(random.len(), 2);
         assert!(random.iter().all(|r| r.len() == 2));
     }

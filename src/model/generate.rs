@@ -47,7 +47,7 @@ pub fn greedy(
     let mut cache = KvCache::new(&lm.model, rows);
     let mut logits = lm.model.forward_cached(&ids, &real, &mut cache);
     let mut done = vec![false; rows];
-    for _ in 0..max_new {
+    for step in 0..max_new {
         let next = last_argmax(logits);
         let mut step_ids = Vec::with_capacity(rows);
         let mut step_real = Vec::with_capacity(rows);
@@ -66,7 +66,7 @@ pub fn greedy(
             step_ids.push(token);
             step_real.push(!done[row]);
         }
-        if done.iter().all(|&d| d) || out.iter().all(|g| g.tokens.len() >= max_new) {
+        if done.iter().all(|&d| d) || step + 1 == max_new {
             break;
         }
         logits = lm.model.forward_cached(&step_ids, &step_real, &mut cache);

@@ -548,6 +548,32 @@ fn read_tokenizer(dir: &Path, config: &LmConfig) -> Result<Option<Tokenizer>> {
     Ok(Some(tokenizer))
 }
 
+/// The summed next-token loss of each sequence (input order), computed in batches of
+/// `batch_size` rows of similar length, right-padded with `pad_id`; `on_batch` runs after each
+/// batch with its row count (progress, Ctrl-C).
+pub fn batched_losses(
+    model: &CausalLm,
+    pad_id: i64,
+    sequences: &[Sequence],
+    batch_size: usize,
+    on_batch: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| (sequences[i].len(), i));
+    let mut losses = vec![0.0; sequences.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
+        let batch = TokenBatch::pad(&batch, pad_id, Padding::Right);
+        let logits = model.forward(&batch, &mut Capture::none());
+        let values = tensor_to_f64(model.sequence_losses(logits, &batch).detach());
+        for (&row, loss) in chunk.iter().zip(values) {
+            losses[row] = loss;
+        }
+        on_batch(chunk.len())?;
+    }
+    Ok(losses)
+}
+
 /// Host copy of any float tensor as f64.
 pub fn tensor_to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
     tensor

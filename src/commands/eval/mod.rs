@@ -19,7 +19,7 @@ use crate::cli::{EvalAction, EvalArgs};
 use crate::error::{InputError, usage};
 use crate::interrupt;
 use crate::model::generate::greedy;
-use crate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Padding, Sequence, TokenBatch};
+use crate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
 use crate::printer::{Align, text_table};
 use crate::rephrase::answer::{Target, explicit_answer};
 use crate::table::{self, Input, Output};
@@ -224,19 +224,11 @@ fn row_losses(
     batch_size: usize,
     context: &Context,
 ) -> Result<Vec<f64>> {
-    let mut order: Vec<usize> = (0..sequences.len()).collect();
-    order.sort_by_key(|&i| (sequences[i].len(), i));
     let bar = context.printer.progress_bar(sequences.len() as u64, "loss");
-    let mut losses = vec![0.0; sequences.len()];
-    for chunk in order.chunks(batch_size) {
-        interrupt::check()?;
-        let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
-        let batch = TokenBatch::pad(&batch, lm.pad_id(), Padding::Right);
-        for (&row, loss) in chunk.iter().zip(lm.sequence_losses(&batch)) {
-            losses[row] = loss;
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let losses = batched_losses(&lm.model, lm.pad_id(), sequences, batch_size, &mut |rows| {
+        bar.inc(rows as u64);
+        Ok(interrupt::check()?)
+    })?;
     bar.finish_and_clear();
     Ok(losses)
 }
@@ -358,7 +350,7 @@ fn summarize(
             correct: 0,
         };
         let mut total = 0.0;
-        for (_, result) in results.iter().enumerate().filter(|(i, _)| keep(*i)) {
+        for (_, result) in results.iter().enumerate().filter(|&(i, _)| keep(i)) {
             row.rows += 1;
             if let Some((loss, tokens)) = result.loss {
                 total += loss;

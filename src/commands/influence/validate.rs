@@ -17,11 +17,12 @@ use crate::cli::ValidateArgs;
 use crate::commands::{Context, sequences};
 use crate::error::{InputError, usage};
 use crate::influence::validate::{
-    lds, mean_and_standard_error, random_subsets, removal_sets, retrain_and_measure,
+    lds, mean_and_standard_error, most_helpful, random_sets, random_subsets, removal_count,
+    retrain_and_measure,
 };
 use crate::interrupt;
 use crate::model::train::{TrainSettings, Trainer};
-use crate::model::{LanguageModel, LoadOptions, Sequence};
+use crate::model::{LanguageModel, LoadOptions, batched_losses};
 use crate::table::{self, ColumnRole, Expected, Format, Input, Output};
 
 pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
@@ -97,20 +98,18 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
     let mut top_runs: Vec<Vec<usize>> = vec![Vec::new(); score_files.len()];
     let mut removed_rows = Vec::new();
     for &fraction in &fractions {
+        let count = removal_count(n, fraction);
+        removed_rows.push(count);
         let mut this_random = Vec::new();
-        for (file, (objective, _)) in score_files.iter().enumerate() {
-            let (top, random) = removal_sets(&objective.scores, fraction, &control_seeds);
-            if file == 0 {
-                removed_rows.push(top.len());
-                for rows in random {
-                    this_random.push(runs.len());
-                    runs.push(keep_all_but(&rows));
-                }
-            }
-            top_runs[file].push(runs.len());
-            runs.push(keep_all_but(&top));
+        for rows in random_sets(n, count, &control_seeds) {
+            this_random.push(runs.len());
+            runs.push(keep_all_but(&rows));
         }
         random_runs.push(this_random);
+        for (file, (objective, _)) in score_files.iter().enumerate() {
+            top_runs[file].push(runs.len());
+            runs.push(keep_all_but(&most_helpful(&objective.scores, count)));
+        }
     }
     let steps_of = |rows: usize| Trainer::new(settings.clone(), vec![1; rows]).total_steps() as u64;
     let total: u64 = runs.iter().map(|r| steps_of(r.len())).sum();
@@ -143,16 +142,13 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         )?);
     }
     bar.finish_and_clear();
-    let base_losses = {
-        let refs: Vec<&Sequence> = query.sequences.iter().collect();
-        let mut losses = Vec::with_capacity(refs.len());
-        for chunk in refs.chunks(args.batch_size) {
-            let batch =
-                crate::model::TokenBatch::pad(chunk, base.pad_id(), crate::model::Padding::Right);
-            losses.extend(base.sequence_losses(&batch));
-        }
-        losses
-    };
+    let base_losses = batched_losses(
+        &base.model,
+        base.pad_id(),
+        &query.sequences,
+        args.batch_size,
+        &mut |_| Ok(()),
+    )?;
 
     let mean_over = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
     let mut table = ValidationTable::default();
