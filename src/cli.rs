@@ -3,6 +3,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::train::Schedule;
+use crate::reveal::decide::{Detector, IssueType};
+use crate::reveal::{FilterBy, QualityMethod};
 use crate::table::Format;
 
 #[derive(Debug, Parser)]
@@ -343,12 +345,22 @@ pub struct RevealArgs {
 
     /// Detectors to run [default: cl; vote with two or more sources; knn with --embeddings;
     /// probe with --probe].
-    #[arg(long, value_delimiter = ',', value_name = "cl,knn,vote,probe")]
-    pub detectors: Option<Vec<String>>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "cl,knn,vote,probe"
+    )]
+    pub detectors: Option<Vec<DetectorArg>>,
 
     /// Which rows confident learning flags (cleanlab's filter_by).
-    #[arg(long, default_value = "prune_by_noise_rate", value_name = "MODE")]
-    pub filter_by: String,
+    #[arg(
+        long,
+        value_enum,
+        default_value = "prune_by_noise_rate",
+        value_name = "MODE"
+    )]
+    pub filter_by: FilterByArg,
 
     /// Share of the estimated noise the prune modes remove.
     #[arg(long, default_value_t = 1.0, value_name = "F")]
@@ -358,10 +370,14 @@ pub struct RevealArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub min_examples_per_class: usize,
 
-    /// Label-quality score in the `quality` column: self_confidence, normalized_margin or
-    /// confidence_weighted_entropy.
-    #[arg(long, default_value = "self_confidence", value_name = "METHOD")]
-    pub quality_method: String,
+    /// Label-quality score in the `quality` column (cleanlab's get_label_quality_scores).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "self_confidence",
+        value_name = "METHOD"
+    )]
+    pub quality_method: QualityMethodArg,
 
     /// Detectors that must fire for a label issue [default: a majority of those run].
     #[arg(long, value_name = "N")]
@@ -418,9 +434,9 @@ pub struct RevealArgs {
     #[arg(long, value_name = "RATE")]
     pub max_missing_rate: Option<f64>,
 
-    /// Gate: exit 1 when any row has one of these issue types (noisy, missing, ambiguous).
-    #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
-    pub fail_on: Option<Vec<String>>,
+    /// Gate: exit 1 when any row has one of these issue types.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TYPE,...")]
+    pub fail_on: Option<Vec<IssueTypeArg>>,
 
     /// Leave the soft_label column out (it holds K numbers per row).
     #[arg(long)]
@@ -429,6 +445,98 @@ pub struct RevealArgs {
     /// Replace existing output files.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    /// Confident learning on the probability sources (their mean when several).
+    Cl,
+    /// Votes of the nearest neighbours in embedding space.
+    Knn,
+    /// CROWDLAB consensus of the sources (and the probe) as annotators.
+    Vote,
+    /// Confident learning on the probe's out-of-fold probabilities.
+    Probe,
+}
+
+impl From<DetectorArg> for Detector {
+    fn from(value: DetectorArg) -> Self {
+        match value {
+            DetectorArg::Cl => Detector::Cl,
+            DetectorArg::Knn => Detector::Knn,
+            DetectorArg::Vote => Detector::Vote,
+            DetectorArg::Probe => Detector::Probe,
+        }
+    }
+}
+
+/// cleanlab's `filter_by` modes, spelled as cleanlab spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum FilterByArg {
+    PruneByNoiseRate,
+    PruneByClass,
+    Both,
+    ConfidentLearning,
+    PredictedNeqGiven,
+    LowSelfConfidence,
+    LowNormalizedMargin,
+}
+
+impl From<FilterByArg> for FilterBy {
+    fn from(value: FilterByArg) -> Self {
+        match value {
+            FilterByArg::PruneByNoiseRate => FilterBy::PruneByNoiseRate,
+            FilterByArg::PruneByClass => FilterBy::PruneByClass,
+            FilterByArg::Both => FilterBy::Both,
+            FilterByArg::ConfidentLearning => FilterBy::ConfidentLearning,
+            FilterByArg::PredictedNeqGiven => FilterBy::PredictedNeqGiven,
+            FilterByArg::LowSelfConfidence => FilterBy::LowSelfConfidence,
+            FilterByArg::LowNormalizedMargin => FilterBy::LowNormalizedMargin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum QualityMethodArg {
+    /// The probability of the given label.
+    SelfConfidence,
+    /// (p_given - max_other + 1) / 2.
+    NormalizedMargin,
+    /// log(h / p_given + 1) / max(h / p_given, 1e-6), h the normalised entropy.
+    ConfidenceWeightedEntropy,
+}
+
+impl From<QualityMethodArg> for QualityMethod {
+    fn from(value: QualityMethodArg) -> Self {
+        match value {
+            QualityMethodArg::SelfConfidence => QualityMethod::SelfConfidence,
+            QualityMethodArg::NormalizedMargin => QualityMethod::NormalizedMargin,
+            QualityMethodArg::ConfidenceWeightedEntropy => QualityMethod::ConfidenceWeightedEntropy,
+        }
+    }
+}
+
+/// The issue types a gate can fail on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IssueTypeArg {
+    /// The label is wrong and the consensus names another.
+    Noisy,
+    /// Other classes apply too.
+    Missing,
+    /// The label is doubted, no other class is confident enough.
+    Ambiguous,
+}
+
+impl From<IssueTypeArg> for IssueType {
+    fn from(value: IssueTypeArg) -> Self {
+        match value {
+            IssueTypeArg::Noisy => IssueType::Noisy,
+            IssueTypeArg::Missing => IssueType::Missing,
+            IssueTypeArg::Ambiguous => IssueType::Ambiguous,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

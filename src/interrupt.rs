@@ -27,3 +27,8 @@ pub fn check() -> Result<(), Interrupted> {
         Ok(())
     }
 }
+
+/// Whether Ctrl-C was pressed, for library loops that take a stop check.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}

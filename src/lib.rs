@@ -108,13 +108,13 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
         .collect();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                ExitStatus::InvalidInput
-            } else {
-                ExitStatus::Success
-            };
+        Err(err) if err.use_stderr() => {
+            eprintln!("curate: {}", usage_line(&err));
+            return ExitStatus::InvalidInput;
+        }
+        Err(help_or_version) => {
+            let _ = help_or_version.print();
+            return ExitStatus::Success;
         }
     };
 
@@ -145,6 +145,25 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
             status
         }
     }
+}
+
+/// clap's message for a command line it cannot parse, on one line like every other error:
+/// the problem and the accepted values, without the usage block and the help pointer.
+fn usage_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let mut line = String::new();
+    for part in rendered.lines().map(str::trim) {
+        if part.is_empty() || part.starts_with("Usage:") || part.starts_with("For more information")
+        {
+            continue;
+        }
+        if !line.is_empty() {
+            // A heading ending in ':' runs on into its list.
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
 fn init_logging(verbosity: Verbosity) {

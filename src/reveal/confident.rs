@@ -52,10 +52,6 @@ impl FilterBy {
             FilterBy::LowNormalizedMargin => "low_normalized_margin",
         }
     }
-
-    pub fn parse(name: &str) -> Option<FilterBy> {
-        FilterBy::ALL.into_iter().find(|f| f.name() == name)
-    }
 }
 
 /// How `num_label_issues` counts.

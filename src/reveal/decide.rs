@@ -26,10 +26,6 @@ impl Detector {
             Detector::Probe => "probe",
         }
     }
-
-    pub fn parse(name: &str) -> Option<Detector> {
-        Detector::ALL.into_iter().find(|d| d.name() == name)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,10 +54,6 @@ impl IssueType {
             IssueType::Missing => "missing",
             IssueType::Ambiguous => "ambiguous",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<IssueType> {
-        IssueType::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 

@@ -2,11 +2,13 @@
 //! on embeddings, source-vote consensus (CROWDLAB) and the decision that combines them.
 //!
 //! Everything here works on plain rows: labels as class indices, probabilities as a row-major
-//! matrix. Reading files and naming classes is the command's job.
+//! matrix, sources aligned with the label rows. Reading and joining files is the command's job.
 
+pub mod classes;
 pub mod confident;
 pub mod crowdlab;
 pub mod decide;
+pub mod detect;
 pub mod knn;
 pub mod multilabel;
 pub mod numeric;

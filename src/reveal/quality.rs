@@ -30,10 +30,6 @@ impl QualityMethod {
             QualityMethod::ConfidenceWeightedEntropy => "confidence_weighted_entropy",
         }
     }
-
-    pub fn parse(name: &str) -> Option<QualityMethod> {
-        QualityMethod::ALL.into_iter().find(|m| m.name() == name)
-    }
 }
 
 pub fn quality_scores(labels: &[usize], probs: &Probabilities, method: QualityMethod) -> Vec<f64> {

@@ -11,6 +11,15 @@ fn usage_errors_exit_2() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--no-such-flag"));
     assert_eq!(Test::new().args(["frobnicate"]).run().code, 2);
+    // clap's errors print on one line like the rest, with the accepted values.
+    Test::new()
+        .args(["reveal", "--labels", "l.jsonl", "--out", "o.jsonl", "--fail-on", "bad"])
+        .run()
+        .invalid("invalid value 'bad' for '--fail-on <TYPE,...>'; [possible values: noisy, missing, ambiguous]");
+    Test::new()
+        .args(["reveal", "--labels", "l.jsonl"])
+        .run()
+        .invalid("the following required arguments were not provided: --out <FILE>");
     assert_eq!(Test::new().run().code, 2);
 }
 

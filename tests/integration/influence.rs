@@ -189,10 +189,12 @@ fn token_mlp(fixture: &Value, x: &str, y: &str, device: &Device) -> TokenMlp {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn tiny_mlp_matches_kronfluence_in_f64() {
-    let Some(path) = reference("kronfluence/tiny-mlp/kf_fixture.json") else {
-        return;
-    };
+    let path = reference("kronfluence/tiny-mlp/kf_fixture.json");
     let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let device = test_device().autodiff();
     let train = token_mlp(&fixture, "Xtr", "Ytr", &device);
@@ -223,10 +225,12 @@ fn tiny_mlp_matches_kronfluence_in_f64() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn sharded_factors_add_up_to_the_whole() {
-    let Some(path) = reference("kronfluence/tiny-mlp/kf_fixture.json") else {
-        return;
-    };
+    let path = reference("kronfluence/tiny-mlp/kf_fixture.json");
     let fixture: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let device = test_device().autodiff();
     let train = token_mlp(&fixture, "Xtr", "Ytr", &device);
@@ -284,9 +288,9 @@ fn sharded_factors_add_up_to_the_whole() {
 }
 
 /// The tiny Qwen2 reference: model directory and fixture file.
-pub fn qwen2_reference() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let dir = reference("kronfluence/tiny-qwen2")?;
-    Some((dir.join("model"), dir.join("fixture.safetensors")))
+pub fn qwen2_reference() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = reference("kronfluence/tiny-qwen2");
+    (dir.join("model"), dir.join("fixture.safetensors"))
 }
 
 pub fn sequences(fixture: &std::path::Path, prefix: &str) -> Vec<Sequence> {
@@ -302,7 +306,7 @@ fn qwen2_scores(
     dtype: DType,
     preconditioner: Preconditioner,
     aggregate: QueryAggregate,
-) -> Option<(Vec<f64>, Vec<f64>)> {
+) -> (Vec<f64>, Vec<f64>) {
     qwen2_scores_cached(dtype, preconditioner, aggregate, 1 << 30)
 }
 
@@ -311,8 +315,8 @@ fn qwen2_scores_cached(
     preconditioner: Preconditioner,
     aggregate: QueryAggregate,
     cache: usize,
-) -> Option<(Vec<f64>, Vec<f64>)> {
-    let (model_dir, fixture) = qwen2_reference()?;
+) -> (Vec<f64>, Vec<f64>) {
+    let (model_dir, fixture) = qwen2_reference();
     let lm =
         LanguageModel::load(&model_dir, &LoadOptions::inference(&test_device(), dtype)).unwrap();
     let tracked = Regex::new(DEFAULT_TRACKED).unwrap();
@@ -328,27 +332,22 @@ fn qwen2_scores_cached(
         sequences: &query,
         tracked: &tracked,
     };
-    Some(scores(
-        &train,
-        &query,
-        preconditioner,
-        aggregate,
-        1e-3,
-        cache,
-    ))
+    scores(&train, &query, preconditioner, aggregate, 1e-3, cache)
 }
 
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn tiny_qwen2_matches_kronfluence() {
-    let Some((_, fixture)) = qwen2_reference() else {
-        return;
-    };
+    let (_, fixture) = qwen2_reference();
     // The reference ran the model in float64, but transformers computes RMSNorm and the
     // attention softmax in float32 even then, so it carries float32 rounding (~1e-7 relative
     // in the scores, 1.1e-6 for EK-FAC); f64 here is held to 1e-5, f32 to 1e-4.
     for (dtype, tolerance) in [(DType::F64, 1e-5), (DType::F32, 1e-4)] {
         for preconditioner in Preconditioner::ALL {
-            let (got, tokens) = qwen2_scores(dtype, preconditioner, QueryAggregate::None).unwrap();
+            let (got, tokens) = qwen2_scores(dtype, preconditioner, QueryAggregate::None);
             let (want, _) = read_tensor(&fixture, &format!("scores_{}", preconditioner.name()));
             let error = relative_error(&got, &want);
             eprintln!(
@@ -370,11 +369,10 @@ fn tiny_qwen2_matches_kronfluence() {
             }
         }
         // EK-FAC's second pass from the kept stacks equals rerunning the model, exactly.
-        let rerun =
-            qwen2_scores_cached(dtype, Preconditioner::Ekfac, QueryAggregate::None, 0).unwrap();
-        let kept = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::None).unwrap();
+        let rerun = qwen2_scores_cached(dtype, Preconditioner::Ekfac, QueryAggregate::None, 0);
+        let kept = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::None);
         assert_eq!(rerun, kept);
-        let (got, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Sum).unwrap();
+        let (got, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Sum);
         let (want, _) = read_tensor(&fixture, "scores_ekfac_aggregated");
         let error = relative_error(&got, &want);
         assert!(
@@ -382,7 +380,7 @@ fn tiny_qwen2_matches_kronfluence() {
             "{dtype:?} aggregated: relative error {error:e}"
         );
         // The mean objective is the sum over the query count.
-        let (mean, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Mean).unwrap();
+        let (mean, _) = qwen2_scores(dtype, Preconditioner::Ekfac, QueryAggregate::Mean);
         let scaled: Vec<f64> = want.iter().map(|v| v / 4.0).collect();
         assert!(relative_error(&mean, &scaled) < tolerance);
     }
@@ -417,10 +415,12 @@ fn column(rows: &[Value], name: &str) -> Vec<f64> {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn cli_matches_kronfluence_and_shards_add_up() {
-    let Some((model, fixture)) = qwen2_reference() else {
-        return;
-    };
+    let (model, fixture) = qwen2_reference();
     let model = model.display().to_string();
     let mut test = Test::new()
         .file("train.jsonl", ids_table(&fixture, "train"))
@@ -733,10 +733,12 @@ fn invalid_inputs_fail_with_the_row_and_write_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn projection_labels_and_modules_are_part_of_the_factors() {
-    let Some((model, fixture)) = qwen2_reference() else {
-        return;
-    };
+    let (model, fixture) = qwen2_reference();
     let model = model.display().to_string();
     let mut test = Test::new()
         .file("train.jsonl", ids_table(&fixture, "train"))

@@ -36,12 +36,14 @@ fn four_sources(test: &mut Test) -> &mut Test {
 /// With `--detectors cl` alone, `is_label_issue` is cleanlab's `find_label_issues` for every
 /// `--filter-by`, read from the reference file's own wide `p0..p9` columns.
 #[test]
+#[cfg_attr(
+    no_shared_reference,
+    ignore = "needs ../shared/reference beside the checkout"
+)]
 fn cl_alone_flags_exactly_cleanlabs_rows() {
-    let Some(path) = reference("cleanlab/labelerrors_cifar10.parquet") else {
-        return;
-    };
+    let path = reference("cleanlab/labelerrors_cifar10.parquet");
     let path = path.display().to_string();
-    let r = load("labelerrors_cifar10").unwrap();
+    let r = load("labelerrors_cifar10");
     let mut test = Test::new();
     for mode in [
         "prune_by_noise_rate",
@@ -369,7 +371,7 @@ fn invalid_inputs_exit_2_without_output() {
             "bad filter",
             good.into(),
             vec!["--filter-by", "magic"],
-            "--filter-by magic",
+            "invalid value 'magic' for '--filter-by <MODE>'; [possible values: prune_by_noise_rate,",
         ),
         (
             "knn without embeddings",

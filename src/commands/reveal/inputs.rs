@@ -1,15 +1,15 @@
 //! Reading what `curate reveal` joins: the labels, the prediction sources and the embeddings,
 //! each keyed by id, with the class order settled once.
 
-use std::collections::{BTreeSet, HashMap};
-
 use polars::prelude::PlHashMap;
 
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::error::{InputError, usage};
+use crate::error::InputError;
 use crate::reveal::Probabilities;
+use crate::reveal::classes::{ClassValue, Classes};
+use crate::reveal::detect::{Predictions, Source, SourceKind};
 use crate::table::{self, ColumnRole, Expected, Input};
 
 /// Probabilities must sum to 1 within this (the input check cleanlab users expect).
@@ -98,22 +98,6 @@ fn check_unique(ids: &[Id], file: &str, id_col: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A class as written in a file.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ClassValue {
-    Int(i64),
-    Text(String),
-}
-
-impl ClassValue {
-    fn name(&self) -> String {
-        match self {
-            ClassValue::Int(v) => v.to_string(),
-            ClassValue::Text(v) => v.clone(),
-        }
-    }
 }
 
 /// The given labels, one row per id.
@@ -291,39 +275,6 @@ fn class_lists(
     Ok(rows)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    Probs,
-    MlProbs,
-    Hard,
-    Set,
-}
-
-impl SourceKind {
-    fn parse(name: &str) -> Option<SourceKind> {
-        match name {
-            "probs" => Some(SourceKind::Probs),
-            "mlprobs" => Some(SourceKind::MlProbs),
-            "hard" => Some(SourceKind::Hard),
-            "set" => Some(SourceKind::Set),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Probs => "probs",
-            SourceKind::MlProbs => "mlprobs",
-            SourceKind::Hard => "hard",
-            SourceKind::Set => "set",
-        }
-    }
-
-    pub fn is_probabilities(self) -> bool {
-        matches!(self, SourceKind::Probs | SourceKind::MlProbs)
-    }
-}
-
 /// `--source NAME=PATH[:KIND[:COLUMN]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSpec {
@@ -347,10 +298,10 @@ impl SourceSpec {
         // hold colons.
         let mut parsed = (rest, SourceKind::Probs, None);
         if let Some((head, last)) = rest.rsplit_once(':') {
-            if let Some(kind) = SourceKind::parse(last) {
+            if let Some(kind) = SourceKind::from_name(last) {
                 parsed = (head, kind, None);
             } else if let Some((path, kind)) = head.rsplit_once(':')
-                && let Some(kind) = SourceKind::parse(kind)
+                && let Some(kind) = SourceKind::from_name(kind)
             {
                 parsed = (path, kind, Some(last.to_string()));
             }
@@ -363,22 +314,6 @@ impl SourceSpec {
             column,
         })
     }
-}
-
-/// A source's predictions, aligned with the label rows.
-pub enum Predictions {
-    /// N x K; every label row is covered.
-    Probabilities(Probabilities),
-    /// One class per row, or none where the source has no row for that id.
-    Hard(Vec<Option<ClassValue>>),
-    Set(Vec<Option<Vec<ClassValue>>>),
-}
-
-pub struct Source {
-    pub spec: SourceSpec,
-    pub predictions: Predictions,
-    /// Label rows this source has a row for.
-    pub covered: usize,
 }
 
 /// Label rows of source rows `offset..` with these ids: `positions[r]` is the label row of
@@ -452,7 +387,7 @@ fn require_cover(positions: &[Option<usize>], labels: &Labels, file: &str) -> Re
 }
 
 pub fn read_source(
-    spec: SourceSpec,
+    spec: &SourceSpec,
     labels: &Labels,
     id_col: &str,
     probs_prefix: &str,
@@ -560,7 +495,8 @@ pub fn read_source(
         let covered = positions.iter().flatten().count();
         let probs = Probabilities::new(matrix.classes, matrix.values);
         return Ok(Source {
-            spec,
+            name: spec.name.clone(),
+            kind: spec.kind,
             predictions: Predictions::Probabilities(probs),
             covered,
         });
@@ -593,7 +529,8 @@ pub fn read_source(
         Predictions::Set(placed)
     };
     Ok(Source {
-        spec,
+        name: spec.name.clone(),
+        kind: spec.kind,
         predictions,
         covered,
     })
@@ -861,114 +798,6 @@ pub fn read_embeddings(
     Ok((dim.expect("rows"), values))
 }
 
-/// The class order: names, and whether classes are written as integers.
-pub struct Classes {
-    pub names: Vec<String>,
-    pub integer: bool,
-    index: HashMap<ClassValue, usize>,
-}
-
-impl Classes {
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// Settle the order from `--classes`, else 0..K-1 (integers) or the sorted union of the
-    /// names seen (strings); `width` is the probability sources' class count.
-    pub fn settle(
-        given: Option<&[String]>,
-        seen: &BTreeSet<ClassValue>,
-        width: Option<usize>,
-    ) -> Result<Classes> {
-        let integer = seen.iter().all(|v| matches!(v, ClassValue::Int(_)));
-        let names: Vec<String> = match given {
-            Some(names) => {
-                let mut unique = BTreeSet::new();
-                for name in names {
-                    if !unique.insert(name) {
-                        return Err(usage(format!("--classes names '{name}' twice")));
-                    }
-                }
-                names.to_vec()
-            }
-            None if integer => {
-                if let Some(ClassValue::Int(low)) = seen.iter().next()
-                    && *low < 0
-                {
-                    return Err(usage(format!(
-                        "class {low} is negative; integer classes are 0..K-1 (or name them with --classes)"
-                    )));
-                }
-                let top = seen
-                    .iter()
-                    .filter_map(|v| match v {
-                        ClassValue::Int(k) => Some(*k as usize + 1),
-                        ClassValue::Text(_) => None,
-                    })
-                    .max()
-                    .unwrap_or(0);
-                let k = width.unwrap_or(top).max(top);
-                (0..k).map(|k| k.to_string()).collect()
-            }
-            None => seen.iter().map(ClassValue::name).collect(),
-        };
-        if let Some(width) = width
-            && width != names.len()
-        {
-            return Err(usage(format!(
-                "class-order mismatch: the probability sources have {width} classes but {} classes \
-                 were found ({}); name them in column order with --classes",
-                names.len(),
-                preview(&names)
-            )));
-        }
-        if names.len() < 2 {
-            return Err(usage(format!(
-                "need at least 2 classes, found {} ({})",
-                names.len(),
-                preview(&names)
-            )));
-        }
-        let index = names
-            .iter()
-            .enumerate()
-            .map(|(k, name)| {
-                let key = if integer && given.is_none() {
-                    ClassValue::Int(k as i64)
-                } else {
-                    ClassValue::Text(name.clone())
-                };
-                (key, k)
-            })
-            .collect();
-        Ok(Classes {
-            names,
-            integer: integer && given.is_none(),
-            index,
-        })
-    }
-
-    /// The class index of a value (integers match names by their digits when --classes is
-    /// given).
-    pub fn lookup(&self, value: &ClassValue) -> Option<usize> {
-        match (value, self.integer) {
-            (ClassValue::Int(_), true) | (ClassValue::Text(_), false) => {
-                self.index.get(value).copied()
-            }
-            (ClassValue::Int(v), false) => {
-                self.index.get(&ClassValue::Text(v.to_string())).copied()
-            }
-            (ClassValue::Text(_), true) => None,
-        }
-    }
-}
-
-fn preview(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
-    let more = if names.len() > 8 { ", ..." } else { "" };
-    format!("{}{more}", shown.join(", "))
-}
-
 /// Class indices of every label row, or the first unknown class as an error.
 pub fn label_indices(labels: &Labels, classes: &Classes, column: &str) -> Result<Vec<Vec<usize>>> {
     labels
@@ -982,11 +811,7 @@ pub fn label_indices(labels: &Labels, classes: &Classes, column: &str) -> Result
                     classes.lookup(v).ok_or_else(|| {
                         InputError::new(
                             &labels.file,
-                            format!(
-                                "unknown class '{}' (classes: {})",
-                                v.name(),
-                                preview(&classes.names)
-                            ),
+                            format!("unknown class '{}' (classes: {})", v, classes.preview()),
                         )
                         .column(column)
                         .row(row + 1)

@@ -7,56 +7,37 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde_json::{Value, json};
 
-use super::inputs::{Classes, Labels, Source};
+use super::inputs::{Labels, SourceSpec};
 use crate::cli::RevealArgs;
 use crate::printer::{Align, Printer, text_table};
-use crate::reveal::decide::{Detector, IssueType, RowDecision};
-use crate::reveal::{FilterOptions, Probabilities};
-
-/// The vote's weights (one entry per vote: one for single-label data, one per class for
-/// multi-label data).
-pub struct VoteWeights {
-    pub names: Vec<String>,
-    pub model_weight: Vec<f64>,
-    pub annotator_weights: Vec<Vec<f64>>,
-    pub annotator_quality: Vec<Vec<f64>>,
-    pub agreement: Vec<Vec<f64>>,
-}
+use crate::reveal::classes::Classes;
+use crate::reveal::decide::IssueType;
+use crate::reveal::detect::{Detection, Gate, GateFailure, Source, class_tallies};
 
 pub struct Report<'a> {
     pub args: &'a RevealArgs,
     pub labels: &'a Labels,
     pub classes: &'a Classes,
     pub given: &'a [Vec<usize>],
+    pub specs: &'a [SourceSpec],
     pub sources: &'a [Source],
-    pub detectors: &'a [Detector],
-    pub min_detectors: usize,
-    pub flags: &'a [(Detector, Vec<bool>)],
-    pub soft: &'a Probabilities,
-    pub quality: &'a [f64],
-    pub decisions: &'a [RowDecision],
-    pub consensus: Option<&'a VoteWeights>,
-    /// `num_label_issues` (off_diagonal, off_diagonal_calibrated), single-label only.
-    pub counts: Option<(usize, usize)>,
-    pub filter: FilterOptions,
+    pub detection: &'a Detection<'a>,
+    pub gate: &'a Gate,
 }
 
-/// The gate's verdict.
-pub struct Gate {
-    pub issue_rate: f64,
-    pub missing_rate: f64,
-    pub failures: Vec<String>,
-}
-
-#[derive(Default, Clone)]
-struct ClassTally {
-    rows: usize,
-    issues: usize,
-    noisy: usize,
-    missing: usize,
-    ambiguous: usize,
-    suggested_into: usize,
-    missing_from: usize,
+/// A gate failure as the flags that set its limit name it.
+fn failure_message(failure: &GateFailure) -> String {
+    match failure {
+        GateFailure::IssueRate { rate, max } => {
+            format!("issue rate {rate:.4} is above --max-issue-rate {max}")
+        }
+        GateFailure::MissingRate { rate, max } => {
+            format!("missing-label rate {rate:.4} is above --max-missing-rate {max}")
+        }
+        GateFailure::IssueType { issue_type, rows } => {
+            format!("{rows} rows are {} (--fail-on)", issue_type.name())
+        }
+    }
 }
 
 impl Report<'_> {
@@ -65,80 +46,27 @@ impl Report<'_> {
     }
 
     fn issues(&self) -> usize {
-        self.decisions.iter().filter(|d| d.is_issue).count()
+        self.detection
+            .decisions
+            .iter()
+            .filter(|d| d.is_issue)
+            .count()
     }
 
     fn with_missing(&self) -> usize {
-        self.decisions
+        self.detection
+            .decisions
             .iter()
             .filter(|d| !d.missing.is_empty())
             .count()
     }
 
     fn of_type(&self, t: IssueType) -> usize {
-        self.decisions.iter().filter(|d| d.issue_type == t).count()
-    }
-
-    pub fn gate(&self, fail_on: &[IssueType]) -> Gate {
-        let n = self.rows() as f64;
-        let issue_rate = self.issues() as f64 / n;
-        let missing_rate = self.with_missing() as f64 / n;
-        let mut failures = Vec::new();
-        if let Some(max) = self.args.max_issue_rate
-            && issue_rate > max
-        {
-            failures.push(format!(
-                "issue rate {:.4} is above --max-issue-rate {max}",
-                issue_rate
-            ));
-        }
-        if let Some(max) = self.args.max_missing_rate
-            && missing_rate > max
-        {
-            failures.push(format!(
-                "missing-label rate {:.4} is above --max-missing-rate {max}",
-                missing_rate
-            ));
-        }
-        for t in fail_on {
-            let count = self.of_type(*t);
-            if count > 0 {
-                failures.push(format!("{count} rows are {} (--fail-on)", t.name()));
-            }
-        }
-        Gate {
-            issue_rate,
-            missing_rate,
-            failures,
-        }
-    }
-
-    fn per_class(&self) -> Vec<ClassTally> {
-        let mut tally = vec![ClassTally::default(); self.classes.len()];
-        for (given, decision) in self.given.iter().zip(self.decisions) {
-            for &k in given {
-                let t = &mut tally[k];
-                t.rows += 1;
-                t.issues += usize::from(decision.is_issue);
-                match decision.issue_type {
-                    IssueType::Noisy => t.noisy += 1,
-                    IssueType::Missing => t.missing += 1,
-                    IssueType::Ambiguous => t.ambiguous += 1,
-                    IssueType::None => {}
-                }
-            }
-            if decision.issue_type == IssueType::Noisy
-                && let Some(suggested) = &decision.suggested
-            {
-                for &k in suggested.iter().filter(|k| !given.contains(k)) {
-                    tally[k].suggested_into += 1;
-                }
-            }
-            for &k in &decision.missing {
-                tally[k].missing_from += 1;
-            }
-        }
-        tally
+        self.detection
+            .decisions
+            .iter()
+            .filter(|d| d.issue_type == t)
+            .count()
     }
 
     /// The per-id table.
@@ -150,40 +78,57 @@ impl Report<'_> {
             self.labels.label_column.clone(),
             Column::new(
                 "is_label_issue".into(),
-                self.decisions
+                self.detection
+                    .decisions
                     .iter()
                     .map(|d| d.is_issue)
                     .collect::<Vec<_>>(),
             ),
             Column::new(
                 "issue_type".into(),
-                self.decisions
+                self.detection
+                    .decisions
                     .iter()
                     .map(|d| d.issue_type.name())
                     .collect::<Vec<_>>(),
             ),
         ];
         if self.labels.multi_label {
-            columns.push(self.class_lists(
-                "suggested_labels",
-                self.decisions.iter().map(|d| d.suggested.as_deref()),
-            ));
+            columns.push(
+                self.class_lists(
+                    "suggested_labels",
+                    self.detection
+                        .decisions
+                        .iter()
+                        .map(|d| d.suggested.as_deref()),
+                ),
+            );
         } else {
             let suggested = self
+                .detection
                 .decisions
                 .iter()
                 .map(|d| d.suggested.as_ref().map(|s| s[0]));
             columns.push(self.class_column("suggested_label", suggested));
         }
-        columns.push(self.class_lists(
-            "missing_labels",
-            self.decisions.iter().map(|d| Some(d.missing.as_slice())),
-        ));
+        columns.push(
+            self.class_lists(
+                "missing_labels",
+                self.detection
+                    .decisions
+                    .iter()
+                    .map(|d| Some(d.missing.as_slice())),
+            ),
+        );
         columns.push(Column::new(
             "p_given".into(),
-            self.decisions.iter().map(|d| d.p_given).collect::<Vec<_>>(),
+            self.detection
+                .decisions
+                .iter()
+                .map(|d| d.p_given)
+                .collect::<Vec<_>>(),
         ));
-        columns.push(Column::new("quality".into(), self.quality));
+        columns.push(Column::new("quality".into(), &self.detection.quality));
         if !self.args.no_soft_label {
             let mut builder = ListPrimitiveChunkedBuilder::<Float64Type>::new(
                 "soft_label".into(),
@@ -192,14 +137,15 @@ impl Report<'_> {
                 DataType::Float64,
             );
             for i in 0..n {
-                builder.append_slice(self.soft.row(i));
+                builder.append_slice(self.detection.soft.row(i));
             }
             columns.push(builder.finish().into_column());
         }
         // Comma-joined rather than a list: pandas cannot convert Arrow lists of string views.
-        let joined: Vec<String> = (0..1usize << self.flags.len())
+        let joined: Vec<String> = (0..1usize << self.detection.flags.len())
             .map(|mask| {
                 let names: Vec<&str> = self
+                    .detection
                     .flags
                     .iter()
                     .enumerate()
@@ -212,6 +158,7 @@ impl Report<'_> {
         let fired: Vec<&str> = (0..n)
             .map(|i| {
                 let mask = self
+                    .detection
                     .flags
                     .iter()
                     .enumerate()
@@ -220,7 +167,7 @@ impl Report<'_> {
             })
             .collect();
         columns.push(Column::new("detectors".into(), fired));
-        for (detector, flags) in self.flags {
+        for (detector, flags) in &self.detection.flags {
             columns.push(Column::new(
                 format!("{}_issue", detector.name()).into(),
                 flags,
@@ -275,10 +222,16 @@ impl Report<'_> {
         }
     }
 
-    pub fn summary_json(&self, gate: &Gate) -> Value {
+    fn tallies(&self) -> Vec<crate::reveal::detect::ClassTally> {
+        class_tallies(self.given, &self.detection.decisions, self.classes.len())
+    }
+
+    pub fn summary_json(&self) -> Value {
+        let gate = self.gate;
+        let failures: Vec<String> = gate.failures.iter().map(failure_message).collect();
         let n = self.rows();
         let per_class: Vec<Value> = self
-            .per_class()
+            .tallies()
             .iter()
             .zip(&self.classes.names)
             .map(|(t, name)| {
@@ -296,6 +249,7 @@ impl Report<'_> {
             })
             .collect();
         let detectors: Value = self
+            .detection
             .flags
             .iter()
             .map(|(d, f)| {
@@ -307,18 +261,19 @@ impl Report<'_> {
             .collect::<serde_json::Map<_, _>>()
             .into();
         let sources: Vec<Value> = self
-            .sources
+            .specs
             .iter()
-            .map(|s| {
+            .zip(self.sources)
+            .map(|(spec, s)| {
                 json!({
-                    "name": s.spec.name,
-                    "path": s.spec.path,
-                    "kind": s.spec.kind.name(),
+                    "name": s.name,
+                    "path": spec.path,
+                    "kind": s.kind.name(),
                     "rows_covered": s.covered,
                 })
             })
             .collect();
-        let vote = self.consensus.map(|w| {
+        let vote = self.detection.vote.as_ref().map(|w| {
             json!({
                 "annotators": w.names,
                 "model_weight": w.model_weight,
@@ -331,9 +286,9 @@ impl Report<'_> {
             "rows": n,
             "classes": self.classes.names,
             "multi_label": self.labels.multi_label,
-            "detectors_run": self.detectors.iter().map(|d| d.name()).collect::<Vec<_>>(),
-            "min_detectors": self.min_detectors,
-            "filter_by": self.filter.filter_by.name(),
+            "detectors_run": self.detection.detectors.iter().map(|d| d.name()).collect::<Vec<_>>(),
+            "min_detectors": self.detection.min_detectors,
+            "filter_by": crate::reveal::FilterBy::from(self.args.filter_by).name(),
             "issues": self.issues(),
             "issue_rate": gate.issue_rate,
             "rows_with_missing_labels": self.with_missing(),
@@ -345,7 +300,7 @@ impl Report<'_> {
                 "ambiguous": self.of_type(IssueType::Ambiguous),
             },
             "detector_flags": detectors,
-            "num_label_issues": self.counts.map(|(off, calibrated)| json!({
+            "num_label_issues": self.detection.counts.map(|(off, calibrated)| json!({
                 "off_diagonal": off,
                 "off_diagonal_calibrated": calibrated,
             })),
@@ -354,16 +309,18 @@ impl Report<'_> {
             "vote": vote,
             "gate": {
                 "passed": gate.failures.is_empty(),
-                "failures": gate.failures,
+                "failures": failures,
             },
         })
     }
 
     /// The human summary on stderr.
-    pub fn print(&self, printer: &Printer, gate: &Gate) -> Result<()> {
+    pub fn print(&self, printer: &Printer) -> Result<()> {
+        let gate = self.gate;
         let mut err = printer.stderr();
         let n = self.rows();
         let detectors: Vec<String> = self
+            .detection
             .flags
             .iter()
             .map(|(d, f)| format!("{} {}", d.name(), f.iter().filter(|&&x| x).count()))
@@ -373,12 +330,12 @@ impl Report<'_> {
             "{} of {n} rows are label issues ({:.2}%; at least {} of: {}); {} with missing labels",
             self.issues(),
             100.0 * gate.issue_rate,
-            self.min_detectors,
+            self.detection.min_detectors,
             detectors.join(", "),
             self.with_missing()
         )?;
         let rows: Vec<Vec<String>> = self
-            .per_class()
+            .tallies()
             .iter()
             .zip(&self.classes.names)
             .filter(|(t, _)| t.rows > 0 || t.suggested_into > 0)
@@ -424,7 +381,7 @@ impl Report<'_> {
         if rows.len() > shown {
             writeln!(err, "({} more classes in --summary)", rows.len() - shown)?;
         }
-        if let Some(w) = self.consensus
+        if let Some(w) = &self.detection.vote
             && w.model_weight.len() == 1
         {
             let parts: Vec<String> = w
@@ -444,7 +401,7 @@ impl Report<'_> {
             writeln!(err, "wrote {n} rows to {}", self.args.out)?;
         }
         for failure in &gate.failures {
-            writeln!(err, "gate failed: {failure}")?;
+            writeln!(err, "gate failed: {}", failure_message(failure))?;
         }
         Ok(())
     }
