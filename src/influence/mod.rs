@@ -17,6 +17,7 @@ mod projection;
 mod score;
 pub mod segment;
 mod stacks;
+pub mod store;
 pub mod validate;
 
 pub use engine::{

@@ -23,7 +23,9 @@ use crate::cli::{
     MergeFactorsArgs, PrecondArg, QueryAggArg,
 };
 use crate::commands::sequences;
+use crate::error::InputError;
 use crate::error::usage;
+use crate::influence::store::{self, FACTORS_FILE, FactorMeta, RunFit, StoredFactors};
 use crate::influence::{
     self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
     QueryAggregate, Stage, segment::Segmenter,
@@ -33,7 +35,6 @@ use crate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
 use crate::printer::Printer;
 use crate::table::{InputDigest, Shard};
 use examples::{Examples, ReadOptions};
-use factors_dir::FactorMeta;
 
 pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     let args = *args;
@@ -297,7 +298,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
     };
     let started = Instant::now();
     let factors = fit(&setup, preconditioner, covariance.as_ref(), context)?;
-    let covariance_digest = covariance.as_ref().map(factors_dir::covariance_digest);
+    let covariance_digest = covariance.as_ref().map(store::covariance_digest);
     let meta = meta_for(&setup, &factors, covariance_digest);
     let provenance = provenance_of(&setup, context, None);
     factors_dir::save(out, &factors, &meta, &provenance.key_values(), args.force)?;
@@ -316,48 +317,27 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-/// Factors fitted elsewhere must be for this model, data, labels and projection.
+/// Factors fitted elsewhere must be for this model, labels and projection.
 fn check_compatible(
     dir: &str,
     meta: &FactorMeta,
     setup: &Setup,
     preconditioner: Preconditioner,
 ) -> Result<()> {
-    let file = format!("{dir}/{}", factors_dir::FACTORS_FILE);
-    let mismatch = |what: &str, theirs: &str, ours: &str| {
-        crate::error::InputError::new(
-            file.as_str(),
-            format!("the factors were fitted {what} {theirs}, this run uses {ours}"),
-        )
-    };
-    if meta.preconditioner != preconditioner.name() {
-        return Err(mismatch("for", &meta.preconditioner, preconditioner.name()).into());
-    }
-    if meta.model != setup.model_digest {
-        return Err(mismatch("on model", &short(&meta.model), &short(&setup.model_digest)).into());
-    }
     let projection = setup.projection.map(|p| p.to_string());
-    if meta.projection != projection {
-        return Err(mismatch(
-            "with projection",
-            meta.projection.as_deref().unwrap_or("none"),
-            projection.as_deref().unwrap_or("none"),
-        )
-        .into());
+    let fisher = fisher_name(setup.fisher);
+    let run = RunFit {
+        preconditioner: preconditioner.name(),
+        model: &setup.model_digest,
+        projection: projection.as_deref(),
+        fisher: &fisher,
+    };
+    match meta.mismatch(&run) {
+        Some(mismatch) => {
+            Err(InputError::new(format!("{dir}/{FACTORS_FILE}"), mismatch.to_string()).into())
+        }
+        None => Ok(()),
     }
-    if meta.fisher != fisher_name(setup.fisher) {
-        return Err(mismatch(
-            "with Fisher labels",
-            &meta.fisher,
-            &fisher_name(setup.fisher),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn short(digest: &str) -> String {
-    format!("sha256 {}", &digest[..digest.len().min(12)])
 }
 
 fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus> {
@@ -371,57 +351,16 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
     let mut loaded = Vec::new();
     for dir in &args.inputs {
         let (set, meta) = factors_dir::load(Path::new(dir))?;
-        loaded.push((dir.as_str(), set, meta));
+        loaded.push(StoredFactors {
+            name: dir.as_str(),
+            set,
+            meta,
+        });
     }
-    let (first_dir, _, first) = &loaded[0];
-    for (dir, _, meta) in &loaded[1..] {
-        if !meta.same_fit(first) {
-            return Err(usage(format!(
-                "{dir} and {first_dir} were fitted differently (preconditioner, labels, projection, modules, model or training data differ)"
-            )));
-        }
-    }
-    // Eigenvalue shards are added to the covariances they were rotated by (given once).
-    let (lambda, base): (Vec<_>, Vec<_>) = loaded.iter().partition(|(_, _, m)| m.stage == "lambda");
-    let shards: &Vec<_> = if lambda.is_empty() { &base } else { &lambda };
-    check_shard_cover(shards.iter().map(|(d, _, m)| (*d, m)))?;
-    let mut merged = FactorSet::new(shards[0].1.preconditioner, Stage::Complete);
-    let mut covariance_digest = None;
-    if !lambda.is_empty() {
-        let [covariance] = base.as_slice() else {
-            return Err(usage(
-                "merging eigenvalue shards needs the one merged covariance directory they were rotated by among the inputs",
-            ));
-        };
-        let digest = factors_dir::covariance_digest(&covariance.1);
-        for (dir, _, meta) in &lambda {
-            if meta.covariance.as_deref() != Some(digest.as_str()) {
-                return Err(usage(format!(
-                    "{dir} was rotated by other covariances than {}",
-                    covariance.0
-                )));
-            }
-        }
-        merged.merge(&covariance.1)?;
-        covariance_digest = Some(digest);
-    }
-    for (_, set, _) in shards {
-        merged.merge(set)?;
-    }
-    merged.stage = if lambda.is_empty() && shards[0].2.stage == "covariance" {
-        Stage::Covariance
-    } else {
-        Stage::Complete
-    };
-    let meta = FactorMeta {
-        stage: merged.stage.name().to_string(),
-        shard: None,
-        covariance: covariance_digest.filter(|_| merged.stage != Stage::Complete),
-        ..first.clone()
-    };
+    let (merged, meta) = store::merge(&loaded).map_err(|e| usage(e.to_string()))?;
     let mut provenance = context.provenance();
-    for (dir, _, _) in &loaded {
-        let path = Path::new(dir).join(factors_dir::FACTORS_FILE);
+    for part in &loaded {
+        let path = Path::new(part.name).join(FACTORS_FILE);
         provenance.add_input(InputDigest::of_file(path.display().to_string(), &path)?);
     }
     factors_dir::save(out, &merged, &meta, &provenance.key_values(), args.force)?;
@@ -433,37 +372,6 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
         out.display()
     )?;
     Ok(ExitStatus::Success)
-}
-
-/// The shards of one stage: the same count, each index exactly once.
-fn check_shard_cover<'a>(shards: impl Iterator<Item = (&'a str, &'a FactorMeta)>) -> Result<()> {
-    let mut seen: Vec<(Shard, &str)> = Vec::new();
-    for (dir, meta) in shards {
-        let Some(spec) = &meta.shard else {
-            return Err(usage(format!(
-                "{dir} is not a shard (already complete or merged)"
-            )));
-        };
-        let shard: Shard = spec.parse().map_err(usage)?;
-        if let Some((_, other)) = seen.iter().find(|(s, _)| s.index == shard.index) {
-            return Err(usage(format!("{dir} and {other} are both shard {shard}")));
-        }
-        if let Some((s, other)) = seen.iter().find(|(s, _)| s.count != shard.count) {
-            return Err(usage(format!(
-                "{dir} is shard {shard} but {other} is shard {s}"
-            )));
-        }
-        seen.push((shard, dir));
-    }
-    let count = seen[0].0.count;
-    if seen.len() != count {
-        let missing: Vec<String> = (0..count)
-            .filter(|i| !seen.iter().any(|(s, _)| s.index == *i))
-            .map(|i| format!("{i}/{count}"))
-            .collect();
-        return Err(usage(format!("shards missing: {}", missing.join(", "))));
-    }
-    Ok(())
 }
 
 fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
