@@ -11,7 +11,10 @@ use crate::ExitStatus;
 use crate::cli::{PreserveArg, ReweightArgs, RuleArg};
 use crate::error::{InputError, usage};
 use crate::printer::{Align, text_table};
-use crate::reweight::{self, Adjustment, AuditRow, Binning, Direction, Groups, Preserve};
+use crate::reweight::{
+    self, Adjustment, AuditRow, Binning, Direction, Groups, MeanScores, Preserve, ScoreJoinError,
+    rank_by,
+};
 use crate::table::{self, ColumnRole, Expected, Input, Output};
 
 /// Applied to whichever of these domains the data has, when --direction is not given.
@@ -362,49 +365,35 @@ fn scores(
         "score",
     )?;
     let train_ids = table.column("train_id")?.cast(&DataType::String)?;
-    // When per-query rows and the aggregated `mean` rows are both present, use the latter.
-    let keep: Vec<bool> = match table.column("query_id") {
-        Ok(query) => {
-            let query = query.cast(&DataType::String)?;
-            let is_mean: Vec<bool> = query.str()?.iter().map(|q| q == Some("mean")).collect();
-            if is_mean.iter().any(|&m| m) {
-                is_mean
-            } else {
-                vec![true; table.height()]
-            }
-        }
-        Err(_) => vec![true; table.height()],
+    let train_ids: Vec<Option<&str>> = train_ids.str()?.iter().collect();
+    let query_ids = match table.column("query_id") {
+        Ok(query) => Some(query.cast(&DataType::String)?),
+        Err(_) => None,
     };
-    let mut sums: HashMap<&str, (f64, usize)> = HashMap::new();
-    for (row, id) in train_ids.str()?.iter().enumerate() {
-        if !keep[row] {
-            continue;
-        }
-        let id = id.ok_or_else(|| {
-            InputError::new(scores_label, "id is null")
-                .column("train_id")
-                .row(row + 1)
-        })?;
-        let entry = sums.entry(id).or_insert((0.0, 0));
-        entry.0 += values[row];
-        entry.1 += 1;
-    }
+    let query_ids: Option<Vec<Option<&str>>> = match &query_ids {
+        Some(q) => Some(q.str()?.iter().collect()),
+        None => None,
+    };
+    let means = MeanScores::from_rows(&train_ids, query_ids.as_deref(), &values).map_err(|e| {
+        let row = match e {
+            ScoreJoinError::NullId { row } | ScoreJoinError::Missing { row, .. } => row,
+        };
+        InputError::new(scores_label, e.to_string())
+            .column("train_id")
+            .row(row + 1)
+    })?;
 
     let (id_name, ids) = ids(frame, label, args)?;
     let ids = ids.cast(&DataType::String)?;
-    ids.str()?
-        .iter()
-        .enumerate()
-        .map(|(row, id)| {
-            let id = id.unwrap_or_default();
-            sums.get(id).map(|(sum, n)| sum / *n as f64).ok_or_else(|| {
-                InputError::new(label, format!("id {id} has no score in {scores_label}"))
-                    .column(id_name)
-                    .row(row + 1)
-                    .into()
-            })
-        })
-        .collect()
+    let ids: Vec<Option<&str>> = ids.str()?.iter().collect();
+    Ok(means.lookup(&ids).map_err(|e| match e {
+        ScoreJoinError::Missing { row, id } => {
+            InputError::new(label, format!("id {id} has no score in {scores_label}"))
+                .column(id_name)
+                .row(row + 1)
+        }
+        ScoreJoinError::NullId { row } => InputError::new(label, e.to_string()).row(row + 1),
+    })?)
 }
 
 /// The id column's name and values: `--id-col`, else `id`, else the row index.
@@ -421,21 +410,13 @@ fn ids<'a>(frame: &DataFrame, label: &str, args: &'a ReweightArgs) -> Result<(&'
 /// ties are broken by id as every command does.
 fn id_order(frame: &DataFrame, label: &str, args: &ReweightArgs) -> Result<Vec<usize>> {
     let (_, ids) = ids(frame, label, args)?;
-    let mut order: Vec<usize> = (0..frame.height()).collect();
-    if ids.dtype().is_integer() {
+    Ok(if ids.dtype().is_integer() {
         let ids = ids.cast(&DataType::Int64)?;
-        let ids: Vec<Option<i64>> = ids.i64()?.iter().collect();
-        order.sort_by_key(|&i| ids[i]);
+        rank_by(&ids.i64()?.iter().collect::<Vec<_>>())
     } else {
         let ids = ids.cast(&DataType::String)?;
-        let ids: Vec<Option<&str>> = ids.str()?.iter().collect();
-        order.sort_by_key(|&i| ids[i]);
-    }
-    let mut rank = vec![0; order.len()];
-    for (position, &row) in order.iter().enumerate() {
-        rank[row] = position;
-    }
-    Ok(rank)
+        rank_by(&ids.str()?.iter().collect::<Vec<_>>())
+    })
 }
 
 fn audit_frame(rows: &[AuditRow]) -> Result<DataFrame> {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod levels;
 pub mod resample;
 pub mod rules;
+pub mod scores;
 
 pub use audit::{AuditRow, audit};
 pub use levels::{Binning, Groups, LevelError, assign};
@@ -13,3 +14,4 @@ pub use rules::{
     Adjustment, CapError, Direction, Preserve, TargetError, cap, flip, from_group_scores,
     random_group_scores, rescale, top_fraction,
 };
+pub use scores::{MeanScores, ScoreJoinError, rank_by};
