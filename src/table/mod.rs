@@ -14,8 +14,7 @@ pub use read::Input;
 pub use shard::Shard;
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
 pub use validate::{
-    ColumnRole, Expected, id_column, missing_column, number_column, require_column,
-    require_probability_columns, require_probability_list, require_rows, require_type,
-    require_unique_ids,
+    ColumnRole, Expected, PROBABILITY_SUM_TOLERANCE, id_column, missing_column, number_column,
+    probability_problem, require_column, require_rows, require_type, require_unique_ids,
 };
 pub use write::{DEFAULT_BATCH_ROWS, Output, TableWriter};

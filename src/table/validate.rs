@@ -224,124 +224,21 @@ pub fn id_column(
     Ok(frame.column(role.name).expect("checked above").clone())
 }
 
-/// Probability vectors spread over one column per class (`p0..pK-1`): every value finite and
-/// in [0, 1], every row summing to 1 within `tolerance`.
-pub fn require_probability_columns(
-    frame: &DataFrame,
-    file: &str,
-    columns: &[ColumnRole],
-    tolerance: f64,
-) -> Result<(), InputError> {
-    let mut values = Vec::with_capacity(columns.len());
-    for role in columns {
-        let column = require_type(frame, file, *role, Expected::Number)?;
-        let cast = column
-            .cast(&DataType::Float64)
-            .map_err(|e| InputError::new(file, e.to_string()).column(role.name))?;
-        values.push(cast);
-    }
-    let arrays: Vec<&Float64Chunked> = values.iter().map(|c| c.f64().expect("cast")).collect();
-    let iters: Vec<_> = arrays.iter().map(|a| a.iter()).collect();
-    check_rows(file, columns, iters, frame.height(), tolerance)
-}
+/// Probabilities must sum to 1 within this (the input check cleanlab users expect).
+pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 
-/// Probability vectors held in one list column: same checks as the wide form, plus every row
-/// having the same number of classes.
-pub fn require_probability_list(
-    frame: &DataFrame,
-    file: &str,
-    role: ColumnRole,
-    tolerance: f64,
-) -> Result<usize, InputError> {
-    let column = require_column(frame, file, role)?;
-    let numeric_list =
-        matches!(column.dtype(), DataType::List(inner) if inner.is_primitive_numeric());
-    if !numeric_list {
-        return Err(InputError::new(
-            file,
-            format!("expected lists of numbers, found {}", column.dtype()),
-        )
-        .column(role.name));
+/// What is wrong with one row of probabilities, if anything: a value outside [0, 1] (NaN
+/// included) or, with `must_sum`, a sum further than `tolerance` from 1.
+pub fn probability_problem(row: &[f64], must_sum: bool, tolerance: f64) -> Option<String> {
+    if let Some(v) = row
+        .iter()
+        .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
+    {
+        return Some(format!("probability {v} is not in [0, 1]"));
     }
-    let cast = column
-        .cast(&DataType::List(Box::new(DataType::Float64)))
-        .map_err(|e| InputError::new(file, e.to_string()).column(role.name))?;
-    let lists = cast.list().expect("cast to list");
-    let mut classes = None;
-    for (index, row) in lists.series_iter().enumerate() {
-        let at = |message: String| {
-            InputError::new(file, message)
-                .column(role.name)
-                .row(index + 1)
-        };
-        let Some(row) = row else {
-            return Err(at("probabilities are null".to_string()));
-        };
-        let row = row.f64().expect("cast to f64");
-        match classes {
-            None => classes = Some(row.len()),
-            Some(k) if k != row.len() => {
-                return Err(at(format!(
-                    "{} probabilities, earlier rows have {k}",
-                    row.len()
-                )));
-            }
-            Some(_) => {}
-        }
-        let mut sum = 0.0f64;
-        for value in row.iter() {
-            let value = value.ok_or_else(|| at("probability is null".to_string()))?;
-            if !value.is_finite() || !(0.0..=1.0).contains(&value) {
-                return Err(at(format!("probability {value} is not in [0, 1]")));
-            }
-            sum += value;
-        }
-        if (sum - 1.0).abs() > tolerance {
-            return Err(at(format!(
-                "probabilities sum to {sum}, not 1 (tolerance {tolerance})"
-            )));
-        }
-    }
-    classes.ok_or_else(|| InputError::new(file, "no rows"))
-}
-
-fn check_rows<'a>(
-    file: &str,
-    columns: &[ColumnRole],
-    mut iters: Vec<impl Iterator<Item = Option<f64>> + 'a>,
-    height: usize,
-    tolerance: f64,
-) -> Result<(), InputError> {
-    for index in 0..height {
-        let mut sum = 0.0f64;
-        for (role, iter) in columns.iter().zip(iters.iter_mut()) {
-            let at = |message: String| {
-                InputError::new(file, message)
-                    .column(role.name)
-                    .row(index + 1)
-            };
-            let value = iter
-                .next()
-                .flatten()
-                .ok_or_else(|| at("probability is null".to_string()))?;
-            if !value.is_finite() || !(0.0..=1.0).contains(&value) {
-                return Err(at(format!("probability {value} is not in [0, 1]")));
-            }
-            sum += value;
-        }
-        if (sum - 1.0).abs() > tolerance {
-            let names: Vec<&str> = columns.iter().map(|r| r.name).collect();
-            return Err(InputError::new(
-                file,
-                format!(
-                    "probabilities in {} sum to {sum}, not 1 (tolerance {tolerance})",
-                    names.join(", ")
-                ),
-            )
-            .row(index + 1));
-        }
-    }
-    Ok(())
+    let sum: f64 = row.iter().sum();
+    (must_sum && (sum - 1.0).abs() > tolerance)
+        .then(|| format!("probabilities sum to {sum}, not 1 (tolerance {tolerance})"))
 }
 
 #[cfg(test)]
@@ -443,67 +340,21 @@ mod tests {
     }
 
     #[test]
-    fn wide_probabilities_are_checked_per_cell_and_row() {
-        let roles = [
-            ColumnRole::new("p0", "--source"),
-            ColumnRole::new("p1", "--source"),
-        ];
-        let good = df!("p0" => [0.25f64, 1.0], "p1" => [0.75f64, 0.0]).unwrap();
-        require_probability_columns(&good, "p.parquet", &roles, 1e-3).unwrap();
-        let negative = df!("p0" => [0.5f64, -0.1], "p1" => [0.5f64, 1.1]).unwrap();
+    fn probability_rows_are_checked_per_value_and_sum() {
+        assert_eq!(probability_problem(&[0.25, 0.75], true, 1e-3), None);
         assert_eq!(
-            require_probability_columns(&negative, "p.parquet", &roles, 1e-3)
-                .unwrap_err()
-                .to_string(),
-            "p.parquet: column 'p0', row 2: probability -0.1 is not in [0, 1]"
+            probability_problem(&[0.5, -0.1], true, 1e-3).as_deref(),
+            Some("probability -0.1 is not in [0, 1]")
         );
-        let nan = df!("p0" => [f64::NAN], "p1" => [0.5f64]).unwrap();
-        assert!(
-            require_probability_columns(&nan, "p", &roles, 1e-3)
-                .unwrap_err()
-                .to_string()
-                .contains("probability NaN is not in [0, 1]")
-        );
-        let off = df!("p0" => [0.5f64, 0.5], "p1" => [0.5f64, 0.49]).unwrap();
         assert_eq!(
-            require_probability_columns(&off, "p", &roles, 1e-3)
-                .unwrap_err()
-                .to_string(),
-            "p, row 2: probabilities in p0, p1 sum to 0.99, not 1 (tolerance 0.001)"
+            probability_problem(&[f64::NAN, 0.5], false, 1e-3).as_deref(),
+            Some("probability NaN is not in [0, 1]")
         );
-    }
-
-    #[test]
-    fn list_probabilities_need_equal_lengths() {
-        let role = ColumnRole::new("probs", "--source");
-        let mut good = Series::new(
-            "probs".into(),
-            [
-                Series::new("".into(), [0.5f64, 0.5]),
-                Series::new("".into(), [0.9f64, 0.1]),
-            ]
-            .as_slice(),
-        );
-        good.rename("probs".into());
-        let frame = DataFrame::new_infer_height(vec![good.into()]).unwrap();
         assert_eq!(
-            require_probability_list(&frame, "l", role, 1e-3).unwrap(),
-            2
+            probability_problem(&[0.5, 0.49], true, 1e-3).as_deref(),
+            Some("probabilities sum to 0.99, not 1 (tolerance 0.001)")
         );
-        let ragged = Series::new(
-            "probs".into(),
-            [
-                Series::new("".into(), [0.5f64, 0.5]),
-                Series::new("".into(), [1.0f64]),
-            ]
-            .as_slice(),
-        );
-        let frame = DataFrame::new_infer_height(vec![ragged.into()]).unwrap();
-        assert_eq!(
-            require_probability_list(&frame, "l", role, 1e-3)
-                .unwrap_err()
-                .to_string(),
-            "l: column 'probs', row 2: 1 probabilities, earlier rows have 2"
-        );
+        // Presence scores need not sum to 1.
+        assert_eq!(probability_problem(&[0.9, 0.8], false, 1e-3), None);
     }
 }

@@ -10,10 +10,7 @@ use crate::error::InputError;
 use crate::reveal::Probabilities;
 use crate::reveal::classes::{ClassValue, Classes};
 use crate::reveal::detect::{Predictions, Source, SourceKind};
-use crate::table::{self, ColumnRole, Expected, Input};
-
-/// Probabilities must sum to 1 within this (the input check cleanlab users expect).
-pub const SUM_TOLERANCE: f64 = 1e-3;
+use crate::table::{self, ColumnRole, Expected, Input, PROBABILITY_SUM_TOLERANCE};
 
 /// An id, as the labels file spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -705,20 +702,9 @@ fn fill_probabilities(
                 .column(column)
                 .row(offset + r + 1)
         };
-        if let Some(v) = row
-            .iter()
-            .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
+        if let Some(problem) = table::probability_problem(row, must_sum, PROBABILITY_SUM_TOLERANCE)
         {
-            return Err(at(format!("probability {v} is not in [0, 1]")).into());
-        }
-        if must_sum {
-            let sum: f64 = row.iter().sum();
-            if (sum - 1.0).abs() > SUM_TOLERANCE {
-                return Err(at(format!(
-                    "probabilities sum to {sum}, not 1 (tolerance {SUM_TOLERANCE})"
-                ))
-                .into());
-            }
+            return Err(at(problem).into());
         }
     }
     Ok(())
