@@ -5,10 +5,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 
-use crate::error::usage;
+/// A cache directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{0}: is not a directory")]
+    NotADirectory(String),
+    #[error("{0}: cannot create: {1}")]
+    Create(String, std::io::Error),
+}
 
 pub struct ReplyCache {
     dir: PathBuf,
@@ -16,13 +23,12 @@ pub struct ReplyCache {
 
 impl ReplyCache {
     /// Use (and create) `dir`.
-    pub fn open(dir: &str) -> Result<ReplyCache> {
+    pub fn open(dir: &str) -> Result<ReplyCache, CacheError> {
         let path = PathBuf::from(dir);
         if path.exists() && !path.is_dir() {
-            return Err(usage(format!("--cache-dir {dir}: is not a directory")));
+            return Err(CacheError::NotADirectory(dir.to_string()));
         }
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("--cache-dir {dir}: cannot create"))?;
+        std::fs::create_dir_all(&path).map_err(|e| CacheError::Create(dir.to_string(), e))?;
         Ok(ReplyCache { dir: path })
     }
 
@@ -78,6 +84,9 @@ mod tests {
         assert_eq!(cache.get(&key), None);
         let file = dir.path().join("f");
         std::fs::write(&file, "").unwrap();
-        assert!(ReplyCache::open(file.to_str().unwrap()).is_err());
+        assert!(matches!(
+            ReplyCache::open(file.to_str().unwrap()),
+            Err(CacheError::NotADirectory(_))
+        ));
     }
 }

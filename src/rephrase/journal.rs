@@ -14,8 +14,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use crate::error::{InputError, usage};
+use crate::error::InputError;
 use crate::rephrase::Reject;
+
+/// A journal this run may not simply continue or replace.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalConflict {
+    /// An interrupted run's journal, and neither resuming nor replacing was asked for.
+    #[error("{0}: an interrupted run's journal is here")]
+    Interrupted(String),
+    /// Resuming a journal another run (input, mode, model, endpoint or prompts) wrote.
+    #[error("{0}: written by a different run (other input, mode, model, endpoint or prompts)")]
+    OtherRun(String),
+}
 
 /// What the endpoint gave for one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,10 +81,7 @@ impl Journal {
             ));
         }
         if path.exists() && !force {
-            return Err(usage(format!(
-                "{label}: an interrupted run's journal is here; pass --resume to continue it, \
-                 or --force to start over"
-            )));
+            return Err(JournalConflict::Interrupted(label).into());
         }
         let mut file = File::create(path).with_context(|| format!("{label}: cannot create"))?;
         let header =
@@ -137,10 +145,7 @@ fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> 
         return Err(InputError::new(&label, "not a curate rephrase journal").into());
     }
     if header["fingerprint"] != fingerprint {
-        return Err(usage(format!(
-            "{label}: written by a different run (other input, mode, model, endpoint or \
-             prompts); pass --force without --resume to start over"
-        )));
+        return Err(JournalConflict::OtherRun(label).into());
     }
     good_len += text.split_inclusive('\n').next().map_or(0, str::len) as u64;
     for (n, line) in complete.enumerate() {
@@ -185,8 +190,17 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         write!(file, "{{\"row\": 5, \"ke").unwrap();
         drop(file);
-        assert!(Journal::open(&path, "fp", false, false).is_err());
-        assert!(Journal::open(&path, "other", true, false).is_err());
+        let conflict = |result: Result<(Journal, HashMap<usize, Entry>)>| {
+            result.err().unwrap().downcast::<JournalConflict>().unwrap()
+        };
+        assert!(matches!(
+            conflict(Journal::open(&path, "fp", false, false)),
+            JournalConflict::Interrupted(_)
+        ));
+        assert!(matches!(
+            conflict(Journal::open(&path, "other", true, false)),
+            JournalConflict::OtherRun(_)
+        ));
         assert_eq!(Journal::peek(&path, "fp").unwrap().len(), 2);
         let (mut journal, entries) = Journal::open(&path, "fp", true, false).unwrap();
         assert_eq!(entries.len(), 2);

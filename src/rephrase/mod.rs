@@ -11,8 +11,10 @@
 
 pub mod answer;
 pub mod boundaries;
+pub mod cache;
 pub mod chat;
 pub mod client;
+pub mod journal;
 pub mod rewrite;
 pub mod units;
 

@@ -14,17 +14,17 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::Trace;
-use super::cache::ReplyCache;
-use super::journal::{self, Answer, Journal};
 use crate::cli::{RephraseArgs, RephraseModeArg};
 use crate::commands::Context;
 use crate::error::{Interrupted, usage};
 use crate::interrupt;
 use crate::rephrase::boundaries::{self, boundaries_request, parse_ends};
+use crate::rephrase::cache::{CacheError, ReplyCache};
 use crate::rephrase::chat::{
     ReplyError, cache_key, completion_content, estimate_prompt_tokens, with_repair,
 };
 use crate::rephrase::client::{Budget, CallError, ChatClient, ClientSettings, chat_endpoint};
+use crate::rephrase::journal::{self, Answer, Journal, JournalConflict};
 use crate::rephrase::rewrite::{self, parse_units, rewrite_request};
 use crate::rephrase::units::paragraphs;
 use crate::rephrase::{
@@ -354,7 +354,8 @@ pub fn rephrase(
             &fingerprint,
             args.resume,
             args.force,
-        )?;
+        )
+        .map_err(journal_error)?;
         (Some(journal), entries)
     };
     let mut answers: HashMap<usize, Answer> = HashMap::new();
@@ -369,11 +370,7 @@ pub fn rephrase(
     let pending: Vec<&Job> = jobs(&plans)
         .filter(|job| !answers.contains_key(&job.row))
         .collect();
-    let cache = args
-        .cache_dir
-        .as_deref()
-        .map(ReplyCache::open)
-        .transpose()?;
+    let cache = args.cache_dir.as_deref().map(open_cache).transpose()?;
     let client = ChatClient::new(ClientSettings {
         endpoint: ep.url.clone(),
         api_key: ep.api_key.clone(),
@@ -563,6 +560,26 @@ fn settle(
     }
 }
 
+/// A journal conflict, with the flags that resolve it.
+fn journal_error(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<JournalConflict>() {
+        Ok(conflict @ JournalConflict::Interrupted(_)) => usage(format!(
+            "{conflict}; pass --resume to continue it, or --force to start over"
+        )),
+        Ok(conflict @ JournalConflict::OtherRun(_)) => usage(format!(
+            "{conflict}; pass --force without --resume to start over"
+        )),
+        Err(err) => err,
+    }
+}
+
+fn open_cache(dir: &str) -> Result<ReplyCache> {
+    ReplyCache::open(dir).map_err(|e| match e {
+        CacheError::NotADirectory(_) => usage(format!("--cache-dir {e}")),
+        CacheError::Create(..) => anyhow::Error::new(e).context("--cache-dir"),
+    })
+}
+
 /// `--dry-run`: what the run would send, as JSON on stdout; nothing is sent or written.
 pub fn dry_run(
     traces: &[Trace],
@@ -576,12 +593,13 @@ pub fn dry_run(
         Journal::peek(
             &journal::path_for(&args.out),
             &fingerprint(args.mode, &plans),
-        )?
+        )
+        .map_err(journal_error)?
     } else {
         HashMap::new()
     };
     let cache = match &args.cache_dir {
-        Some(dir) if std::path::Path::new(dir).is_dir() => Some(ReplyCache::open(dir)?),
+        Some(dir) if std::path::Path::new(dir).is_dir() => Some(open_cache(dir)?),
         _ => None,
     };
     let (mut from_journal, mut cached, mut requests) = (0u64, 0u64, 0u64);

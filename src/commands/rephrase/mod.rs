@@ -1,7 +1,5 @@
 //! `curate rephrase`: traces into MinD multi-turn records, with rejects and statistics.
 
-mod cache;
-mod journal;
 mod llm;
 
 use std::collections::BTreeMap;
