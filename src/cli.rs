@@ -2,10 +2,10 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::train::Schedule;
-use crate::reveal::decide::{Detector, IssueType};
-use crate::reveal::{FilterBy, QualityMethod};
-use crate::table::Format;
+use curate::model::train::Schedule;
+use curate::reveal::decide::{Detector, IssueType};
+use curate::reveal::{FilterBy, QualityMethod};
+use curate::table::Format;
 
 #[derive(Debug, Parser)]
 #[command(

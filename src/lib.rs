@@ -1,20 +1,9 @@
-//! curate: curate training and evaluation data and attribute model behaviour to it.
-//!
-//! The binary is a thin shell over [`run`]; commands live in [`commands`] and call the library
-//! modules, which know nothing of flags or files.
+//! The `curate` command line: flags ([`cli`]) to typed settings, the library (`curate`) to
+//! compute, tables out ([`commands`]); [`run`] parses, dispatches and maps errors to exit codes.
 
 pub mod cli;
 pub mod commands;
-pub mod error;
-pub mod influence;
-pub mod interrupt;
-pub mod model;
 pub mod printer;
-pub mod rephrase;
-pub mod reveal;
-pub mod reweight;
-pub mod rng;
-pub mod table;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -22,8 +11,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::Cli;
-use crate::error::{InputError, Interrupted, UsageError, is_broken_pipe};
 use crate::printer::{Printer, Verbosity};
+use curate::error::{InputError, Interrupted, UsageError, is_broken_pipe};
 
 /// How a run ended; each maps to one exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +117,7 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
         }
     };
     init_logging(verbosity);
-    interrupt::install();
+    install_interrupt_handler();
 
     let context = commands::Context {
         printer: Printer::new(verbosity, !cli.global.no_progress),
@@ -140,11 +129,23 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
         Err(err) => {
             let status = ExitStatus::of_error(&err);
             if !matches!(status, ExitStatus::Success) {
-                eprintln!("curate: {}", error::one_line(&format!("{err:#}")));
+                eprintln!("curate: {}", curate::error::one_line(&format!("{err:#}")));
             }
             status
         }
     }
+}
+
+/// Ctrl-C: the first press asks the running command to stop at its next safe point (the
+/// library checks [`curate::interrupt`]); a second press exits at once. Failure to install (a
+/// host program that owns the signal) only means Ctrl-C behaves as the default.
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if curate::interrupt::request() {
+            std::process::exit(130);
+        }
+        eprintln!("curate: stopping after the current step (Ctrl-C again to abort)");
+    });
 }
 
 /// clap's message for a command line it cannot parse, on one line like every other error:

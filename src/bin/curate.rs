@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    curate::main()
+    curate_cli::main()
 }

@@ -8,8 +8,8 @@ use polars::prelude::*;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::ConvertArgs;
-use crate::error::{InputError, usage};
-use crate::table::{self, ColumnRole, Input, Output, Shard};
+use curate::error::{InputError, usage};
+use curate::table::{self, ColumnRole, Input, Output, Shard};
 
 pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
     let shard = match &args.shard {

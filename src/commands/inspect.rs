@@ -10,10 +10,10 @@ use serde::Serialize;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::InspectArgs;
-use crate::error::InputError;
-use crate::model::{self, LmConfig};
 use crate::printer::{Align, text_table};
-use crate::table::{self, ColumnSummary, Input, InputDigest, Provenance};
+use curate::error::InputError;
+use curate::model::{self, LmConfig};
+use curate::table::{self, ColumnSummary, Input, InputDigest, Provenance};
 
 /// Keys polars and arrow write for their own use; not shown as user metadata.
 const INTERNAL_KEYS: [&str; 2] = ["ARROW:schema", "pandas"];
@@ -112,7 +112,7 @@ fn inspect(input: &Input, args: &InspectArgs, context: &Context) -> Result<FileR
             .collect()
     } else {
         let summaries = table::summarize(input.scan()?, &schema, args.top)
-            .map_err(|err| crate::error::InputError::new(input.label(), err.to_string()))?;
+            .map_err(|err| curate::error::InputError::new(input.label(), err.to_string()))?;
         summaries.into_iter().map(ColumnReport::Summary).collect()
     };
     spinner.finish_and_clear();

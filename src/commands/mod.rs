@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::ExitStatus;
 use crate::cli::Command;
 use crate::printer::Printer;
-use crate::table::Provenance;
+use curate::table::Provenance;
 
 /// What every command gets besides its own arguments.
 pub struct Context {
@@ -35,10 +35,10 @@ impl Context {
 
 /// The compute device `--device` names (a usage error when this build lacks it).
 pub fn device(spec: &str) -> Result<burn::tensor::Device> {
-    spec.parse::<crate::model::DeviceSpec>()
-        .map_err(crate::error::usage)?
+    spec.parse::<curate::model::DeviceSpec>()
+        .map_err(curate::error::usage)?
         .device()
-        .map_err(crate::error::usage)
+        .map_err(curate::error::usage)
 }
 
 pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::error::usage;
+use curate::error::usage;
 
 pub struct OutputDir {
     target: PathBuf,

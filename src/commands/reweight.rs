@@ -9,13 +9,13 @@ use polars::prelude::*;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{PreserveArg, ReweightArgs, RuleArg};
-use crate::error::{InputError, usage};
 use crate::printer::{Align, text_table};
-use crate::reweight::{
+use curate::error::{InputError, usage};
+use curate::reweight::{
     self, Adjustment, AuditRow, Binning, Direction, Groups, MeanScores, Preserve, ScoreJoinError,
     rank_by,
 };
-use crate::table::{self, ColumnRole, Expected, Input, Output};
+use curate::table::{self, ColumnRole, Expected, Input, Output};
 
 /// Applied to whichever of these domains the data has, when --direction is not given.
 const DEFAULT_DIRECTIONS: [(&str, Direction); 2] =

@@ -9,12 +9,12 @@ use polars::prelude::*;
 use tokenizers::Tokenizer;
 
 use crate::cli::ChatArgs;
-use crate::error::{InputError, usage};
-use crate::model::chat::{self, ChatTemplate, Message};
-use crate::model::{
+use curate::error::{InputError, usage};
+use curate::model::chat::{self, ChatTemplate, Message};
+use curate::model::{
     IGNORE_INDEX, LanguageModel, Sequence, TemplateChoice, TemplateText, tokenizer,
 };
-use crate::table::{self, ColumnRole, Expected};
+use curate::table::{self, ColumnRole, Expected};
 
 /// The model's tokenizer, which text rows of `file` need (a usage error saying why it has none).
 pub fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a Tokenizer> {

@@ -14,13 +14,13 @@ use super::output_dir::OutputDir;
 use super::sequences::{self, TextColumns, TextRows};
 use crate::ExitStatus;
 use crate::cli::{ArchArg, TrainArgs};
-use crate::error::{InputError, Interrupted, usage};
-use crate::interrupt;
-use crate::model::train::{TrainSettings, Trainer};
-use crate::model::{
+use curate::error::{InputError, Interrupted, usage};
+use curate::interrupt;
+use curate::model::train::{TrainSettings, Trainer};
+use curate::model::{
     Architecture, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
-use crate::table::{self, Input};
+use curate::table::{self, Input};
 
 const TRAINER_STATE: &str = "trainer.json";
 const OPTIMIZER_STATE: &str = "optimizer.bpk";

@@ -3,7 +3,7 @@
 #[test]
 fn cli_reference_is_current() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
-    let expected = curate::cli::reference_markdown();
+    let expected = curate_cli::cli::reference_markdown();
     if std::env::var_os("CURATE_UPDATE_DOCS").is_some() {
         std::fs::write(&path, &expected).unwrap();
         return;

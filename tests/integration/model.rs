@@ -280,8 +280,8 @@ fn model_errors_name_the_file_and_the_problem() {
         let message = format!("{err:#}");
         assert!(message.contains(needle), "{message}");
         assert_eq!(
-            curate::ExitStatus::of_error(&err),
-            curate::ExitStatus::InvalidInput
+            curate_cli::ExitStatus::of_error(&err),
+            curate_cli::ExitStatus::InvalidInput
         );
     }
 }

@@ -9,9 +9,9 @@ use polars::prelude::*;
 use crate::ExitStatus;
 use crate::cli::CompareArgs;
 use crate::commands::Context;
-use crate::error::{InputError, usage};
 use crate::printer::{Align, text_table};
-use crate::table::{self, ColumnRole, Input, Output};
+use curate::error::{InputError, usage};
+use curate::table::{self, ColumnRole, Input, Output};
 
 /// One arm's runs: per run, the summed loss and loss tokens per domain (`all` last).
 struct Arm {

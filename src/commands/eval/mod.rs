@@ -16,13 +16,13 @@ use super::Context;
 use super::sequences::{self, Encoding, TextColumns, TextRows};
 use crate::ExitStatus;
 use crate::cli::{EvalAction, EvalArgs};
-use crate::error::{InputError, usage};
-use crate::interrupt;
-use crate::model::generate::greedy;
-use crate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
 use crate::printer::{Align, text_table};
-use crate::rephrase::answer::{Target, explicit_answer};
-use crate::table::{self, Input, Output};
+use curate::error::{InputError, usage};
+use curate::interrupt;
+use curate::model::generate::greedy;
+use curate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
+use curate::rephrase::answer::{Target, explicit_answer};
+use curate::table::{self, Input, Output};
 
 /// What one row's evaluation gives.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,7 +110,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let summary = summarize(&results, domains.as_deref(), args.generate);
     let mut provenance = context.provenance();
     provenance.add_input(input.digest()?);
-    for path in crate::model::model_files(Path::new(&model))? {
+    for path in curate::model::model_files(Path::new(&model))? {
         provenance.add_input(table::InputDigest::of_file(
             path.display().to_string(),
             &path,

@@ -4,8 +4,8 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use crate::commands::sequences::{self, Encoding, TextColumns, TextRows};
-use crate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
-use crate::table::{self, ColumnRole, Input, InputDigest};
+use curate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
+use curate::table::{self, ColumnRole, Input, InputDigest};
 
 /// One input table, tokenised.
 pub struct Examples {

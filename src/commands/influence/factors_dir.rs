@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use crate::commands::output_dir::OutputDir;
-use crate::error::InputError;
-use crate::influence::FactorSet;
-use crate::influence::store::{self, FACTORS_FILE, FactorMeta};
+use curate::error::InputError;
+use curate::influence::FactorSet;
+use curate::influence::store::{self, FACTORS_FILE, FactorMeta};
 
 /// Write a factor directory atomically.
 pub fn save(

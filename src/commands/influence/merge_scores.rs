@@ -10,8 +10,8 @@ use polars::prelude::*;
 use crate::ExitStatus;
 use crate::cli::MergeScoresArgs;
 use crate::commands::Context;
-use crate::error::{InputError, usage};
-use crate::table::{self, ColumnRole, Expected, Input, Output};
+use curate::error::{InputError, usage};
+use curate::table::{self, ColumnRole, Expected, Input, Output};
 
 pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
     let output = Output::create(&args.out, None, args.force)?;

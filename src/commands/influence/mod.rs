@@ -23,17 +23,17 @@ use crate::cli::{
     MergeFactorsArgs, PrecondArg, QueryAggArg,
 };
 use crate::commands::sequences;
-use crate::error::InputError;
-use crate::error::usage;
-use crate::influence::store::{self, FACTORS_FILE, FactorMeta, RunFit, StoredFactors};
-use crate::influence::{
+use crate::printer::Printer;
+use curate::error::InputError;
+use curate::error::usage;
+use curate::influence::store::{self, FACTORS_FILE, FactorMeta, RunFit, StoredFactors};
+use curate::influence::{
     self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
     QueryAggregate, Stage, segment::Segmenter,
 };
-use crate::interrupt;
-use crate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
-use crate::printer::Printer;
-use crate::table::{InputDigest, Shard};
+use curate::interrupt;
+use curate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
+use curate::table::{InputDigest, Shard};
 use examples::{Examples, ReadOptions};
 
 pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
@@ -249,7 +249,7 @@ fn provenance_of(
     setup: &Setup,
     context: &Context,
     extra: Option<&Examples>,
-) -> crate::table::Provenance {
+) -> curate::table::Provenance {
     let mut provenance = context.provenance();
     for digest in &setup.model_inputs {
         provenance.add_input(digest.clone());
@@ -440,7 +440,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         None => (0..query.len()).collect(),
     };
     if query_rows.is_empty() {
-        return Err(crate::error::InputError::new(
+        return Err(curate::error::InputError::new(
             query.file.as_str(),
             format!("no query row is marked correct in '{}'", args.correct_col),
         )
@@ -513,7 +513,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let fitted = started.elapsed().as_secs_f64();
 
     // Query gradients, preconditioned once.
-    let kept: Vec<crate::model::Sequence> = query_rows
+    let kept: Vec<curate::model::Sequence> = query_rows
         .iter()
         .map(|&i| query.sequences[i].clone())
         .collect();

@@ -11,12 +11,12 @@ use polars::prelude::*;
 
 use super::examples::{Examples, is_response, take};
 use crate::cli::{GranularityArg, InfluenceArgs};
-use crate::error::usage;
-use crate::influence::segment::{self, Segmenter};
-use crate::influence::{BatchScores, QueryAggregate};
-use crate::model::LanguageModel;
 use crate::printer::{Align, Printer, text_table};
-use crate::table::{Output, Provenance};
+use curate::error::usage;
+use curate::influence::segment::{self, Segmenter};
+use curate::influence::{BatchScores, QueryAggregate};
+use curate::model::LanguageModel;
+use curate::table::{Output, Provenance};
 
 /// The output files, opened (not yet written) before any work so a name clash fails early.
 pub struct Outputs {

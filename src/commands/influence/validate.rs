@@ -15,15 +15,15 @@ use super::examples::{self, Examples, ReadOptions};
 use crate::ExitStatus;
 use crate::cli::ValidateArgs;
 use crate::commands::{Context, sequences};
-use crate::error::{InputError, usage};
-use crate::influence::validate::{
+use curate::error::{InputError, usage};
+use curate::influence::validate::{
     lds, mean_and_standard_error, most_helpful, random_sets, random_subsets, removal_count,
     retrain_and_measure,
 };
-use crate::interrupt;
-use crate::model::train::{TrainSettings, Trainer};
-use crate::model::{LanguageModel, LoadOptions, batched_losses};
-use crate::table::{self, ColumnRole, Expected, Format, Input, Output};
+use curate::interrupt;
+use curate::model::train::{TrainSettings, Trainer};
+use curate::model::{LanguageModel, LoadOptions, batched_losses};
+use curate::table::{self, ColumnRole, Expected, Format, Input, Output};
 
 pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
     let fractions = check_flags(&args)?;

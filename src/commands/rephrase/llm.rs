@@ -16,21 +16,21 @@ use sha2::{Digest, Sha256};
 use super::Trace;
 use crate::cli::{RephraseArgs, RephraseModeArg};
 use crate::commands::Context;
-use crate::error::{Interrupted, usage};
-use crate::interrupt;
-use crate::rephrase::boundaries::{self, boundaries_request, parse_ends};
-use crate::rephrase::cache::{CacheError, ReplyCache};
-use crate::rephrase::chat::{
+use curate::error::{Interrupted, usage};
+use curate::interrupt;
+use curate::rephrase::boundaries::{self, boundaries_request, parse_ends};
+use curate::rephrase::cache::{CacheError, ReplyCache};
+use curate::rephrase::chat::{
     ReplyError, cache_key, completion_content, estimate_prompt_tokens, with_repair,
 };
-use crate::rephrase::client::{Budget, CallError, ChatClient, ClientSettings, chat_endpoint};
-use crate::rephrase::journal::{self, Answer, Journal, JournalConflict};
-use crate::rephrase::rewrite::{self, parse_units, rewrite_request};
-use crate::rephrase::units::paragraphs;
-use crate::rephrase::{
+use curate::rephrase::client::{Budget, CallError, ChatClient, ClientSettings, chat_endpoint};
+use curate::rephrase::journal::{self, Answer, Journal, JournalConflict};
+use curate::rephrase::rewrite::{self, parse_units, rewrite_request};
+use curate::rephrase::units::paragraphs;
+use curate::rephrase::{
     Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten, trace_parts,
 };
-use crate::table::hex;
+use curate::table::hex;
 
 /// The API key variable read when `--api-key-env` is not given.
 const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";

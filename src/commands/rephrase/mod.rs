@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{RecordFormatArg, RephraseArgs, RephraseModeArg};
-use crate::error::{InputError, usage};
-use crate::rephrase::units::{Markers, UnitOptions};
-use crate::rephrase::{Reject, Rejection, Rephrased, Settings, rephrase_rules};
-use crate::table::{self, ColumnRole, Expected, Format, Input, Output, Shard};
+use curate::error::{InputError, usage};
+use curate::rephrase::units::{Markers, UnitOptions};
+use curate::rephrase::{Reject, Rejection, Rephrased, Settings, rephrase_rules};
+use curate::table::{self, ColumnRole, Expected, Format, Input, Output, Shard};
 
 /// One input row.
 struct Trace {
@@ -145,7 +145,7 @@ fn rephrase_all_rules(
     let mut outcomes = Vec::with_capacity(traces.len());
     for (i, trace) in traces.iter().enumerate() {
         if i % 256 == 0 {
-            crate::interrupt::check()?;
+            curate::interrupt::check()?;
         }
         outcomes.push(
             rephrase_rules(&trace.response, trace.reference.as_deref(), settings)
@@ -290,7 +290,7 @@ fn shape(
 fn write_records(
     output: Output,
     records: &[Value],
-    provenance: &crate::table::Provenance,
+    provenance: &curate::table::Provenance,
 ) -> Result<()> {
     let label = output.label().to_string();
     if records.is_empty() {

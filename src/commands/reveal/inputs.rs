@@ -6,11 +6,11 @@ use polars::prelude::PlHashMap;
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::error::InputError;
-use crate::reveal::Probabilities;
-use crate::reveal::classes::{ClassValue, Classes};
-use crate::reveal::detect::{Predictions, Source, SourceKind};
-use crate::table::{self, ColumnRole, Expected, Input, PROBABILITY_SUM_TOLERANCE};
+use curate::error::InputError;
+use curate::reveal::Probabilities;
+use curate::reveal::classes::{ClassValue, Classes};
+use curate::reveal::detect::{Predictions, Source, SourceKind};
+use curate::table::{self, ColumnRole, Expected, Input, PROBABILITY_SUM_TOLERANCE};
 
 /// An id, as the labels file spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -445,13 +445,13 @@ pub fn read_source(
         // Parquet is read a slice of rows at a time, so the decoded table never sits in
         // memory beside the whole matrix.
         let total = input.row_count()?;
-        let step = if input.format() == crate::table::Format::Parquet {
+        let step = if input.format() == curate::table::Format::Parquet {
             PARQUET_BATCH_ROWS
         } else {
             total.max(1)
         };
         for offset in (0..total).step_by(step) {
-            crate::interrupt::check()?;
+            curate::interrupt::check()?;
             let query = input.scan()?.select(selection.clone());
             let query = if step < total {
                 query.slice(offset as i64, step as IdxSize)

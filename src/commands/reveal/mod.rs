@@ -12,17 +12,17 @@ use self::inputs::{Labels, SourceSpec, label_indices, read_embeddings, read_labe
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{ProbeArg, RevealArgs};
-use crate::error::{Interrupted, usage};
-use crate::interrupt;
-use crate::model::probe::ProbeKind;
-use crate::reveal::FilterOptions;
-use crate::reveal::classes::{ClassOrderError, Classes};
-use crate::reveal::detect::{
+use curate::error::{Interrupted, usage};
+use curate::interrupt;
+use curate::model::probe::ProbeKind;
+use curate::reveal::FilterOptions;
+use curate::reveal::classes::{ClassOrderError, Classes};
+use curate::reveal::detect::{
     GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs, RevealSettings,
     check_kinds, class_order, detect, gate,
 };
-use crate::reveal::knn::KnnOptions;
-use crate::table::{Format, Input, Output};
+use curate::reveal::knn::KnnOptions;
+use curate::table::{Format, Input, Output};
 
 /// The flags as REVEAL's settings and the gate's limits, range-checked before any file is
 /// read.
@@ -292,7 +292,7 @@ fn flag_error(err: RevealError, labels: &Labels, classes: Option<&Classes>) -> a
 fn digest_in_background(
     args: &RevealArgs,
     labels: &Input,
-) -> std::thread::JoinHandle<Result<Vec<crate::table::InputDigest>>> {
+) -> std::thread::JoinHandle<Result<Vec<curate::table::InputDigest>>> {
     let mut paths = vec![args.labels.clone()];
     for spec in &args.sources {
         if let Ok(spec) = SourceSpec::parse(spec) {

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use super::inputs::{Labels, SourceSpec};
 use crate::cli::RevealArgs;
 use crate::printer::{Align, Printer, text_table};
-use crate::reveal::classes::Classes;
-use crate::reveal::decide::IssueType;
-use crate::reveal::detect::{Detection, Gate, GateFailure, Source, class_tallies};
+use curate::reveal::classes::Classes;
+use curate::reveal::decide::IssueType;
+use curate::reveal::detect::{Detection, Gate, GateFailure, Source, class_tallies};
 
 pub struct Report<'a> {
     pub args: &'a RevealArgs,
@@ -222,7 +222,7 @@ impl Report<'_> {
         }
     }
 
-    fn tallies(&self) -> Vec<crate::reveal::detect::ClassTally> {
+    fn tallies(&self) -> Vec<curate::reveal::detect::ClassTally> {
         class_tallies(self.given, &self.detection.decisions, self.classes.len())
     }
 
@@ -288,7 +288,7 @@ impl Report<'_> {
             "multi_label": self.labels.multi_label,
             "detectors_run": self.detection.detectors.iter().map(|d| d.name()).collect::<Vec<_>>(),
             "min_detectors": self.detection.min_detectors,
-            "filter_by": crate::reveal::FilterBy::from(self.args.filter_by).name(),
+            "filter_by": curate::reveal::FilterBy::from(self.args.filter_by).name(),
             "issues": self.issues(),
             "issue_rate": gate.issue_rate,
             "rows_with_missing_labels": self.with_missing(),

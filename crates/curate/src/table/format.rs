@@ -70,7 +70,7 @@ impl FromStr for Format {
 }
 
 /// The message for a path whose extension names no supported format.
-pub fn unknown_extension_message(path: &Path) -> String {
+pub(crate) fn unknown_extension_message(path: &Path) -> String {
     match path.extension().and_then(|e| e.to_str()) {
         Some("json") => "unknown extension '.json': JSON Lines files end in .jsonl or .ndjson \
                          (or name the format with the format flag)"

@@ -7,10 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub const VERSION_KEY: &str = "curate.version";
-pub const COMMAND_KEY: &str = "curate.command";
-pub const INPUTS_KEY: &str = "curate.inputs";
-pub const SEED_KEY: &str = "curate.seed";
+const VERSION_KEY: &str = "curate.version";
+const COMMAND_KEY: &str = "curate.command";
+const INPUTS_KEY: &str = "curate.inputs";
+const SEED_KEY: &str = "curate.seed";
 
 /// One input as it was when read: its path as given and a hash of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
