@@ -4,12 +4,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use indicatif::ProgressBar;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -18,12 +16,11 @@ use crate::cli::{RephraseArgs, RephraseModeArg};
 use crate::commands::Context;
 use curate::error::{Interrupted, usage};
 use curate::interrupt;
+use curate::rephrase::ask::{Asker, Expect, Job, ask_all, cached_content};
 use curate::rephrase::boundaries::{self, boundaries_request, parse_ends};
 use curate::rephrase::cache::{CacheError, ReplyCache};
-use curate::rephrase::chat::{
-    ReplyError, cache_key, completion_content, estimate_prompt_tokens, with_repair,
-};
-use curate::rephrase::client::{Budget, CallError, ChatClient, ClientSettings, chat_endpoint};
+use curate::rephrase::chat::{ReplyError, cache_key, estimate_prompt_tokens};
+use curate::rephrase::client::{Budget, ChatClient, ClientSettings, chat_endpoint};
 use curate::rephrase::journal::{self, Answer, Journal, JournalConflict};
 use curate::rephrase::rewrite::{self, parse_units, rewrite_request};
 use curate::rephrase::units::paragraphs;
@@ -34,34 +31,6 @@ use curate::table::hex;
 
 /// The API key variable read when `--api-key-env` is not given.
 const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
-
-/// What a reply must hold to be usable.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// Unit ends among this many paragraphs.
-    Ends { paragraphs: usize },
-    /// Rewritten units.
-    Units,
-}
-
-impl Expect {
-    fn check(self, content: &str) -> Result<(), ReplyError> {
-        match self {
-            Expect::Ends { paragraphs } => parse_ends(content, paragraphs).map(drop),
-            Expect::Units => parse_units(content).map(drop),
-        }
-    }
-}
-
-/// The request for one record.
-struct Job {
-    row: usize,
-    key: String,
-    body: Value,
-    /// Expected completion tokens.
-    reply_estimate: u64,
-    expect: Expect,
-}
 
 /// Each record is settled without asking (rejected up front, or a one-paragraph thinking
 /// that is one unit whatever a model says), or needs a request.
@@ -223,13 +192,6 @@ fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job> {
 }
 
 /// A cached reply for `job` that is still usable.
-fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
-    let body = cache?.get(&job.key)?;
-    let content = completion_content(&body).ok()?;
-    job.expect.check(&content).ok()?;
-    Some(content)
-}
-
 /// The outcome of the LLM modes, ready for the common output path.
 pub struct LlmRun {
     pub outcomes: Vec<Result<Rephrased, Rejection>>,
@@ -237,103 +199,6 @@ pub struct LlmRun {
     pub journal: Option<Journal>,
     /// The `llm` part of the statistics.
     pub report: Value,
-}
-
-/// What a worker got for one job.
-enum Asked {
-    Answer {
-        answer: Answer,
-        cached: bool,
-        repairs: u64,
-    },
-    /// The endpoint cannot serve the run.
-    Fatal(String),
-    /// A budget is used up.
-    Halted(String),
-    /// Stopped before an answer (Ctrl-C, or a failure elsewhere).
-    Stopped,
-}
-
-struct Worker<'a> {
-    client: &'a ChatClient,
-    budget: &'a Budget,
-    cache: Option<&'a ReplyCache>,
-    parse_retries: u32,
-    stop: &'a AtomicBool,
-}
-
-impl Worker<'_> {
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst) || interrupt::check().is_err()
-    }
-
-    fn ask(&self, job: &Job) -> Asked {
-        if let Some(content) = cached_content(self.cache, job) {
-            return Asked::Answer {
-                answer: Answer::Content(content),
-                cached: true,
-                repairs: 0,
-            };
-        }
-        let mut body = job.body.clone();
-        let mut repairs = 0;
-        let mut problem = None;
-        for _ in 0..=self.parse_retries {
-            let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
-            let completion = match self
-                .client
-                .complete(&body, estimate, self.budget, &|| self.stopping())
-            {
-                Ok(completion) => completion,
-                Err(CallError::Refused { status, message }) => {
-                    return Asked::Answer {
-                        answer: Answer::Rejected {
-                            reason: Reject::RequestRejected,
-                            detail: Some(format!("HTTP {status}: {message}")),
-                        },
-                        cached: false,
-                        repairs,
-                    };
-                }
-                Err(CallError::Failed(message)) => return Asked::Fatal(message),
-                Err(CallError::BudgetExhausted(message)) => return Asked::Halted(message),
-                Err(CallError::Stopped) => return Asked::Stopped,
-            };
-            let content = completion_content(&completion.body);
-            match content
-                .clone()
-                .and_then(|c| job.expect.check(&c).map(|()| c))
-            {
-                Ok(content) => {
-                    if let Some(cache) = self.cache
-                        && let Err(err) = cache.put(&job.key, &job.body, &completion.body)
-                    {
-                        tracing::warn!("reply cache: {err:#}");
-                    }
-                    return Asked::Answer {
-                        answer: Answer::Content(content),
-                        cached: false,
-                        repairs,
-                    };
-                }
-                Err(err) => {
-                    // Ask again from the original request, quoting the reply and its problem.
-                    body = with_repair(&job.body, content.ok().as_deref(), &err);
-                    problem = Some(err);
-                    repairs += 1;
-                }
-            }
-        }
-        Asked::Answer {
-            answer: Answer::Rejected {
-                reason: Reject::UnusableReply,
-                detail: problem.map(|p| p.to_string()),
-            },
-            cached: false,
-            // The last unusable reply was not followed by another request.
-            repairs: repairs - 1,
-        }
-    }
 }
 
 /// Rephrase every trace in an LLM mode.
@@ -380,7 +245,7 @@ pub fn rephrase(
     });
     let budget = Budget::new(args.max_requests, args.max_total_tokens);
     let stop = AtomicBool::new(false);
-    let worker = Worker {
+    let worker = Asker {
         client: &client,
         budget: &budget,
         cache: cache.as_ref(),
@@ -388,7 +253,21 @@ pub fn rephrase(
         stop: &stop,
     };
     let bar = context.printer.progress_bar(pending.len() as u64, "asking");
-    let collected = ask_all(&pending, &worker, args.concurrency, journal.as_mut(), &bar);
+    let collected = ask_all(
+        &pending,
+        &worker,
+        args.concurrency,
+        journal.as_mut(),
+        &mut |collected| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "{} requests, {} retries, {} cached",
+                budget.used().0,
+                client.retries(),
+                collected.cache_hits
+            ));
+        },
+    );
     bar.finish_and_clear();
     answers.extend(collected.answers);
 
@@ -439,96 +318,6 @@ pub fn rephrase(
         journal,
         report,
     })
-}
-
-/// What the workers brought back.
-#[derive(Default)]
-struct Collected {
-    answers: HashMap<usize, Answer>,
-    cache_hits: u64,
-    repairs: u64,
-    /// Why the endpoint cannot serve the run (or the journal cannot be written).
-    fatal: Option<String>,
-    /// Which budget stopped the run.
-    halted: Option<String>,
-}
-
-/// Ask for every pending job from `concurrency` workers, journaling each answer as it
-/// arrives, until all are answered or something stops the run. Requests in flight when it
-/// stops are finished and journaled.
-fn ask_all(
-    pending: &[&Job],
-    worker: &Worker,
-    concurrency: usize,
-    mut journal: Option<&mut Journal>,
-    bar: &ProgressBar,
-) -> Collected {
-    let mut collected = Collected::default();
-    let next = AtomicUsize::new(0);
-    let keys: HashMap<usize, &str> = pending.iter().map(|j| (j.row, j.key.as_str())).collect();
-    std::thread::scope(|scope| {
-        let (sender, receiver) = mpsc::channel::<(usize, Asked)>();
-        for _ in 0..concurrency.min(pending.len()) {
-            let (sender, next) = (sender.clone(), &next);
-            scope.spawn(move || {
-                while !worker.stopping() {
-                    let Some(job) = pending.get(next.fetch_add(1, Ordering::SeqCst)) else {
-                        break;
-                    };
-                    if sender.send((job.row, worker.ask(job))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(sender);
-        loop {
-            let (row, asked) = match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(received) => received,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if interrupt::check().is_err() {
-                        worker.stop.store(true, Ordering::SeqCst);
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            match asked {
-                Asked::Answer {
-                    answer,
-                    cached,
-                    repairs,
-                } => {
-                    if let Some(journal) = journal.as_deref_mut()
-                        && let Err(err) = journal.append(row, keys[&row], &answer)
-                    {
-                        worker.stop.store(true, Ordering::SeqCst);
-                        collected.fatal.get_or_insert(format!("{err:#}"));
-                    }
-                    collected.cache_hits += u64::from(cached);
-                    collected.repairs += repairs;
-                    collected.answers.insert(row, answer);
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "{} requests, {} retries, {} cached",
-                        worker.budget.used().0,
-                        worker.client.retries(),
-                        collected.cache_hits
-                    ));
-                }
-                Asked::Fatal(message) => {
-                    worker.stop.store(true, Ordering::SeqCst);
-                    collected.fatal.get_or_insert(message);
-                }
-                Asked::Halted(message) => {
-                    worker.stop.store(true, Ordering::SeqCst);
-                    collected.halted.get_or_insert(message);
-                }
-                Asked::Stopped => {}
-            }
-        }
-    });
-    collected
 }
 
 /// A record from the model's answer.

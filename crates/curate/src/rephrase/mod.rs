@@ -10,6 +10,7 @@
 //! required to be correct. A record that fails is rejected with a reason, never dropped.
 
 pub mod answer;
+pub mod ask;
 pub mod boundaries;
 pub mod cache;
 pub mod chat;

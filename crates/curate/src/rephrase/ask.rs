@@ -1,0 +1,436 @@
+//! Asking an endpoint for the LLM modes' replies: one request per job, answered from the
+//! reply cache when it can be, checked for what the mode needs and asked again with the
+//! problem quoted while unusable; a pool of workers journals every answer as it arrives and
+//! stops the run on a fatal answer, a spent budget or Ctrl-C.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Reject;
+use super::boundaries::parse_ends;
+use super::cache::ReplyCache;
+use super::chat::{ReplyError, completion_content, estimate_prompt_tokens, with_repair};
+use super::client::{Budget, CallError, ChatClient, Completion};
+use super::journal::{Answer, Journal};
+use super::rewrite::parse_units;
+use crate::interrupt;
+
+/// What a reply must hold to be usable.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// Unit ends among this many paragraphs.
+    Ends { paragraphs: usize },
+    /// Rewritten units.
+    Units,
+}
+
+impl Expect {
+    pub fn check(self, content: &str) -> Result<(), ReplyError> {
+        match self {
+            Expect::Ends { paragraphs } => parse_ends(content, paragraphs).map(drop),
+            Expect::Units => parse_units(content).map(drop),
+        }
+    }
+}
+
+/// The request for one record.
+pub struct Job {
+    /// 0-based input row.
+    pub row: usize,
+    /// The cache key of the request.
+    pub key: String,
+    pub body: Value,
+    /// Expected completion tokens.
+    pub reply_estimate: u64,
+    pub expect: Expect,
+}
+
+/// A usable reply the cache holds for `job`.
+pub fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
+    let body = cache?.get(&job.key)?;
+    let content = completion_content(&body).ok()?;
+    job.expect.check(&content).ok()?;
+    Some(content)
+}
+
+/// What a worker got for one job.
+pub enum Asked {
+    Answer {
+        answer: Answer,
+        cached: bool,
+        repairs: u64,
+    },
+    /// The endpoint cannot serve the run.
+    Fatal(String),
+    /// A budget is used up.
+    Halted(String),
+    /// Stopped before an answer (Ctrl-C, or a failure elsewhere).
+    Stopped,
+}
+
+/// What sends one chat-completions request (the HTTP client, or a stand-in in tests).
+pub trait Completer: Sync {
+    fn complete(
+        &self,
+        body: &Value,
+        estimate: u64,
+        budget: &Budget,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Completion, CallError>;
+}
+
+impl Completer for ChatClient {
+    fn complete(
+        &self,
+        body: &Value,
+        estimate: u64,
+        budget: &Budget,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Completion, CallError> {
+        ChatClient::complete(self, body, estimate, budget, stop)
+    }
+}
+
+/// Asks for jobs: from the cache, else from the endpoint, asking again with the problem quoted
+/// while a reply is unusable (up to `parse_retries` times).
+pub struct Asker<'a> {
+    pub client: &'a dyn Completer,
+    pub budget: &'a Budget,
+    pub cache: Option<&'a ReplyCache>,
+    pub parse_retries: u32,
+    /// Set to stop every worker (a fatal answer, a budget, Ctrl-C).
+    pub stop: &'a AtomicBool,
+}
+
+impl Asker<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || interrupt::requested()
+    }
+
+    pub fn ask(&self, job: &Job) -> Asked {
+        if let Some(content) = cached_content(self.cache, job) {
+            return Asked::Answer {
+                answer: Answer::Content(content),
+                cached: true,
+                repairs: 0,
+            };
+        }
+        let mut body = job.body.clone();
+        let mut repairs = 0;
+        let mut problem = None;
+        for _ in 0..=self.parse_retries {
+            let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
+            let completion = match self
+                .client
+                .complete(&body, estimate, self.budget, &|| self.stopping())
+            {
+                Ok(completion) => completion,
+                Err(CallError::Refused { status, message }) => {
+                    return Asked::Answer {
+                        answer: Answer::Rejected {
+                            reason: Reject::RequestRejected,
+                            detail: Some(format!("HTTP {status}: {message}")),
+                        },
+                        cached: false,
+                        repairs,
+                    };
+                }
+                Err(CallError::Failed(message)) => return Asked::Fatal(message),
+                Err(CallError::BudgetExhausted(message)) => return Asked::Halted(message),
+                Err(CallError::Stopped) => return Asked::Stopped,
+            };
+            let content = completion_content(&completion.body);
+            match content
+                .clone()
+                .and_then(|c| job.expect.check(&c).map(|()| c))
+            {
+                Ok(content) => {
+                    if let Some(cache) = self.cache
+                        && let Err(err) = cache.put(&job.key, &job.body, &completion.body)
+                    {
+                        tracing::warn!("reply cache: {err:#}");
+                    }
+                    return Asked::Answer {
+                        answer: Answer::Content(content),
+                        cached: false,
+                        repairs,
+                    };
+                }
+                Err(err) => {
+                    // Ask again from the original request, quoting the reply and its problem.
+                    body = with_repair(&job.body, content.ok().as_deref(), &err);
+                    problem = Some(err);
+                    repairs += 1;
+                }
+            }
+        }
+        Asked::Answer {
+            answer: Answer::Rejected {
+                reason: Reject::UnusableReply,
+                detail: problem.map(|p| p.to_string()),
+            },
+            cached: false,
+            // The last unusable reply was not followed by another request.
+            repairs: repairs - 1,
+        }
+    }
+}
+
+/// What the workers brought back.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub answers: HashMap<usize, Answer>,
+    pub cache_hits: u64,
+    pub repairs: u64,
+    /// Why the endpoint cannot serve the run (or the journal cannot be written).
+    pub fatal: Option<String>,
+    /// Which budget stopped the run.
+    pub halted: Option<String>,
+}
+
+/// Ask for every pending job from `concurrency` workers, journaling each answer as it
+/// arrives, until all are answered or something stops the run. Requests in flight when it
+/// stops are finished and journaled.
+pub fn ask_all(
+    pending: &[&Job],
+    worker: &Asker,
+    concurrency: usize,
+    mut journal: Option<&mut Journal>,
+    on_answer: &mut dyn FnMut(&Collected),
+) -> Collected {
+    let mut collected = Collected::default();
+    let next = AtomicUsize::new(0);
+    let keys: HashMap<usize, &str> = pending.iter().map(|j| (j.row, j.key.as_str())).collect();
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel::<(usize, Asked)>();
+        for _ in 0..concurrency.min(pending.len()) {
+            let (sender, next) = (sender.clone(), &next);
+            scope.spawn(move || {
+                while !worker.stopping() {
+                    let Some(job) = pending.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        break;
+                    };
+                    if sender.send((job.row, worker.ask(job))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        loop {
+            let (row, asked) = match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(received) => received,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupt::requested() {
+                        worker.stop.store(true, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            match asked {
+                Asked::Answer {
+                    answer,
+                    cached,
+                    repairs,
+                } => {
+                    if let Some(journal) = journal.as_deref_mut()
+                        && let Err(err) = journal.append(row, keys[&row], &answer)
+                    {
+                        worker.stop.store(true, Ordering::SeqCst);
+                        collected.fatal.get_or_insert(format!("{err:#}"));
+                    }
+                    collected.cache_hits += u64::from(cached);
+                    collected.repairs += repairs;
+                    collected.answers.insert(row, answer);
+                    on_answer(&collected);
+                }
+                Asked::Fatal(message) => {
+                    worker.stop.store(true, Ordering::SeqCst);
+                    collected.fatal.get_or_insert(message);
+                }
+                Asked::Halted(message) => {
+                    worker.stop.store(true, Ordering::SeqCst);
+                    collected.halted.get_or_insert(message);
+                }
+                Asked::Stopped => {}
+            }
+        }
+    });
+    collected
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// Replies in a fixed order, recording every request body.
+    struct Scripted {
+        replies: Mutex<Vec<Result<String, CallError>>>,
+        requests: Mutex<Vec<Value>>,
+    }
+
+    impl Scripted {
+        fn new(replies: Vec<Result<String, CallError>>) -> Scripted {
+            Scripted {
+                replies: Mutex::new(replies.into_iter().rev().collect()),
+                requests: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Completer for Scripted {
+        fn complete(
+            &self,
+            body: &Value,
+            _estimate: u64,
+            _budget: &Budget,
+            _stop: &dyn Fn() -> bool,
+        ) -> Result<Completion, CallError> {
+            self.requests.lock().unwrap().push(body.clone());
+            // Past the script the endpoint is gone (a worker may ask once more before it
+            // sees the stop).
+            let reply = self.replies.lock().unwrap().pop();
+            let reply = reply.unwrap_or_else(|| Err(CallError::Failed("no more replies".into())));
+            reply.map(|body| Completion { body, tokens: 10 })
+        }
+    }
+
+    fn completion(content: &str) -> Result<String, CallError> {
+        Ok(
+            json!({"choices": [{"message": {"content": content}, "finish_reason": "stop"}]})
+                .to_string(),
+        )
+    }
+
+    fn job(row: usize) -> Job {
+        Job {
+            row,
+            key: format!("{row:02}").repeat(32),
+            body: json!({"messages": [{"role": "user", "content": "cut"}]}),
+            reply_estimate: 5,
+            expect: Expect::Ends { paragraphs: 2 },
+        }
+    }
+
+    fn ask(client: &Scripted, cache: Option<&ReplyCache>, retries: u32, job: &Job) -> Asked {
+        let budget = Budget::new(None, None);
+        let stop = AtomicBool::new(false);
+        let asker = Asker {
+            client,
+            budget: &budget,
+            cache,
+            parse_retries: retries,
+            stop: &stop,
+        };
+        asker.ask(job)
+    }
+
+    #[test]
+    fn an_unusable_reply_is_asked_again_with_the_problem_quoted() {
+        let client = Scripted::new(vec![completion("sure!"), completion("{\"ends\": [2]}")]);
+        let Asked::Answer {
+            answer, repairs, ..
+        } = ask(&client, None, 2, &job(0))
+        else {
+            panic!("expected an answer");
+        };
+        assert_eq!(answer, Answer::Content("{\"ends\": [2]}".into()));
+        assert_eq!(repairs, 1);
+        let requests = client.requests.lock().unwrap();
+        let repaired = requests[1]["messages"].as_array().unwrap();
+        assert_eq!(repaired.len(), 3);
+        assert_eq!(repaired[1]["content"], "sure!");
+    }
+
+    #[test]
+    fn replies_that_stay_unusable_or_are_refused_reject_the_record() {
+        let client = Scripted::new(vec![completion("no"), completion("still no")]);
+        let Asked::Answer {
+            answer, repairs, ..
+        } = ask(&client, None, 1, &job(0))
+        else {
+            panic!("expected an answer");
+        };
+        assert!(matches!(
+            answer,
+            Answer::Rejected {
+                reason: Reject::UnusableReply,
+                ..
+            }
+        ));
+        assert_eq!(repairs, 1);
+        let refused = Scripted::new(vec![Err(CallError::Refused {
+            status: 400,
+            message: "too long".into(),
+        })]);
+        let Asked::Answer { answer, .. } = ask(&refused, None, 1, &job(0)) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(
+            answer,
+            Answer::Rejected {
+                reason: Reject::RequestRejected,
+                detail: Some("HTTP 400: too long".into())
+            }
+        );
+        let failed = Scripted::new(vec![Err(CallError::Failed("down".into()))]);
+        assert!(matches!(ask(&failed, None, 1, &job(0)), Asked::Fatal(m) if m == "down"));
+    }
+
+    #[test]
+    fn cached_replies_are_used_without_a_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ReplyCache::open(dir.path().to_str().unwrap()).unwrap();
+        let job = job(3);
+        cache
+            .put(&job.key, &job.body, &completion("{\"ends\": [2]}").unwrap())
+            .unwrap();
+        let client = Scripted::new(Vec::new());
+        assert!(matches!(
+            ask(&client, Some(&cache), 0, &job),
+            Asked::Answer { cached: true, .. }
+        ));
+        assert!(client.requests.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn workers_collect_every_answer_and_stop_on_a_fatal_one() {
+        let jobs: Vec<Job> = (0..4).map(job).collect();
+        let pending: Vec<&Job> = jobs.iter().collect();
+        let budget = Budget::new(None, None);
+        let run = |replies: Vec<Result<String, CallError>>, concurrency| {
+            let client = Scripted::new(replies);
+            let stop = AtomicBool::new(false);
+            let asker = Asker {
+                client: &client,
+                budget: &budget,
+                cache: None,
+                parse_retries: 0,
+                stop: &stop,
+            };
+            let mut seen = 0;
+            let collected = ask_all(&pending, &asker, concurrency, None, &mut |_| seen += 1);
+            (collected, seen)
+        };
+        let (all, seen) = run((0..4).map(|_| completion("{\"ends\": [1]}")).collect(), 2);
+        assert_eq!((all.answers.len(), seen), (4, 4));
+        assert!(all.fatal.is_none());
+        // One worker: the failure on the second job stops the run before the rest.
+        let replies = vec![
+            completion("{\"ends\": [1]}"),
+            Err(CallError::Failed("gone".into())),
+        ];
+        let (stopped, _) = run(replies, 1);
+        assert_eq!(stopped.answers.len(), 1);
+        assert_eq!(stopped.fatal.as_deref(), Some("gone"));
+    }
+}
