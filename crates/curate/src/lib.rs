@@ -4,6 +4,7 @@
 //! writes.
 
 pub mod error;
+pub mod eval;
 pub mod influence;
 pub mod interrupt;
 pub mod model;

@@ -11,25 +11,8 @@ use crate::cli::CompareArgs;
 use crate::commands::Context;
 use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
+use curate::eval::{Arm, ArmStats, arm_stats, gains};
 use curate::table::{self, ColumnRole, Input, Output};
-
-/// One arm's runs: per run, the summed loss and loss tokens per domain (`all` last).
-struct Arm {
-    name: String,
-    runs: Vec<Vec<(String, f64, f64)>>,
-}
-
-/// One row of the comparison.
-#[derive(Debug, Clone, PartialEq)]
-struct ArmStats {
-    arm: String,
-    domain: String,
-    runs: usize,
-    mean: f64,
-    std: Option<f64>,
-    min: f64,
-    max: f64,
-}
 
 pub fn run(args: CompareArgs, context: &Context) -> Result<ExitStatus> {
     let output = Output::create(&args.out, None, args.force)?;
@@ -141,60 +124,6 @@ fn domain_losses(input: &Input, domain_col: &str) -> Result<Vec<(String, f64, f6
     Ok(out)
 }
 
-/// Per domain: the token-mean loss of each run, then their mean, spread and range.
-fn arm_stats(arm: &Arm) -> Vec<ArmStats> {
-    let mut domains: Vec<String> = Vec::new();
-    for run in &arm.runs {
-        for (domain, _, _) in run {
-            if !domains.contains(domain) {
-                domains.push(domain.clone());
-            }
-        }
-    }
-    // `all` last.
-    domains.sort_by_key(|d| d == "all");
-    domains
-        .into_iter()
-        .map(|domain| {
-            let values: Vec<f64> = arm
-                .runs
-                .iter()
-                .filter_map(|run| run.iter().find(|(d, _, _)| *d == domain))
-                .filter(|(_, _, tokens)| *tokens > 0.0)
-                .map(|(_, loss, tokens)| loss / tokens)
-                .collect();
-            let n = values.len();
-            let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-            let std = (n > 1).then(|| {
-                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-            });
-            ArmStats {
-                arm: arm.name.clone(),
-                domain,
-                runs: n,
-                mean,
-                std,
-                min: values.iter().cloned().fold(f64::INFINITY, f64::min),
-                max: values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-            }
-        })
-        .collect()
-}
-
-/// Per domain the control's mean loss minus the candidate's (positive: the candidate is better).
-fn gains(stats: &[ArmStats], candidate: &str, control: &str) -> Vec<(String, f64)> {
-    stats
-        .iter()
-        .filter(|s| s.arm == candidate)
-        .filter_map(|c| {
-            stats
-                .iter()
-                .find(|s| s.arm == control && s.domain == c.domain)
-                .map(|k| (c.domain.clone(), k.mean - c.mean))
-        })
-        .collect()
-}
-
 fn frame(
     stats: &[ArmStats],
     gains: Option<&Vec<(String, f64)>>,
@@ -274,35 +203,4 @@ fn write_text(out: &mut impl Write, stats: &[ArmStats]) -> Result<()> {
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stats_are_per_run_token_means_and_gains_favour_lower_loss() {
-        let candidate = Arm {
-            name: "influence".into(),
-            runs: vec![
-                vec![("math".into(), 10.0, 5.0), ("all".into(), 10.0, 5.0)],
-                vec![("math".into(), 12.0, 4.0), ("all".into(), 12.0, 4.0)],
-            ],
-        };
-        let control = Arm {
-            name: "random".into(),
-            runs: vec![vec![("math".into(), 16.0, 4.0), ("all".into(), 16.0, 4.0)]],
-        };
-        let stats: Vec<ArmStats> = [&candidate, &control]
-            .into_iter()
-            .flat_map(arm_stats)
-            .collect();
-        assert_eq!(stats[0].domain, "math");
-        assert_eq!(stats[0].mean, 2.5);
-        assert!((stats[0].std.unwrap() - (0.5f64).sqrt()).abs() < 1e-12);
-        assert_eq!((stats[0].min, stats[0].max), (2.0, 3.0));
-        assert_eq!(stats[2].std, None);
-        let gains = gains(&stats, "influence", "random");
-        assert_eq!(gains, vec![("math".into(), 1.5), ("all".into(), 1.5)]);
-    }
 }

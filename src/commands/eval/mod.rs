@@ -18,22 +18,12 @@ use crate::ExitStatus;
 use crate::cli::{EvalAction, EvalArgs};
 use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
+use curate::eval::{RowResult, SummaryRow, summarize};
 use curate::interrupt;
 use curate::model::generate::greedy;
 use curate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
 use curate::rephrase::answer::{Target, explicit_answer};
 use curate::table::{self, Input, Output};
-
-/// What one row's evaluation gives.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct RowResult {
-    /// Summed loss and loss tokens, when the row has a response.
-    loss: Option<(f64, usize)>,
-    generation: Option<String>,
-    predicted: Option<String>,
-    /// None without a reference answer (or without --generate).
-    correct: Option<bool>,
-}
 
 pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     match args.action {
@@ -313,70 +303,6 @@ fn domain_names(frame: &DataFrame, name: &str) -> Result<Option<Vec<String>>> {
     ))
 }
 
-/// One summary row: a domain (or `all`).
-#[derive(Debug, Clone, PartialEq)]
-struct SummaryRow {
-    domain: String,
-    rows: usize,
-    loss_tokens: usize,
-    /// Token-weighted mean loss: summed losses over summed loss tokens.
-    mean_loss: Option<f64>,
-    /// Rows with a reference answer, and how many were answered correctly.
-    checked: usize,
-    correct: usize,
-}
-
-/// Per domain in order of first appearance, then `all`.
-fn summarize(
-    results: &[RowResult],
-    domains: Option<&[String]>,
-    generated: bool,
-) -> Vec<SummaryRow> {
-    let mut names: Vec<String> = Vec::new();
-    if let Some(domains) = domains {
-        for d in domains {
-            if !names.contains(d) {
-                names.push(d.clone());
-            }
-        }
-    }
-    let row_of = |name: &str, keep: &dyn Fn(usize) -> bool| {
-        let mut row = SummaryRow {
-            domain: name.to_string(),
-            rows: 0,
-            loss_tokens: 0,
-            mean_loss: None,
-            checked: 0,
-            correct: 0,
-        };
-        let mut total = 0.0;
-        for (_, result) in results.iter().enumerate().filter(|&(i, _)| keep(i)) {
-            row.rows += 1;
-            if let Some((loss, tokens)) = result.loss {
-                total += loss;
-                row.loss_tokens += tokens;
-            }
-            if generated && let Some(correct) = result.correct {
-                row.checked += 1;
-                row.correct += usize::from(correct);
-            }
-        }
-        if row.loss_tokens > 0 {
-            row.mean_loss = Some(total / row.loss_tokens as f64);
-        }
-        row
-    };
-    let mut summary: Vec<SummaryRow> = names
-        .iter()
-        .map(|name| {
-            let domains = domains.expect("names come from domains");
-            row_of(name, &|i| domains[i] == *name)
-        })
-        .collect();
-    summary.push(row_of("all", &|_| true));
-    summary
-}
-
 fn with_results(mut frame: DataFrame, results: &[RowResult], generated: bool) -> Result<DataFrame> {
     let loss: Vec<Option<f64>> = results.iter().map(|r| r.loss.map(|(l, _)| l)).collect();
     let tokens: Vec<Option<u32>> = results
@@ -487,40 +413,4 @@ fn write_summary(out: &mut impl Write, summary: &[SummaryRow], generated: bool) 
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summary_weighs_losses_by_tokens_and_counts_checked_answers() {
-        let results = [
-            RowResult {
-                loss: Some((6.0, 3)),
-                correct: Some(true),
-                ..Default::default()
-            },
-            RowResult {
-                loss: Some((2.0, 2)),
-                correct: Some(false),
-                ..Default::default()
-            },
-            RowResult {
-                loss: Some((1.0, 1)),
-                correct: None,
-                ..Default::default()
-            },
-        ];
-        let domains = ["math", "code", "math"].map(String::from);
-        let summary = summarize(&results, Some(&domains), true);
-        assert_eq!(summary.len(), 3);
-        assert_eq!(summary[0].domain, "math");
-        assert_eq!(summary[0].rows, 2);
-        assert_eq!(summary[0].mean_loss, Some(7.0 / 4.0));
-        assert_eq!((summary[0].checked, summary[0].correct), (1, 1));
-        assert_eq!(summary[2].domain, "all");
-        assert_eq!(summary[2].mean_loss, Some(9.0 / 6.0));
-        assert_eq!((summary[2].checked, summary[2].correct), (2, 1));
-    }
 }
