@@ -1,6 +1,5 @@
 //! `curate reveal`: label issues and missing labels by consensus of prediction sources.
 
-mod inputs;
 mod outputs;
 
 use std::collections::BTreeSet;
@@ -8,7 +7,6 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 use burn::tensor::Device;
 
-use self::inputs::{Labels, SourceSpec, label_indices, read_embeddings, read_labels, read_source};
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{ProbeArg, RevealArgs};
@@ -19,10 +17,13 @@ use curate::reveal::FilterOptions;
 use curate::reveal::classes::{ClassOrderError, Classes};
 use curate::reveal::detect::{
     GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs, RevealSettings,
-    check_kinds, class_order, detect, gate,
+    SourceKind, check_kinds, class_order, detect, gate,
+};
+use curate::reveal::inputs::{
+    Labels, RevealColumns, SourceSpec, label_indices, read_embeddings, read_labels, read_source,
 };
 use curate::reveal::knn::KnnOptions;
-use curate::table::{Format, Input, Output};
+use curate::table::{ColumnRole, Format, Input, Output};
 
 /// The flags as REVEAL's settings and the gate's limits, range-checked before any file is
 /// read.
@@ -104,7 +105,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     let specs: Vec<SourceSpec> = args
         .sources
         .iter()
-        .map(|s| SourceSpec::parse(s).map_err(usage))
+        .map(|s| parse_source_spec(s).map_err(usage))
         .collect::<Result<_>>()?;
     for (i, spec) in specs.iter().enumerate() {
         if specs[..i].iter().any(|s| s.name == spec.name) {
@@ -123,22 +124,20 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     let labels_input = Input::open(&args.labels, None)?;
     // Content hashes for provenance take a while on large inputs: compute them meanwhile.
     let digests = digest_in_background(&args, &labels_input);
-    let labels = read_labels(
-        &labels_input,
-        &args.id_col,
-        &args.label_col,
-        &args.labels_col,
-    )?;
+    let columns = RevealColumns {
+        id: ColumnRole::new(&args.id_col, "--id-col"),
+        label: ColumnRole::new(&args.label_col, "--label-col"),
+        labels: ColumnRole::new(&args.labels_col, "--labels-col"),
+        probs_prefix: ColumnRole::new(&args.probs_prefix, "--probs-prefix"),
+        embedding: ColumnRole::new(&args.emb_col, "--emb-col"),
+        source: "--source",
+    };
+    let labels = read_labels(&labels_input, &columns)?;
     stage("read labels");
     let mut sources = Vec::new();
     for spec in &specs {
         interrupt::check()?;
-        sources.push(read_source(
-            spec,
-            &labels,
-            &args.id_col,
-            &args.probs_prefix,
-        )?);
+        sources.push(read_source(spec, &labels, &columns)?);
     }
     stage("read labels and sources");
     let classes = class_order(args.classes.as_deref(), &labels.values, &sources)
@@ -151,7 +150,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     let given = label_indices(&labels, &classes, label_column)?;
     check_kinds(labels.multi_label, &sources).map_err(|e| flag_error(e, &labels, None))?;
     let embeddings = match &args.embeddings {
-        Some(path) => Some(read_embeddings(path, &labels, &args.id_col, &args.emb_col)?),
+        Some(path) => Some(read_embeddings(path, &labels, &columns)?),
         None => None,
     };
     stage("classes and embeddings");
@@ -295,7 +294,7 @@ fn digest_in_background(
 ) -> std::thread::JoinHandle<Result<Vec<curate::table::InputDigest>>> {
     let mut paths = vec![args.labels.clone()];
     for spec in &args.sources {
-        if let Ok(spec) = SourceSpec::parse(spec) {
+        if let Ok(spec) = parse_source_spec(spec) {
             paths.push(spec.path);
         }
     }
@@ -312,4 +311,63 @@ fn digest_in_background(
         }
         Ok(digests)
     })
+}
+
+/// `--source NAME=PATH[:KIND[:COLUMN]]`.
+fn parse_source_spec(spec: &str) -> Result<SourceSpec, String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"))?;
+    if name.is_empty() || rest.is_empty() {
+        return Err(format!(
+            "--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"
+        ));
+    }
+    // KIND and COLUMN are split off the end only when KIND is a known kind, so paths may
+    // hold colons.
+    let mut parsed = (rest, SourceKind::Probs, None);
+    if let Some((head, last)) = rest.rsplit_once(':') {
+        if let Some(kind) = SourceKind::from_name(last) {
+            parsed = (head, kind, None);
+        } else if let Some((path, kind)) = head.rsplit_once(':')
+            && let Some(kind) = SourceKind::from_name(kind)
+        {
+            parsed = (path, kind, Some(last.to_string()));
+        }
+    }
+    let (path, kind, column) = parsed;
+    Ok(SourceSpec {
+        name: name.to_string(),
+        path: path.to_string(),
+        kind,
+        column,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs() {
+        let s = parse_source_spec("m=a/b.parquet").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column),
+            ("a/b.parquet", SourceKind::Probs, None)
+        );
+        let s = parse_source_spec("m=b.parquet:hard").unwrap();
+        assert_eq!((s.path.as_str(), s.kind), ("b.parquet", SourceKind::Hard));
+        let s = parse_source_spec("m=b.parquet:probs:pp_svc").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column.as_deref()),
+            ("b.parquet", SourceKind::Probs, Some("pp_svc"))
+        );
+        let s = parse_source_spec("m=c:/x/b.parquet:set").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind),
+            ("c:/x/b.parquet", SourceKind::Set)
+        );
+        assert!(parse_source_spec("b.parquet").is_err());
+        assert!(parse_source_spec("=b.parquet").is_err());
+    }
 }

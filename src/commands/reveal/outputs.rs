@@ -7,12 +7,12 @@ use anyhow::Result;
 use polars::prelude::*;
 use serde_json::{Value, json};
 
-use super::inputs::{Labels, SourceSpec};
 use crate::cli::RevealArgs;
 use crate::printer::{Align, Printer, text_table};
 use curate::reveal::classes::Classes;
 use curate::reveal::decide::IssueType;
 use curate::reveal::detect::{Detection, Gate, GateFailure, Source, class_tallies};
+use curate::reveal::inputs::{Labels, SourceSpec};
 
 pub struct Report<'a> {
     pub args: &'a RevealArgs,

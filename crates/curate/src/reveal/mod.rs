@@ -2,13 +2,14 @@
 //! on embeddings, source-vote consensus (CROWDLAB) and the decision that combines them.
 //!
 //! Everything here works on plain rows: labels as class indices, probabilities as a row-major
-//! matrix, sources aligned with the label rows. Reading and joining files is the command's job.
+//! matrix, sources aligned with the label rows; `inputs` reads and joins the tables they come from.
 
 pub mod classes;
 pub mod confident;
 pub mod crowdlab;
 pub mod decide;
 pub mod detect;
+pub mod inputs;
 pub mod knn;
 pub mod multilabel;
 pub mod numeric;

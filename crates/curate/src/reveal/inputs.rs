@@ -1,16 +1,31 @@
-//! Reading what `curate reveal` joins: the labels, the prediction sources and the embeddings,
-//! each keyed by id, with the class order settled once.
+//! Reading what REVEAL joins: the labels, the prediction sources and the embeddings, each
+//! keyed by id and placed at the label rows, with every value checked on the way in.
 
 use polars::prelude::PlHashMap;
 
 use anyhow::Result;
 use polars::prelude::*;
 
-use curate::error::InputError;
-use curate::reveal::Probabilities;
-use curate::reveal::classes::{ClassValue, Classes};
-use curate::reveal::detect::{Predictions, Source, SourceKind};
-use curate::table::{self, ColumnRole, Expected, Input, PROBABILITY_SUM_TOLERANCE};
+use crate::error::InputError;
+use crate::reveal::Probabilities;
+use crate::reveal::classes::{ClassValue, Classes};
+use crate::reveal::detect::{Predictions, Source, SourceKind};
+use crate::table::{self, ColumnRole, Expected, Input, PROBABILITY_SUM_TOLERANCE};
+
+/// The columns REVEAL reads, each with what names it (a flag), for hints in messages.
+#[derive(Debug, Clone, Copy)]
+pub struct RevealColumns<'a> {
+    pub id: ColumnRole<'a>,
+    /// Single labels.
+    pub label: ColumnRole<'a>,
+    /// Label lists (multi-label).
+    pub labels: ColumnRole<'a>,
+    /// `name` is the prefix of wide probability columns (`p0`, `p1`, ...).
+    pub probs_prefix: ColumnRole<'a>,
+    pub embedding: ColumnRole<'a>,
+    /// What names a source's own columns.
+    pub source: &'a str,
+}
 
 /// An id, as the labels file spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,13 +44,13 @@ impl std::fmt::Display for Id {
 }
 
 /// Ids of a table's rows (the row index, from `offset`, when it has no id column).
-fn read_ids(frame: &DataFrame, file: &str, id_col: &str, offset: usize) -> Result<Vec<Id>> {
+fn read_ids(frame: &DataFrame, file: &str, role: ColumnRole, offset: usize) -> Result<Vec<Id>> {
+    let id_col = role.name;
     if frame.column(id_col).is_err() {
         return Ok((offset..offset + frame.height())
             .map(|i| Id::Int(i as i64))
             .collect());
     }
-    let role = ColumnRole::new(id_col, "--id-col");
     let column = table::require_type(frame, file, role, Expected::Id)?;
     int_or_text(column, file, id_col, "id", offset, Id::Int, Id::Text)
 }
@@ -130,12 +145,9 @@ impl Labels {
     }
 }
 
-pub fn read_labels(
-    input: &Input,
-    id_col: &str,
-    label_col: &str,
-    labels_col: &str,
-) -> Result<Labels> {
+pub fn read_labels(input: &Input, columns: &RevealColumns) -> Result<Labels> {
+    let (id_col, label_col, labels_col) =
+        (columns.id.name, columns.label.name, columns.labels.name);
     let file = input.label().to_string();
     let schema = input.schema()?;
     let (name, multi_label) = if schema.contains(label_col) {
@@ -147,8 +159,9 @@ pub fn read_labels(
         return Err(InputError::new(
             &file,
             format!(
-                "no label column: expected '{label_col}' (--label-col) or '{labels_col}' \
-                 (--labels-col); columns: {}",
+                "no label column: expected '{label_col}' ({}) or '{labels_col}' ({}); columns: {}",
+                columns.label.flag,
+                columns.labels.flag,
                 present.join(", ")
             ),
         )
@@ -160,7 +173,7 @@ pub fn read_labels(
     }
     let frame = input.collect(input.scan()?.select(wanted))?;
     table::require_rows(&frame, &file)?;
-    let ids = read_ids(&frame, &file, id_col, 0)?;
+    let ids = read_ids(&frame, &file, columns.id, 0)?;
     check_unique(&ids, &file, id_col)?;
     let id_column = match frame.column(id_col) {
         Ok(column) => column.clone(),
@@ -171,9 +184,9 @@ pub fn read_labels(
     };
     let label_column = frame.column(name).expect("selected").clone();
     let values = if multi_label {
-        class_lists(&label_column, &file, name, "--labels-col")?
+        class_lists(&label_column, &file, name, columns.labels.flag)?
     } else {
-        class_values(&label_column, &file, name, "--label-col")?
+        class_values(&label_column, &file, name, columns.label.flag)?
             .into_iter()
             .map(|v| vec![v])
             .collect()
@@ -272,45 +285,13 @@ fn class_lists(
     Ok(rows)
 }
 
-/// `--source NAME=PATH[:KIND[:COLUMN]]`.
+/// A prediction source: its name, file, kind and (optionally) the column holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSpec {
     pub name: String,
     pub path: String,
     pub kind: SourceKind,
     pub column: Option<String>,
-}
-
-impl SourceSpec {
-    pub fn parse(spec: &str) -> Result<SourceSpec, String> {
-        let (name, rest) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"))?;
-        if name.is_empty() || rest.is_empty() {
-            return Err(format!(
-                "--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"
-            ));
-        }
-        // KIND and COLUMN are split off the end only when KIND is a known kind, so paths may
-        // hold colons.
-        let mut parsed = (rest, SourceKind::Probs, None);
-        if let Some((head, last)) = rest.rsplit_once(':') {
-            if let Some(kind) = SourceKind::from_name(last) {
-                parsed = (head, kind, None);
-            } else if let Some((path, kind)) = head.rsplit_once(':')
-                && let Some(kind) = SourceKind::from_name(kind)
-            {
-                parsed = (path, kind, Some(last.to_string()));
-            }
-        }
-        let (path, kind, column) = parsed;
-        Ok(SourceSpec {
-            name: name.to_string(),
-            path: path.to_string(),
-            kind,
-            column,
-        })
-    }
 }
 
 /// Label rows of source rows `offset..` with these ids: `positions[r]` is the label row of
@@ -383,12 +364,8 @@ fn require_cover(positions: &[Option<usize>], labels: &Labels, file: &str) -> Re
     Ok(())
 }
 
-pub fn read_source(
-    spec: &SourceSpec,
-    labels: &Labels,
-    id_col: &str,
-    probs_prefix: &str,
-) -> Result<Source> {
+pub fn read_source(spec: &SourceSpec, labels: &Labels, columns: &RevealColumns) -> Result<Source> {
+    let (id_col, probs_prefix) = (columns.id.name, columns.probs_prefix.name);
     let input = Input::open(&spec.path, None)?;
     let file = input.label().to_string();
     let schema = input.schema()?;
@@ -445,13 +422,13 @@ pub fn read_source(
         // Parquet is read a slice of rows at a time, so the decoded table never sits in
         // memory beside the whole matrix.
         let total = input.row_count()?;
-        let step = if input.format() == curate::table::Format::Parquet {
+        let step = if input.format() == crate::table::Format::Parquet {
             PARQUET_BATCH_ROWS
         } else {
             total.max(1)
         };
         for offset in (0..total).step_by(step) {
-            curate::interrupt::check()?;
+            crate::interrupt::check()?;
             let query = input.scan()?.select(selection.clone());
             let query = if step < total {
                 query.slice(offset as i64, step as IdxSize)
@@ -464,12 +441,13 @@ pub fn read_source(
                 "{file}: rows {offset}.. read in {:.3} s",
                 t.elapsed().as_secs_f64()
             );
-            let batch_ids = read_ids(&frame, &file, id_col, offset)?;
+            let batch_ids = read_ids(&frame, &file, columns.id, offset)?;
             let batch_positions = align(&batch_ids, offset, &file, id_col, labels)?;
             fill_probabilities(
                 &frame,
                 &file,
                 &value_columns,
+                columns.probs_prefix.flag,
                 &batch_positions,
                 offset,
                 n,
@@ -500,14 +478,14 @@ pub fn read_source(
     }
     let frame = input.collect(input.scan()?.select(selection))?;
     table::require_rows(&frame, &file)?;
-    let ids = read_ids(&frame, &file, id_col, 0)?;
+    let ids = read_ids(&frame, &file, columns.id, 0)?;
     check_unique(&ids, &file, id_col)?;
     let positions = align(&ids, 0, &file, id_col, labels)?;
     require_overlap(&positions, &file, id_col, labels)?;
     let covered = positions.iter().flatten().count();
     let column = frame.column(&value_columns[0])?;
     let predictions = if spec.kind == SourceKind::Hard {
-        let values = class_values(column, &file, &value_columns[0], "--source")?;
+        let values = class_values(column, &file, &value_columns[0], columns.source)?;
         let mut placed = vec![None; n];
         for (value, position) in values.into_iter().zip(&positions) {
             if let Some(p) = position {
@@ -516,7 +494,7 @@ pub fn read_source(
         }
         Predictions::Hard(placed)
     } else {
-        let values = class_lists(column, &file, &value_columns[0], "--source")?;
+        let values = class_lists(column, &file, &value_columns[0], columns.source)?;
         let mut placed = vec![None; n];
         for (value, position) in values.into_iter().zip(&positions) {
             if let Some(p) = position {
@@ -569,6 +547,7 @@ fn fill_probabilities(
     frame: &DataFrame,
     file: &str,
     columns: &[String],
+    probs_flag: &str,
     positions: &[Option<usize>],
     offset: usize,
     rows: usize,
@@ -586,7 +565,7 @@ fn fill_probabilities(
         let classes = matrix.classes;
         let mut arrays = Vec::with_capacity(classes);
         for name in columns {
-            let role = ColumnRole::new(name, "--probs-prefix");
+            let role = ColumnRole::new(name, probs_flag);
             let column = table::require_type(frame, file, role, Expected::Number)?;
             let cast = column.cast(&DataType::Float64)?;
             let array = cast.f64().expect("cast").rechunk().into_owned();
@@ -714,9 +693,9 @@ fn fill_probabilities(
 pub fn read_embeddings(
     path: &str,
     labels: &Labels,
-    id_col: &str,
-    emb_col: &str,
+    columns: &RevealColumns,
 ) -> Result<(usize, Vec<f32>)> {
+    let (id_col, emb_col) = (columns.id.name, columns.embedding.name);
     let input = Input::open(path, None)?;
     let file = input.label().to_string();
     let schema = input.schema()?;
@@ -731,7 +710,7 @@ pub fn read_embeddings(
     }
     let frame = input.collect(input.scan()?.select(wanted))?;
     table::require_rows(&frame, &file)?;
-    let ids = read_ids(&frame, &file, id_col, 0)?;
+    let ids = read_ids(&frame, &file, columns.id, 0)?;
     check_unique(&ids, &file, id_col)?;
     let positions = align(&ids, 0, &file, id_col, labels)?;
     require_overlap(&positions, &file, id_col, labels)?;
@@ -807,32 +786,4 @@ pub fn label_indices(labels: &Labels, classes: &Classes, column: &str) -> Result
                 .collect()
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_specs() {
-        let s = SourceSpec::parse("m=a/b.parquet").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind, s.column),
-            ("a/b.parquet", SourceKind::Probs, None)
-        );
-        let s = SourceSpec::parse("m=b.parquet:hard").unwrap();
-        assert_eq!((s.path.as_str(), s.kind), ("b.parquet", SourceKind::Hard));
-        let s = SourceSpec::parse("m=b.parquet:probs:pp_svc").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind, s.column.as_deref()),
-            ("b.parquet", SourceKind::Probs, Some("pp_svc"))
-        );
-        let s = SourceSpec::parse("m=c:/x/b.parquet:set").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind),
-            ("c:/x/b.parquet", SourceKind::Set)
-        );
-        assert!(SourceSpec::parse("b.parquet").is_err());
-        assert!(SourceSpec::parse("=b.parquet").is_err());
-    }
 }
