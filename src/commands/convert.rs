@@ -8,14 +8,11 @@ use polars::prelude::*;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::ConvertArgs;
-use curate::error::{InputError, usage};
+use curate::error::InputError;
 use curate::table::{self, ColumnRole, Input, Output, Shard};
 
 pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
-    let shard = match &args.shard {
-        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
-        None => Shard::WHOLE,
-    };
+    let shard = crate::commands::shard(args.shard.as_deref())?;
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let output = Output::create(&args.out, args.output_format.map(Into::into), args.force)?;
 

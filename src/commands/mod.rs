@@ -41,6 +41,26 @@ pub fn device(spec: &str) -> Result<burn::tensor::Device> {
         .map_err(curate::error::usage)
 }
 
+/// The part `--shard` names (`I/N`, or `auto` from Slurm's array variables); all rows without it.
+pub fn shard(spec: Option<&str>) -> Result<curate::table::Shard> {
+    match spec {
+        Some(spec) => curate::table::Shard::parse(spec, |name| std::env::var(name).ok())
+            .map_err(curate::error::usage),
+        None => Ok(curate::table::Shard::WHOLE),
+    }
+}
+
+/// An output directory may only be replaced with `--force`; checked before any work.
+pub fn refuse_existing(path: &std::path::Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        return Err(curate::error::usage(format!(
+            "{}: exists (use --force to replace it)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
     match command {
         Command::Inspect(args) => inspect::run(args, context),

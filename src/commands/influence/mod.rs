@@ -89,10 +89,7 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         })
         .transpose()
         .map_err(usage)?;
-    let shard = match &args.shard {
-        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
-        None => Shard::WHOLE,
-    };
+    let shard = crate::commands::shard(args.shard.as_deref())?;
     let fisher = match args.fisher {
         FisherArg::Empirical => Fisher::Empirical,
         FisherArg::Sampled => Fisher::Sampled { seed: context.seed },
@@ -267,12 +264,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
         return Err(usage("--precond identity needs no factors"));
     }
     let out = Path::new(&args.out);
-    if out.exists() && !args.force {
-        return Err(usage(format!(
-            "{}: exists (use --force to replace it)",
-            out.display()
-        )));
-    }
+    crate::commands::refuse_existing(out, args.force)?;
     let setup = setup(&args.gradients, context, None)?;
     let covariance = match &args.covariance {
         None => None,
@@ -342,12 +334,7 @@ fn check_compatible(
 
 fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus> {
     let out = Path::new(&args.out);
-    if out.exists() && !args.force {
-        return Err(usage(format!(
-            "{}: exists (use --force to replace it)",
-            out.display()
-        )));
-    }
+    crate::commands::refuse_existing(out, args.force)?;
     let mut loaded = Vec::new();
     for dir in &args.inputs {
         let (set, meta) = factors_dir::load(Path::new(dir))?;

@@ -40,10 +40,7 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         }
     }
     llm::check_flags(&args)?;
-    let shard = match &args.shard {
-        Some(spec) => Shard::parse(spec, |name| std::env::var(name).ok()).map_err(usage)?,
-        None => Shard::WHOLE,
-    };
+    let shard = crate::commands::shard(args.shard.as_deref())?;
     let markers = match &args.markers {
         Some(path) => {
             let text = std::fs::read_to_string(path)
