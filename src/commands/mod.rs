@@ -8,7 +8,6 @@ mod output_dir;
 mod rephrase;
 mod reveal;
 mod reweight;
-mod sequences;
 mod train;
 
 use anyhow::Result;
@@ -60,6 +59,34 @@ pub fn refuse_existing(path: &std::path::Path, force: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The chat template `--chat-template` names: auto, none, or a file.
+pub fn template_choice(args: &crate::cli::ChatArgs) -> Result<curate::model::TemplateChoice> {
+    use curate::model::{TemplateChoice, TemplateText};
+    Ok(match args.chat_template.as_str() {
+        "auto" => TemplateChoice::Auto,
+        "none" => TemplateChoice::None,
+        path => {
+            let text = std::fs::read_to_string(std::path::Path::new(path)).map_err(|e| {
+                curate::error::usage(format!(
+                    "--chat-template {path}: cannot read the template: {e}"
+                ))
+            })?;
+            TemplateChoice::Given(TemplateText {
+                text,
+                origin: path.to_string(),
+            })
+        }
+    })
+}
+
+/// The flags encoding messages advise changing.
+pub const ENCODE_HINTS: curate::model::encode::EncodeHints<'static> =
+    curate::model::encode::EncodeHints {
+        max_length: "--max-length",
+        system: "--system",
+        chat_template: "--chat-template",
+    };
 
 pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
     match command {

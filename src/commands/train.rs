@@ -11,15 +11,16 @@ use tokenizers::Tokenizer;
 
 use super::Context;
 use super::output_dir::OutputDir;
-use super::sequences::{self, TextColumns, TextRows};
 use crate::ExitStatus;
 use crate::cli::{ArchArg, TrainArgs};
 use curate::error::{InputError, Interrupted, usage};
 use curate::interrupt;
+use curate::model::encode::{self as sequences, TextColumns, TextRows};
 use curate::model::train::{TrainSettings, Trainer};
 use curate::model::{
     Architecture, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
+use curate::table::ColumnRole;
 use curate::table::{self, Input};
 
 const TRAINER_STATE: &str = "trainer.json";
@@ -46,7 +47,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let (rows, weights) = read_rows(&input, &args)?;
-    let template_choice = sequences::template_choice(&args.chat)?;
+    let template_choice = crate::commands::template_choice(&args.chat)?;
 
     // The starting model: a checkpoint, a model directory, or a fresh one.
     let options = LoadOptions {
@@ -99,6 +100,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         max_length: args.max_length,
         chat: chat.as_ref(),
         system: args.chat.system.as_deref(),
+        hints: crate::commands::ENCODE_HINTS,
     };
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
     let settings = TrainSettings {
@@ -313,8 +315,8 @@ fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<RowWei
     let label = input.label();
     table::require_rows(&frame, label)?;
     let columns = TextColumns {
-        prompt_col: &args.prompt_col,
-        response_col: &args.response_col,
+        prompt: ColumnRole::new(&args.prompt_col, "--prompt-col"),
+        response: ColumnRole::new(&args.response_col, "--response-col"),
         messages_col: &args.chat.messages_col,
     };
     let rows = TextRows::read(&frame, label, &columns)?;

@@ -13,16 +13,17 @@ use tokenizers::Tokenizer;
 mod compare;
 
 use super::Context;
-use super::sequences::{self, Encoding, TextColumns, TextRows};
 use crate::ExitStatus;
 use crate::cli::{EvalAction, EvalArgs};
 use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
 use curate::eval::{RowResult, SummaryRow, summarize};
 use curate::interrupt;
+use curate::model::encode::{self as sequences, Encoding, TextColumns, TextRows};
 use curate::model::generate::greedy;
 use curate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
 use curate::rephrase::answer::{Target, explicit_answer};
+use curate::table::ColumnRole;
 use curate::table::{self, Input, Output};
 
 pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
@@ -51,7 +52,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let device = super::device(&args.device)?;
     let dtype = DType::from(args.dtype);
     let lm = LanguageModel::load(Path::new(&model), &LoadOptions::inference(&device, dtype))?;
-    let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
+    let chat = lm.chat_template(&crate::commands::template_choice(&args.chat)?)?;
     let frame = input.read()?;
     let file = input.label().to_string();
     table::require_rows(&frame, &file)?;
@@ -63,6 +64,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         max_length: args.max_length,
         chat: chat.as_ref(),
         system: args.chat.system.as_deref(),
+        hints: crate::commands::ENCODE_HINTS,
     };
     let rows = read_rows(&frame, &encoding, &lm, &args)?;
     let references = if args.generate {
@@ -160,8 +162,8 @@ fn read_rows(
     }
     let tok = sequences::require_tokenizer(lm, file)?;
     let columns = TextColumns {
-        prompt_col: encoding.prompt_col,
-        response_col: encoding.response_col,
+        prompt: ColumnRole::new(encoding.prompt_col, "--prompt-col"),
+        response: ColumnRole::new(encoding.response_col, "--response-col"),
         messages_col: encoding.messages_col,
     };
     // Generation alone needs no response.

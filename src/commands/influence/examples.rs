@@ -3,7 +3,7 @@
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::commands::sequences::{self, Encoding, TextColumns, TextRows};
+use curate::model::encode::{self as sequences, Encoding, TextColumns, TextRows};
 use curate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use curate::table::{self, ColumnRole, Input, InputDigest};
 
@@ -77,6 +77,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         max_length: options.max_length,
         chat: options.chat,
         system: options.system,
+        hints: crate::commands::ENCODE_HINTS,
     };
     let has = |name: &str| frame.column(name).is_ok();
     let (sequences, truncated, responses) = if has("input_ids") {
@@ -99,8 +100,8 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
     } else {
         let tok = sequences::require_tokenizer(lm, &file)?;
         let columns = TextColumns {
-            prompt_col: options.prompt_col,
-            response_col: options.response_col,
+            prompt: ColumnRole::new(options.prompt_col, "--prompt-col"),
+            response: ColumnRole::new(options.response_col, "--response-col"),
             messages_col: options.messages_col,
         };
         let rows = TextRows::read(&frame, &file, &columns)?;

@@ -22,7 +22,6 @@ use crate::cli::{
     FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction, InfluenceArgs,
     MergeFactorsArgs, PrecondArg, QueryAggArg,
 };
-use crate::commands::sequences;
 use crate::printer::Printer;
 use curate::error::InputError;
 use curate::error::usage;
@@ -106,7 +105,7 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         },
     )?;
     let (model_digest, model_inputs) = model_digest(model_dir)?;
-    let chat = lm.chat_template(&sequences::template_choice(&args.chat)?)?;
+    let chat = lm.chat_template(&crate::commands::template_choice(&args.chat)?)?;
     let options = ReadOptions {
         id_col: args.id_col.as_deref(),
         prompt_col: &args.prompt_col,

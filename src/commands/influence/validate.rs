@@ -14,7 +14,7 @@ use serde_json::json;
 use super::examples::{self, Examples, ReadOptions};
 use crate::ExitStatus;
 use crate::cli::ValidateArgs;
-use crate::commands::{Context, sequences};
+use crate::commands::Context;
 use curate::error::{InputError, usage};
 use curate::influence::validate::{
     lds, mean_and_standard_error, most_helpful, random_sets, random_subsets, removal_count,
@@ -42,7 +42,7 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
             ..LoadOptions::inference(&device, dtype)
         },
     )?;
-    let chat = base.chat_template(&sequences::template_choice(&args.chat)?)?;
+    let chat = base.chat_template(&crate::commands::template_choice(&args.chat)?)?;
     let options = ReadOptions {
         id_col: args.id_col.as_deref(),
         prompt_col: &args.prompt_col,

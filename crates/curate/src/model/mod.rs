@@ -6,6 +6,7 @@ pub mod capture;
 pub mod chat;
 pub mod config;
 pub mod device;
+pub mod encode;
 pub mod from_gguf;
 pub mod generate;
 pub mod gguf;

@@ -2,19 +2,14 @@
 //! model's tokenizer (through its chat template when one is in use), or `input_ids`/`labels`
 //! lists; each row checked against the model (length, vocabulary, loss).
 
-use std::path::Path;
-
 use anyhow::Result;
 use polars::prelude::*;
 use tokenizers::Tokenizer;
 
-use crate::cli::ChatArgs;
-use curate::error::{InputError, usage};
-use curate::model::chat::{self, ChatTemplate, Message};
-use curate::model::{
-    IGNORE_INDEX, LanguageModel, Sequence, TemplateChoice, TemplateText, tokenizer,
-};
-use curate::table::{self, ColumnRole, Expected};
+use crate::error::{InputError, usage};
+use crate::model::chat::{self, ChatTemplate, Message};
+use crate::model::{IGNORE_INDEX, LanguageModel, Sequence, tokenizer};
+use crate::table::{self, ColumnRole, Expected};
 
 /// The model's tokenizer, which text rows of `file` need (a usage error saying why it has none).
 pub fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a Tokenizer> {
@@ -26,25 +21,6 @@ pub fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a To
         usage(format!(
             "{file}: text rows need the model's tokenizer, but {why} (give input_ids/labels columns)"
         ))
-    })
-}
-
-/// The chat template `--chat-template` names: auto, none, or a file.
-pub fn template_choice(args: &ChatArgs) -> Result<TemplateChoice> {
-    Ok(match args.chat_template.as_str() {
-        "auto" => TemplateChoice::Auto,
-        "none" => TemplateChoice::None,
-        path => {
-            let text = std::fs::read_to_string(Path::new(path)).map_err(|e| {
-                usage(format!(
-                    "--chat-template {path}: cannot read the template: {e}"
-                ))
-            })?;
-            TemplateChoice::Given(TemplateText {
-                text,
-                origin: path.to_string(),
-            })
-        }
     })
 }
 
@@ -68,8 +44,8 @@ impl TextRows {
             )?));
         }
         Ok(TextRows::PromptResponse {
-            prompts: text_column(frame, file, columns.prompt_col, "--prompt-col")?,
-            responses: text_column(frame, file, columns.response_col, "--response-col")?,
+            prompts: text_column(frame, file, columns.prompt.name, columns.prompt.flag)?,
+            responses: text_column(frame, file, columns.response.name, columns.response.flag)?,
         })
     }
 
@@ -78,6 +54,10 @@ impl TextRows {
             TextRows::PromptResponse { prompts, .. } => prompts.len(),
             TextRows::Conversations(rows) => rows.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The rows where `keep` is true, in order.
@@ -130,11 +110,19 @@ impl TextRows {
     }
 }
 
-/// Names of the text columns.
+/// The text columns, with what names them (for hints in messages).
 pub struct TextColumns<'a> {
-    pub prompt_col: &'a str,
-    pub response_col: &'a str,
+    pub prompt: ColumnRole<'a>,
+    pub response: ColumnRole<'a>,
     pub messages_col: &'a str,
+}
+
+/// What sets the knobs messages advise turning (the flags, for the command line).
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeHints<'a> {
+    pub max_length: &'a str,
+    pub system: &'a str,
+    pub chat_template: &'a str,
 }
 
 /// A column of conversations: lists of `{role, content}` structs, no nulls.
@@ -260,6 +248,7 @@ pub struct Encoding<'a> {
     pub chat: Option<&'a ChatTemplate>,
     /// System message for conversations that have none.
     pub system: Option<&'a str>,
+    pub hints: EncodeHints<'a>,
 }
 
 impl Encoding<'_> {
@@ -269,7 +258,8 @@ impl Encoding<'_> {
             && max_length > limit
         {
             return Err(usage(format!(
-                "--max-length {max_length} exceeds the model's {limit} positions (max_position_embeddings)"
+                "{} {max_length} exceeds the model's {limit} positions (max_position_embeddings)",
+                self.hints.max_length
             )));
         }
         Ok(self.max_length.unwrap_or(limit))
@@ -283,10 +273,14 @@ impl Encoding<'_> {
         tok: &Tokenizer,
         rows: &TextRows,
     ) -> Result<(Vec<Sequence>, usize)> {
-        const NO_TEMPLATE: &str = "no chat template is in use (the model has none, or --chat-template none); give --chat-template FILE";
+        let template = self.hints.chat_template;
+        let no_template = format!(
+            "no chat template is in use (the model has none, or {template} none); give {template} FILE"
+        );
         if self.system.is_some() && self.chat.is_none() {
             return Err(usage(format!(
-                "--system needs a chat template: {NO_TEMPLATE}"
+                "{} needs a chat template: {no_template}",
+                self.hints.system
             )));
         }
         match (rows, self.chat) {
@@ -294,7 +288,7 @@ impl Encoding<'_> {
                 self.encode_texts(lm, tok, prompts, responses)
             }
             (TextRows::Conversations(_), None) => Err(usage(format!(
-                "{}: column '{}' holds conversations, which need a chat template: {NO_TEMPLATE}",
+                "{}: column '{}' holds conversations, which need a chat template: {no_template}",
                 self.file, self.messages_col
             ))),
             (TextRows::PromptResponse { prompts, responses }, Some(template)) => {
@@ -367,7 +361,7 @@ impl Encoding<'_> {
         Ok(prompts)
     }
 
-    /// `--system` first, where the conversation has no system message.
+    /// The system message first, where the conversation has none.
     fn with_system(&self, mut messages: Vec<Message>) -> Vec<Message> {
         if let Some(system) = self.system
             && messages.first().is_none_or(|m| m.role != "system")
@@ -530,8 +524,9 @@ impl Encoding<'_> {
                     self.file,
                     format!(
                         "{} tokens, more than the model's {positions} positions \
-                         (max_position_embeddings); cut long rows with --max-length",
-                        sequence.len()
+                         (max_position_embeddings); cut long rows with {}",
+                        sequence.len(),
+                        self.hints.max_length
                     ),
                 )
                 .row(row)
@@ -543,8 +538,8 @@ impl Encoding<'_> {
                 return Err(InputError::new(
                     self.file,
                     format!(
-                        "the prompt fills all {limit} tokens of --max-length; \
-                         no response token is left"
+                        "the prompt fills all {limit} tokens of {}; no response token is left",
+                        self.hints.max_length
                     ),
                 )
                 .column(prompt_col)
@@ -568,5 +563,63 @@ impl Encoding<'_> {
             .into());
         }
         Ok((sequence, cut))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> DataFrame {
+        df!(
+            "prompt" => ["1+1?", "2+2?", "3+3?"],
+            "response" => ["2", "4", "6"],
+        )
+        .unwrap()
+    }
+
+    fn columns() -> TextColumns<'static> {
+        TextColumns {
+            prompt: ColumnRole::new("prompt", "--prompt-col"),
+            response: ColumnRole::new("response", "--response-col"),
+            messages_col: "messages",
+        }
+    }
+
+    #[test]
+    fn prompt_response_rows_are_read_selected_and_their_responses_kept() {
+        let rows = TextRows::read(&frame(), "t.jsonl", &columns()).unwrap();
+        assert_eq!(rows.len(), 3);
+        let kept = rows.select(&[true, false, true]);
+        assert_eq!(kept.responses(), ["2", "6"]);
+        assert_eq!(kept.texts().collect::<Vec<_>>(), ["1+1?", "3+3?", "2", "6"]);
+    }
+
+    #[test]
+    fn conversations_keep_their_assistant_turns_as_responses() {
+        let rows = TextRows::Conversations(vec![vec![
+            Message::new("user", "hi"),
+            Message::new("assistant", "a"),
+            Message::new("user", "more"),
+            Message::new("assistant", "b"),
+        ]]);
+        assert_eq!(rows.responses(), ["a\n\nb"]);
+        assert!(!rows.is_empty());
+    }
+
+    #[test]
+    fn text_and_id_columns_name_the_null_row() {
+        let nulls = df!("prompt" => [Some("a"), None]).unwrap();
+        assert_eq!(
+            text_column(&nulls, "t.csv", "prompt", "--prompt-col")
+                .unwrap_err()
+                .to_string(),
+            "t.csv: column 'prompt', row 2: missing text (null)"
+        );
+        let ids = df!("input_ids" => [Series::new("".into(), [1i64, 2])]).unwrap();
+        assert_eq!(
+            id_list_column(&ids, "t.parquet", "input_ids").unwrap(),
+            [vec![1, 2]]
+        );
     }
 }
