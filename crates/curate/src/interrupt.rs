@@ -14,7 +14,7 @@ pub fn request() -> bool {
 
 /// Return `Err(Interrupted)` once Ctrl-C was pressed. Long loops call this between batches.
 pub fn check() -> Result<(), Interrupted> {
-    if REQUESTED.load(Ordering::SeqCst) {
+    if requested() {
         Err(Interrupted)
     } else {
         Ok(())
