@@ -877,21 +877,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub tie_embeddings: bool,
 
-    /// Column with the prompt text (no loss).
-    #[arg(long, default_value = "prompt", value_name = "COLUMN")]
-    pub prompt_col: String,
-
-    /// Column with the response text (loss on these tokens).
-    #[arg(long, default_value = "response", value_name = "COLUMN")]
-    pub response_col: String,
-
     #[command(flatten)]
-    pub chat: ChatArgs,
-
-    /// Cut sequences longer than N tokens to their first N (prompt first, then as much of
-    /// the response as fits). Without it a row longer than the model's positions is an error.
-    #[arg(long, value_name = "N")]
-    pub max_length: Option<usize>,
+    pub text: TextArgs,
 
     /// Per-row loss weights, such as `curate reweight` writes: a row's loss counts w times
     /// (resampling the rows by weight, in expectation); rows of weight 0 are left out.
@@ -964,6 +951,26 @@ pub struct TrainArgs {
     pub input_format: Option<FormatArg>,
 }
 
+/// How text rows become token sequences.
+#[derive(Debug, Args)]
+pub struct TextArgs {
+    /// Prompt text column (no loss).
+    #[arg(long, default_value = "prompt", value_name = "NAME")]
+    pub prompt_col: String,
+
+    /// Response text column (the loss is on its tokens and the end-of-text token).
+    #[arg(long, default_value = "response", value_name = "NAME")]
+    pub response_col: String,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
+
+    /// Cut sequences longer than N tokens to their first N (prompt first, then as much of
+    /// the response as fits). Without it a row longer than the model's positions is an error.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+}
+
 /// How text rows become token sequences for a chat model.
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -1007,25 +1014,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub summary: Option<String>,
 
-    /// Prompt text column (no loss).
-    #[arg(long, default_value = "prompt", value_name = "NAME")]
-    pub prompt_col: String,
-
-    /// Response text column (the loss is on its tokens).
-    #[arg(long, default_value = "response", value_name = "NAME")]
-    pub response_col: String,
-
     #[command(flatten)]
-    pub chat: ChatArgs,
+    pub text: TextArgs,
 
     /// Domain column the summary groups by (when present).
     #[arg(long, default_value = "domain", value_name = "NAME")]
     pub domain_col: String,
-
-    /// Cut token sequences to this many tokens instead of failing on rows longer than the
-    /// model's positions.
-    #[arg(long, value_name = "N")]
-    pub max_length: Option<usize>,
 
     /// Also answer each prompt by greedy decoding, extract the final answer (\boxed{}, "the
     /// answer is", "#### N") and check it against --reference-col.
@@ -1126,21 +1120,8 @@ pub struct GradientArgs {
     #[arg(long, value_name = "NAME")]
     pub id_col: Option<String>,
 
-    /// Prompt text column (no loss).
-    #[arg(long, default_value = "prompt", value_name = "NAME")]
-    pub prompt_col: String,
-
-    /// Response text column (loss on its tokens and the end-of-text token).
-    #[arg(long, default_value = "response", value_name = "NAME")]
-    pub response_col: String,
-
     #[command(flatten)]
-    pub chat: ChatArgs,
-
-    /// Cut token sequences to this many tokens instead of failing on rows longer than the
-    /// model's positions.
-    #[arg(long, value_name = "N")]
-    pub max_length: Option<usize>,
+    pub text: TextArgs,
 
     /// Examples per forward/backward pass.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -1383,20 +1364,8 @@ pub struct ValidateArgs {
     #[arg(long, value_name = "NAME")]
     pub id_col: Option<String>,
 
-    /// Prompt text column (no loss).
-    #[arg(long, default_value = "prompt", value_name = "NAME")]
-    pub prompt_col: String,
-
-    /// Response text column.
-    #[arg(long, default_value = "response", value_name = "NAME")]
-    pub response_col: String,
-
     #[command(flatten)]
-    pub chat: ChatArgs,
-
-    /// Cut token sequences to this many tokens.
-    #[arg(long, value_name = "N")]
-    pub max_length: Option<usize>,
+    pub text: TextArgs,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
     #[arg(long, default_value = "flex", value_name = "DEVICE")]

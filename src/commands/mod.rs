@@ -88,6 +88,34 @@ pub const ENCODE_HINTS: curate::model::encode::EncodeHints<'static> =
         chat_template: "--chat-template",
     };
 
+/// How `--prompt-col`, `--response-col`, the chat flags and `--max-length` encode the rows of
+/// `file`.
+pub fn encoding<'a>(
+    text: &'a crate::cli::TextArgs,
+    file: &'a str,
+    chat: Option<&'a curate::model::ChatTemplate>,
+) -> curate::model::encode::Encoding<'a> {
+    curate::model::encode::Encoding {
+        file,
+        prompt_col: &text.prompt_col,
+        response_col: &text.response_col,
+        messages_col: &text.chat.messages_col,
+        max_length: text.max_length,
+        chat,
+        system: text.chat.system.as_deref(),
+        hints: ENCODE_HINTS,
+    }
+}
+
+/// The text columns `--prompt-col`, `--response-col` and `--messages-col` name.
+pub fn text_columns(text: &crate::cli::TextArgs) -> curate::model::encode::TextColumns<'_> {
+    curate::model::encode::TextColumns {
+        prompt: curate::table::ColumnRole::new(&text.prompt_col, "--prompt-col"),
+        response: curate::table::ColumnRole::new(&text.response_col, "--response-col"),
+        messages_col: &text.chat.messages_col,
+    }
+}
+
 pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
     match command {
         Command::Inspect(args) => inspect::run(args, context),

@@ -15,12 +15,11 @@ use crate::ExitStatus;
 use crate::cli::{ArchArg, TrainArgs};
 use curate::error::{InputError, Interrupted, usage};
 use curate::interrupt;
-use curate::model::encode::{self as sequences, TextColumns, TextRows};
+use curate::model::encode::{self as sequences, TextRows};
 use curate::model::train::{TrainSettings, Trainer};
 use curate::model::{
     Architecture, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
-use curate::table::ColumnRole;
 use curate::table::{self, Input};
 
 const TRAINER_STATE: &str = "trainer.json";
@@ -47,7 +46,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let (rows, weights) = read_rows(&input, &args)?;
-    let template_choice = crate::commands::template_choice(&args.chat)?;
+    let template_choice = crate::commands::template_choice(&args.text.chat)?;
 
     // The starting model: a checkpoint, a model directory, or a fresh one.
     let options = LoadOptions {
@@ -92,16 +91,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         )));
     };
 
-    let encoding = sequences::Encoding {
-        file: input.label(),
-        prompt_col: &args.prompt_col,
-        response_col: &args.response_col,
-        messages_col: &args.chat.messages_col,
-        max_length: args.max_length,
-        chat: chat.as_ref(),
-        system: args.chat.system.as_deref(),
-        hints: crate::commands::ENCODE_HINTS,
-    };
+    let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
     let settings = TrainSettings {
         epochs: args.epochs,
@@ -167,7 +157,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
             err,
             "cut {truncated} of {} rows to --max-length {} tokens",
             sequences.len(),
-            args.max_length.unwrap_or_default()
+            args.text.max_length.unwrap_or_default()
         )?;
     }
     let bar = context.printer.progress_bar(total as u64, "train");
@@ -314,12 +304,7 @@ fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<RowWei
     let frame = input.read()?;
     let label = input.label();
     table::require_rows(&frame, label)?;
-    let columns = TextColumns {
-        prompt: ColumnRole::new(&args.prompt_col, "--prompt-col"),
-        response: ColumnRole::new(&args.response_col, "--response-col"),
-        messages_col: &args.chat.messages_col,
-    };
-    let rows = TextRows::read(&frame, label, &columns)?;
+    let rows = TextRows::read(&frame, label, &crate::commands::text_columns(&args.text))?;
     let Some(name) = &args.weight_col else {
         return Ok((rows, None));
     };

@@ -19,11 +19,10 @@ use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
 use curate::eval::{RowResult, SummaryRow, summarize};
 use curate::interrupt;
-use curate::model::encode::{self as sequences, Encoding, TextColumns, TextRows};
+use curate::model::encode::{self as sequences, Encoding, TextRows};
 use curate::model::generate::greedy;
 use curate::model::{IGNORE_INDEX, LanguageModel, LoadOptions, Sequence, batched_losses};
 use curate::rephrase::answer::{Target, explicit_answer};
-use curate::table::ColumnRole;
 use curate::table::{self, Input, Output};
 
 pub fn run(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
@@ -52,20 +51,11 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let device = super::device(&args.device)?;
     let dtype = DType::from(args.dtype);
     let lm = LanguageModel::load(Path::new(&model), &LoadOptions::inference(&device, dtype))?;
-    let chat = lm.chat_template(&crate::commands::template_choice(&args.chat)?)?;
+    let chat = lm.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
     let frame = input.read()?;
     let file = input.label().to_string();
     table::require_rows(&frame, &file)?;
-    let encoding = Encoding {
-        file: &file,
-        prompt_col: &args.prompt_col,
-        response_col: &args.response_col,
-        messages_col: &args.chat.messages_col,
-        max_length: args.max_length,
-        chat: chat.as_ref(),
-        system: args.chat.system.as_deref(),
-        hints: crate::commands::ENCODE_HINTS,
-    };
+    let encoding = crate::commands::encoding(&args.text, &file, chat.as_ref());
     let rows = read_rows(&frame, &encoding, &lm, &args)?;
     let references = if args.generate {
         Some(reference_column(&frame, &file, &args.reference_col)?)
@@ -161,11 +151,7 @@ fn read_rows(
         });
     }
     let tok = sequences::require_tokenizer(lm, file)?;
-    let columns = TextColumns {
-        prompt: ColumnRole::new(encoding.prompt_col, "--prompt-col"),
-        response: ColumnRole::new(encoding.response_col, "--response-col"),
-        messages_col: encoding.messages_col,
-    };
+    let columns = crate::commands::text_columns(&args.text);
     // Generation alone needs no response.
     let answers_only = args.generate && !has(encoding.messages_col) && !has(encoding.response_col);
     let text_rows = if answers_only {

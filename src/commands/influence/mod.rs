@@ -1,7 +1,6 @@
 //! `curate influence`: score training examples (and their segments and tokens) by their
 //! influence on query examples; `fit-factors` and `merge-factors` for sharded factor fitting.
 
-mod examples;
 mod factors_dir;
 mod merge_scores;
 mod outputs;
@@ -20,11 +19,13 @@ use super::Context;
 use crate::ExitStatus;
 use crate::cli::{
     FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction, InfluenceArgs,
-    MergeFactorsArgs, PrecondArg, QueryAggArg,
+    MergeFactorsArgs, PrecondArg, QueryAggArg, TextArgs,
 };
 use crate::printer::Printer;
 use curate::error::InputError;
 use curate::error::usage;
+use curate::influence::examples::{self, Examples, ReadOptions};
+use curate::influence::report;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, RunFit, StoredFactors};
 use curate::influence::{
     self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
@@ -32,8 +33,8 @@ use curate::influence::{
 };
 use curate::interrupt;
 use curate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
+use curate::table::ColumnRole;
 use curate::table::{InputDigest, Shard};
-use examples::{Examples, ReadOptions};
 
 pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     let args = *args;
@@ -105,17 +106,10 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         },
     )?;
     let (model_digest, model_inputs) = model_digest(model_dir)?;
-    let chat = lm.chat_template(&crate::commands::template_choice(&args.chat)?)?;
+    let chat = lm.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
     let options = ReadOptions {
-        id_col: args.id_col.as_deref(),
-        prompt_col: &args.prompt_col,
-        response_col: &args.response_col,
-        messages_col: &args.chat.messages_col,
-        chat: chat.as_ref(),
-        system: args.chat.system.as_deref(),
-        max_length: args.max_length,
         answer_col,
-        correct_col: None,
+        ..read_options(args.id_col.as_deref(), &args.text, chat.as_ref())
     };
     let train = examples::read(
         args.train.as_deref().expect("clap requires --train"),
@@ -135,6 +129,25 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         chat,
         train,
     })
+}
+
+/// How `--id-col` and the text flags read training and query rows.
+fn read_options<'a>(
+    id_col: Option<&'a str>,
+    text: &'a TextArgs,
+    chat: Option<&'a ChatTemplate>,
+) -> ReadOptions<'a> {
+    ReadOptions {
+        id: ColumnRole::new(id_col.unwrap_or("id"), "--id-col"),
+        id_explicit: id_col.is_some(),
+        text: crate::commands::text_columns(text),
+        chat,
+        system: text.chat.system.as_deref(),
+        max_length: text.max_length,
+        answer_col: None,
+        correct: None,
+        hints: crate::commands::ENCODE_HINTS,
+    }
 }
 
 /// sha256 over the model's files (config and weights, or the GGUF file), and each file's
@@ -392,15 +405,12 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         )));
     }
     let query_options = ReadOptions {
-        id_col: args.gradients.id_col.as_deref(),
-        prompt_col: &args.gradients.prompt_col,
-        response_col: &args.gradients.response_col,
-        messages_col: &args.gradients.chat.messages_col,
-        chat: setup.chat.as_ref(),
-        system: args.gradients.chat.system.as_deref(),
-        max_length: args.gradients.max_length,
-        answer_col: None,
-        correct_col: Some(&args.correct_col),
+        correct: Some(ColumnRole::new(&args.correct_col, "--correct-col")),
+        ..read_options(
+            args.gradients.id_col.as_deref(),
+            &args.gradients.text,
+            setup.chat.as_ref(),
+        )
     };
     let query = examples::read(
         args.query.as_deref().expect("clap requires --query"),
@@ -537,7 +547,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         sequences: &setup.train.sequences,
         tracked: &setup.tracked,
     };
-    let mut collected = outputs::Collected::new(
+    let mut collected = report::Collected::new(
         queries.count,
         queries.names.clone(),
         rows.clone(),
@@ -568,14 +578,14 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     }
     let scored = started.elapsed().as_secs_f64() - fitted;
 
-    let query_labels = outputs::QueryLabels::new(&query, &query_rows, aggregate)?;
+    let query_labels = report::QueryLabels::new(&query, &query_rows, aggregate)?;
     let provenance = provenance_of(&setup, context, Some(&query));
     let written = outputs.write(
         &collected,
-        &outputs::Tables {
+        &report::Tables {
             train: &setup.train,
             query: &query_labels,
-            lm: &setup.lm,
+            tokenizer: setup.lm.tokenizer.as_ref(),
             segmenter: &segmenter,
             per_module: args.per_module,
             ranked: setup.shard.count == 1,

@@ -11,11 +11,11 @@ use burn::tensor::DType;
 use polars::prelude::*;
 use serde_json::json;
 
-use super::examples::{self, Examples, ReadOptions};
 use crate::ExitStatus;
 use crate::cli::ValidateArgs;
 use crate::commands::Context;
 use curate::error::{InputError, usage};
+use curate::influence::examples::{self, Examples};
 use curate::influence::validate::{
     lds, mean_and_standard_error, most_helpful, random_sets, random_subsets, removal_count,
     retrain_and_measure,
@@ -42,18 +42,8 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
             ..LoadOptions::inference(&device, dtype)
         },
     )?;
-    let chat = base.chat_template(&crate::commands::template_choice(&args.chat)?)?;
-    let options = ReadOptions {
-        id_col: args.id_col.as_deref(),
-        prompt_col: &args.prompt_col,
-        response_col: &args.response_col,
-        messages_col: &args.chat.messages_col,
-        chat: chat.as_ref(),
-        system: args.chat.system.as_deref(),
-        max_length: args.max_length,
-        answer_col: None,
-        correct_col: None,
-    };
+    let chat = base.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
+    let options = super::read_options(args.id_col.as_deref(), &args.text, chat.as_ref());
     let train = examples::read(&args.train, &base, &options)?;
     let query = examples::read(&args.query, &base, &options)?;
     let mut score_files = Vec::with_capacity(args.scores.len());

@@ -10,10 +10,12 @@
 //! produce them (`GradientSource`) can be attributed; `LmSource` adapts the causal LM.
 
 mod engine;
+pub mod examples;
 mod factors;
 mod lm_source;
 mod precondition;
 mod projection;
+pub mod report;
 mod score;
 pub mod segment;
 mod stacks;

@@ -3,9 +3,9 @@
 use anyhow::Result;
 use polars::prelude::*;
 
-use curate::model::encode::{self as sequences, Encoding, TextColumns, TextRows};
-use curate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
-use curate::table::{self, ColumnRole, Input, InputDigest};
+use crate::model::encode::{self as sequences, EncodeHints, Encoding, TextColumns, TextRows};
+use crate::model::{ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
+use crate::table::{self, ColumnRole, Input, InputDigest};
 
 /// One input table, tokenised.
 pub struct Examples {
@@ -20,7 +20,7 @@ pub struct Examples {
     pub difficulty: Option<(Column, Vec<String>)>,
     /// The response text, where the table has one (previews).
     pub responses: Option<Vec<String>>,
-    /// Reference answers for `--segmenter answer`.
+    /// Reference answers, for segmenting a response at its answer.
     pub answers: Option<Vec<Option<String>>>,
     /// Rows flagged as correctly answered (queries); a null verdict counts as not correct.
     pub correct: Option<Vec<bool>>,
@@ -28,16 +28,21 @@ pub struct Examples {
     pub correct_unknown: usize,
 }
 
+/// Which columns hold what, and how text becomes tokens.
 pub struct ReadOptions<'a> {
-    pub id_col: Option<&'a str>,
-    pub prompt_col: &'a str,
-    pub response_col: &'a str,
-    pub messages_col: &'a str,
+    /// The id column; when not `id_explicit`, row indices stand in for a missing one.
+    pub id: ColumnRole<'a>,
+    pub id_explicit: bool,
+    pub text: TextColumns<'a>,
     pub chat: Option<&'a ChatTemplate>,
     pub system: Option<&'a str>,
     pub max_length: Option<usize>,
+    /// Reference answers (for segmenting at the answer), read when the column is present.
     pub answer_col: Option<&'a str>,
-    pub correct_col: Option<&'a str>,
+    /// Correctness verdicts (queries), read when the column is present.
+    pub correct: Option<ColumnRole<'a>>,
+    /// What sets the knobs messages advise turning.
+    pub hints: EncodeHints<'a>,
 }
 
 impl Examples {
@@ -45,15 +50,20 @@ impl Examples {
         self.sequences.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+
     /// The ids of `rows`, in order.
-    pub fn ids_of(&self, rows: &[u32]) -> Result<Column> {
+    pub fn ids_of(&self, rows: &[u32]) -> PolarsResult<Column> {
         take(&self.ids, rows)
     }
 }
 
-pub fn take(column: &Column, rows: &[u32]) -> Result<Column> {
+/// The values of `column` at `rows`, in order.
+pub fn take(column: &Column, rows: &[u32]) -> PolarsResult<Column> {
     let index = IdxCa::from_vec("".into(), rows.iter().map(|&r| r as IdxSize).collect());
-    Ok(column.take(&index)?)
+    column.take(&index)
 }
 
 /// Read `path`: `input_ids`/`labels` list columns when present, else prompt/response text.
@@ -62,22 +72,16 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
     let frame = input.read()?;
     let file = input.label().to_string();
     table::require_rows(&frame, &file)?;
-    let id_name = options.id_col.unwrap_or("id");
-    let ids = table::id_column(
-        &frame,
-        &file,
-        ColumnRole::new(id_name, "--id-col"),
-        options.id_col.is_some(),
-    )?;
+    let ids = table::id_column(&frame, &file, options.id, options.id_explicit)?;
     let encoding = Encoding {
         file: &file,
-        prompt_col: options.prompt_col,
-        response_col: options.response_col,
-        messages_col: options.messages_col,
+        prompt_col: options.text.prompt.name,
+        response_col: options.text.response.name,
+        messages_col: options.text.messages_col,
         max_length: options.max_length,
         chat: options.chat,
         system: options.system,
-        hints: crate::commands::ENCODE_HINTS,
+        hints: options.hints,
     };
     let has = |name: &str| frame.column(name).is_ok();
     let (sequences, truncated, responses) = if has("input_ids") {
@@ -99,12 +103,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         (sequences, truncated, None)
     } else {
         let tok = sequences::require_tokenizer(lm, &file)?;
-        let columns = TextColumns {
-            prompt: ColumnRole::new(options.prompt_col, "--prompt-col"),
-            response: ColumnRole::new(options.response_col, "--response-col"),
-            messages_col: options.messages_col,
-        };
-        let rows = TextRows::read(&frame, &file, &columns)?;
+        let rows = TextRows::read(&frame, &file, &options.text)?;
         let (sequences, truncated) = encoding.encode_rows(lm, tok, &rows)?;
         (sequences, truncated, Some(rows.responses()))
     };
@@ -134,14 +133,9 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
     };
     // A null verdict (`curate eval` writes one where a row has no reference answer) is not
     // known to be correct, so the row is left out like a false one.
-    let (correct, correct_unknown) = match options.correct_col {
-        Some(name) if has(name) => {
-            let column = table::require_type(
-                &frame,
-                &file,
-                ColumnRole::new(name, "--correct-col"),
-                table::Expected::Boolean,
-            )?;
+    let (correct, correct_unknown) = match options.correct {
+        Some(role) if has(role.name) => {
+            let column = table::require_type(&frame, &file, role, table::Expected::Boolean)?;
             let values = column.bool()?;
             let flags: Vec<bool> = values.iter().map(|v| v.unwrap_or(false)).collect();
             (Some(flags), values.null_count())
