@@ -1,6 +1,5 @@
-//! `curate inspect`: what is in a data file, for people (text) and machines (`--json`).
+//! `curate inspect`: what a data file or a model holds, as text or JSON lines.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -11,37 +10,10 @@ use super::Context;
 use crate::ExitStatus;
 use crate::cli::InspectArgs;
 use crate::printer::{Align, text_table};
-use curate::error::InputError;
-use curate::model::{self, LmConfig};
-use curate::table::{self, ColumnSummary, Input, InputDigest, Provenance};
-
-/// Keys polars and arrow write for their own use; not shown as user metadata.
-const INTERNAL_KEYS: [&str; 2] = ["ARROW:schema", "pandas"];
-
-#[derive(Serialize)]
-struct FileReport {
-    path: String,
-    format: String,
-    rows: usize,
-    columns: Vec<ColumnReport>,
-    provenance: Option<ProvenanceReport>,
-    metadata: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ColumnReport {
-    Schema { name: String, dtype: String },
-    Summary(ColumnSummary),
-}
-
-#[derive(Serialize)]
-struct ProvenanceReport {
-    version: String,
-    command: Vec<String>,
-    inputs: Vec<InputDigest>,
-    seed: u64,
-}
+use curate::model;
+use curate::model::inspect::{ModelReport, inspect_dir, inspect_gguf};
+use curate::table::inspect::{ColumnReport, FileReport, ProvenanceReport, inspect_file};
+use curate::table::{ColumnSummary, Input};
 
 pub fn run(args: InspectArgs, context: &Context) -> Result<ExitStatus> {
     let format = args.input_format.map(Into::into);
@@ -51,14 +23,17 @@ pub fn run(args: InspectArgs, context: &Context) -> Result<ExitStatus> {
             writeln!(stdout)?;
         }
         if Path::new(path).is_dir() {
-            let report = inspect_model(Path::new(path))?;
+            let report = inspect_dir(Path::new(path))?;
             emit(&mut stdout, args.json, &report, write_model_text)?;
         } else if model::is_gguf(Path::new(path)) {
             let report = inspect_gguf(Path::new(path))?;
             emit(&mut stdout, args.json, &report, write_model_text)?;
         } else {
             let input = Input::open(path, format)?;
-            let report = inspect(&input, &args, context)?;
+            let spinner = context.printer.spinner("inspecting");
+            spinner.set_message(input.label().to_string());
+            let report = inspect_file(&input, (!args.no_stats).then_some(args.top))?;
+            spinner.finish_and_clear();
             emit(&mut stdout, args.json, &report, write_text)?;
         }
     }
@@ -80,210 +55,6 @@ fn emit<R: Serialize, W: Write>(
         write_text(out, report)?;
     }
     Ok(())
-}
-
-fn inspect(input: &Input, args: &InspectArgs, context: &Context) -> Result<FileReport> {
-    let spinner = context.printer.spinner("inspecting");
-    spinner.set_message(input.label().to_string());
-    let schema = input.schema()?;
-    let rows = input.row_count()?;
-    let pairs = input.key_value_metadata()?;
-    let provenance =
-        Provenance::from_key_values(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map(|p| {
-            ProvenanceReport {
-                version: p.version,
-                command: p.command,
-                inputs: p.inputs,
-                seed: p.seed,
-            }
-        });
-    let metadata = pairs
-        .into_iter()
-        .filter(|(key, _)| !key.starts_with("curate.") && !INTERNAL_KEYS.contains(&key.as_str()))
-        .map(|(key, value)| (key, serde_json::Value::String(value)))
-        .collect();
-    let columns = if args.no_stats {
-        schema
-            .iter()
-            .map(|(name, dtype)| ColumnReport::Schema {
-                name: name.to_string(),
-                dtype: dtype.to_string(),
-            })
-            .collect()
-    } else {
-        let summaries = table::summarize(input.scan()?, &schema, args.top)
-            .map_err(|err| curate::error::InputError::new(input.label(), err.to_string()))?;
-        summaries.into_iter().map(ColumnReport::Summary).collect()
-    };
-    spinner.finish_and_clear();
-    Ok(FileReport {
-        path: input.label().to_string(),
-        format: input.format().to_string(),
-        rows,
-        columns,
-        provenance,
-        metadata,
-    })
-}
-
-/// A model directory or GGUF file: its architecture, size, tokenizer, chat template and
-/// provenance.
-#[derive(Serialize)]
-struct ModelReport {
-    path: String,
-    format: &'static str,
-    model_type: String,
-    parameters: usize,
-    tensors: usize,
-    dtypes: Vec<String>,
-    /// Tensors per stored type (quantisation, for GGUF).
-    tensor_types: BTreeMap<String, usize>,
-    files: usize,
-    #[serde(flatten)]
-    shape: ModelShape,
-    tokenizer_tokens: Option<usize>,
-    /// What kind of tokenizer (GGUF: llama.cpp's tokenizer model and pre-tokenizer).
-    tokenizer_kind: Option<String>,
-    /// Characters of the chat template, when the model has one.
-    chat_template_chars: Option<usize>,
-    provenance: Option<ProvenanceReport>,
-    /// GGUF only: the file version and its metadata (long arrays cut to their first items).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gguf: Option<serde_json::Value>,
-}
-
-/// The architecture's numbers, as `config.json` (or a GGUF's metadata) gives them.
-#[derive(Serialize)]
-struct ModelShape {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    max_position_embeddings: usize,
-    rope_theta: f64,
-    tied_embeddings: bool,
-}
-
-impl From<&LmConfig> for ModelShape {
-    fn from(config: &LmConfig) -> Self {
-        ModelShape {
-            vocab_size: config.vocab_size,
-            hidden_size: config.hidden_size,
-            intermediate_size: config.intermediate_size,
-            layers: config.num_layers,
-            heads: config.num_heads,
-            kv_heads: config.num_kv_heads,
-            head_dim: config.head_dim,
-            max_position_embeddings: config.max_position_embeddings,
-            rope_theta: config.rope_theta,
-            tied_embeddings: config.tie_word_embeddings,
-        }
-    }
-}
-
-fn inspect_model(dir: &Path) -> Result<ModelReport> {
-    let config_path = dir.join(model::CONFIG_FILE);
-    let label = config_path.display().to_string();
-    let text = std::fs::read_to_string(&config_path).map_err(|e| {
-        InputError::new(
-            label.clone(),
-            format!("cannot read ({e}); a model directory needs one"),
-        )
-    })?;
-    let config = LmConfig::from_json(&text).map_err(|m| InputError::new(label, m))?;
-    let header = model::weights::read_header(dir)?;
-    let tokenizer_path = dir.join(model::TOKENIZER_FILE);
-    let tokenizer_tokens = if tokenizer_path.is_file() {
-        let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-            InputError::new(
-                tokenizer_path.display().to_string(),
-                format!("not a tokenizer: {e}"),
-            )
-        })?;
-        Some(tokenizer.get_vocab_size(true))
-    } else {
-        None
-    };
-    let mut tensor_types = BTreeMap::new();
-    for (_, dtype, _) in &header.tensors {
-        *tensor_types.entry(dtype.clone()).or_insert(0) += 1;
-    }
-    let dtypes = tensor_types.keys().cloned().collect();
-    let lm_template = model::LanguageModel::template_of_dir(dir)?;
-    let provenance = Provenance::from_key_values(
-        header
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    )
-    .map(|p| ProvenanceReport {
-        version: p.version,
-        command: p.command,
-        inputs: p.inputs,
-        seed: p.seed,
-    });
-    Ok(ModelReport {
-        path: dir.display().to_string(),
-        format: "model",
-        model_type: config.architecture.model_type().to_string(),
-        parameters: header.parameter_count(),
-        tensors: header.tensors.len(),
-        dtypes,
-        tensor_types,
-        files: header.files.len(),
-        shape: ModelShape::from(&config),
-        tokenizer_tokens,
-        tokenizer_kind: tokenizer_tokens.map(|_| "tokenizer.json".to_string()),
-        chat_template_chars: lm_template.map(|t| t.text.chars().count()),
-        provenance,
-        gguf: None,
-    })
-}
-
-/// A GGUF file, from its header alone (no tensor data is read).
-fn inspect_gguf(path: &Path) -> Result<ModelReport> {
-    use model::{from_gguf, gguf};
-    let file = gguf::GgufFile::open(path)?;
-    let config = from_gguf::config(&file)?;
-    let mut tensor_types = BTreeMap::new();
-    for tensor in &file.tensors {
-        *tensor_types
-            .entry(tensor.ggml_type.name().to_string())
-            .or_insert(0) += 1;
-    }
-    let tokens = file
-        .get("tokenizer.ggml.tokens")
-        .and_then(gguf::MetaValue::as_array)
-        .map(<[gguf::MetaValue]>::len);
-    let pre = file
-        .get("tokenizer.ggml.pre")
-        .and_then(gguf::MetaValue::as_str)
-        .unwrap_or("default");
-    let metadata: serde_json::Map<String, serde_json::Value> = file
-        .metadata
-        .iter()
-        .map(|(key, value)| (key.clone(), value.to_json(8)))
-        .collect();
-    Ok(ModelReport {
-        path: path.display().to_string(),
-        format: "gguf",
-        model_type: config.architecture.model_type().to_string(),
-        parameters: file.tensors.iter().map(|t| t.elements() as usize).sum(),
-        tensors: file.tensors.len(),
-        dtypes: tensor_types.keys().cloned().collect(),
-        tensor_types,
-        files: 1,
-        shape: ModelShape::from(&config),
-        tokenizer_tokens: tokens,
-        tokenizer_kind: tokens
-            .map(|_| format!("{} (pre-tokenizer {pre})", from_gguf::tokenizer_kind(&file))),
-        chat_template_chars: from_gguf::chat_template(&file).map(|t| t.chars().count()),
-        provenance: None,
-        gguf: Some(serde_json::json!({"version": file.version, "metadata": metadata})),
-    })
 }
 
 fn write_model_text(out: &mut impl Write, report: &ModelReport) -> std::io::Result<()> {

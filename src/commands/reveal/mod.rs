@@ -23,6 +23,7 @@ use curate::reveal::inputs::{
     Labels, RevealColumns, SourceSpec, label_indices, read_embeddings, read_labels, read_source,
 };
 use curate::reveal::knn::KnnOptions;
+use curate::reveal::report::Report;
 use curate::table::{ColumnRole, Format, Input, Output};
 
 /// The flags as REVEAL's settings and the gate's limits, range-checked before any file is
@@ -189,8 +190,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     stage("decide");
 
     let verdict = gate(&detection.decisions, &limits);
-    let report = outputs::Report {
-        args: &args,
+    let report = Report {
         labels: &labels,
         classes: &classes,
         given: &given,
@@ -198,6 +198,8 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         sources: &sources,
         detection: &detection,
         gate: &verdict,
+        filter_by: args.filter_by.into(),
+        soft_label: !args.no_soft_label,
     };
     let mut provenance = context.provenance();
     for digest in digests.join().expect("digest thread")? {
@@ -208,11 +210,11 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     output.write_frame(&frame, Some(&provenance))?;
     stage("write");
     if let Some(summary_output) = summary_output {
-        let mut bytes = serde_json::to_vec_pretty(&report.summary_json())?;
+        let mut bytes = serde_json::to_vec_pretty(&report.summary_json(outputs::failure_message))?;
         bytes.push(b'\n');
         summary_output.write_document(&bytes)?;
     }
-    report.print(&context.printer)?;
+    outputs::print(&report, &args.out, &context.printer)?;
     Ok(if verdict.failures.is_empty() {
         ExitStatus::Success
     } else {

@@ -690,7 +690,8 @@ mod tests {
             .unwrap()
             .str()
             .unwrap()
-            .iter().map(Option::unwrap)
+            .iter()
+            .map(Option::unwrap)
             .collect();
         assert_eq!(train_domain, vec!["code", "math"]);
         let positive: Vec<f64> = summary
@@ -746,7 +747,8 @@ mod tests {
             .unwrap()
             .str()
             .unwrap()
-            .iter().map(Option::unwrap)
+            .iter()
+            .map(Option::unwrap)
             .collect();
         assert_eq!(kind[0], "prompt");
         let score: Vec<f64> = segments
@@ -765,7 +767,8 @@ mod tests {
             .unwrap()
             .bool()
             .unwrap()
-            .iter().map(Option::unwrap)
+            .iter()
+            .map(Option::unwrap)
             .collect();
         assert_eq!(response, vec![false, true, true, true]);
     }

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod from_gguf;
 pub mod generate;
 pub mod gguf;
+pub mod inspect;
 pub mod lm;
 pub mod probe;
 pub mod tokenizer;

@@ -14,6 +14,7 @@ pub mod knn;
 pub mod multilabel;
 pub mod numeric;
 pub mod quality;
+pub mod report;
 
 pub use confident::{
     ConfidentJoint, CountMatrix, FilterBy, FilterOptions, IssueCount, confident_joint,

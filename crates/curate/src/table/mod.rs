@@ -1,6 +1,7 @@
 //! The columnar data layer: every command reads and writes tables through here.
 
 mod format;
+pub mod inspect;
 mod provenance;
 mod read;
 mod shard;
