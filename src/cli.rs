@@ -673,12 +673,12 @@ pub struct ReweightArgs {
     /// Which end each domain leans toward, as DOMAIN=hard|easy pairs [default:
     /// math=hard,code=easy, applied to those of the two present].
     #[arg(long, value_delimiter = ',', value_name = "DOMAIN=hard|easy")]
-    pub direction: Option<Vec<String>>,
+    pub direction: Option<Vec<curate::reweight::frame::DomainDirection>>,
 
     /// Explicit level proportions for a domain, easiest level first, as DOMAIN=p1,...,pK
     /// (normalised to sum to 1; repeat for several domains). Overrides --direction there.
     #[arg(long, value_name = "DOMAIN=P1,...,PK")]
-    pub target: Vec<String>,
+    pub target: Vec<curate::reweight::frame::DomainTarget>,
 
     /// Bin a continuous difficulty into K quantile levels per domain.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(2..))]

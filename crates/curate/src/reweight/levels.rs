@@ -38,11 +38,9 @@ impl fmt::Display for LevelError {
             LevelError::NotFinite { value, .. } => {
                 write!(f, "difficulty {value} is not a finite number")
             }
-            LevelError::NotWhole { value, .. } => write!(
-                f,
-                "difficulty {value} is not a whole number; pass --bins K to bin a continuous \
-                 difficulty into K quantile levels"
-            ),
+            LevelError::NotWhole { value, .. } => {
+                write!(f, "difficulty {value} is not a whole number")
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Dataset reweighting (Infra): the difficulty flip, influence-driven group weights and top-k
-//! selection, with capping, resampling and a before/after audit. No I/O here.
+//! selection, with capping, resampling and a before/after audit. No file I/O here: `frame`
+//! works on tables already read.
 
 pub mod audit;
+pub mod frame;
 pub mod levels;
 pub mod resample;
 pub mod rules;

@@ -58,13 +58,16 @@ impl fmt::Display for TargetError {
                 levels,
             } => write!(
                 f,
-                "--target {domain} gives {given} proportions but domain '{domain}' has {levels} \
-                 difficulty levels"
+                "the target for domain '{domain}' gives {given} proportions but the domain has \
+                 {levels} difficulty levels"
             ),
-            TargetError::Invalid { domain, detail } => write!(f, "--target {domain}: {detail}"),
+            TargetError::Invalid { domain, detail } => {
+                write!(f, "the target for domain '{domain}': {detail}")
+            }
             TargetError::EmptyLevel { domain, level } => write!(
                 f,
-                "--target {domain} puts mass on level {} but no row of domain '{domain}' is in it",
+                "the target for domain '{domain}' puts mass on level {} but no row of the domain \
+                 is in it",
                 level + 1
             ),
         }
@@ -282,6 +285,8 @@ pub fn top_fraction(
     weights
 }
 
+impl std::error::Error for TargetError {}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapError {
     pub cap: f64,
@@ -292,11 +297,13 @@ impl fmt::Display for CapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "--cap {} is below the mean weight {} it must preserve; use a cap of at least {}",
+            "cap {} is below the mean weight {} it must preserve; a cap of at least {} is needed",
             self.cap, self.mean, self.mean
         )
     }
 }
+
+impl std::error::Error for CapError {}
 
 /// Clip weights at `cap` and give the clipped mass back to the uncapped rows of the same
 /// preserved set, repeating until none exceeds the cap (water-filling), so totals hold.
@@ -421,7 +428,7 @@ mod tests {
         let err = flip(&groups, &HashMap::new(), &HashMap::from([(1, vec![1.0])])).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--target code gives 1 proportions but domain 'code' has 2 difficulty levels"
+            "the target for domain 'code' gives 1 proportions but the domain has 2 difficulty levels"
         );
         let err = flip(
             &groups,
@@ -431,7 +438,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "--target code: proportion -1 is not a non-negative number"
+            "the target for domain 'code': proportion -1 is not a non-negative number"
         );
     }
 
@@ -474,7 +481,7 @@ mod tests {
         let err = cap(&weights, &[0; 5], Preserve::Overall, 1.0).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("--cap 1 is below the mean weight 1.2")
+                .starts_with("cap 1 is below the mean weight 1.2")
         );
     }
 }
