@@ -4,7 +4,6 @@ mod convert;
 mod eval;
 mod influence;
 mod inspect;
-mod output_dir;
 mod rephrase;
 mod reveal;
 mod reweight;

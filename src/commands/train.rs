@@ -4,27 +4,25 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use burn::tensor::DType;
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::Context;
-use super::output_dir::OutputDir;
 use crate::ExitStatus;
 use crate::cli::{ArchArg, TrainArgs};
 use curate::error::{InputError, Interrupted, usage};
 use curate::interrupt;
-use curate::model::encode::{self as sequences, TextRows};
-use curate::model::train::{TrainSettings, Trainer};
-use curate::model::{
-    Architecture, LanguageModel, LmConfig, LoadOptions, Sequence, TemplateChoice, tokenizer,
+use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch};
+use curate::model::config::{ConfigSource, fresh_config};
+use curate::model::encode::TextRows;
+use curate::model::train::{
+    Diverged, LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps,
 };
-use curate::table::{self, Input};
-
-const TRAINER_STATE: &str = "trainer.json";
-const OPTIMIZER_STATE: &str = "optimizer.bpk";
-const CHECKPOINT_MODEL: &str = "model";
+use curate::model::{
+    Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, tokenizer,
+};
+use curate::table::{self, Input, OutputDir};
 
 pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
@@ -37,7 +35,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         .map(PathBuf::from)
         .unwrap_or_else(|| sibling(&out, "checkpoint"));
     let output = OutputDir::create(&out, args.force)?;
-    if args.resume && !checkpoint_dir.join(TRAINER_STATE).is_file() {
+    if args.resume && !Checkpoint::exists(&checkpoint_dir) {
         return Err(usage(format!(
             "--resume: no checkpoint in {} (it is written on Ctrl-C, --stop-after and --checkpoint-every)",
             checkpoint_dir.display()
@@ -54,7 +52,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         ..LoadOptions::inference(&device, dtype)
     };
     let mut lm = if args.resume {
-        LanguageModel::load(&checkpoint_dir.join(CHECKPOINT_MODEL), &options)?
+        LanguageModel::load(&Checkpoint::model_dir(&checkpoint_dir), &options)?
     } else if let Some(dir) = &args.model {
         let options = LoadOptions {
             allow_partial: args.allow_partial,
@@ -71,7 +69,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
             Some(path) => read_tokenizer(path)?,
             None => tokenizer::train_byte_level_bpe(rows.texts(), args.vocab_size)?,
         };
-        let config = initial_config(&args, &tokenizer)?;
+        let config = fresh_config(&config_source(&args), &tokenizer)?;
         let eos = config.eos_token_id.and_then(|id| tokenizer.id_to_token(id));
         let mut lm =
             LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?;
@@ -106,20 +104,31 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         ..TrainSettings::default()
     };
     let digest = input.digest()?;
-    let fingerprint = fingerprint(
-        &digest.sha256,
-        &settings,
-        &lm,
-        &tok,
-        &encoding,
-        weights.as_ref().map(|w| w.values.as_slice()),
-    );
+    let checkpoint = Checkpoint {
+        fingerprint: checkpoint::fingerprint(
+            &digest.sha256,
+            &settings,
+            &lm,
+            &tok,
+            &encoding,
+            weights.as_ref().map(|w| w.values.as_slice()),
+        ),
+        dir: checkpoint_dir,
+    };
     let mut trainer = Trainer::new(settings, sequences.iter().map(Sequence::len).collect());
     if let Some(weights) = &weights {
         trainer = trainer.with_weights(weights.values.clone());
     }
     if args.resume {
-        resume(&mut trainer, &checkpoint_dir, &fingerprint)?;
+        checkpoint.restore(&mut trainer).map_err(|err| {
+            match err.downcast_ref::<CheckpointMismatch>() {
+                Some(mismatch) => usage(format!(
+                    "--resume: the checkpoint in {} was made with other data or flags",
+                    mismatch.dir
+                )),
+                None => err,
+            }
+        })?;
     }
 
     let mut provenance = context.provenance();
@@ -145,8 +154,8 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
             err,
             "losses weighted by '{name}' (total {:.3}){}",
             weights.values.iter().sum::<f64>(),
-            if weights.left_out > 0 {
-                format!("; {} rows of weight 0 left out", weights.left_out)
+            if weights.left_out() > 0 {
+                format!("; {} rows of weight 0 left out", weights.left_out())
             } else {
                 String::new()
             }
@@ -163,33 +172,9 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     let bar = context.printer.progress_bar(total as u64, "train");
     bar.set_position(trainer.step as u64);
     let started = Instant::now();
-    let (mut tokens_seen, mut last_loss, mut steps_this_run) = (0usize, f64::NAN, 0usize);
-    let mut model = lm.model.clone();
-    while !trainer.is_done() {
-        if interrupt::check().is_err() {
-            lm.model = model;
-            save_checkpoint(&lm, &trainer, &checkpoint_dir, &fingerprint)?;
-            bar.abandon();
-            writeln!(
-                err,
-                "stopped at step {}; checkpoint in {} (continue with --resume)",
-                trainer.step,
-                checkpoint_dir.display()
-            )?;
-            return Err(Interrupted.into());
-        }
-        let (next, report) = trainer.train_step(&lm, model, &sequences);
-        model = next;
-        if !report.loss.is_finite() {
-            return Err(anyhow::anyhow!(
-                "loss became {} at step {}; lower --lr",
-                report.loss,
-                report.step
-            ));
-        }
+    let mut tokens_seen = 0usize;
+    let mut on_step = |report: &curate::model::train::StepReport| {
         tokens_seen += report.tokens;
-        last_loss = report.loss;
-        steps_this_run += 1;
         let rate = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {:.4}, {:.0} tok/s", report.loss, rate));
         bar.inc(1);
@@ -200,39 +185,55 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
             grad_norm = report.grad_norm,
             "step"
         );
-        let periodic = args
-            .checkpoint_every
-            .is_some_and(|every| trainer.step % every == 0 && !trainer.is_done());
-        let stopping = args.stop_after == Some(steps_this_run) && !trainer.is_done();
-        if periodic || stopping {
-            lm.model = model.clone();
-            save_checkpoint(&lm, &trainer, &checkpoint_dir, &fingerprint)?;
+    };
+    let plan = StopPlan {
+        checkpoint_every: args.checkpoint_every,
+        stop_after: args.stop_after,
+    };
+    let run = run_steps(
+        &mut lm,
+        &mut trainer,
+        &sequences,
+        &checkpoint,
+        plan,
+        &mut on_step,
+        &interrupt::requested,
+    )
+    .map_err(|err| match err.downcast_ref::<Diverged>() {
+        Some(diverged) => anyhow::anyhow!("{diverged}; lower --lr"),
+        None => err,
+    })?;
+    let resume_hint = format!(
+        "checkpoint in {} (continue with --resume)",
+        checkpoint.dir.display()
+    );
+    match run.end {
+        RunEnd::Interrupted => {
+            bar.abandon();
+            writeln!(err, "stopped at step {}; {resume_hint}", trainer.step)?;
+            return Err(Interrupted.into());
         }
-        if stopping {
+        RunEnd::StoppedAfter => {
             bar.finish_and_clear();
             writeln!(
                 err,
-                "stopped after {steps_this_run} steps (step {} of {total}); checkpoint in {} (continue with --resume)",
-                trainer.step,
-                checkpoint_dir.display()
+                "stopped after {} steps (step {} of {total}); {resume_hint}",
+                run.steps, trainer.step
             )?;
             return Ok(ExitStatus::Success);
         }
+        RunEnd::Finished => bar.finish_and_clear(),
     }
-    bar.finish_and_clear();
-    lm.model = model;
-
     lm.save(output.path(), &provenance.key_values())?;
     output.commit()?;
-    if checkpoint_dir.exists() {
-        std::fs::remove_dir_all(&checkpoint_dir)
-            .with_context(|| format!("cannot remove {}", checkpoint_dir.display()))?;
-    }
+    checkpoint.remove()?;
     let seconds = started.elapsed().as_secs_f64();
     writeln!(
         err,
-        "trained {steps_this_run} steps in {seconds:.1}s ({:.0} tokens/s), last loss {last_loss:.4}; wrote {}",
-        tokens_seen as f64 / seconds.max(1e-9),
+        "trained {} steps in {seconds:.1}s ({:.0} tokens/s), last loss {:.4}; wrote {}",
+        run.steps,
+        run.tokens as f64 / seconds.max(1e-9),
+        run.last_loss,
         out.display()
     )?;
     Ok(ExitStatus::Success)
@@ -293,14 +294,8 @@ fn read_tokenizer(path: &str) -> Result<Tokenizer> {
         .map_err(|e| InputError::new(path, format!("not a tokenizer: {e}")).into())
 }
 
-/// `--weight-col`'s weights of the rows kept, and how many rows weighed 0.
-struct RowWeights {
-    values: Vec<f64>,
-    left_out: usize,
-}
-
 /// The text rows and, with `--weight-col`, their weights; rows of weight 0 are left out.
-fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<RowWeights>)> {
+fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<LossWeights>)> {
     let frame = input.read()?;
     let label = input.label();
     table::require_rows(&frame, label)?;
@@ -308,157 +303,26 @@ fn read_rows(input: &Input, args: &TrainArgs) -> Result<(TextRows, Option<RowWei
     let Some(name) = &args.weight_col else {
         return Ok((rows, None));
     };
-    let role = table::ColumnRole::new(name, "--weight-col");
-    let weights = table::number_column(&frame, label, role, "weight")?;
-    if let Some(row) = weights.iter().position(|w| !w.is_finite() || *w < 0.0) {
-        return Err(InputError::new(
-            label,
-            format!(
-                "weight {} is not a finite non-negative number",
-                weights[row]
-            ),
-        )
-        .column(name.as_str())
-        .row(row + 1)
-        .into());
-    }
-    let keep: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
-    if !keep.contains(&true) {
-        return Err(
-            InputError::new(label, "every weight is 0: nothing to train on")
-                .column(name.as_str())
-                .into(),
-        );
-    }
-    let values: Vec<f64> = weights.into_iter().filter(|&w| w > 0.0).collect();
-    let left_out = keep.len() - values.len();
-    Ok((rows.select(&keep), Some(RowWeights { values, left_out })))
+    let weights = LossWeights::read(&frame, label, table::ColumnRole::new(name, "--weight-col"))?;
+    Ok((rows.select(&weights.keep), Some(weights)))
 }
 
-fn initial_config(args: &TrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
-    let vocab = tokenizer.get_vocab_size(true);
-    let end_of_text = tokenizer.token_to_id(tokenizer::END_OF_TEXT);
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| InputError::new(path.as_str(), format!("cannot read: {e}")))?;
-            let config =
-                LmConfig::from_json(&text).map_err(|m| InputError::new(path.as_str(), m))?;
-            if config.vocab_size < vocab {
-                return Err(InputError::new(
-                    path.as_str(),
-                    format!(
-                        "vocab size mismatch: vocab_size {} is smaller than the tokenizer's {vocab} tokens",
-                        config.vocab_size
-                    ),
-                )
-                .into());
-            }
-            config
-        }
-        None => {
-            let architecture = match args.arch {
+/// A fresh model's shape: `--config`, or the shape flags.
+fn config_source(args: &TrainArgs) -> ConfigSource<'_> {
+    match &args.config {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Shape {
+            architecture: match args.arch {
                 ArchArg::Llama => Architecture::Llama,
                 ArchArg::Qwen2 => Architecture::Qwen2,
-            };
-            let mut config = LmConfig::new(
-                architecture,
-                vocab,
-                args.hidden_size,
-                args.intermediate_size,
-                args.layers,
-                args.heads,
-                args.kv_heads,
-            );
-            config.max_position_embeddings = args.max_positions;
-            config.tie_word_embeddings = args.tie_embeddings;
-            config
-        }
-    };
-    if config.eos_token_id.is_none() {
-        config.eos_token_id = end_of_text;
+            },
+            hidden_size: args.hidden_size,
+            intermediate_size: args.intermediate_size,
+            layers: args.layers,
+            heads: args.heads,
+            kv_heads: args.kv_heads,
+            max_positions: args.max_positions,
+            tie_embeddings: args.tie_embeddings,
+        },
     }
-    if config.pad_token_id.is_none() {
-        config.pad_token_id = config.eos_token_id;
-    }
-    Ok(config)
-}
-
-/// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer,
-/// and how rows became sequences (chat template, system message, length limit).
-fn fingerprint(
-    data_sha256: &str,
-    settings: &TrainSettings,
-    lm: &LanguageModel,
-    tok: &Tokenizer,
-    encoding: &sequences::Encoding,
-    weights: Option<&[f64]>,
-) -> String {
-    let mut hash = Sha256::new();
-    if let Some(weights) = weights {
-        hash.update(b"weights\0");
-        for w in weights {
-            hash.update(w.to_le_bytes());
-        }
-    }
-    hash.update(data_sha256.as_bytes());
-    hash.update(format!("{settings:?}").as_bytes());
-    hash.update(lm.config.to_json().as_bytes());
-    hash.update(tok.to_string(false).unwrap_or_default().as_bytes());
-    if let Some(template) = encoding.chat {
-        hash.update(b"chat template\0");
-        hash.update(template.source().as_bytes());
-        hash.update(encoding.system.unwrap_or_default().as_bytes());
-    }
-    format!("{:x}", hash.finalize())
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TrainerState {
-    step: usize,
-    fingerprint: String,
-}
-
-fn save_checkpoint(
-    lm: &LanguageModel,
-    trainer: &Trainer,
-    dir: &Path,
-    fingerprint: &str,
-) -> Result<()> {
-    let staged = OutputDir::create(dir, true)?;
-    let model_dir = staged.path().join(CHECKPOINT_MODEL);
-    std::fs::create_dir(&model_dir)
-        .with_context(|| format!("cannot create {}", model_dir.display()))?;
-    lm.save(&model_dir, &[])?;
-    trainer.save_optimizer(&staged.path().join(OPTIMIZER_STATE))?;
-    let state = TrainerState {
-        step: trainer.step,
-        fingerprint: fingerprint.to_string(),
-    };
-    std::fs::write(
-        staged.path().join(TRAINER_STATE),
-        serde_json::to_string_pretty(&serde_json::json!(state))?,
-    )?;
-    staged.commit()
-}
-
-fn resume(trainer: &mut Trainer, dir: &Path, fingerprint: &str) -> Result<()> {
-    let path = dir.join(TRAINER_STATE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
-        InputError::new(
-            path.display().to_string(),
-            format!("not a trainer state: {e}"),
-        )
-    })?;
-    if state.fingerprint != fingerprint {
-        return Err(usage(format!(
-            "--resume: the checkpoint in {} was made with other data or flags",
-            dir.display()
-        )));
-    }
-    trainer.load_optimizer(&dir.join(OPTIMIZER_STATE))?;
-    trainer.step = state.step;
-    Ok(())
 }

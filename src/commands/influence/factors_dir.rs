@@ -5,10 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use crate::commands::output_dir::OutputDir;
 use curate::error::InputError;
 use curate::influence::FactorSet;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta};
+use curate::table::OutputDir;
 
 /// Write a factor directory atomically.
 pub fn save(

@@ -288,9 +288,120 @@ fn rope_settings(map: &Map<String, Value>) -> Result<f64, String> {
     Ok(theta.unwrap_or(10000.0))
 }
 
+/// Where a fresh model's shape comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigSource<'a> {
+    /// A `config.json` file.
+    File(&'a str),
+    /// These numbers, with transformers' defaults for the rest.
+    Shape {
+        architecture: Architecture,
+        hidden_size: usize,
+        intermediate_size: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        max_positions: usize,
+        tie_embeddings: bool,
+    },
+}
+
+/// The config of a fresh model for `tokenizer`: its vocabulary must fit, and the end-of-text
+/// and padding tokens default to the tokenizer's end-of-text token.
+pub fn fresh_config(
+    source: &ConfigSource,
+    tokenizer: &tokenizers::Tokenizer,
+) -> anyhow::Result<LmConfig> {
+    use crate::error::InputError;
+    let vocab = tokenizer.get_vocab_size(true);
+    let end_of_text = tokenizer.token_to_id(super::tokenizer::END_OF_TEXT);
+    let mut config = match *source {
+        ConfigSource::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| InputError::new(path, format!("cannot read: {e}")))?;
+            let config = LmConfig::from_json(&text).map_err(|m| InputError::new(path, m))?;
+            if config.vocab_size < vocab {
+                return Err(InputError::new(
+                    path,
+                    format!(
+                        "vocab size mismatch: vocab_size {} is smaller than the tokenizer's {vocab} tokens",
+                        config.vocab_size
+                    ),
+                )
+                .into());
+            }
+            config
+        }
+        ConfigSource::Shape {
+            architecture,
+            hidden_size,
+            intermediate_size,
+            layers,
+            heads,
+            kv_heads,
+            max_positions,
+            tie_embeddings,
+        } => {
+            let mut config = LmConfig::new(
+                architecture,
+                vocab,
+                hidden_size,
+                intermediate_size,
+                layers,
+                heads,
+                kv_heads,
+            );
+            config.max_position_embeddings = max_positions;
+            config.tie_word_embeddings = tie_embeddings;
+            config
+        }
+    };
+    if config.eos_token_id.is_none() {
+        config.eos_token_id = end_of_text;
+    }
+    if config.pad_token_id.is_none() {
+        config.pad_token_id = config.eos_token_id;
+    }
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_config_fits_the_tokenizer() {
+        let texts = ["one two three", "two three four"];
+        let tokenizer =
+            crate::model::tokenizer::train_byte_level_bpe(texts.iter().copied(), 300).unwrap();
+        let shape = ConfigSource::Shape {
+            architecture: Architecture::Qwen2,
+            hidden_size: 8,
+            intermediate_size: 16,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            max_positions: 32,
+            tie_embeddings: true,
+        };
+        let config = fresh_config(&shape, &tokenizer).unwrap();
+        assert_eq!(config.vocab_size, tokenizer.get_vocab_size(true));
+        assert!(config.eos_token_id.is_some());
+        assert_eq!(config.pad_token_id, config.eos_token_id);
+        assert!(config.tie_word_embeddings && config.qkv_bias);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let small = LmConfig {
+            vocab_size: 4,
+            ..config
+        };
+        std::fs::write(&path, small.to_json()).unwrap();
+        let err = fresh_config(&ConfigSource::File(path.to_str().unwrap()), &tokenizer)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocab size mismatch"), "{err}");
+    }
 
     #[test]
     fn reads_rope_theta_from_either_spelling() {

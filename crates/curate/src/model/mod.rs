@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod capture;
 pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod encode;

@@ -224,6 +224,147 @@ impl Trainer {
     }
 }
 
+/// When a run checkpoints and stops early.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopPlan {
+    /// Checkpoint every N steps.
+    pub checkpoint_every: Option<usize>,
+    /// Checkpoint and stop after N steps of this run.
+    pub stop_after: Option<usize>,
+}
+
+/// How a run of steps ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every step is done; the model holds the trained weights.
+    Finished,
+    /// Stopped after the planned steps, checkpoint written.
+    StoppedAfter,
+    /// Stopped on request, checkpoint written.
+    Interrupted,
+}
+
+/// What a run of steps did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSummary {
+    pub end: RunEnd,
+    pub steps: usize,
+    /// Loss-carrying tokens trained on.
+    pub tokens: usize,
+    pub last_loss: f64,
+}
+
+/// The loss stopped being a number.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("loss became {loss} at step {step}")]
+pub struct Diverged {
+    pub loss: f64,
+    pub step: usize,
+}
+
+/// Train `lm` until the trainer is done, checkpointing as `plan` says and when `interrupted`
+/// turns true (checked before each step). `on_step` sees every step's report.
+pub fn run_steps(
+    lm: &mut LanguageModel,
+    trainer: &mut Trainer,
+    sequences: &[Sequence],
+    checkpoint: &super::checkpoint::Checkpoint,
+    plan: StopPlan,
+    on_step: &mut dyn FnMut(&StepReport),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<RunSummary> {
+    let mut summary = RunSummary {
+        end: RunEnd::Finished,
+        steps: 0,
+        tokens: 0,
+        last_loss: f64::NAN,
+    };
+    let mut model = lm.model.clone();
+    while !trainer.is_done() {
+        if interrupted() {
+            lm.model = model;
+            checkpoint.save(lm, trainer)?;
+            summary.end = RunEnd::Interrupted;
+            return Ok(summary);
+        }
+        let (next, report) = trainer.train_step(lm, model, sequences);
+        model = next;
+        if !report.loss.is_finite() {
+            return Err(Diverged {
+                loss: report.loss,
+                step: report.step,
+            }
+            .into());
+        }
+        summary.steps += 1;
+        summary.tokens += report.tokens;
+        summary.last_loss = report.loss;
+        on_step(&report);
+        let periodic = plan
+            .checkpoint_every
+            .is_some_and(|every| trainer.step % every == 0 && !trainer.is_done());
+        let stopping = plan.stop_after == Some(summary.steps) && !trainer.is_done();
+        if periodic || stopping {
+            lm.model = model.clone();
+            checkpoint.save(lm, trainer)?;
+        }
+        if stopping {
+            summary.end = RunEnd::StoppedAfter;
+            return Ok(summary);
+        }
+    }
+    lm.model = model;
+    Ok(summary)
+}
+
+/// Per-row loss weights read from a column: finite and non-negative; rows of weight 0 are
+/// left out of training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossWeights {
+    /// The weights of the rows kept, in table order.
+    pub values: Vec<f64>,
+    /// Which rows are kept (weight above 0).
+    pub keep: Vec<bool>,
+}
+
+impl LossWeights {
+    pub fn read(
+        frame: &polars::prelude::DataFrame,
+        file: &str,
+        role: crate::table::ColumnRole,
+    ) -> Result<LossWeights> {
+        use crate::error::InputError;
+        let weights = crate::table::number_column(frame, file, role, "weight")?;
+        if let Some(row) = weights.iter().position(|w| !w.is_finite() || *w < 0.0) {
+            return Err(InputError::new(
+                file,
+                format!(
+                    "weight {} is not a finite non-negative number",
+                    weights[row]
+                ),
+            )
+            .column(role.name)
+            .row(row + 1)
+            .into());
+        }
+        let keep: Vec<bool> = weights.iter().map(|&w| w > 0.0).collect();
+        if !keep.contains(&true) {
+            return Err(
+                InputError::new(file, "every weight is 0: nothing to train on")
+                    .column(role.name)
+                    .into(),
+            );
+        }
+        let values = weights.into_iter().filter(|&w| w > 0.0).collect();
+        Ok(LossWeights { values, keep })
+    }
+
+    /// Rows of weight 0, left out.
+    pub fn left_out(&self) -> usize {
+        self.keep.len() - self.values.len()
+    }
+}
+
 /// One epoch's batches: rows shuffled by (seed, epoch), grouped with rows of similar length
 /// (a stable sort keeps the shuffled order within a length), cut into batches, and the batch
 /// order shuffled again, so padding stays small and every epoch differs.
@@ -290,6 +431,25 @@ fn rescale<const D: usize>(grads: &mut GradientsParams, id: burn::module::ParamI
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_weights_keep_positive_rows_and_refuse_bad_ones() {
+        use crate::table::ColumnRole;
+        use polars::prelude::*;
+        let role = ColumnRole::new("w", "the weights");
+        let frame = df!("w" => [1.0, 0.0, 2.5]).unwrap();
+        let weights = LossWeights::read(&frame, "t", role).unwrap();
+        assert_eq!(weights.values, [1.0, 2.5]);
+        assert_eq!(weights.keep, [true, false, true]);
+        assert_eq!(weights.left_out(), 1);
+        let negative = df!("w" => [1.0, -1.0]).unwrap();
+        let err = LossWeights::read(&negative, "t", role)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t: column 'w', row 2: weight -1"), "{err}");
+        let zeros = df!("w" => [0.0]).unwrap();
+        assert!(LossWeights::read(&zeros, "t", role).is_err());
+    }
 
     #[test]
     fn epochs_cover_every_row_once_and_differ() {

@@ -55,7 +55,7 @@ pub fn inspect_file(input: &Input, top: Option<usize>) -> Result<FileReport> {
     let pairs = input.key_value_metadata()?;
     let provenance =
         Provenance::from_key_values(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map(|p| ProvenanceReport::from(p));
+            .map(ProvenanceReport::from);
     let metadata = pairs
         .into_iter()
         .filter(|(key, _)| !key.starts_with("curate.") && !INTERNAL_KEYS.contains(&key.as_str()))
@@ -96,11 +96,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let path = path.to_str().unwrap();
-        let mut frame = df!("id" => [1i64, 2, 3], "kind" => ["a", "b", "a"]).unwrap();
+        let frame = df!("id" => [1i64, 2, 3], "kind" => ["a", "b", "a"]).unwrap();
         let provenance = Provenance::new(vec!["curate".into(), "test".into()], 7);
         Output::create(path, None, false)
             .unwrap()
-            .write_frame(&mut frame, Some(&provenance))
+            .write_frame(&frame, Some(&provenance))
             .unwrap();
         let input = Input::open(path, None).unwrap();
 

@@ -2,6 +2,7 @@
 
 mod format;
 pub mod inspect;
+mod output_dir;
 mod provenance;
 mod read;
 mod shard;
@@ -10,6 +11,7 @@ mod validate;
 mod write;
 
 pub use format::Format;
+pub use output_dir::OutputDir;
 pub use provenance::{InputDigest, Provenance, hex};
 pub use read::Input;
 pub use shard::Shard;

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use curate::error::usage;
+use crate::error::usage;
 
+/// A directory being written; it replaces the target only on [`OutputDir::commit`].
 pub struct OutputDir {
     target: PathBuf,
     staging: tempfile::TempDir,
