@@ -1114,7 +1114,7 @@ pub struct GradientArgs {
     /// Kronecker projection of each layer's gradient space to R_IN x R_OUT (kron:R_IN,R_OUT),
     /// seeded by --seed, module and side.
     #[arg(long, value_name = "kron:R_IN,R_OUT")]
-    pub project: Option<String>,
+    pub project: Option<curate::influence::Projection>,
 
     /// Id column (default: `id` when present, else the row index).
     #[arg(long, value_name = "NAME")]
@@ -1173,7 +1173,7 @@ pub struct InfluenceArgs {
     /// Damping added to every eigenvalue: a number, or `heuristic` (0.1 x the mean eigenvalue
     /// per layer).
     #[arg(long, default_value = "heuristic", value_name = "LAMBDA")]
-    pub damping: String,
+    pub damping: curate::influence::Damping,
 
     /// Reuse factors from `fit-factors`, `merge-factors` or --save-factors.
     #[arg(long, value_name = "DIR")]
@@ -1198,7 +1198,7 @@ pub struct InfluenceArgs {
 
     /// How responses are cut into segments: paragraph, sentence, step, answer, regex:PATTERN.
     #[arg(long, default_value = "paragraph", value_name = "SEGMENTER")]
-    pub segmenter: String,
+    pub segmenter: curate::influence::segment::Segmenter,
 
     /// Reference answer column for `--segmenter answer`.
     #[arg(long, default_value = "answer", value_name = "NAME")]

@@ -13,7 +13,6 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::tensor::DType;
 use regex::Regex;
-use sha2::{Digest, Sha256};
 
 use super::Context;
 use crate::ExitStatus;
@@ -22,19 +21,16 @@ use crate::cli::{
     MergeFactorsArgs, PrecondArg, QueryAggArg, TextArgs,
 };
 use crate::printer::Printer;
-use curate::error::InputError;
-use curate::error::usage;
+use curate::error::{InputError, usage};
 use curate::influence::examples::{self, Examples, ReadOptions};
 use curate::influence::report;
-use curate::influence::store::{self, FACTORS_FILE, FactorMeta, RunFit, StoredFactors};
-use curate::influence::{
-    self, Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
-    QueryAggregate, Stage, segment::Segmenter,
-};
+use curate::influence::run::{GradientRun, OnBatch, model_digest};
+use curate::influence::segment::Segmenter;
+use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
+use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
 use curate::interrupt;
-use curate::model::{self, ChatTemplate, LanguageModel, LoadOptions};
-use curate::table::ColumnRole;
-use curate::table::{InputDigest, Shard};
+use curate::model::{ChatTemplate, LanguageModel, LoadOptions, Sequence};
+use curate::table::{ColumnRole, InputDigest};
 
 pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     let args = *args;
@@ -47,22 +43,6 @@ pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     }
 }
 
-/// The model, the training examples and how gradients are taken.
-struct Setup {
-    lm: LanguageModel,
-    model_digest: String,
-    model_inputs: Vec<InputDigest>,
-    tracked: Regex,
-    projection: Option<Projection>,
-    fisher: Fisher,
-    shard: Shard,
-    batch_size: usize,
-    cache_bytes: usize,
-    /// The chat template text rows go through, if any.
-    chat: Option<ChatTemplate>,
-    train: Examples,
-}
-
 fn preconditioner(arg: PrecondArg) -> Preconditioner {
     match arg {
         PrecondArg::Identity => Preconditioner::Identity,
@@ -72,37 +52,29 @@ fn preconditioner(arg: PrecondArg) -> Preconditioner {
     }
 }
 
-fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Result<Setup> {
+/// The gradient flags as a run: the model loaded, the training rows read and encoded.
+fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Result<GradientRun> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be positive"));
     }
     let tracked = Regex::new(&args.modules)
         .map_err(|e| usage(format!("--modules {:?}: {e}", args.modules)))?;
-    let projection = args
-        .project
-        .as_deref()
-        .map(|spec| {
-            spec.parse::<Projection>().map(|p| Projection {
-                seed: context.seed,
-                ..p
-            })
-        })
-        .transpose()
-        .map_err(usage)?;
-    let shard = crate::commands::shard(args.shard.as_deref())?;
+    let projection = args.project.map(|p| Projection {
+        seed: context.seed,
+        ..p
+    });
     let fisher = match args.fisher {
         FisherArg::Empirical => Fisher::Empirical,
         FisherArg::Sampled => Fisher::Sampled { seed: context.seed },
     };
     let device = crate::commands::device(&args.device)?;
-    let dtype = DType::from(args.dtype);
     let model_dir = Path::new(args.model.as_deref().expect("clap requires --model"));
     let lm = LanguageModel::load(
         model_dir,
         &LoadOptions {
             allow_partial: args.allow_partial,
             seed: context.seed,
-            ..LoadOptions::inference(&device, dtype)
+            ..LoadOptions::inference(&device, DType::from(args.dtype))
         },
     )?;
     let (model_digest, model_inputs) = model_digest(model_dir)?;
@@ -116,14 +88,14 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         &lm,
         &options,
     )?;
-    Ok(Setup {
+    Ok(GradientRun {
         lm,
         model_digest,
         model_inputs,
         tracked,
         projection,
         fisher,
-        shard,
+        shard: crate::commands::shard(args.shard.as_deref())?,
         batch_size: args.batch_size,
         cache_bytes: args.cache_mib << 20,
         chat,
@@ -150,124 +122,59 @@ fn read_options<'a>(
     }
 }
 
-/// sha256 over the model's files (config and weights, or the GGUF file), and each file's
-/// digest for provenance.
-fn model_digest(path: &Path) -> Result<(String, Vec<InputDigest>)> {
-    let files = model::model_files(path)?;
-    let mut hash = Sha256::new();
-    let mut digests = Vec::new();
-    for file in files {
-        let digest = InputDigest::of_file(file.display().to_string(), &file)?;
-        hash.update(digest.sha256.as_bytes());
-        digests.push(digest);
-    }
-    Ok((format!("{:x}", hash.finalize()), digests))
-}
-
-fn fisher_name(fisher: Fisher) -> String {
-    match fisher {
-        Fisher::Empirical => "empirical".to_string(),
-        Fisher::Sampled { seed } => format!("sampled:{seed}"),
-    }
-}
-
-/// Progress per pass: a bar on stderr (TTY only) and a Ctrl-C check after every batch.
-fn pass<'a>(
+/// Run one pass with a progress bar on stderr (TTY only) and a Ctrl-C check after every
+/// batch.
+fn with_progress<T>(
     printer: &Printer,
     label: &str,
     total: usize,
-    bar_slot: &'a mut Option<indicatif::ProgressBar>,
-) -> impl FnMut(usize) -> Result<()> + 'a {
+    pass: impl FnOnce(OnBatch) -> Result<T>,
+) -> Result<T> {
     let bar = printer.progress_bar(total as u64, label);
-    *bar_slot = Some(bar.clone());
-    move |n| {
+    let mut on_batch = |n: usize| {
         bar.inc(n as u64);
         interrupt::check()?;
         Ok(())
-    }
+    };
+    let result = pass(&mut on_batch)?;
+    bar.finish_and_clear();
+    Ok(result)
 }
 
-/// Fit what `preconditioner` needs on `rows`: complete factors, or with sharding the partial
-/// sums of one stage.
+/// Fit what `preconditioner` needs on the run's rows, with a progress bar.
 fn fit(
-    setup: &Setup,
+    run: &GradientRun,
     preconditioner: Preconditioner,
     covariance: Option<&FactorSet>,
     context: &Context,
 ) -> Result<FactorSet> {
-    let source = LmSource {
-        model: &setup.lm,
-        sequences: &setup.train.sequences,
-        tracked: &setup.tracked,
-    };
-    let rows = setup.shard.rows(setup.train.len());
-    let passes = if covariance.is_none() && preconditioner.two_passes() && setup.shard.count == 1 {
-        2
-    } else {
-        1
-    };
-    let mut bar = None;
-    let factors = {
-        let mut on_batch = pass(&context.printer, "factors", passes * rows.len(), &mut bar);
-        let mut options = PassOptions {
-            batch_size: setup.batch_size,
-            projection: setup.projection,
-            cache_bytes: setup.cache_bytes,
-            on_batch: &mut on_batch,
-        };
-        if let Some(covariance) = covariance {
-            influence::fit_lambdas(
-                &source,
-                rows,
-                setup.fisher,
-                preconditioner,
-                Some(covariance),
-                &mut options,
-            )?
-        } else if preconditioner.two_passes() && setup.shard.count > 1 {
-            influence::fit_covariances(&source, rows, setup.fisher, preconditioner, &mut options)?
-        } else {
-            influence::fit_factors(&source, rows, setup.fisher, preconditioner, &mut options)?
-        }
-    };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(factors)
-}
-
-fn meta_for(setup: &Setup, factors: &FactorSet, covariance: Option<String>) -> FactorMeta {
-    FactorMeta {
-        preconditioner: factors.preconditioner.name().to_string(),
-        stage: factors.stage.name().to_string(),
-        fisher: fisher_name(setup.fisher),
-        projection: setup.projection.map(|p| p.to_string()),
-        modules: factors
-            .modules
-            .iter()
-            .map(|m| (m.name.clone(), m.in_dim, m.out_dim))
-            .collect(),
-        model: setup.model_digest.clone(),
-        train: setup.train.digest.sha256.clone(),
-        shard: (setup.shard.count > 1).then(|| setup.shard.to_string()),
-        covariance,
-    }
+    let total = run.fit_passes(preconditioner, covariance.is_some());
+    with_progress(&context.printer, "factors", total, |on_batch| {
+        run.fit(preconditioner, covariance, on_batch)
+    })
 }
 
 fn provenance_of(
-    setup: &Setup,
+    run: &GradientRun,
     context: &Context,
     extra: Option<&Examples>,
 ) -> curate::table::Provenance {
     let mut provenance = context.provenance();
-    for digest in &setup.model_inputs {
-        provenance.add_input(digest.clone());
-    }
-    provenance.add_input(setup.train.digest.clone());
-    if let Some(extra) = extra {
-        provenance.add_input(extra.digest.clone());
-    }
+    run.add_inputs(&mut provenance, extra);
     provenance
+}
+
+/// Factors fitted elsewhere must be for this model, labels and projection.
+fn check_compatible(
+    dir: &str,
+    meta: &FactorMeta,
+    run: &GradientRun,
+    preconditioner: Preconditioner,
+) -> Result<()> {
+    match run.mismatch(meta, preconditioner) {
+        Some(mismatch) => Err(InputError::new(format!("{dir}/{FACTORS_FILE}"), mismatch).into()),
+        None => Ok(()),
+    }
 }
 
 fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
@@ -303,7 +210,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let factors = fit(&setup, preconditioner, covariance.as_ref(), context)?;
     let covariance_digest = covariance.as_ref().map(store::covariance_digest);
-    let meta = meta_for(&setup, &factors, covariance_digest);
+    let meta = setup.meta(&factors, covariance_digest);
     let provenance = provenance_of(&setup, context, None);
     factors_dir::save(out, &factors, &meta, &provenance.key_values(), args.force)?;
     writeln!(
@@ -314,34 +221,11 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
         meta.shard
             .as_ref()
             .map_or(String::new(), |s| format!(", shard {s}")),
-        setup.shard.rows(setup.train.len()).len(),
+        setup.rows().len(),
         started.elapsed().as_secs_f64(),
         out.display()
     )?;
     Ok(ExitStatus::Success)
-}
-
-/// Factors fitted elsewhere must be for this model, labels and projection.
-fn check_compatible(
-    dir: &str,
-    meta: &FactorMeta,
-    setup: &Setup,
-    preconditioner: Preconditioner,
-) -> Result<()> {
-    let projection = setup.projection.map(|p| p.to_string());
-    let fisher = fisher_name(setup.fisher);
-    let run = RunFit {
-        preconditioner: preconditioner.name(),
-        model: &setup.model_digest,
-        projection: projection.as_deref(),
-        fisher: &fisher,
-    };
-    match meta.mismatch(&run) {
-        Some(mismatch) => {
-            Err(InputError::new(format!("{dir}/{FACTORS_FILE}"), mismatch.to_string()).into())
-        }
-        None => Ok(()),
-    }
 }
 
 fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus> {
@@ -374,15 +258,12 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
 }
 
 fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
-    let damping: Damping = args.damping.parse().map_err(usage)?;
-    let segmenter: Segmenter = args.segmenter.parse().map_err(usage)?;
     let aggregate = match args.query_agg {
         QueryAggArg::None => QueryAggregate::None,
         QueryAggArg::Mean => QueryAggregate::Mean,
         QueryAggArg::Sum => QueryAggregate::Sum,
     };
     let out = args.out.clone().expect("clap requires --out");
-    let granularity = args.granularity;
     let outputs = outputs::Outputs::create(&out, &args)?;
     if args.gradients.shard.is_some()
         && args.factors.is_none()
@@ -392,18 +273,76 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
             "--shard scores one part of the training rows against factors of all of them: fit them first (fit-factors, merge-factors) and pass --factors",
         ));
     }
-    let segmenting = granularity != GranularityArg::Example;
+    let segmenting = args.granularity != GranularityArg::Example;
     let setup = setup(
         &args.gradients,
         context,
         segmenting.then_some(args.answer_col.as_str()),
     )?;
-    if matches!(segmenter, Segmenter::Answer) && segmenting && setup.train.answers.is_none() {
+    if matches!(args.segmenter, Segmenter::Answer) && segmenting && setup.train.answers.is_none() {
         return Err(usage(format!(
             "{}: --segmenter answer needs the reference answer column '{}' (name it with --answer-col)",
             setup.train.file, args.answer_col
         )));
     }
+    let (query, query_rows) = read_queries(&args, &setup, context)?;
+    let started = Instant::now();
+    let factors = score_factors(&args, &setup, context)?;
+    let fitted = started.elapsed().as_secs_f64();
+
+    // Query gradients, preconditioned once; then this shard's training rows against them.
+    let kept: Vec<Sequence> = query_rows
+        .iter()
+        .map(|&i| query.sequences[i].clone())
+        .collect();
+    let queries = with_progress(&context.printer, "queries", kept.len(), |on_batch| {
+        setup.query_gradients(&kept, &factors, args.damping, aggregate, on_batch)
+    })?;
+    let rows = setup.rows().len();
+    let collected = with_progress(&context.printer, "scores", rows, |on_batch| {
+        setup.score(&queries, segmenting, on_batch)
+    })?;
+    let scored = started.elapsed().as_secs_f64() - fitted;
+
+    let query_labels = report::QueryLabels::new(&query, &query_rows, aggregate)?;
+    let provenance = provenance_of(&setup, context, Some(&query));
+    let written = outputs.write(
+        &collected,
+        &report::Tables {
+            train: &setup.train,
+            query: &query_labels,
+            tokenizer: setup.lm.tokenizer.as_ref(),
+            segmenter: &args.segmenter,
+            per_module: args.per_module,
+            ranked: setup.shard.count == 1,
+        },
+        &provenance,
+    )?;
+    writeln!(
+        context.printer.stderr(),
+        "scored {rows} training examples against {} (precond {}, {} modules): factors {fitted:.1}s, scores {scored:.1}s; wrote {}",
+        match aggregate {
+            QueryAggregate::None => format!("{} queries", queries.count),
+            QueryAggregate::Mean => format!("the mean of {} queries", kept.len()),
+            QueryAggregate::Sum => format!("the sum of {} queries", kept.len()),
+        },
+        factors.preconditioner.name(),
+        queries.names.len(),
+        written.join(", ")
+    )?;
+    if let Some(k) = args.top {
+        outputs::print_top(&context.printer, &collected, &setup.train, k)?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The query table and the rows scored against: every row, or those marked correct (checked
+/// before any factor is fitted).
+fn read_queries(
+    args: &InfluenceArgs,
+    setup: &GradientRun,
+    context: &Context,
+) -> Result<(Examples, Vec<usize>)> {
     let query_options = ReadOptions {
         correct: Some(ColumnRole::new(&args.correct_col, "--correct-col")),
         ..read_options(
@@ -429,14 +368,12 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
             )?;
         }
     }
-    // The queries scored against: every row, or those marked correct (checked before any
-    // factor is fitted).
     let query_rows: Vec<usize> = match &query.correct {
         Some(flags) => (0..query.len()).filter(|&i| flags[i]).collect(),
         None => (0..query.len()).collect(),
     };
     if query_rows.is_empty() {
-        return Err(curate::error::InputError::new(
+        return Err(InputError::new(
             query.file.as_str(),
             format!("no query row is marked correct in '{}'", args.correct_col),
         )
@@ -444,171 +381,65 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         .into());
     }
     if query.correct.is_some() {
+        let unknown = match query.correct_unknown {
+            0 => String::new(),
+            n => format!(" ({n} without a verdict are left out)"),
+        };
         writeln!(
             err,
-            "{}: {} of {} queries marked correct in '{}'{}",
+            "{}: {} of {} queries marked correct in '{}'{unknown}",
             query.file,
             query_rows.len(),
             query.len(),
             args.correct_col,
-            if query.correct_unknown > 0 {
-                format!(
-                    " ({} without a verdict are left out)",
-                    query.correct_unknown
-                )
-            } else {
-                String::new()
-            }
         )?;
     }
-    let started = Instant::now();
+    Ok((query, query_rows))
+}
 
-    // Factors: reused, or fitted on every training row (then there is no shard).
-    let factors = match &args.factors {
-        Some(dir) => {
-            let (set, meta) = factors_dir::load(Path::new(dir))?;
-            let wanted = args
-                .precond
-                .map(preconditioner)
-                .unwrap_or(set.preconditioner);
-            check_compatible(dir, &meta, &setup, wanted)?;
-            if set.stage != Stage::Complete || meta.shard.is_some() {
-                return Err(usage(format!(
-                    "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
-                    meta.stage,
-                    meta.shard
-                        .map_or(String::new(), |s| format!(" of shard {s}"))
-                )));
-            }
-            set
+/// The factors scores are preconditioned with: reused from `--factors`, or fitted on every
+/// training row (then there is no shard) and kept with `--save-factors`.
+fn score_factors(
+    args: &InfluenceArgs,
+    setup: &GradientRun,
+    context: &Context,
+) -> Result<FactorSet> {
+    if let Some(dir) = &args.factors {
+        let (set, meta) = factors_dir::load(Path::new(dir))?;
+        let wanted = args
+            .precond
+            .map(preconditioner)
+            .unwrap_or(set.preconditioner);
+        check_compatible(dir, &meta, setup, wanted)?;
+        if set.stage != Stage::Complete || meta.shard.is_some() {
+            return Err(usage(format!(
+                "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
+                meta.stage,
+                meta.shard
+                    .map_or(String::new(), |s| format!(" of shard {s}"))
+            )));
         }
-        None => {
-            let wanted = args
-                .precond
-                .map(preconditioner)
-                .unwrap_or(Preconditioner::Ekfac);
-            let set = if wanted == Preconditioner::Identity {
-                FactorSet::new(wanted, Stage::Complete)
-            } else {
-                fit(&setup, wanted, None, context)?
-            };
-            if let Some(dir) = &args.save_factors {
-                let meta = meta_for(&setup, &set, None);
-                let provenance = provenance_of(&setup, context, None);
-                factors_dir::save(
-                    Path::new(dir),
-                    &set,
-                    &meta,
-                    &provenance.key_values(),
-                    args.force,
-                )?;
-            }
-            set
-        }
-    };
-    let fitted = started.elapsed().as_secs_f64();
-
-    // Query gradients, preconditioned once.
-    let kept: Vec<curate::model::Sequence> = query_rows
-        .iter()
-        .map(|&i| query.sequences[i].clone())
-        .collect();
-    let query_source = LmSource {
-        model: &setup.lm,
-        sequences: &kept,
-        tracked: &setup.tracked,
-    };
-    let mut bar = None;
-    let queries = {
-        let mut on_batch = pass(&context.printer, "queries", kept.len(), &mut bar);
-        let mut options = PassOptions {
-            batch_size: setup.batch_size,
-            projection: setup.projection,
-            cache_bytes: 0,
-            on_batch: &mut on_batch,
-        };
-        influence::query_gradients(
-            &query_source,
-            0..kept.len(),
-            &factors,
-            damping,
-            aggregate,
-            &mut options,
-        )?
-    };
-    if let Some(bar) = bar.take() {
-        bar.finish_and_clear();
+        return Ok(set);
     }
-
-    // Training rows of this shard against every query.
-    let rows = setup.shard.rows(setup.train.len());
-    let train_source = LmSource {
-        model: &setup.lm,
-        sequences: &setup.train.sequences,
-        tracked: &setup.tracked,
+    let wanted = args
+        .precond
+        .map(preconditioner)
+        .unwrap_or(Preconditioner::Ekfac);
+    let set = if wanted == Preconditioner::Identity {
+        FactorSet::new(wanted, Stage::Complete)
+    } else {
+        fit(setup, wanted, None, context)?
     };
-    let mut collected = report::Collected::new(
-        queries.count,
-        queries.names.clone(),
-        rows.clone(),
-        granularity != GranularityArg::Example,
-    );
-    {
-        let mut on_batch = pass(&context.printer, "scores", rows.len(), &mut bar);
-        let mut options = PassOptions {
-            batch_size: setup.batch_size,
-            projection: setup.projection,
-            cache_bytes: 0,
-            on_batch: &mut on_batch,
-        };
-        influence::score(
-            &train_source,
-            rows.clone(),
-            &queries,
-            granularity != GranularityArg::Example,
-            &mut options,
-            |batch| {
-                collected.add(batch);
-                Ok(())
-            },
+    if let Some(dir) = &args.save_factors {
+        let meta = setup.meta(&set, None);
+        let provenance = provenance_of(setup, context, None);
+        factors_dir::save(
+            Path::new(dir),
+            &set,
+            &meta,
+            &provenance.key_values(),
+            args.force,
         )?;
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let scored = started.elapsed().as_secs_f64() - fitted;
-
-    let query_labels = report::QueryLabels::new(&query, &query_rows, aggregate)?;
-    let provenance = provenance_of(&setup, context, Some(&query));
-    let written = outputs.write(
-        &collected,
-        &report::Tables {
-            train: &setup.train,
-            query: &query_labels,
-            tokenizer: setup.lm.tokenizer.as_ref(),
-            segmenter: &segmenter,
-            per_module: args.per_module,
-            ranked: setup.shard.count == 1,
-        },
-        &provenance,
-    )?;
-    writeln!(
-        err,
-        "scored {} training examples against {} (precond {}, {} modules): factors {:.1}s, scores {:.1}s; wrote {}",
-        rows.len(),
-        match aggregate {
-            QueryAggregate::None => format!("{} queries", queries.count),
-            QueryAggregate::Mean => format!("the mean of {} queries", kept.len()),
-            QueryAggregate::Sum => format!("the sum of {} queries", kept.len()),
-        },
-        factors.preconditioner.name(),
-        queries.names.len(),
-        fitted,
-        scored,
-        written.join(", ")
-    )?;
-    if let Some(k) = args.top {
-        outputs::print_top(&context.printer, &collected, &setup.train, k)?;
-    }
-    Ok(ExitStatus::Success)
+    Ok(set)
 }

@@ -1,0 +1,318 @@
+//! One influence run over a model and its training examples: fitting factors, preconditioning
+//! query gradients and scoring the training rows, each pass reporting its batches.
+
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::Result;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use super::examples::Examples;
+use super::report::Collected;
+use super::store::{FactorMeta, RunFit};
+use super::{
+    Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection, QueryAggregate,
+    QueryGradients,
+};
+use crate::model::{self, ChatTemplate, LanguageModel, Sequence};
+use crate::table::{InputDigest, Provenance, Shard};
+
+/// Called after each batch with the examples it held; an error stops the pass.
+pub type OnBatch<'a> = &'a mut dyn FnMut(usize) -> Result<()>;
+
+/// The model, the training examples and how gradients are taken.
+pub struct GradientRun {
+    pub lm: LanguageModel,
+    /// sha256 over the model's files.
+    pub model_digest: String,
+    /// Each model file's digest, for provenance.
+    pub model_inputs: Vec<InputDigest>,
+    /// Modules whose gradients count.
+    pub tracked: Regex,
+    pub projection: Option<Projection>,
+    pub fisher: Fisher,
+    /// The training rows this run fits or scores.
+    pub shard: Shard,
+    pub batch_size: usize,
+    /// Memory EK-FAC may keep between its passes.
+    pub cache_bytes: usize,
+    /// The chat template text rows went through, if any.
+    pub chat: Option<ChatTemplate>,
+    pub train: Examples,
+}
+
+impl GradientRun {
+    fn source<'a>(&'a self, sequences: &'a [Sequence]) -> LmSource<'a> {
+        LmSource {
+            model: &self.lm,
+            sequences,
+            tracked: &self.tracked,
+        }
+    }
+
+    fn options<'a>(&self, cache_bytes: usize, on_batch: OnBatch<'a>) -> PassOptions<'a> {
+        PassOptions {
+            batch_size: self.batch_size,
+            projection: self.projection,
+            cache_bytes,
+            on_batch,
+        }
+    }
+
+    /// This run's training rows.
+    pub fn rows(&self) -> Range<usize> {
+        self.shard.rows(self.train.len())
+    }
+
+    /// Examples a fit of `preconditioner` passes over (two passes for EK-FAC and K-FAC on
+    /// unsharded rows without given covariances).
+    pub fn fit_passes(&self, preconditioner: Preconditioner, with_covariance: bool) -> usize {
+        let passes = if !with_covariance && preconditioner.two_passes() && self.shard.count == 1 {
+            2
+        } else {
+            1
+        };
+        passes * self.rows().len()
+    }
+
+    /// Fit what `preconditioner` needs on this run's rows: complete factors, or with sharding
+    /// the partial sums of one stage (covariances, or eigenvalue corrections against the
+    /// merged `covariance`).
+    pub fn fit(
+        &self,
+        preconditioner: Preconditioner,
+        covariance: Option<&FactorSet>,
+        on_batch: OnBatch,
+    ) -> Result<FactorSet> {
+        let source = self.source(&self.train.sequences);
+        let rows = self.rows();
+        let mut options = self.options(self.cache_bytes, on_batch);
+        if let Some(covariance) = covariance {
+            super::fit_lambdas(
+                &source,
+                rows,
+                self.fisher,
+                preconditioner,
+                Some(covariance),
+                &mut options,
+            )
+        } else if preconditioner.two_passes() && self.shard.count > 1 {
+            super::fit_covariances(&source, rows, self.fisher, preconditioner, &mut options)
+        } else {
+            super::fit_factors(&source, rows, self.fisher, preconditioner, &mut options)
+        }
+    }
+
+    /// The gradients of `queries`, preconditioned once by `factors`.
+    pub fn query_gradients(
+        &self,
+        queries: &[Sequence],
+        factors: &FactorSet,
+        damping: Damping,
+        aggregate: QueryAggregate,
+        on_batch: OnBatch,
+    ) -> Result<QueryGradients> {
+        let source = self.source(queries);
+        let mut options = self.options(0, on_batch);
+        super::query_gradients(
+            &source,
+            0..queries.len(),
+            factors,
+            damping,
+            aggregate,
+            &mut options,
+        )
+    }
+
+    /// Score this run's training rows against `queries`, per example and, with `tokens`,
+    /// per token.
+    pub fn score(
+        &self,
+        queries: &QueryGradients,
+        tokens: bool,
+        on_batch: OnBatch,
+    ) -> Result<Collected> {
+        let rows = self.rows();
+        let mut collected =
+            Collected::new(queries.count, queries.names.clone(), rows.clone(), tokens);
+        let source = self.source(&self.train.sequences);
+        let mut options = self.options(0, on_batch);
+        super::score(&source, rows, queries, tokens, &mut options, |batch| {
+            collected.add(batch);
+            Ok(())
+        })?;
+        Ok(collected)
+    }
+
+    /// What factors fitted by this run record about it.
+    pub fn meta(&self, factors: &FactorSet, covariance: Option<String>) -> FactorMeta {
+        FactorMeta {
+            preconditioner: factors.preconditioner.name().to_string(),
+            stage: factors.stage.name().to_string(),
+            fisher: fisher_name(self.fisher),
+            projection: self.projection.map(|p| p.to_string()),
+            modules: factors
+                .modules
+                .iter()
+                .map(|m| (m.name.clone(), m.in_dim, m.out_dim))
+                .collect(),
+            model: self.model_digest.clone(),
+            train: self.train.digest.sha256.clone(),
+            shard: (self.shard.count > 1).then(|| self.shard.to_string()),
+            covariance,
+        }
+    }
+
+    /// Why factors fitted elsewhere do not fit this run (other model, projection, Fisher or
+    /// preconditioner), if they do not.
+    pub fn mismatch(&self, meta: &FactorMeta, preconditioner: Preconditioner) -> Option<String> {
+        let projection = self.projection.map(|p| p.to_string());
+        let fisher = fisher_name(self.fisher);
+        let run = RunFit {
+            preconditioner: preconditioner.name(),
+            model: &self.model_digest,
+            projection: projection.as_deref(),
+            fisher: &fisher,
+        };
+        meta.mismatch(&run).map(|m| m.to_string())
+    }
+
+    /// Add the model's and the training table's digests (and `extra`'s) to `provenance`.
+    pub fn add_inputs(&self, provenance: &mut Provenance, extra: Option<&Examples>) {
+        for digest in &self.model_inputs {
+            provenance.add_input(digest.clone());
+        }
+        provenance.add_input(self.train.digest.clone());
+        if let Some(extra) = extra {
+            provenance.add_input(extra.digest.clone());
+        }
+    }
+}
+
+/// How factor metadata names a Fisher.
+pub fn fisher_name(fisher: Fisher) -> String {
+    match fisher {
+        Fisher::Empirical => "empirical".to_string(),
+        Fisher::Sampled { seed } => format!("sampled:{seed}"),
+    }
+}
+
+/// sha256 over the model's files (config and weights, or the GGUF file), and each file's
+/// digest for provenance.
+pub fn model_digest(path: &Path) -> Result<(String, Vec<InputDigest>)> {
+    let files = model::model_files(path)?;
+    let mut hash = Sha256::new();
+    let mut digests = Vec::new();
+    for file in files {
+        let digest = InputDigest::of_file(file.display().to_string(), &file)?;
+        hash.update(digest.sha256.as_bytes());
+        digests.push(digest);
+    }
+    Ok((format!("{:x}", hash.finalize()), digests))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Architecture, DEFAULT_TRACKED, LmConfig};
+    use burn::tensor::{DType, Device};
+    use polars::prelude::Column;
+
+    fn run(shard: Shard) -> GradientRun {
+        let mut config = LmConfig::new(Architecture::Llama, 16, 8, 16, 1, 2, 1);
+        config.max_position_embeddings = 16;
+        let lm = LanguageModel::init(config, None, 0, &Device::flex(), DType::F32, true).unwrap();
+        let sequences: Vec<Sequence> = (0..5)
+            .map(|i| Sequence::prompt_response(&[1, 2 + i % 3], &[4 + i % 5, 9]))
+            .collect();
+        let train = Examples {
+            file: "train".into(),
+            digest: InputDigest {
+                path: "train".into(),
+                sha256: "t".into(),
+                bytes: 0,
+            },
+            ids: Column::new("id".into(), (0..5u32).collect::<Vec<_>>()),
+            sequences,
+            truncated: 0,
+            domain: None,
+            difficulty: None,
+            responses: None,
+            answers: None,
+            correct: None,
+            correct_unknown: 0,
+        };
+        GradientRun {
+            lm,
+            model_digest: "m".into(),
+            model_inputs: Vec::new(),
+            tracked: Regex::new(DEFAULT_TRACKED).unwrap(),
+            projection: None,
+            fisher: Fisher::Empirical,
+            shard,
+            batch_size: 2,
+            cache_bytes: 1 << 20,
+            chat: None,
+            train,
+        }
+    }
+
+    #[test]
+    fn fits_preconditions_and_scores_every_row_of_the_shard() {
+        let whole = run(Shard::WHOLE);
+        assert_eq!(whole.fit_passes(Preconditioner::Ekfac, false), 10);
+        assert_eq!(whole.fit_passes(Preconditioner::Diagonal, false), 5);
+        let mut batches = 0;
+        let factors = whole
+            .fit(Preconditioner::Ekfac, None, &mut |n| {
+                batches += n;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(factors.stage, super::super::Stage::Complete);
+        assert_eq!(factors.modules.len(), 3);
+        let queries: Vec<Sequence> = whole.train.sequences[..2].to_vec();
+        let gradients = whole
+            .query_gradients(
+                &queries,
+                &factors,
+                Damping::Heuristic,
+                QueryAggregate::None,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(gradients.count, 2);
+        let collected = whole.score(&gradients, true, &mut |_| Ok(())).unwrap();
+        assert_eq!(collected.rows, 0..5);
+        assert_eq!(collected.examples.len(), 2);
+        assert!(collected.examples[0].iter().all(|s| s.is_finite()));
+        assert_eq!(collected.tokens.as_ref().unwrap().len(), 5);
+
+        let meta = whole.meta(&factors, None);
+        assert_eq!(
+            (meta.fisher.as_str(), meta.shard.as_ref()),
+            ("empirical", None)
+        );
+        assert!(whole.mismatch(&meta, Preconditioner::Ekfac).is_none());
+        assert!(whole.mismatch(&meta, Preconditioner::Kfac).is_some());
+        // A stop request from the batch callback ends the pass with its error.
+        let stopped = whole.fit(Preconditioner::Diagonal, None, &mut |_| {
+            anyhow::bail!("stop")
+        });
+        assert_eq!(stopped.unwrap_err().to_string(), "stop");
+    }
+
+    #[test]
+    fn a_shard_fits_one_stage_on_its_rows() {
+        let part = run(Shard { index: 1, count: 2 });
+        assert_eq!(part.rows(), 2..5);
+        assert_eq!(part.fit_passes(Preconditioner::Ekfac, false), 3);
+        let factors = part
+            .fit(Preconditioner::Ekfac, None, &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(factors.stage, super::super::Stage::Covariance);
+        assert_eq!(part.meta(&factors, None).shard.as_deref(), Some("1/2"));
+        assert_eq!(fisher_name(Fisher::Sampled { seed: 3 }), "sampled:3");
+    }
+}
