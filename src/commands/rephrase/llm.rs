@@ -9,35 +9,21 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use super::Trace;
 use crate::cli::{RephraseArgs, RephraseModeArg};
 use crate::commands::Context;
 use curate::error::{Interrupted, usage};
 use curate::interrupt;
-use curate::rephrase::ask::{Asker, Expect, Job, ask_all, cached_content};
-use curate::rephrase::boundaries::{self, boundaries_request, parse_ends};
+use curate::rephrase::ask::{Asker, Job, ask_all};
 use curate::rephrase::cache::{CacheError, ReplyCache};
-use curate::rephrase::chat::{ReplyError, cache_key, estimate_prompt_tokens};
 use curate::rephrase::client::{Budget, ChatClient, ClientSettings, chat_endpoint};
 use curate::rephrase::journal::{self, Answer, Journal, JournalConflict};
-use curate::rephrase::rewrite::{self, parse_units, rewrite_request};
-use curate::rephrase::units::paragraphs;
-use curate::rephrase::{
-    Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten, trace_parts,
-};
-use curate::table::hex;
+use curate::rephrase::plan::{self, LlmMode, Plan, jobs};
+use curate::rephrase::records::Trace;
+use curate::rephrase::{Rejection, Rephrased, Settings};
 
 /// The API key variable read when `--api-key-env` is not given.
 const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
-
-/// Each record is settled without asking (rejected up front, or a one-paragraph thinking
-/// that is one unit whatever a model says), or needs a request.
-enum Plan {
-    Settled(Result<Rephrased, Rejection>),
-    Ask(Job),
-}
 
 /// The endpoint, model and key of the run, from the flags.
 struct Endpoint {
@@ -47,7 +33,7 @@ struct Endpoint {
 }
 
 fn endpoint(args: &RephraseArgs) -> Result<Endpoint> {
-    let mode = mode_name(args.mode);
+    let mode = llm_mode(args.mode).name();
     let base = args
         .base_url
         .as_deref()
@@ -78,12 +64,17 @@ fn endpoint(args: &RephraseArgs) -> Result<Endpoint> {
     })
 }
 
-fn mode_name(mode: RephraseModeArg) -> &'static str {
+fn llm_mode(mode: RephraseModeArg) -> LlmMode {
     match mode {
-        RephraseModeArg::Rules => "rules",
-        RephraseModeArg::LlmBoundaries => "llm-boundaries",
-        RephraseModeArg::LlmRewrite => "llm-rewrite",
+        RephraseModeArg::LlmBoundaries => LlmMode::Boundaries,
+        RephraseModeArg::LlmRewrite => LlmMode::Rewrite,
+        RephraseModeArg::Rules => unreachable!("rules mode asks no LLM"),
     }
+}
+
+/// The run's plans, for the endpoint the flags name.
+fn plans(traces: &[Trace], settings: &Settings, args: &RephraseArgs, ep: &Endpoint) -> Vec<Plan> {
+    plan::plan(traces, settings, llm_mode(args.mode), &ep.model, &ep.url)
 }
 
 /// Check the LLM flags before anything is read or written.
@@ -124,74 +115,6 @@ pub fn check_flags(args: &RephraseArgs) -> Result<()> {
     Ok(())
 }
 
-fn plan(traces: &[Trace], settings: &Settings, mode: RephraseModeArg, ep: &Endpoint) -> Vec<Plan> {
-    traces
-        .iter()
-        .enumerate()
-        .map(|(row, trace)| {
-            let reference = trace.reference.as_deref();
-            let parts = match trace_parts(&trace.response, reference, settings) {
-                Ok(parts) => parts,
-                Err(reason) => return Plan::Settled(Err(reason.into())),
-            };
-            let thinking = &trace.response[parts.thinking.clone()];
-            let ranges = paragraphs(thinking);
-            let (body, reply_estimate, expect) = match mode {
-                RephraseModeArg::LlmBoundaries => {
-                    if ranges.len() == 1 {
-                        return Plan::Settled(
-                            rephrase_at_ends(&trace.response, reference, settings, &[0])
-                                .map_err(Into::into),
-                        );
-                    }
-                    let texts: Vec<&str> = ranges.iter().map(|r| &thinking[r.clone()]).collect();
-                    (
-                        boundaries_request(&ep.model, &trace.question, &texts),
-                        boundaries::estimate_reply_tokens(ranges.len()),
-                        Expect::Ends {
-                            paragraphs: ranges.len(),
-                        },
-                    )
-                }
-                RephraseModeArg::LlmRewrite => {
-                    let final_text = parts.final_text.clone().map(|r| &trace.response[r]);
-                    (
-                        rewrite_request(&ep.model, &trace.question, thinking, final_text),
-                        rewrite::estimate_reply_tokens(thinking, ranges.len()),
-                        Expect::Units,
-                    )
-                }
-                RephraseModeArg::Rules => unreachable!("rules mode asks no LLM"),
-            };
-            Plan::Ask(Job {
-                row,
-                key: cache_key(&ep.url, &body),
-                body,
-                reply_estimate,
-                expect,
-            })
-        })
-        .collect()
-}
-
-/// Names the run's requests: the journal is continued only by the same ones.
-fn fingerprint(mode: RephraseModeArg, plans: &[Plan]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(mode_name(mode).as_bytes());
-    for job in jobs(plans) {
-        hasher.update(format!("\n{}:{}", job.row, job.key).as_bytes());
-    }
-    hex(&hasher.finalize())
-}
-
-fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job> {
-    plans.iter().filter_map(|p| match p {
-        Plan::Ask(job) => Some(job),
-        Plan::Settled(_) => None,
-    })
-}
-
-/// A cached reply for `job` that is still usable.
 /// The outcome of the LLM modes, ready for the common output path.
 pub struct LlmRun {
     pub outcomes: Vec<Result<Rephrased, Rejection>>,
@@ -209,8 +132,8 @@ pub fn rephrase(
     context: &Context,
 ) -> Result<LlmRun> {
     let ep = endpoint(args)?;
-    let plans = plan(traces, settings, args.mode, &ep);
-    let fingerprint = fingerprint(args.mode, &plans);
+    let plans = plans(traces, settings, args, &ep);
+    let fingerprint = plan::fingerprint(llm_mode(args.mode), &plans);
     let (mut journal, mut entries) = if args.out == "-" {
         (None, HashMap::new())
     } else {
@@ -287,21 +210,10 @@ pub fn rephrase(
         return Err(anyhow!("{message}; {kept}"));
     }
 
-    let mut outcomes = Vec::with_capacity(plans.len());
-    for (plan, trace) in plans.into_iter().zip(traces) {
-        outcomes.push(match plan {
-            Plan::Settled(outcome) => outcome,
-            Plan::Ask(job) => {
-                let answer = answers
-                    .remove(&job.row)
-                    .expect("every job is answered when no stop was asked");
-                settle(trace, &job, answer, settings, args.max_drift)
-            }
-        });
-    }
+    let outcomes = plan::settle_all(plans, traces, answers, settings, args.max_drift);
     let (requests, tokens) = budget.used();
     let report = json!({
-        "mode": mode_name(args.mode),
+        "mode": llm_mode(args.mode).name(),
         "model": ep.model,
         "endpoint": ep.url,
         "records_asked": asked,
@@ -318,35 +230,6 @@ pub fn rephrase(
         journal,
         report,
     })
-}
-
-/// A record from the model's answer.
-fn settle(
-    trace: &Trace,
-    job: &Job,
-    answer: Answer,
-    settings: &Settings,
-    max_drift: f64,
-) -> Result<Rephrased, Rejection> {
-    let content = match answer {
-        Answer::Content(content) => content,
-        Answer::Rejected { reason, detail } => return Err(Rejection { reason, detail }),
-    };
-    let unusable = |err: ReplyError| Rejection {
-        reason: Reject::UnusableReply,
-        detail: Some(err.to_string()),
-    };
-    let reference = trace.reference.as_deref();
-    match job.expect {
-        Expect::Ends { paragraphs } => {
-            let ends = parse_ends(&content, paragraphs).map_err(unusable)?;
-            rephrase_at_ends(&trace.response, reference, settings, &ends).map_err(Into::into)
-        }
-        Expect::Units => {
-            let units = parse_units(&content).map_err(unusable)?;
-            rephrase_rewritten(&trace.response, reference, settings, &units, max_drift)
-        }
-    }
 }
 
 /// A journal conflict, with the flags that resolve it.
@@ -377,11 +260,11 @@ pub fn dry_run(
     context: &Context,
 ) -> Result<()> {
     let ep = endpoint(args)?;
-    let plans = plan(traces, settings, args.mode, &ep);
+    let plans = plans(traces, settings, args, &ep);
     let entries = if args.resume {
         Journal::peek(
             &journal::path_for(&args.out),
-            &fingerprint(args.mode, &plans),
+            &plan::fingerprint(llm_mode(args.mode), &plans),
         )
         .map_err(journal_error)?
     } else {
@@ -391,28 +274,20 @@ pub fn dry_run(
         Some(dir) if std::path::Path::new(dir).is_dir() => Some(open_cache(dir)?),
         _ => None,
     };
-    let (mut from_journal, mut cached, mut requests) = (0u64, 0u64, 0u64);
-    let (mut prompt, mut completion) = (0u64, 0u64);
-    for job in jobs(&plans) {
-        if entries
-            .get(&job.row)
-            .is_some_and(|(key, _)| *key == job.key)
-        {
-            from_journal += 1;
-        } else if cached_content(cache.as_ref(), job).is_some() {
-            cached += 1;
-        } else {
-            requests += 1;
-            prompt += estimate_prompt_tokens(&job.body);
-            completion += job.reply_estimate;
-        }
-    }
+    let plan::Estimate {
+        asked,
+        from_journal,
+        cached,
+        requests,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    } = plan::estimate(&plans, &entries, cache.as_ref());
+    let asked = asked as usize;
     let total = prompt + completion;
     let within = args.max_requests.is_none_or(|max| requests <= max)
         && args.max_total_tokens.is_none_or(|max| total <= max);
-    let asked = jobs(&plans).count();
     let estimate = json!({
-        "mode": mode_name(args.mode),
+        "mode": llm_mode(args.mode).name(),
         "model": ep.model,
         "endpoint": ep.url,
         "records": traces.len(),

@@ -1,29 +1,22 @@
-//! `curate rephrase`: traces into MinD multi-turn records, with rejects and statistics.
+//! `curate rephrase`: long chain-of-thought traces into MinD multi-turn form.
 
 mod llm;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
-use polars::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{RecordFormatArg, RephraseArgs, RephraseModeArg};
 use curate::error::{InputError, usage};
+use curate::rephrase::records::{
+    self, RecordFormat, Stats, Trace, TraceColumns, read_traces, reject_record,
+};
 use curate::rephrase::units::{Markers, UnitOptions};
-use curate::rephrase::{Reject, Rejection, Rephrased, Settings, rephrase_rules};
-use curate::table::{self, ColumnRole, Expected, Format, Input, Output, Shard};
-
-/// One input row.
-struct Trace {
-    id: Value,
-    question: String,
-    response: String,
-    reference: Option<String>,
-}
+use curate::rephrase::{Rejection, Rephrased, Settings, rephrase_rules};
+use curate::table::{ColumnRole, Format, Input, Output, Provenance, Shard};
 
 pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     if args.max_units == Some(0) {
@@ -60,7 +53,7 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     };
     let input = Input::open(&args.input, None)?;
     if args.dry_run {
-        let traces = read_traces(&input, &args, shard)?;
+        let traces = traces(&input, &args, shard)?;
         llm::dry_run(&traces, &settings, &args, context)?;
         return Ok(ExitStatus::Success);
     }
@@ -73,7 +66,7 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
         None => None,
     };
-    let traces = read_traces(&input, &args, shard)?;
+    let traces = traces(&input, &args, shard)?;
 
     let (outcomes, journal, llm_report) = match args.mode {
         RephraseModeArg::Rules => (rephrase_all_rules(&traces, &settings, context)?, None, None),
@@ -89,18 +82,16 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         match outcome {
             Ok(done) => {
                 stats.add(&done, trace.reference.is_some());
-                records.extend(shape(trace, &done, args.format, &args.continue_prompt));
+                records.extend(records::records(
+                    trace,
+                    &done,
+                    record_format(args.format),
+                    &args.continue_prompt,
+                ));
             }
             Err(Rejection { reason, detail }) => {
                 *stats.rejects.entry(reason).or_default() += 1;
-                rejected.push(json!({
-                    "id": trace.id,
-                    "reason": reason.code(),
-                    "detail": detail,
-                    "question": trace.question,
-                    "response": trace.response,
-                    "reference": trace.reference,
-                }));
+                rejected.push(reject_record(trace, reason, detail.as_deref()));
             }
         }
     }
@@ -127,7 +118,7 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(journal) = journal {
         journal.remove()?;
     }
-    stats.print(context, traces.len(), &args, llm_report.as_ref())?;
+    print_stats(&stats, context, traces.len(), &args, llm_report.as_ref())?;
     Ok(ExitStatus::Success)
 }
 
@@ -154,294 +145,90 @@ fn rephrase_all_rules(
     Ok(outcomes)
 }
 
-/// The traces of `shard`, checked over the whole input (ids unique, no nulls).
-fn read_traces(input: &Input, args: &RephraseArgs, shard: Shard) -> Result<Vec<Trace>> {
-    let frame = input.read()?;
-    let file = input.label();
-    table::require_rows(&frame, file)?;
-    let id_name = args.id_col.as_deref().unwrap_or("id");
-    let ids = table::id_column(
-        &frame,
-        file,
-        ColumnRole::new(id_name, "--id-col"),
-        args.id_col.is_some(),
-    )?;
-    let ids: Vec<Value> = (0..frame.height())
-        .map(|i| table::to_json(&ids.get(i).expect("in range")))
-        .collect();
-    let text = |name: &str, flag: &str| -> Result<Vec<Option<String>>> {
-        let column =
-            table::require_type(&frame, file, ColumnRole::new(name, flag), Expected::Text)?;
-        Ok(column
-            .str()
-            .expect("checked")
-            .iter()
-            .map(|v| v.map(str::to_string))
-            .collect())
+/// The traces of `shard`, in the columns the flags name.
+fn traces(input: &Input, args: &RephraseArgs, shard: Shard) -> Result<Vec<Trace>> {
+    let columns = TraceColumns {
+        id: ColumnRole::new(args.id_col.as_deref().unwrap_or("id"), "--id-col"),
+        id_explicit: args.id_col.is_some(),
+        question: ColumnRole::new(&args.question_col, "--question-col"),
+        response: ColumnRole::new(&args.response_col, "--response-col"),
+        reference: &args.reference_col,
     };
-    let questions = text(&args.question_col, "--question-col")?;
-    let responses = text(&args.response_col, "--response-col")?;
-    let references = if frame.column(&args.reference_col).is_ok() {
-        let column = frame.column(&args.reference_col)?;
-        // Numeric references are fine: compare their text.
-        let cast = column.cast(&DataType::String).map_err(|e| {
-            InputError::new(file, e.to_string()).column(args.reference_col.as_str())
-        })?;
-        cast.str()
-            .expect("cast")
-            .iter()
-            .map(|v| v.map(str::to_string))
-            .collect()
-    } else {
-        vec![None; frame.height()]
-    };
-    let mut traces = Vec::with_capacity(frame.height());
-    for (row, ((id, question), (response, reference))) in ids
-        .into_iter()
-        .zip(questions)
-        .zip(responses.into_iter().zip(references))
-        .enumerate()
-    {
-        let null = |column: &str| {
-            InputError::new(file, "value is null")
-                .column(column)
-                .row(row + 1)
-        };
-        traces.push(Trace {
-            id,
-            question: question.ok_or_else(|| null(&args.question_col))?,
-            response: response.ok_or_else(|| null(&args.response_col))?,
-            reference: reference.filter(|r| !r.trim().is_empty()),
-        });
-    }
-    let rows = shard.rows(traces.len());
-    traces.truncate(rows.end);
-    traces.drain(..rows.start);
-    Ok(traces)
+    read_traces(input, &columns, shard)
 }
 
-/// The output record(s) of one rephrased trace.
-fn shape(
-    trace: &Trace,
-    done: &Rephrased,
-    format: RecordFormatArg,
-    continue_prompt: &str,
-) -> Vec<Value> {
-    match format {
-        RecordFormatArg::Completion => vec![json!({
-            "id": trace.id,
-            "prompt": trace.question,
-            "completion": done.completion(),
-        })],
-        RecordFormatArg::Messages => {
-            let mut messages = vec![json!({"role": "user", "content": trace.question})];
-            for (i, unit) in done.units.iter().enumerate() {
-                if i > 0 {
-                    messages.push(json!({"role": "user", "content": continue_prompt}));
-                }
-                messages.push(json!({"role": "assistant", "content": unit.render()}));
-            }
-            vec![json!({"id": trace.id, "messages": messages})]
-        }
-        RecordFormatArg::Sharegpt => {
-            let mut turns = vec![json!({"from": "human", "value": trace.question})];
-            for (i, unit) in done.units.iter().enumerate() {
-                if i > 0 {
-                    turns.push(json!({"from": "human", "value": continue_prompt}));
-                }
-                turns.push(json!({"from": "gpt", "value": unit.render()}));
-            }
-            vec![json!({"id": trace.id, "conversations": turns})]
-        }
-        RecordFormatArg::Turns => done
-            .units
-            .iter()
-            .enumerate()
-            .map(|(i, unit)| {
-                let mut row = json!({
-                    "id": trace.id,
-                    "unit": i + 1,
-                    "units": done.units.len(),
-                    "span_start": unit.span.as_ref().map(|s| s.start),
-                    "span_end": unit.span.as_ref().map(|s| s.end),
-                    "final_start": done.final_start,
-                    "segments": unit.segments,
-                    "opened_by": unit.opened_by.map(|k| format!("{k:?}").to_lowercase()),
-                    "thinking": unit.thinking,
-                    "answer": unit.answer,
-                    "answer_value": unit.value,
-                    "answer_kind": unit.answer_kind.map(|k| format!("{k:?}").to_lowercase()),
-                    "correct": unit.correct,
-                });
-                if let Some(drift) = done.drift {
-                    row["drift"] = json!(drift);
-                }
-                row
-            })
-            .collect(),
+fn record_format(arg: RecordFormatArg) -> RecordFormat {
+    match arg {
+        RecordFormatArg::Completion => RecordFormat::Completion,
+        RecordFormatArg::Messages => RecordFormat::Messages,
+        RecordFormatArg::Sharegpt => RecordFormat::Sharegpt,
+        RecordFormatArg::Turns => RecordFormat::Turns,
     }
 }
 
-/// Records as a table: JSON Lines parsed by polars (nested lists of structs included), then
-/// written in the output's format with provenance.
-fn write_records(
-    output: Output,
-    records: &[Value],
-    provenance: &curate::table::Provenance,
-) -> Result<()> {
-    let label = output.label().to_string();
-    if records.is_empty() {
-        // An empty table still needs a schema: a single id column.
-        let frame = DataFrame::new_infer_height(vec![Column::new("id".into(), Vec::<i64>::new())])?;
-        output.write_frame(&frame, Some(provenance))?;
-        return Ok(());
-    }
-    let mut bytes = Vec::new();
-    for record in records {
-        serde_json::to_writer(&mut bytes, record)?;
-        bytes.push(b'\n');
-    }
-    let frame = Input::from_bytes(&label, bytes, Format::Jsonl)?.read()?;
+/// Records written in the output's format with provenance.
+fn write_records(output: Output, records: &[Value], provenance: &Provenance) -> Result<()> {
+    let frame = records::records_frame(output.label(), records)?;
     output.write_frame(&frame, Some(provenance))?;
     Ok(())
 }
 
-#[derive(Default)]
-struct Stats {
-    accepted: usize,
-    units: Vec<usize>,
-    before: Vec<usize>,
-    after: Vec<usize>,
-    with_reference: usize,
-    first_correct: BTreeMap<usize, usize>,
-    never_correct: usize,
-    rejects: BTreeMap<Reject, usize>,
-    /// Rewrite mode: each accepted record's drift from its original thinking.
-    drift: Vec<f64>,
-}
-
-impl Stats {
-    fn add(&mut self, done: &Rephrased, has_reference: bool) {
-        self.accepted += 1;
-        self.units.push(done.units.len());
-        self.before.push(done.chars_to_first_answer_before);
-        self.after.push(done.chars_to_first_answer_after);
-        self.drift.extend(done.drift);
-        if has_reference {
-            self.with_reference += 1;
-            match done.first_correct_unit {
-                Some(unit) => *self.first_correct.entry(unit).or_default() += 1,
-                None => self.never_correct += 1,
-            }
-        }
-    }
-
-    fn json(&self, total: usize, markers_version: &str) -> Value {
-        let mean = |v: &[usize]| {
-            if v.is_empty() {
-                0.0
-            } else {
-                v.iter().sum::<usize>() as f64 / v.len() as f64
-            }
-        };
-        let median = |v: &[usize]| {
-            let mut s = v.to_vec();
-            s.sort_unstable();
-            s.get(s.len() / 2).copied().unwrap_or(0)
-        };
-        let mut histogram: BTreeMap<usize, usize> = BTreeMap::new();
-        for &u in &self.units {
-            *histogram.entry(u).or_default() += 1;
-        }
-        let first_already = self.first_correct.get(&1).copied().unwrap_or(0);
-        let mut summary = json!({
-            "records": total,
-            "accepted": self.accepted,
-            "rejected": total - self.accepted,
-            "rejects_by_reason": self.rejects.iter().map(|(r, n)| (r.code().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "markers_version": markers_version,
-            "units_per_example": {
-                "mean": mean(&self.units),
-                "median": median(&self.units),
-                "histogram": histogram.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            },
-            "chars_to_first_answer": {
-                "before_mean": mean(&self.before),
-                "after_mean": mean(&self.after),
-                "before_median": median(&self.before),
-                "after_median": median(&self.after),
-            },
-            "with_reference": self.with_reference,
-            "first_correct_unit": self.first_correct.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "never_correct": self.never_correct,
-            "first_answer_correct_share": if self.with_reference == 0 { Value::Null } else { json!(first_already as f64 / self.with_reference as f64) },
-        });
-        if !self.drift.is_empty() {
-            let max = self.drift.iter().copied().fold(0.0, f64::max);
-            summary["drift"] = json!({
-                "mean": self.drift.iter().sum::<f64>() / self.drift.len() as f64,
-                "max": max,
-            });
-        }
-        summary
-    }
-
-    fn print(
-        &self,
-        context: &Context,
-        total: usize,
-        args: &RephraseArgs,
-        llm: Option<&Value>,
-    ) -> Result<()> {
-        let mut err = context.printer.stderr();
-        let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
+/// The run's summary on stderr.
+fn print_stats(
+    stats: &Stats,
+    context: &Context,
+    total: usize,
+    args: &RephraseArgs,
+    llm: Option<&Value>,
+) -> Result<()> {
+    let mut err = context.printer.stderr();
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
+    writeln!(
+        err,
+        "rephrased {} of {total} records: {:.2} units each; characters to the first answer {:.0} -> {:.0} (mean)",
+        stats.accepted,
+        mean(&stats.units),
+        mean(&stats.before),
+        mean(&stats.after)
+    )?;
+    if stats.with_reference > 0 {
+        let first = stats.first_correct.get(&1).copied().unwrap_or(0);
         writeln!(
             err,
-            "rephrased {} of {total} records: {:.2} units each; characters to the first answer {:.0} -> {:.0} (mean)",
-            self.accepted,
-            mean(&self.units),
-            mean(&self.before),
-            mean(&self.after)
+            "with a reference: {} records, first answer already correct in {:.1}%, never correct in {}",
+            stats.with_reference,
+            100.0 * first as f64 / stats.with_reference as f64,
+            stats.never_correct
         )?;
-        if self.with_reference > 0 {
-            let first = self.first_correct.get(&1).copied().unwrap_or(0);
-            writeln!(
-                err,
-                "with a reference: {} records, first answer already correct in {:.1}%, never correct in {}",
-                self.with_reference,
-                100.0 * first as f64 / self.with_reference as f64,
-                self.never_correct
-            )?;
-        }
-        if !self.rejects.is_empty() {
-            let parts: Vec<String> = self
-                .rejects
-                .iter()
-                .map(|(r, n)| format!("{} {n}", r.code()))
-                .collect();
-            let whereto = match &args.rejects {
-                Some(path) => format!(" (in {path})"),
-                None => " (name a --rejects file to keep them)".to_string(),
-            };
-            writeln!(err, "rejected: {}{whereto}", parts.join(", "))?;
-        }
-        if let Some(llm) = llm {
-            writeln!(
-                err,
-                "asked {} for {} records: {} requests ({} retries, {} asked again after an unusable reply), {} cached, {} from the journal, {} tokens",
-                llm["model"].as_str().unwrap_or_default(),
-                llm["records_asked"],
-                llm["requests"],
-                llm["retries"],
-                llm["repairs"],
-                llm["cache_hits"],
-                llm["from_journal"],
-                llm["tokens"]
-            )?;
-        }
-        if args.out != "-" {
-            writeln!(err, "wrote {}", args.out)?;
-        }
-        Ok(())
     }
+    if !stats.rejects.is_empty() {
+        let parts: Vec<String> = stats
+            .rejects
+            .iter()
+            .map(|(r, n)| format!("{} {n}", r.code()))
+            .collect();
+        let whereto = match &args.rejects {
+            Some(path) => format!(" (in {path})"),
+            None => " (name a --rejects file to keep them)".to_string(),
+        };
+        writeln!(err, "rejected: {}{whereto}", parts.join(", "))?;
+    }
+    if let Some(llm) = llm {
+        writeln!(
+            err,
+            "asked {} for {} records: {} requests ({} retries, {} asked again after an unusable reply), {} cached, {} from the journal, {} tokens",
+            llm["model"].as_str().unwrap_or_default(),
+            llm["records_asked"],
+            llm["requests"],
+            llm["retries"],
+            llm["repairs"],
+            llm["cache_hits"],
+            llm["from_journal"],
+            llm["tokens"]
+        )?;
+    }
+    if args.out != "-" {
+        writeln!(err, "wrote {}", args.out)?;
+    }
+    Ok(())
 }

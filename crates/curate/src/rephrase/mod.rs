@@ -16,6 +16,8 @@ pub mod cache;
 pub mod chat;
 pub mod client;
 pub mod journal;
+pub mod plan;
+pub mod records;
 pub mod rewrite;
 pub mod units;
 
