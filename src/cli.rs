@@ -1334,7 +1334,7 @@ pub struct ValidateArgs {
     /// Removal controls: fractions of the rows to drop (the most helpful by mean score, and
     /// as many random rows) before retraining; `none` skips them.
     #[arg(long, default_value = "0.1,0.3", value_name = "F,...")]
-    pub remove: String,
+    pub remove: curate::influence::retrain::RemoveFractions,
 
     /// Random removals per fraction.
     #[arg(long, default_value_t = 3, value_name = "N")]

@@ -16,6 +16,7 @@ mod lm_source;
 mod precondition;
 mod projection;
 pub mod report;
+pub mod retrain;
 pub mod run;
 mod score;
 pub mod segment;
