@@ -304,7 +304,7 @@ pub struct RevealArgs {
     /// (independent per-class presence, same layout), hard (one class, default column `pred`),
     /// set (a list of classes, default column `pred`). Rows join the labels on the id column.
     #[arg(long = "source", value_name = "NAME=PATH[:KIND[:COLUMN]]")]
-    pub sources: Vec<String>,
+    pub sources: Vec<curate::reveal::inputs::SourceSpec>,
 
     /// Embeddings for the kNN vote and the probe: id and a list column `emb`.
     #[arg(long, value_name = "FILE")]

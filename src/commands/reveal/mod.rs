@@ -2,8 +2,6 @@
 
 mod outputs;
 
-use std::collections::BTreeSet;
-
 use anyhow::Result;
 use burn::tensor::Device;
 
@@ -17,14 +15,14 @@ use curate::reveal::FilterOptions;
 use curate::reveal::classes::{ClassOrderError, Classes};
 use curate::reveal::detect::{
     GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs, RevealSettings,
-    SourceKind, check_kinds, class_order, detect, gate,
+    check_kinds, class_order, detect, gate,
 };
 use curate::reveal::inputs::{
-    Labels, RevealColumns, SourceSpec, label_indices, read_embeddings, read_labels, read_source,
+    Labels, RevealColumns, label_indices, read_embeddings, read_labels, read_source,
 };
 use curate::reveal::knn::KnnOptions;
 use curate::reveal::report::Report;
-use curate::table::{ColumnRole, Format, Input, Output};
+use curate::table::{self, ColumnRole, Format, Input, Output};
 
 /// The flags as REVEAL's settings and the gate's limits, range-checked before any file is
 /// read.
@@ -103,11 +101,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     let started = std::time::Instant::now();
     let stage = |name: &str| tracing::debug!("{name}: {:.3} s", started.elapsed().as_secs_f64());
     let (settings, limits) = settings(&args, context.seed)?;
-    let specs: Vec<SourceSpec> = args
-        .sources
-        .iter()
-        .map(|s| parse_source_spec(s).map_err(usage))
-        .collect::<Result<_>>()?;
+    let specs = &args.sources;
     for (i, spec) in specs.iter().enumerate() {
         if specs[..i].iter().any(|s| s.name == spec.name) {
             return Err(usage(format!(
@@ -124,7 +118,12 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
 
     let labels_input = Input::open(&args.labels, None)?;
     // Content hashes for provenance take a while on large inputs: compute them meanwhile.
-    let digests = digest_in_background(&args, &labels_input);
+    let others: Vec<String> = specs
+        .iter()
+        .map(|spec| spec.path.clone())
+        .chain(args.embeddings.clone())
+        .collect();
+    let digests = table::digest_in_background(labels_input.clone(), others);
     let columns = RevealColumns {
         id: ColumnRole::new(&args.id_col, "--id-col"),
         label: ColumnRole::new(&args.label_col, "--label-col"),
@@ -136,7 +135,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     let labels = read_labels(&labels_input, &columns)?;
     stage("read labels");
     let mut sources = Vec::new();
-    for spec in &specs {
+    for spec in specs {
         interrupt::check()?;
         sources.push(read_source(spec, &labels, &columns)?);
     }
@@ -194,7 +193,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         labels: &labels,
         classes: &classes,
         given: &given,
-        specs: &specs,
+        specs,
         sources: &sources,
         detection: &detection,
         gate: &verdict,
@@ -287,89 +286,4 @@ fn flag_error(err: RevealError, labels: &Labels, classes: Option<&Classes>) -> a
         other => other.to_string(),
     };
     usage(message)
-}
-
-/// Hash every distinct input file on a thread of its own.
-fn digest_in_background(
-    args: &RevealArgs,
-    labels: &Input,
-) -> std::thread::JoinHandle<Result<Vec<curate::table::InputDigest>>> {
-    let mut paths = vec![args.labels.clone()];
-    for spec in &args.sources {
-        if let Ok(spec) = parse_source_spec(spec) {
-            paths.push(spec.path);
-        }
-    }
-    paths.extend(args.embeddings.clone());
-    let labels = labels.clone();
-    std::thread::spawn(move || {
-        let mut seen = BTreeSet::new();
-        let mut digests = vec![labels.digest()?];
-        seen.insert(paths[0].clone());
-        for path in &paths[1..] {
-            if seen.insert(path.clone()) {
-                digests.push(Input::open(path, None)?.digest()?);
-            }
-        }
-        Ok(digests)
-    })
-}
-
-/// `--source NAME=PATH[:KIND[:COLUMN]]`.
-fn parse_source_spec(spec: &str) -> Result<SourceSpec, String> {
-    let (name, rest) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"))?;
-    if name.is_empty() || rest.is_empty() {
-        return Err(format!(
-            "--source {spec}: expected NAME=PATH[:KIND[:COLUMN]]"
-        ));
-    }
-    // KIND and COLUMN are split off the end only when KIND is a known kind, so paths may
-    // hold colons.
-    let mut parsed = (rest, SourceKind::Probs, None);
-    if let Some((head, last)) = rest.rsplit_once(':') {
-        if let Some(kind) = SourceKind::from_name(last) {
-            parsed = (head, kind, None);
-        } else if let Some((path, kind)) = head.rsplit_once(':')
-            && let Some(kind) = SourceKind::from_name(kind)
-        {
-            parsed = (path, kind, Some(last.to_string()));
-        }
-    }
-    let (path, kind, column) = parsed;
-    Ok(SourceSpec {
-        name: name.to_string(),
-        path: path.to_string(),
-        kind,
-        column,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_specs() {
-        let s = parse_source_spec("m=a/b.parquet").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind, s.column),
-            ("a/b.parquet", SourceKind::Probs, None)
-        );
-        let s = parse_source_spec("m=b.parquet:hard").unwrap();
-        assert_eq!((s.path.as_str(), s.kind), ("b.parquet", SourceKind::Hard));
-        let s = parse_source_spec("m=b.parquet:probs:pp_svc").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind, s.column.as_deref()),
-            ("b.parquet", SourceKind::Probs, Some("pp_svc"))
-        );
-        let s = parse_source_spec("m=c:/x/b.parquet:set").unwrap();
-        assert_eq!(
-            (s.path.as_str(), s.kind),
-            ("c:/x/b.parquet", SourceKind::Set)
-        );
-        assert!(parse_source_spec("b.parquet").is_err());
-        assert!(parse_source_spec("=b.parquet").is_err());
-    }
 }

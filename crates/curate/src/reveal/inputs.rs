@@ -294,6 +294,39 @@ pub struct SourceSpec {
     pub column: Option<String>,
 }
 
+/// `NAME=PATH[:KIND[:COLUMN]]`.
+impl std::str::FromStr for SourceSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<SourceSpec, String> {
+        let (name, rest) = spec
+            .split_once('=')
+            .ok_or("expected NAME=PATH[:KIND[:COLUMN]]")?;
+        if name.is_empty() || rest.is_empty() {
+            return Err("expected NAME=PATH[:KIND[:COLUMN]]".into());
+        }
+        // KIND and COLUMN are split off the end only when KIND is a known kind, so paths may
+        // hold colons.
+        let mut parsed = (rest, SourceKind::Probs, None);
+        if let Some((head, last)) = rest.rsplit_once(':') {
+            if let Some(kind) = SourceKind::from_name(last) {
+                parsed = (head, kind, None);
+            } else if let Some((path, kind)) = head.rsplit_once(':')
+                && let Some(kind) = SourceKind::from_name(kind)
+            {
+                parsed = (path, kind, Some(last.to_string()));
+            }
+        }
+        let (path, kind, column) = parsed;
+        Ok(SourceSpec {
+            name: name.to_string(),
+            path: path.to_string(),
+            kind,
+            column,
+        })
+    }
+}
+
 /// Label rows of source rows `offset..` with these ids: `positions[r]` is the label row of
 /// source row `offset + r`, or `None` for ids the labels do not have.
 fn align(
@@ -786,4 +819,33 @@ pub fn label_indices(labels: &Labels, classes: &Classes, column: &str) -> Result
                 .collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn source_specs() {
+        let s = SourceSpec::from_str("m=a/b.parquet").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column),
+            ("a/b.parquet", SourceKind::Probs, None)
+        );
+        let s = SourceSpec::from_str("m=b.parquet:hard").unwrap();
+        assert_eq!((s.path.as_str(), s.kind), ("b.parquet", SourceKind::Hard));
+        let s = SourceSpec::from_str("m=b.parquet:probs:pp_svc").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind, s.column.as_deref()),
+            ("b.parquet", SourceKind::Probs, Some("pp_svc"))
+        );
+        let s = SourceSpec::from_str("m=c:/x/b.parquet:set").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.kind),
+            ("c:/x/b.parquet", SourceKind::Set)
+        );
+        assert!(SourceSpec::from_str("b.parquet").is_err());
+        assert!(SourceSpec::from_str("=b.parquet").is_err());
+    }
 }

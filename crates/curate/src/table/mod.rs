@@ -13,7 +13,7 @@ mod write;
 pub use format::Format;
 pub use output_dir::OutputDir;
 pub use provenance::{InputDigest, Provenance, hex};
-pub use read::Input;
+pub use read::{Input, digest_in_background};
 pub use shard::Shard;
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
 pub use validate::{

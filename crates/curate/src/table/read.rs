@@ -355,9 +355,51 @@ pub(crate) fn polars_message(err: &PolarsError) -> String {
     message
 }
 
+/// Hash `first` and every distinct other path on a thread of its own (content hashes of large
+/// inputs take a while; the caller reads meanwhile). The digests come in order, repeats once.
+pub fn digest_in_background(
+    first: Input,
+    others: Vec<String>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<super::InputDigest>>> {
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        seen.insert(first.label().to_string());
+        let mut digests = vec![first.digest()?];
+        for path in others {
+            if seen.insert(path.clone()) {
+                digests.push(Input::open(&path, None)?.digest()?);
+            }
+        }
+        Ok(digests)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_digests_come_in_order_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let a = write("a.csv", "x\n1\n");
+        let b = write("b.csv", "x\n2\n");
+        let first = Input::open(&a, None).unwrap();
+        let digests = digest_in_background(first, vec![b.clone(), a.clone(), b.clone()])
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(
+            (digests[0].path.as_str(), digests[1].path.as_str()),
+            (a.as_str(), b.as_str())
+        );
+        assert_ne!(digests[0].sha256, digests[1].sha256);
+    }
 
     #[test]
     fn bad_csv_records_are_located() {
