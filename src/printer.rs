@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use curate::text::{Align, text_table};
+
 /// How chatty the command is on stderr. Data on stdout is never affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {
@@ -102,65 +104,5 @@ impl Write for MessageWriter {
             let _ = io::stderr().flush();
         }
         Ok(())
-    }
-}
-
-/// How a column of a text table is aligned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Align {
-    Left,
-    Right,
-}
-
-/// Render rows under a header as aligned text lines (two spaces between columns, no trailing
-/// spaces), for the human-readable reports commands print.
-pub fn text_table(header: &[&str], rows: &[Vec<String>], align: &[Align]) -> Vec<String> {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let text = cells
-            .enumerate()
-            .map(|(i, cell)| {
-                let pad = " ".repeat(widths[i] - cell.chars().count());
-                match align[i] {
-                    Align::Left => format!("{cell}{pad}"),
-                    Align::Right => format!("{pad}{cell}"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ");
-        text.trim_end().to_string()
-    };
-    let mut lines = vec![line(&mut header.iter().copied())];
-    lines.extend(
-        rows.iter()
-            .map(|row| line(&mut row.iter().map(String::as_str))),
-    );
-    lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_table_aligns_columns() {
-        let rows = vec![
-            vec!["a".to_string(), "10".to_string(), "x".to_string()],
-            vec!["long".to_string(), "2".to_string(), String::new()],
-        ];
-        let lines = text_table(
-            &["name", "n", "note"],
-            &rows,
-            &[Align::Left, Align::Right, Align::Left],
-        );
-        assert_eq!(lines, vec!["name   n  note", "a     10  x", "long   2"]);
     }
 }

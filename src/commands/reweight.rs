@@ -7,10 +7,9 @@ use anyhow::Result;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{PreserveArg, ReweightArgs, RuleArg};
-use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
 use curate::reweight::frame::{self, GroupColumns, Rule, RuleError};
-use curate::reweight::{self, Adjustment, AuditRow, Binning, Preserve, TargetError};
+use curate::reweight::{self, Adjustment, Binning, Preserve, TargetError};
 use curate::table::{self, ColumnRole, Input, Output};
 
 pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
@@ -77,7 +76,7 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
     for note in notes(&args, &rule, &groups.domain_names, &weighed.adjustments) {
         writeln!(stderr, "{note}")?;
     }
-    write_audit(&mut stderr, &audit)?;
+    reweight::audit::write_text(&mut stderr, &audit)?;
     if args.out != "-" {
         writeln!(stderr, "wrote {} rows to {}", out_frame.height(), args.out)?;
     }
@@ -264,61 +263,4 @@ fn ids<'a>(
         name,
         table::id_column(frame, label, role, args.id_col.is_some())?,
     ))
-}
-
-fn write_audit(out: &mut impl Write, rows: &[AuditRow]) -> std::io::Result<()> {
-    let materialized = rows.iter().any(|r| r.rows_after.is_some());
-    let mut header = vec![
-        "domain",
-        "level",
-        "difficulty",
-        "rows",
-        "before",
-        "after",
-        "weight",
-    ];
-    if materialized {
-        header.push("rows after");
-    }
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let range = if r.difficulty_min == r.difficulty_max || r.rows == 0 {
-                format_number(r.difficulty_min)
-            } else {
-                format!(
-                    "{}–{}",
-                    format_number(r.difficulty_min),
-                    format_number(r.difficulty_max)
-                )
-            };
-            let mut cells = vec![
-                r.domain.clone(),
-                r.level.to_string(),
-                range,
-                r.rows.to_string(),
-                format!("{:.1}%", r.share_before * 100.0),
-                format!("{:.1}%", r.share_after * 100.0),
-                format!("{:.3}", r.mean_weight),
-            ];
-            if let Some(after) = r.rows_after {
-                cells.push(after.to_string());
-            }
-            cells
-        })
-        .collect();
-    let mut align = vec![Align::Right; header.len()];
-    align[0] = Align::Left;
-    for line in text_table(&header, &body, &align) {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
-}
-
-fn format_number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        format!("{value:.3}")
-    }
 }

@@ -13,3 +13,4 @@ pub mod reveal;
 pub mod reweight;
 pub mod rng;
 pub mod table;
+pub mod text;

@@ -2,6 +2,7 @@
 //! template and provenance, read from headers only (no tensor data).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -10,7 +11,8 @@ use serde::Serialize;
 use super::{LmConfig, from_gguf, gguf};
 use crate::error::InputError;
 use crate::table::Provenance;
-use crate::table::inspect::ProvenanceReport;
+use crate::table::inspect::{ProvenanceReport, write_provenance};
+use crate::text::clip;
 
 /// A model directory or GGUF file: its architecture, size, tokenizer, chat template and
 /// provenance.
@@ -167,6 +169,81 @@ pub fn inspect_gguf(path: &Path) -> Result<ModelReport> {
     })
 }
 
+/// The report as text for people.
+pub fn write_text(out: &mut impl Write, report: &ModelReport) -> std::io::Result<()> {
+    writeln!(out, "{}", report.path)?;
+    writeln!(
+        out,
+        "  format      {} ({})",
+        report.format, report.model_type
+    )?;
+    let types: Vec<String> = report
+        .tensor_types
+        .iter()
+        .map(|(dtype, count)| format!("{dtype} ×{count}"))
+        .collect();
+    writeln!(
+        out,
+        "  parameters  {} in {} tensors ({}), {} file{}",
+        report.parameters,
+        report.tensors,
+        types.join(", "),
+        report.files,
+        if report.files == 1 { "" } else { "s" }
+    )?;
+    writeln!(
+        out,
+        "  shape       {} layers, hidden {}, MLP {}, {} heads / {} kv heads of {}",
+        report.shape.layers,
+        report.shape.hidden_size,
+        report.shape.intermediate_size,
+        report.shape.heads,
+        report.shape.kv_heads,
+        report.shape.head_dim
+    )?;
+    writeln!(
+        out,
+        "  vocabulary  {}{}",
+        report.shape.vocab_size,
+        if report.shape.tied_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        out,
+        "  positions   {} (rope_theta {})",
+        report.shape.max_position_embeddings, report.shape.rope_theta
+    )?;
+    match (report.tokenizer_tokens, &report.tokenizer_kind) {
+        (Some(n), Some(kind)) if report.format == "gguf" => {
+            writeln!(out, "  tokenizer   {n} tokens, {kind}")?
+        }
+        (Some(n), _) => writeln!(out, "  tokenizer   {n} tokens")?,
+        (None, _) => writeln!(out, "  tokenizer   none")?,
+    }
+    match report.chat_template_chars {
+        Some(n) => writeln!(out, "  chat        template of {n} characters")?,
+        None => writeln!(out, "  chat        no template")?,
+    }
+    if let Some(gguf) = &report.gguf {
+        writeln!(out, "  gguf        version {}", gguf["version"])?;
+        for (key, value) in gguf["metadata"].as_object().into_iter().flatten() {
+            if key.starts_with("tokenizer.ggml.") || key == "tokenizer.chat_template" {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            writeln!(out, "  metadata    {key} = {}", clip(&text, 60))?;
+        }
+        return Ok(());
+    }
+    write_provenance(out, &report.provenance)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +262,10 @@ mod tests {
         assert_eq!(report.tensors, report.tensor_types.values().sum::<usize>());
         assert_eq!(report.tokenizer_kind.as_deref(), Some("tokenizer.json"));
         assert!(report.gguf.is_none());
+        let mut text = Vec::new();
+        write_text(&mut text, &report).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("format      model (llama)"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         // The shape is flattened into the report.
         assert!(json["hidden_size"].as_u64().unwrap() > 0);

@@ -1,6 +1,9 @@
 //! Before/after distribution per domain x level.
 
+use std::io::Write;
+
 use super::levels::Groups;
+use crate::text::{Align, text_table};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRow {
@@ -53,6 +56,64 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
+/// The audit as an aligned text table for people.
+pub fn write_text(out: &mut impl Write, rows: &[AuditRow]) -> std::io::Result<()> {
+    let materialized = rows.iter().any(|r| r.rows_after.is_some());
+    let mut header = vec![
+        "domain",
+        "level",
+        "difficulty",
+        "rows",
+        "before",
+        "after",
+        "weight",
+    ];
+    if materialized {
+        header.push("rows after");
+    }
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let range = if r.difficulty_min == r.difficulty_max || r.rows == 0 {
+                format_number(r.difficulty_min)
+            } else {
+                format!(
+                    "{}–{}",
+                    format_number(r.difficulty_min),
+                    format_number(r.difficulty_max)
+                )
+            };
+            let mut cells = vec![
+                r.domain.clone(),
+                r.level.to_string(),
+                range,
+                r.rows.to_string(),
+                format!("{:.1}%", r.share_before * 100.0),
+                format!("{:.1}%", r.share_after * 100.0),
+                format!("{:.3}", r.mean_weight),
+            ];
+            if let Some(after) = r.rows_after {
+                cells.push(after.to_string());
+            }
+            cells
+        })
+        .collect();
+    let mut align = vec![Align::Right; header.len()];
+    align[0] = Align::Left;
+    for line in text_table(&header, &body, &align) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value:.3}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +135,16 @@ mod tests {
             (3, 0.75, 0.375)
         );
         assert_eq!((rows[1].mean_weight, rows[1].rows_after), (2.5, Some(3)));
+        let mut text = Vec::new();
+        write_text(&mut text, &rows).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with("rows after"), "{text}");
+        assert!(
+            lines[1].starts_with("m") && lines[1].contains("75.0%"),
+            "{text}"
+        );
         assert_eq!((rows[1].difficulty_min, rows[1].difficulty_max), (2.0, 2.0));
     }
 }

@@ -1,11 +1,14 @@
 //! What `inspect` reports of a data file: schema, row count, provenance, metadata and
 //! per-column statistics.
 
+use std::io::Write;
+
 use anyhow::Result;
 use serde::Serialize;
 
 use super::{ColumnSummary, Input, InputDigest, Provenance, summarize};
 use crate::error::InputError;
+use crate::text::{Align, clip, shell_words, text_table};
 
 /// Keys polars and arrow write for their own use; not shown as user metadata.
 const INTERNAL_KEYS: [&str; 2] = ["ARROW:schema", "pandas"];
@@ -85,6 +88,88 @@ pub fn inspect_file(input: &Input, top: Option<usize>) -> Result<FileReport> {
     })
 }
 
+/// The provenance lines of a report.
+pub fn write_provenance(
+    out: &mut impl Write,
+    provenance: &Option<ProvenanceReport>,
+) -> std::io::Result<()> {
+    match provenance {
+        Some(p) => {
+            writeln!(out, "  provenance  curate {} (seed {})", p.version, p.seed)?;
+            writeln!(out, "    command   {}", shell_words(&p.command))?;
+            for input in &p.inputs {
+                writeln!(
+                    out,
+                    "    input     {} ({} bytes, sha256 {})",
+                    input.path, input.bytes, input.sha256
+                )?;
+            }
+        }
+        None => writeln!(out, "  provenance  none (not written by curate)")?,
+    }
+    Ok(())
+}
+
+/// The report as text for people.
+pub fn write_text(out: &mut impl Write, report: &FileReport) -> std::io::Result<()> {
+    writeln!(out, "{}", report.path)?;
+    writeln!(out, "  format      {}", report.format)?;
+    writeln!(out, "  rows        {}", report.rows)?;
+    writeln!(out, "  columns     {}", report.columns.len())?;
+    write_provenance(out, &report.provenance)?;
+    for (key, value) in &report.metadata {
+        let value = value.as_str().unwrap_or_default();
+        writeln!(out, "  metadata    {key} = {}", clip(value, 60))?;
+    }
+    writeln!(out)?;
+
+    let rows: Vec<Vec<String>> = report
+        .columns
+        .iter()
+        .map(|column| match column {
+            ColumnReport::Schema { name, dtype } => {
+                vec![name.clone(), dtype.clone(), String::new(), String::new()]
+            }
+            ColumnReport::Summary(summary) => vec![
+                summary.name.clone(),
+                summary.dtype.clone(),
+                summary.nulls.to_string(),
+                describe(summary),
+            ],
+        })
+        .collect();
+    let align = [Align::Left, Align::Left, Align::Right, Align::Left];
+    for line in text_table(&["column", "type", "nulls", "summary"], &rows, &align) {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+fn describe(summary: &ColumnSummary) -> String {
+    if let (Some(min), Some(max)) = (&summary.min, &summary.max) {
+        return format!("min {}  max {}", show(min), show(max));
+    }
+    if let Some(top) = &summary.top {
+        let values: Vec<String> = top
+            .iter()
+            .map(|v| format!("{} ×{}", show(&v.value), v.count))
+            .collect();
+        let distinct = summary.distinct.unwrap_or(0);
+        if top.first().is_some_and(|v| v.count == 1) {
+            return format!("{distinct} distinct (all)");
+        }
+        return format!("{distinct} distinct; top {}", values.join(", "));
+    }
+    String::new()
+}
+
+fn show(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => format!("{:?}", clip(text, 32)),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +202,13 @@ mod tests {
             panic!("statistics asked for");
         };
         assert_eq!(kind.top.as_ref().unwrap()[0].count, 2);
+
+        let mut text = Vec::new();
+        write_text(&mut text, &report).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("  rows        3\n"), "{text}");
+        assert!(text.contains("    command   curate test"), "{text}");
+        assert!(text.contains("2 distinct"), "{text}");
 
         let schema_only = inspect_file(&input, None).unwrap();
         assert!(matches!(
