@@ -1,6 +1,8 @@
 //! Evaluation results summed up: per-domain summaries of row losses and answer checks, and
 //! arms (training recipes) compared over seeds with the gain of one over another.
 
+use std::io::Write;
+
 use anyhow::Result;
 use polars::prelude::*;
 use tokenizers::Tokenizer;
@@ -11,6 +13,7 @@ use crate::model::generate::greedy;
 use crate::model::{IGNORE_INDEX, LanguageModel, Sequence};
 use crate::rephrase::answer::{Target, explicit_answer};
 use crate::table::{self, ColumnRole};
+use crate::text::{Align, text_table};
 
 /// What one row's evaluation gives.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -492,6 +495,76 @@ pub fn comparison_frame(
     )
 }
 
+/// The per-domain summary as an aligned text table for people.
+pub fn write_summary_text(
+    out: &mut impl Write,
+    summary: &[SummaryRow],
+    generated: bool,
+) -> std::io::Result<()> {
+    let mut header = vec!["domain", "rows", "loss tokens", "mean loss"];
+    if generated {
+        header.push("correct");
+    }
+    let rows: Vec<Vec<String>> = summary
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.domain.clone(),
+                r.rows.to_string(),
+                r.loss_tokens.to_string(),
+                r.mean_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            ];
+            if generated {
+                row.push(if r.checked > 0 {
+                    format!("{}/{}", r.correct, r.checked)
+                } else {
+                    "-".into()
+                });
+            }
+            row
+        })
+        .collect();
+    let mut align = vec![Align::Left, Align::Right, Align::Right, Align::Right];
+    if generated {
+        align.push(Align::Right);
+    }
+    for line in text_table(&header, &rows, &align) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// The comparison as an aligned text table for people.
+pub fn write_comparison_text(out: &mut impl Write, stats: &[ArmStats]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = stats
+        .iter()
+        .map(|s| {
+            vec![
+                s.arm.clone(),
+                s.domain.clone(),
+                s.runs.to_string(),
+                format!("{:.4}", s.mean),
+                s.std.map_or("-".into(), |v| format!("{v:.4}")),
+            ]
+        })
+        .collect();
+    let align = [
+        Align::Left,
+        Align::Left,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+    ];
+    for line in text_table(
+        &["arm", "domain", "runs", "mean loss", "std"],
+        &rows,
+        &align,
+    ) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +691,11 @@ mod tests {
         assert!(domain_names(&frame, "domain").unwrap().is_none());
         let summary = summarize(&results, None, true);
         let table = summary_frame(&summary, true).unwrap();
+        let mut text = Vec::new();
+        write_summary_text(&mut text, &summary, true).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.lines().next().unwrap().ends_with("correct"), "{text}");
+        assert!(text.contains("0/1"), "{text}");
         assert!(table.column("accuracy").is_ok());
     }
 
@@ -647,6 +725,12 @@ mod tests {
         let stats = arm_stats(&arm);
         let gains = [("all".to_string(), 0.5)];
         let table = comparison_frame(&stats, Some(&gains), Some("a")).unwrap();
+        let mut text = Vec::new();
+        write_comparison_text(&mut text, &stats).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap().lines().count(),
+            1 + stats.len()
+        );
         let gain = table
             .column("gain_over_control")
             .unwrap()

@@ -8,7 +8,6 @@ use anyhow::Result;
 use crate::ExitStatus;
 use crate::cli::CompareArgs;
 use crate::commands::Context;
-use crate::printer::{Align, text_table};
 use curate::error::usage;
 use curate::eval::{self, Arm, ArmStats, arm_stats, gains};
 use curate::table::{Input, Output};
@@ -56,7 +55,7 @@ pub fn run(args: CompareArgs, context: &Context) -> Result<ExitStatus> {
     output.write_frame(&frame, Some(&provenance))?;
 
     let mut err = context.printer.stderr();
-    write_text(&mut err, &stats)?;
+    eval::write_comparison_text(&mut err, &stats)?;
     let Some(gains) = gains else {
         return Ok(ExitStatus::Success);
     };
@@ -85,34 +84,4 @@ pub fn run(args: CompareArgs, context: &Context) -> Result<ExitStatus> {
         args.min_gain
     )?;
     Ok(ExitStatus::Success)
-}
-
-fn write_text(out: &mut impl Write, stats: &[ArmStats]) -> Result<()> {
-    let rows: Vec<Vec<String>> = stats
-        .iter()
-        .map(|s| {
-            vec![
-                s.arm.clone(),
-                s.domain.clone(),
-                s.runs.to_string(),
-                format!("{:.4}", s.mean),
-                s.std.map_or("-".into(), |v| format!("{v:.4}")),
-            ]
-        })
-        .collect();
-    let align = [
-        Align::Left,
-        Align::Left,
-        Align::Right,
-        Align::Right,
-        Align::Right,
-    ];
-    for line in text_table(
-        &["arm", "domain", "runs", "mean loss", "std"],
-        &rows,
-        &align,
-    ) {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
 }

@@ -14,9 +14,8 @@ mod compare;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{EvalAction, EvalArgs};
-use crate::printer::{Align, text_table};
 use curate::error::{InputError, usage};
-use curate::eval::{self, RowResult, SummaryRow, summarize};
+use curate::eval::{self, RowResult, summarize};
 use curate::interrupt;
 use curate::model::{LanguageModel, LoadOptions, Sequence, batched_losses};
 use curate::table::{self, Input, Output};
@@ -126,7 +125,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     if rows.truncated > 0 {
         writeln!(err, "{file}: cut {} rows to --max-length", rows.truncated)?;
     }
-    write_summary(&mut err, &summary, args.generate)?;
+    eval::write_summary_text(&mut err, &summary, args.generate)?;
     writeln!(
         err,
         "evaluated {} rows in {seconds:.1}s; wrote {out}",
@@ -163,38 +162,4 @@ fn row_losses(
     })?;
     bar.finish_and_clear();
     Ok(losses)
-}
-
-fn write_summary(out: &mut impl Write, summary: &[SummaryRow], generated: bool) -> Result<()> {
-    let mut header = vec!["domain", "rows", "loss tokens", "mean loss"];
-    if generated {
-        header.push("correct");
-    }
-    let rows: Vec<Vec<String>> = summary
-        .iter()
-        .map(|r| {
-            let mut row = vec![
-                r.domain.clone(),
-                r.rows.to_string(),
-                r.loss_tokens.to_string(),
-                r.mean_loss.map_or("-".into(), |l| format!("{l:.4}")),
-            ];
-            if generated {
-                row.push(if r.checked > 0 {
-                    format!("{}/{}", r.correct, r.checked)
-                } else {
-                    "-".into()
-                });
-            }
-            row
-        })
-        .collect();
-    let mut align = vec![Align::Left, Align::Right, Align::Right, Align::Right];
-    if generated {
-        align.push(Align::Right);
-    }
-    for line in text_table(&header, &rows, &align) {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
 }

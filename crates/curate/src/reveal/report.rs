@@ -1,6 +1,8 @@
 //! What a REVEAL run reports: the per-id table (decisions, soft labels, detector flags) and
 //! the JSON summary (counts, per-class tallies, sources, vote weights, gate).
 
+use std::io::Write;
+
 use polars::prelude::*;
 use serde_json::{Value, json};
 
@@ -9,6 +11,7 @@ use super::classes::Classes;
 use super::decide::IssueType;
 use super::detect::{ClassTally, Detection, Gate, GateFailure, Source, class_tallies};
 use super::inputs::{Labels, SourceSpec};
+use crate::text::{Align, text_table};
 
 /// Everything one run decided, with what it was decided from.
 pub struct Report<'a> {
@@ -211,6 +214,92 @@ impl Report<'_> {
     /// Per class: rows, issues by type, suggestions into it and missing from it.
     pub fn tallies(&self) -> Vec<ClassTally> {
         class_tallies(self.given, &self.detection.decisions, self.classes.len())
+    }
+
+    /// The summary for people: counts, per-class tallies (the first 30 classes; `more`
+    /// says where the rest are) and the vote's weights.
+    pub fn write_text(&self, err: &mut impl Write, more: &str) -> std::io::Result<()> {
+        let gate = self.gate;
+        let n = self.rows();
+        let detectors: Vec<String> = self
+            .detection
+            .flags
+            .iter()
+            .map(|(d, f)| format!("{} {}", d.name(), f.iter().filter(|&&x| x).count()))
+            .collect();
+        writeln!(
+            err,
+            "{} of {n} rows are label issues ({:.2}%; at least {} of: {}); {} with missing labels",
+            self.issues(),
+            100.0 * gate.issue_rate,
+            self.detection.min_detectors,
+            detectors.join(", "),
+            self.with_missing()
+        )?;
+        let rows: Vec<Vec<String>> = self
+            .tallies()
+            .iter()
+            .zip(&self.classes.names)
+            .filter(|(t, _)| t.rows > 0 || t.suggested_into > 0)
+            .map(|(t, name)| {
+                vec![
+                    name.clone(),
+                    t.rows.to_string(),
+                    t.issues.to_string(),
+                    format!("{:.2}%", 100.0 * t.issues as f64 / (t.rows.max(1)) as f64),
+                    t.noisy.to_string(),
+                    t.ambiguous.to_string(),
+                    t.missing.to_string(),
+                    t.suggested_into.to_string(),
+                ]
+            })
+            .collect();
+        let shown = rows.len().min(30);
+        for line in text_table(
+            &[
+                "class",
+                "rows",
+                "issues",
+                "rate",
+                "noisy",
+                "ambiguous",
+                "missing",
+                "suggested_into",
+            ],
+            &rows[..shown],
+            &[
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+            ],
+        ) {
+            writeln!(err, "{line}")?;
+        }
+        if rows.len() > shown {
+            writeln!(err, "({} more classes {more})", rows.len() - shown)?;
+        }
+        if let Some(w) = &self.detection.vote
+            && w.model_weight.len() == 1
+        {
+            let parts: Vec<String> = w
+                .names
+                .iter()
+                .zip(&w.annotator_weights[0])
+                .map(|(name, weight)| format!("{name} {weight:.3}"))
+                .collect();
+            writeln!(
+                err,
+                "vote weights: prior {:.3}, {}",
+                w.model_weight[0],
+                parts.join(", ")
+            )?;
+        }
+        Ok(())
     }
 
     /// The summary document; `describe` words each gate failure.
@@ -447,6 +536,15 @@ mod tests {
         assert_eq!(fired.get(1), Some(""));
         assert!(frame.column("soft_label").is_ok());
         assert!(frame.column("cl_issue").is_ok());
+
+        let mut text = Vec::new();
+        report.write_text(&mut text, "elsewhere").unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.starts_with("1 of 6 rows are label issues (16.67%"),
+            "{text}"
+        );
+        assert!(text.contains("vote weights: prior"), "{text}");
 
         let summary = report.summary_json(|f| format!("failed: {f:?}"));
         assert_eq!(summary["rows"], 6);
