@@ -26,8 +26,6 @@ use curate::table::{self, Input, OutputDir};
 
 pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
-    let device = super::device(&args.device)?;
-    let dtype = DType::from(args.dtype);
     let out = PathBuf::from(&args.out);
     let checkpoint_dir = args
         .checkpoint_dir
@@ -46,36 +44,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     let (rows, weights) = read_rows(&input, &args)?;
     let template_choice = crate::commands::template_choice(&args.text.chat)?;
 
-    // The starting model: a checkpoint, a model directory, or a fresh one.
-    let options = LoadOptions {
-        trainable: true,
-        ..LoadOptions::inference(&device, dtype)
-    };
-    let mut lm = if args.resume {
-        LanguageModel::load(&Checkpoint::model_dir(&checkpoint_dir), &options)?
-    } else if let Some(dir) = &args.model {
-        let options = LoadOptions {
-            allow_partial: args.allow_partial,
-            seed: context.seed,
-            ..options.clone()
-        };
-        let mut lm = LanguageModel::load(Path::new(dir), &options)?;
-        if let Some(path) = &args.tokenizer {
-            lm.tokenizer = Some(read_tokenizer(path)?);
-        }
-        lm
-    } else {
-        let tokenizer = match &args.tokenizer {
-            Some(path) => read_tokenizer(path)?,
-            None => tokenizer::train_byte_level_bpe(rows.texts(), args.vocab_size)?,
-        };
-        let config = fresh_config(&config_source(&args), &tokenizer)?;
-        let eos = config.eos_token_id.and_then(|id| tokenizer.id_to_token(id));
-        let mut lm =
-            LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?;
-        lm.special_tokens.eos = eos;
-        lm
-    };
+    let mut lm = starting_model(&args, &rows, &checkpoint_dir, context)?;
     // A template given on the command line is saved with the model, so influence and later
     // runs render rows the same way.
     if let TemplateChoice::Given(text) = &template_choice {
@@ -91,18 +60,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
-    let settings = TrainSettings {
-        epochs: args.epochs,
-        max_steps: args.steps,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        warmup_steps: args.warmup,
-        schedule: args.schedule.into(),
-        weight_decay: args.weight_decay,
-        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
-        seed: context.seed,
-        ..TrainSettings::default()
-    };
+    let settings = train_settings(&args, context.seed);
     let digest = input.digest()?;
     let checkpoint = Checkpoint {
         fingerprint: checkpoint::fingerprint(
@@ -133,42 +91,82 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let mut provenance = context.provenance();
     provenance.add_input(digest);
+    report_start(
+        &args,
+        &lm,
+        &trainer,
+        &sequences,
+        weights.as_ref(),
+        truncated,
+        context,
+    )?;
+    train_and_save(
+        &args,
+        lm,
+        trainer,
+        &sequences,
+        &checkpoint,
+        output,
+        &provenance,
+        context,
+    )
+}
+
+/// The model training starts from: the checkpoint (`--resume`), `--model`, or a fresh one
+/// shaped by `--config` or the shape flags with a tokenizer given or trained on the rows.
+fn starting_model(
+    args: &TrainArgs,
+    rows: &TextRows,
+    checkpoint_dir: &Path,
+    context: &Context,
+) -> Result<LanguageModel> {
+    let device = super::device(&args.device)?;
+    let dtype = DType::from(args.dtype);
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::inference(&device, dtype)
+    };
+    Ok(if args.resume {
+        LanguageModel::load(&Checkpoint::model_dir(checkpoint_dir), &options)?
+    } else if let Some(dir) = &args.model {
+        let options = LoadOptions {
+            allow_partial: args.allow_partial,
+            seed: context.seed,
+            ..options.clone()
+        };
+        let mut lm = LanguageModel::load(Path::new(dir), &options)?;
+        if let Some(path) = &args.tokenizer {
+            lm.tokenizer = Some(read_tokenizer(path)?);
+        }
+        lm
+    } else {
+        let tokenizer = match &args.tokenizer {
+            Some(path) => read_tokenizer(path)?,
+            None => tokenizer::train_byte_level_bpe(rows.texts(), args.vocab_size)?,
+        };
+        let config = fresh_config(&config_source(args), &tokenizer)?;
+        let eos = config.eos_token_id.and_then(|id| tokenizer.id_to_token(id));
+        let mut lm =
+            LanguageModel::init(config, Some(tokenizer), context.seed, &device, dtype, true)?;
+        lm.special_tokens.eos = eos;
+        lm
+    })
+}
+
+/// Run the steps with a progress bar, then save the model (or stop with a checkpoint).
+#[allow(clippy::too_many_arguments)]
+fn train_and_save(
+    args: &TrainArgs,
+    mut lm: LanguageModel,
+    mut trainer: Trainer,
+    sequences: &[Sequence],
+    checkpoint: &Checkpoint,
+    output: OutputDir,
+    provenance: &curate::table::Provenance,
+    context: &Context,
+) -> Result<ExitStatus> {
     let total = trainer.total_steps();
     let mut err = context.printer.stderr();
-    writeln!(
-        err,
-        "training {} ({} parameters) on {} sequences: {} steps{}",
-        lm.config.architecture.model_type(),
-        lm.config.parameter_count(),
-        sequences.len(),
-        total,
-        if trainer.step > 0 {
-            format!(", resuming at step {}", trainer.step)
-        } else {
-            String::new()
-        }
-    )?;
-
-    if let (Some(name), Some(weights)) = (&args.weight_col, &weights) {
-        writeln!(
-            err,
-            "losses weighted by '{name}' (total {:.3}){}",
-            weights.values.iter().sum::<f64>(),
-            if weights.left_out() > 0 {
-                format!("; {} rows of weight 0 left out", weights.left_out())
-            } else {
-                String::new()
-            }
-        )?;
-    }
-    if truncated > 0 {
-        writeln!(
-            err,
-            "cut {truncated} of {} rows to --max-length {} tokens",
-            sequences.len(),
-            args.text.max_length.unwrap_or_default()
-        )?;
-    }
     let bar = context.printer.progress_bar(total as u64, "train");
     bar.set_position(trainer.step as u64);
     let started = Instant::now();
@@ -193,8 +191,8 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     let run = run_steps(
         &mut lm,
         &mut trainer,
-        &sequences,
-        &checkpoint,
+        sequences,
+        checkpoint,
         plan,
         &mut on_step,
         &interrupt::requested,
@@ -234,9 +232,74 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         run.steps,
         run.tokens as f64 / seconds.max(1e-9),
         run.last_loss,
-        out.display()
+        args.out
     )?;
     Ok(ExitStatus::Success)
+}
+
+/// The training settings the flags give.
+fn train_settings(args: &TrainArgs, seed: u64) -> TrainSettings {
+    TrainSettings {
+        epochs: args.epochs,
+        max_steps: args.steps,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_steps: args.warmup,
+        schedule: args.schedule.into(),
+        weight_decay: args.weight_decay,
+        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        seed,
+        ..TrainSettings::default()
+    }
+}
+
+/// What is about to be trained, on stderr.
+fn report_start(
+    args: &TrainArgs,
+    lm: &LanguageModel,
+    trainer: &Trainer,
+    sequences: &[Sequence],
+    weights: Option<&LossWeights>,
+    truncated: usize,
+    context: &Context,
+) -> Result<()> {
+    let total = trainer.total_steps();
+    let mut err = context.printer.stderr();
+    writeln!(
+        err,
+        "training {} ({} parameters) on {} sequences: {} steps{}",
+        lm.config.architecture.model_type(),
+        lm.config.parameter_count(),
+        sequences.len(),
+        total,
+        if trainer.step > 0 {
+            format!(", resuming at step {}", trainer.step)
+        } else {
+            String::new()
+        }
+    )?;
+
+    if let (Some(name), Some(weights)) = (&args.weight_col, weights) {
+        writeln!(
+            err,
+            "losses weighted by '{name}' (total {:.3}){}",
+            weights.values.iter().sum::<f64>(),
+            if weights.left_out() > 0 {
+                format!("; {} rows of weight 0 left out", weights.left_out())
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    if truncated > 0 {
+        writeln!(
+            err,
+            "cut {truncated} of {} rows to --max-length {} tokens",
+            sequences.len(),
+            args.text.max_length.unwrap_or_default()
+        )?;
+    }
+    Ok(())
 }
 
 fn check_flags(args: &TrainArgs) -> Result<()> {
