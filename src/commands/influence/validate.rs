@@ -13,7 +13,7 @@ use crate::ExitStatus;
 use crate::cli::ValidateArgs;
 use crate::commands::Context;
 use curate::error::usage;
-use curate::influence::examples;
+use curate::influence::examples::{self, Examples};
 use curate::influence::retrain::{
     Objective, RetrainPlan, ScoreCheck, check_json, check_scores, checks_frame,
 };
@@ -45,21 +45,7 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
     let options = super::read_options(args.id_col.as_deref(), &args.text, chat.as_ref());
     let train = examples::read(&args.train, &base, &options)?;
     let query = examples::read(&args.query, &base, &options)?;
-    let mut score_files = Vec::with_capacity(args.scores.len());
-    for path in &args.scores {
-        let input = Input::open(path, None)?;
-        let objective = Objective::read(&input.read()?, input.label(), &train, &query)?;
-        if let Some((first, _)) = score_files.first() {
-            let first: &Objective = first;
-            if first.names != objective.names {
-                return Err(usage(format!(
-                    "{path}: scores a different objective than {} (queries or aggregation differ)",
-                    args.scores[0]
-                )));
-            }
-        }
-        score_files.push((objective, input));
-    }
+    let score_files = read_score_files(&args.scores, &train, &query)?;
 
     let settings = TrainSettings {
         epochs: args.epochs,
@@ -80,37 +66,17 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         &objectives,
         context.seed,
     );
-    let steps_of = |rows: usize| Trainer::new(settings.clone(), vec![1; rows]).total_steps() as u64;
-    let total: u64 = plan.runs.iter().map(|r| steps_of(r.len())).sum();
     let mut err = context.printer.stderr();
-    writeln!(
-        err,
-        "retraining {} times ({} subsets of {} rows, all rows, {} removal runs): {total} steps",
-        plan.runs.len(),
-        plan.subsets,
-        plan.subset_rows(),
-        plan.runs.len() - plan.subsets - 1
-    )?;
     let started = Instant::now();
-    let bar = context.printer.progress_bar(total, "retrain");
-    let mut on_step = || -> Result<()> {
-        bar.inc(1);
-        interrupt::check()?;
-        Ok(())
-    };
-    let mut losses: Vec<Vec<f64>> = Vec::with_capacity(plan.runs.len());
-    for rows in &plan.runs {
-        losses.push(retrain_and_measure(
-            &base,
-            &train.sequences,
-            rows,
-            &query.sequences,
-            &settings,
-            args.batch_size,
-            &mut on_step,
-        )?);
-    }
-    bar.finish_and_clear();
+    let losses = retrain_all(
+        &plan,
+        &base,
+        &train,
+        &query,
+        &settings,
+        args.batch_size,
+        context,
+    )?;
     let base_losses = batched_losses(
         &base.model,
         base.pad_id(),
@@ -170,6 +136,74 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         summary_output.write_document(text.as_bytes())?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// Each `--scores` file as the objective it predicts; all must predict the same one.
+fn read_score_files(
+    paths: &[String],
+    train: &Examples,
+    query: &Examples,
+) -> Result<Vec<(Objective, Input)>> {
+    let mut score_files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let input = Input::open(path, None)?;
+        let objective = Objective::read(&input.read()?, input.label(), train, query)?;
+        if let Some((first, _)) = score_files.first() {
+            let first: &Objective = first;
+            if first.names != objective.names {
+                return Err(usage(format!(
+                    "{path}: scores a different objective than {} (queries or aggregation differ)",
+                    paths[0]
+                )));
+            }
+        }
+        score_files.push((objective, input));
+    }
+    Ok(score_files)
+}
+
+/// Every run of the plan retrained from `base`, each run's per-query losses measured, with a
+/// progress bar over all their steps.
+fn retrain_all(
+    plan: &RetrainPlan,
+    base: &LanguageModel,
+    train: &Examples,
+    query: &Examples,
+    settings: &TrainSettings,
+    batch_size: usize,
+    context: &Context,
+) -> Result<Vec<Vec<f64>>> {
+    let steps_of = |rows: usize| Trainer::new(settings.clone(), vec![1; rows]).total_steps() as u64;
+    let total: u64 = plan.runs.iter().map(|r| steps_of(r.len())).sum();
+    let mut err = context.printer.stderr();
+    writeln!(
+        err,
+        "retraining {} times ({} subsets of {} rows, all rows, {} removal runs): {total} steps",
+        plan.runs.len(),
+        plan.subsets,
+        plan.subset_rows(),
+        plan.runs.len() - plan.subsets - 1
+    )?;
+    let bar = context.printer.progress_bar(total, "retrain");
+    let mut on_step = || -> Result<()> {
+        bar.inc(1);
+        interrupt::check()?;
+        Ok(())
+    };
+    let mut losses: Vec<Vec<f64>> = Vec::with_capacity(plan.runs.len());
+    for rows in &plan.runs {
+        losses.push(retrain_and_measure(
+            base,
+            &train.sequences,
+            rows,
+            &query.sequences,
+            settings,
+            batch_size,
+            &mut on_step,
+        )?);
+    }
+    bar.finish_and_clear();
+    Ok(losses)
 }
 
 /// One score file's correlation and removal controls on stderr.
