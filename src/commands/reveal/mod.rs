@@ -14,8 +14,8 @@ use curate::model::probe::ProbeKind;
 use curate::reveal::FilterOptions;
 use curate::reveal::classes::{ClassOrderError, Classes};
 use curate::reveal::detect::{
-    GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs, RevealSettings,
-    check_kinds, class_order, detect, gate,
+    Detection, GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs,
+    RevealSettings, check_kinds, class_order, detect, gate,
 };
 use curate::reveal::inputs::{
     Labels, RevealColumns, label_indices, read_embeddings, read_labels, read_source,
@@ -164,28 +164,8 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             .as_ref()
             .map(|(dim, values)| (*dim, values.as_slice())),
     };
-    let bar = context.printer.progress_bar(args.folds as u64, "probe");
-    let mut spinner = None;
-    let detection = detect(
-        &inputs,
-        &settings,
-        &Device::flex(),
-        &mut |event| match event {
-            RevealEvent::ProbeFoldDone => bar.inc(1),
-            RevealEvent::DetectorStarted(detector) => {
-                bar.finish_and_clear();
-                spinner = Some(context.printer.spinner(detector.name()));
-            }
-            RevealEvent::DetectorDone(detector) => {
-                if let Some(s) = spinner.take() {
-                    s.finish_and_clear();
-                }
-                stage(detector.name());
-            }
-        },
-        &interrupt::requested,
-    )
-    .map_err(|e| flag_error(e, &labels, Some(&classes)))?;
+    let detection = detect_with_progress(&inputs, &settings, args.folds, context, &stage)
+        .map_err(|e| flag_error(e, &labels, Some(&classes)))?;
     stage("decide");
 
     let verdict = gate(&detection.decisions, &limits);
@@ -219,6 +199,37 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     } else {
         ExitStatus::GateFailed
     })
+}
+
+/// Run the detectors with a bar over the probe's folds and a spinner per detector.
+fn detect_with_progress<'a>(
+    inputs: &RevealInputs<'a>,
+    settings: &RevealSettings,
+    folds: usize,
+    context: &Context,
+    stage: &dyn Fn(&str),
+) -> Result<Detection<'a>, RevealError> {
+    let bar = context.printer.progress_bar(folds as u64, "probe");
+    let mut spinner = None;
+    detect(
+        inputs,
+        settings,
+        &Device::flex(),
+        &mut |event| match event {
+            RevealEvent::ProbeFoldDone => bar.inc(1),
+            RevealEvent::DetectorStarted(detector) => {
+                bar.finish_and_clear();
+                spinner = Some(context.printer.spinner(detector.name()));
+            }
+            RevealEvent::DetectorDone(detector) => {
+                if let Some(s) = spinner.take() {
+                    s.finish_and_clear();
+                }
+                stage(detector.name());
+            }
+        },
+        &interrupt::requested,
+    )
 }
 
 /// REVEAL's errors, in the flags' terms: bad combinations are usage errors (exit 2), a
