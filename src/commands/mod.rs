@@ -61,21 +61,11 @@ pub fn refuse_existing(path: &std::path::Path, force: bool) -> Result<()> {
 
 /// The chat template `--chat-template` names: auto, none, or a file.
 pub fn template_choice(args: &crate::cli::ChatArgs) -> Result<curate::model::TemplateChoice> {
-    use curate::model::{TemplateChoice, TemplateText};
-    Ok(match args.chat_template.as_str() {
-        "auto" => TemplateChoice::Auto,
-        "none" => TemplateChoice::None,
-        path => {
-            let text = std::fs::read_to_string(std::path::Path::new(path)).map_err(|e| {
-                curate::error::usage(format!(
-                    "--chat-template {path}: cannot read the template: {e}"
-                ))
-            })?;
-            TemplateChoice::Given(TemplateText {
-                text,
-                origin: path.to_string(),
-            })
-        }
+    let spec = args.chat_template.as_str();
+    curate::model::TemplateChoice::from_spec(spec).map_err(|e| {
+        curate::error::usage(format!(
+            "--chat-template {spec}: cannot read the template: {e}"
+        ))
     })
 }
 

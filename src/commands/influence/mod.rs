@@ -1,7 +1,6 @@
 //! `curate influence`: score training examples (and their segments and tokens) by their
 //! influence on query examples; `fit-factors` and `merge-factors` for sharded factor fitting.
 
-mod factors_dir;
 mod merge_scores;
 mod outputs;
 mod validate;
@@ -193,7 +192,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
                     "--covariance is EK-FAC's second pass; use it with --precond ekfac",
                 ));
             }
-            let (set, meta) = factors_dir::load(Path::new(dir))?;
+            let (set, meta) = store::load_dir(Path::new(dir))?;
             check_compatible(dir, &meta, &setup, preconditioner)?;
             if meta.shard.is_some() || set.modules.iter().any(|m| m.activation_sum.is_none()) {
                 return Err(usage(format!(
@@ -212,7 +211,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
     let covariance_digest = covariance.as_ref().map(store::covariance_digest);
     let meta = setup.meta(&factors, covariance_digest);
     let provenance = provenance_of(&setup, context, None);
-    factors_dir::save(out, &factors, &meta, &provenance.key_values(), args.force)?;
+    store::save_dir(out, &factors, &meta, &provenance.key_values(), args.force)?;
     writeln!(
         context.printer.stderr(),
         "fitted {} factors ({}{}) on {} examples in {:.1}s; wrote {}",
@@ -233,7 +232,7 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
     crate::commands::refuse_existing(out, args.force)?;
     let mut loaded = Vec::new();
     for dir in &args.inputs {
-        let (set, meta) = factors_dir::load(Path::new(dir))?;
+        let (set, meta) = store::load_dir(Path::new(dir))?;
         loaded.push(StoredFactors {
             name: dir.as_str(),
             set,
@@ -246,7 +245,7 @@ fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus
         let path = Path::new(part.name).join(FACTORS_FILE);
         provenance.add_input(InputDigest::of_file(path.display().to_string(), &path)?);
     }
-    factors_dir::save(out, &merged, &meta, &provenance.key_values(), args.force)?;
+    store::save_dir(out, &merged, &meta, &provenance.key_values(), args.force)?;
     writeln!(
         context.printer.stderr(),
         "merged {} factor sets ({}); wrote {}",
@@ -405,7 +404,7 @@ fn score_factors(
     context: &Context,
 ) -> Result<FactorSet> {
     if let Some(dir) = &args.factors {
-        let (set, meta) = factors_dir::load(Path::new(dir))?;
+        let (set, meta) = store::load_dir(Path::new(dir))?;
         let wanted = args
             .precond
             .map(preconditioner)
@@ -433,7 +432,7 @@ fn score_factors(
     if let Some(dir) = &args.save_factors {
         let meta = setup.meta(&set, None);
         let provenance = provenance_of(setup, context, None);
-        factors_dir::save(
+        store::save_dir(
             Path::new(dir),
             &set,
             &meta,

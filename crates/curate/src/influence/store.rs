@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{FactorSet, Preconditioner, Stage};
-use crate::table::Shard;
+use crate::error::InputError;
+use crate::table::{OutputDir, Shard};
 
 /// The file a factor directory holds.
 pub const FACTORS_FILE: &str = "factors.safetensors";
@@ -327,6 +329,32 @@ fn check_shard_cover(shards: &[&StoredFactors]) -> Result<(), MergeError> {
     Ok(())
 }
 
+/// A factor directory on disk: `factors.safetensors`, written atomically.
+/// Write a factor directory atomically.
+pub fn save_dir(
+    dir: &Path,
+    factors: &FactorSet,
+    meta: &FactorMeta,
+    provenance: &[(String, String)],
+    force: bool,
+) -> anyhow::Result<()> {
+    let output = OutputDir::create(dir, force)?;
+    let bytes = encode(factors, meta, provenance)?;
+    let path = output.path().join(FACTORS_FILE);
+    std::fs::write(&path, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    output.commit()
+}
+
+/// Read a factor directory written by `save_dir`.
+pub fn load_dir(dir: &Path) -> anyhow::Result<(FactorSet, FactorMeta)> {
+    let path = dir.join(FACTORS_FILE);
+    let file = path.display().to_string();
+    let bytes = std::fs::read(&path)
+        .map_err(|e| InputError::new(file.clone(), format!("cannot read factors: {e}")))?;
+    Ok(decode(&bytes).map_err(|e| InputError::new(file, e.to_string()))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +389,22 @@ mod tests {
             shard: shard.map(str::to_string),
             covariance: None,
         }
+    }
+
+    #[test]
+    fn factor_directories_round_trip_and_refuse_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("factors");
+        let written = set(Stage::Covariance, 0.5, false);
+        let stage_meta = meta(Stage::Covariance, Some("0/2"));
+        save_dir(&path, &written, &stage_meta, &[], false).unwrap();
+        let (read, read_meta) = load_dir(&path).unwrap();
+        assert_eq!(read_meta, stage_meta);
+        assert_eq!(read.stage, Stage::Covariance);
+        assert!(save_dir(&path, &written, &stage_meta, &[], false).is_err());
+        save_dir(&path, &written, &stage_meta, &[], true).unwrap();
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot read factors"), "{err}");
     }
 
     fn part<'a>(name: &'a str, stage: Stage, value: f64, shard: &str) -> StoredFactors<'a> {

@@ -453,6 +453,20 @@ pub enum TemplateChoice {
     Given(TemplateText),
 }
 
+impl TemplateChoice {
+    /// `auto`, `none`, or a Jinja template file (read here; the error is the file's).
+    pub fn from_spec(spec: &str) -> std::io::Result<TemplateChoice> {
+        Ok(match spec {
+            "auto" => TemplateChoice::Auto,
+            "none" => TemplateChoice::None,
+            path => TemplateChoice::Given(TemplateText {
+                text: std::fs::read_to_string(path)?,
+                origin: path.to_string(),
+            }),
+        })
+    }
+}
+
 /// A JSON file of a model directory, when present.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
@@ -584,4 +598,33 @@ pub fn tensor_to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
         .convert::<f64>()
         .try_into_vec::<f64>()
         .expect("a float tensor converts to f64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_choices_name_the_model_s_none_or_a_file() {
+        assert_eq!(
+            TemplateChoice::from_spec("auto").unwrap(),
+            TemplateChoice::Auto
+        );
+        assert_eq!(
+            TemplateChoice::from_spec("none").unwrap(),
+            TemplateChoice::None
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jinja");
+        std::fs::write(&path, "{{ messages }}").unwrap();
+        let spec = path.to_str().unwrap();
+        let TemplateChoice::Given(text) = TemplateChoice::from_spec(spec).unwrap() else {
+            panic!("a file is a given template");
+        };
+        assert_eq!(
+            (text.text.as_str(), text.origin.as_str()),
+            ("{{ messages }}", spec)
+        );
+        assert!(TemplateChoice::from_spec("/no/such/template.jinja").is_err());
+    }
 }
