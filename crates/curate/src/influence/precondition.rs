@@ -72,9 +72,7 @@ impl std::str::FromStr for Damping {
         }
         match text.parse::<f64>() {
             Ok(value) if value.is_finite() && value >= 0.0 => Ok(Damping::Fixed(value)),
-            _ => Err(format!(
-                "--damping {text:?}: expected a non-negative number or 'heuristic'"
-            )),
+            _ => Err("expected a non-negative number or 'heuristic'".to_string()),
         }
     }
 }

@@ -29,7 +29,7 @@ impl FromStr for Projection {
 
     /// `kron:R_IN,R_OUT` (the seed is set separately).
     fn from_str(spec: &str) -> Result<Self, String> {
-        let error = || format!("--project {spec:?}: expected kron:R_IN,R_OUT with positive ranks");
+        let error = || "expected kron:R_IN,R_OUT with positive ranks".to_string();
         let ranks = spec.strip_prefix("kron:").ok_or_else(error)?;
         let (r_in, r_out) = ranks.split_once(',').ok_or_else(error)?;
         let parse = |r: &str| r.trim().parse::<usize>().ok().filter(|&r| r > 0);

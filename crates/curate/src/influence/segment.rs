@@ -32,10 +32,10 @@ impl std::str::FromStr for Segmenter {
             _ => match spec.strip_prefix("regex:") {
                 Some(pattern) => Regex::new(pattern)
                     .map(Segmenter::Pattern)
-                    .map_err(|e| format!("--segmenter {spec:?}: {e}")),
-                None => Err(format!(
-                    "--segmenter {spec:?}: expected paragraph, sentence, step, answer or regex:PATTERN"
-                )),
+                    .map_err(|e| e.to_string()),
+                None => {
+                    Err("expected paragraph, sentence, step, answer or regex:PATTERN".to_string())
+                }
             },
         }
     }
