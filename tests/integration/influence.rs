@@ -703,7 +703,7 @@ fn invalid_inputs_fail_with_the_row_and_write_nothing() {
         ("empty response", format!("{good}\n{{\"prompt\": \"x\", \"response\": \"\"}}\n"), &[], "row 2: empty response"),
         ("too long", format!("{good}\n{{\"prompt\": \"{}\", \"response\": \"y\"}}\n", "word ".repeat(1500)), &[], "more than the model's 1024 positions"),
         ("vocab", "{\"input_ids\": [1, 2], \"labels\": [-100, 2]}\n{\"input_ids\": [1, 5000], \"labels\": [-100, 5000]}\n".to_string(), &[], "row 2: label 5000 is neither -100 nor a token id below vocab_size 2048"),
-        ("bad damping", format!("{good}\n"), &["--damping=-1"], "--damping \"-1\""),
+        ("bad damping", format!("{good}\n"), &["--damping=-1"], "invalid value '-1' for '--damping <LAMBDA>'"),
     ];
     for (what, train, extra, needle) in cases {
         let mut test = Test::new()
