@@ -15,7 +15,7 @@ use crate::commands::Context;
 use curate::error::usage;
 use curate::influence::examples::{self, Examples};
 use curate::influence::retrain::{
-    Objective, RetrainPlan, ScoreCheck, check_json, check_scores, checks_frame,
+    Objective, RetrainPlan, ScoreCheck, check_json, check_scores, checks_frame, mean,
 };
 use curate::influence::validate::retrain_and_measure;
 use curate::interrupt;
@@ -93,12 +93,11 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
     for ((_, input), check) in score_files.iter().zip(&checks) {
         print_check(&mut err, input.label(), check)?;
     }
-    let mean_over = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
-    let full = mean_over(&losses[plan.full_run]);
+    let full = mean(&losses[plan.full_run]);
     writeln!(
         err,
         "mean query loss: base {:.4}, retrained on all rows {full:.4}",
-        mean_over(&base_losses)
+        mean(&base_losses)
     )?;
 
     let mut provenance = context.provenance();
@@ -121,7 +120,7 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         "subset_rows": plan.subset_rows(),
         "train_rows": train.len(),
         "queries": query.len(),
-        "base_loss": mean_over(&base_losses),
+        "base_loss": mean(&base_losses),
         "full_data_loss": full,
         "training": {
             "epochs": args.epochs, "lr": args.lr, "warmup": args.warmup,

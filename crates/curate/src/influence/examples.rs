@@ -60,6 +60,30 @@ impl Examples {
     }
 }
 
+#[cfg(test)]
+impl Examples {
+    /// Rows with only ids and sequences, for tests of what is built from them.
+    pub(crate) fn bare(file: &str, ids: Column, sequences: Vec<Sequence>) -> Examples {
+        Examples {
+            file: file.into(),
+            digest: InputDigest {
+                path: file.into(),
+                sha256: String::new(),
+                bytes: 0,
+            },
+            ids,
+            sequences,
+            truncated: 0,
+            domain: None,
+            difficulty: None,
+            responses: None,
+            answers: None,
+            correct: None,
+            correct_unknown: 0,
+        }
+    }
+}
+
 /// The values of `column` at `rows`, in order.
 pub fn take(column: &Column, rows: &[u32]) -> PolarsResult<Column> {
     let index = IdxCa::from_vec("".into(), rows.iter().map(|&r| r as IdxSize).collect());

@@ -580,7 +580,6 @@ pub fn top_by_domain(
 mod tests {
     use super::*;
     use crate::model::{IGNORE_INDEX, Sequence};
-    use crate::table::InputDigest;
 
     /// Two training rows of the "math" and "code" domains; the second has a 3-token response.
     fn train() -> Examples {
@@ -598,21 +597,14 @@ mod tests {
             ))
         };
         Examples {
-            file: "train.jsonl".into(),
-            digest: InputDigest {
-                path: "train.jsonl".into(),
-                sha256: String::new(),
-                bytes: 0,
-            },
-            ids: Column::new("id".into(), ["a", "b"]),
-            sequences: vec![sequence(1, 2), sequence(1, 3)],
-            truncated: 0,
             domain: text(["math", "code"]),
             difficulty: text(["1", "2"]),
             responses: Some(vec!["first   answer".into(), "second".into()]),
-            answers: None,
-            correct: None,
-            correct_unknown: 0,
+            ..Examples::bare(
+                "train.jsonl",
+                Column::new("id".into(), ["a", "b"]),
+                vec![sequence(1, 2), sequence(1, 3)],
+            )
         }
     }
 

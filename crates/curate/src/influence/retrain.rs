@@ -235,7 +235,8 @@ impl ScoreCheck {
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
+/// The mean of `values` (0 for none).
+pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
@@ -342,26 +343,9 @@ pub fn finite(value: f64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::InputDigest;
 
     fn examples(file: &str, ids: &[&str]) -> Examples {
-        Examples {
-            file: file.into(),
-            digest: InputDigest {
-                path: file.into(),
-                sha256: String::new(),
-                bytes: 0,
-            },
-            ids: Column::new("id".into(), ids),
-            sequences: Vec::new(),
-            truncated: 0,
-            domain: None,
-            difficulty: None,
-            responses: None,
-            answers: None,
-            correct: None,
-            correct_unknown: 0,
-        }
+        Examples::bare(file, Column::new("id".into(), ids), Vec::new())
     }
 
     #[test]

@@ -226,23 +226,8 @@ mod tests {
         let sequences: Vec<Sequence> = (0..5)
             .map(|i| Sequence::prompt_response(&[1, 2 + i % 3], &[4 + i % 5, 9]))
             .collect();
-        let train = Examples {
-            file: "train".into(),
-            digest: InputDigest {
-                path: "train".into(),
-                sha256: "t".into(),
-                bytes: 0,
-            },
-            ids: Column::new("id".into(), (0..5u32).collect::<Vec<_>>()),
-            sequences,
-            truncated: 0,
-            domain: None,
-            difficulty: None,
-            responses: None,
-            answers: None,
-            correct: None,
-            correct_unknown: 0,
-        };
+        let ids = Column::new("id".into(), (0..5u32).collect::<Vec<_>>());
+        let train = Examples::bare("train", ids, sequences);
         GradientRun {
             lm,
             model_digest: "m".into(),
