@@ -12,7 +12,7 @@ use clap::Parser;
 
 use crate::cli::Cli;
 use crate::printer::{Printer, Verbosity};
-use curate::error::{InputError, Interrupted, UsageError, is_broken_pipe};
+use curate::error::{ErrorClass, classify};
 
 /// How a run ended; each maps to one exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,18 +42,12 @@ impl ExitStatus {
 
     /// Classify an error by the kinds in its chain.
     pub fn of_error(err: &anyhow::Error) -> ExitStatus {
-        if is_broken_pipe(err) {
-            return ExitStatus::Success;
+        match classify(err) {
+            ErrorClass::BrokenPipe => ExitStatus::Success,
+            ErrorClass::Interrupted => ExitStatus::Interrupted,
+            ErrorClass::InvalidInput => ExitStatus::InvalidInput,
+            ErrorClass::Runtime => ExitStatus::Failure,
         }
-        for cause in err.chain() {
-            if cause.is::<Interrupted>() {
-                return ExitStatus::Interrupted;
-            }
-            if cause.is::<InputError>() || cause.is::<UsageError>() {
-                return ExitStatus::InvalidInput;
-            }
-        }
-        ExitStatus::Failure
     }
 }
 
@@ -129,7 +123,7 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
         Err(err) => {
             let status = ExitStatus::of_error(&err);
             if !matches!(status, ExitStatus::Success) {
-                eprintln!("curate: {}", curate::error::one_line(&format!("{err:#}")));
+                eprintln!("curate: {}", commands::error_line(&err));
             }
             status
         }

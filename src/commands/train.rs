@@ -16,9 +16,7 @@ use curate::interrupt;
 use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch};
 use curate::model::config::{ConfigSource, fresh_config};
 use curate::model::encode::TextRows;
-use curate::model::train::{
-    Diverged, LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps,
-};
+use curate::model::train::{LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps};
 use curate::model::{
     Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
@@ -196,11 +194,7 @@ fn train_and_save(
         plan,
         &mut on_step,
         &interrupt::requested,
-    )
-    .map_err(|err| match err.downcast_ref::<Diverged>() {
-        Some(diverged) => anyhow::anyhow!("{diverged}; lower --lr"),
-        None => err,
-    })?;
+    )?;
     let resume_hint = format!(
         "checkpoint in {} (continue with --resume)",
         checkpoint.dir.display()

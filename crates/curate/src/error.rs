@@ -75,6 +75,80 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// An output that already exists, and the caller did not allow replacing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputExists {
+    pub path: String,
+    pub kind: OutputKind,
+}
+
+/// What kind of output [`OutputExists`] refused to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    File,
+    Directory,
+}
+
+impl OutputExists {
+    pub fn file(path: impl Into<String>) -> Self {
+        OutputExists {
+            path: path.into(),
+            kind: OutputKind::File,
+        }
+    }
+
+    pub fn directory(path: impl Into<String>) -> Self {
+        OutputExists {
+            path: path.into(),
+            kind: OutputKind::Directory,
+        }
+    }
+}
+
+impl fmt::Display for OutputExists {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            OutputKind::File => write!(f, "{}: already exists", self.path),
+            OutputKind::Directory => write!(f, "{} already exists", self.path),
+        }
+    }
+}
+
+impl std::error::Error for OutputExists {}
+
+/// How an error chain ends a run; the binary maps each to an exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// stdout was closed by its reader (`curate ... | head`): not a failure.
+    BrokenPipe,
+    Interrupted,
+    /// Bad usage or invalid input: nothing was written.
+    InvalidInput,
+    /// Everything else: I/O, model, endpoint.
+    Runtime,
+}
+
+/// Classify an error by the kinds in its chain: the first kind found from the outside in wins,
+/// except that a broken pipe anywhere wins over all.
+pub fn classify(err: &anyhow::Error) -> ErrorClass {
+    if is_broken_pipe(err) {
+        return ErrorClass::BrokenPipe;
+    }
+    for cause in err.chain() {
+        if cause.is::<Interrupted>() {
+            return ErrorClass::Interrupted;
+        }
+        if cause.is::<InputError>()
+            || cause.is::<UsageError>()
+            || cause.is::<OutputExists>()
+            || cause.is::<crate::model::TensorMismatch>()
+        {
+            return ErrorClass::InvalidInput;
+        }
+    }
+    ErrorClass::Runtime
+}
+
 /// Build an `anyhow::Error` carrying a [`UsageError`].
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
@@ -134,6 +208,20 @@ mod tests {
     fn multi_line_messages_become_one_line() {
         let err = InputError::new("f.jsonl", "bad\n\n  things\nhere ");
         assert_eq!(err.to_string(), "f.jsonl: bad; things; here");
+    }
+
+    #[test]
+    fn existing_outputs_are_invalid_input_through_context() {
+        let err = anyhow::Error::new(OutputExists::file("o.csv")).context("writing");
+        assert_eq!(classify(&err), ErrorClass::InvalidInput);
+        assert_eq!(format!("{err:#}"), "writing: o.csv: already exists");
+        let dir = OutputExists::directory("m");
+        assert_eq!(dir.to_string(), "m already exists");
+        assert_eq!(
+            classify(&anyhow::Error::new(Interrupted).context("stopped")),
+            ErrorClass::Interrupted
+        );
+        assert_eq!(classify(&anyhow::anyhow!("disk full")), ErrorClass::Runtime);
     }
 
     #[test]

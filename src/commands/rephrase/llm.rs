@@ -16,11 +16,11 @@ use curate::error::{Interrupted, usage};
 use curate::interrupt;
 use curate::rephrase::ask::{Asker, Job, ask_all};
 use curate::rephrase::cache::{CacheError, ReplyCache};
-use curate::rephrase::client::{Budget, ChatClient, ClientSettings, chat_endpoint};
+use curate::rephrase::client::{Budget, ChatClient, ClientSettings, Exhausted, chat_endpoint};
 use curate::rephrase::journal::{self, Answer, Journal, JournalConflict};
 use curate::rephrase::plan::{self, LlmMode, Plan, jobs};
 use curate::rephrase::records::Trace;
-use curate::rephrase::{Rejection, Rephrased, Settings};
+use curate::rephrase::{DriftLimit, Rejection, Rephrased, Settings};
 
 /// The API key variable read when `--api-key-env` is not given.
 const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -206,11 +206,15 @@ pub fn rephrase(
     if interrupt::check().is_err() {
         return Err(anyhow::Error::new(Interrupted).context(format!("stopped: {kept}")));
     }
-    if let Some(message) = collected.fatal.or(collected.halted) {
+    if let Some(message) = collected.fatal.or(collected.halted.map(budget_message)) {
         return Err(anyhow!("{message}; {kept}"));
     }
 
-    let outcomes = plan::settle_all(plans, traces, answers, settings, args.max_drift);
+    let drift = DriftLimit {
+        max: args.max_drift,
+        name: "--max-drift",
+    };
+    let outcomes = plan::settle_all(plans, traces, answers, settings, drift);
     let (requests, tokens) = budget.used();
     let report = json!({
         "mode": llm_mode(args.mode).name(),
@@ -315,4 +319,17 @@ pub fn dry_run(
         if within { "" } else { "; over the budget" }
     )?;
     Ok(())
+}
+
+/// Which budget flag stopped the run.
+fn budget_message(exhausted: Exhausted) -> String {
+    match exhausted {
+        Exhausted::Requests { max } => {
+            format!("the request budget (--max-requests {max}) is used up")
+        }
+        Exhausted::Tokens { max, used, next } => format!(
+            "the token budget (--max-total-tokens {max}) does not allow the next request \
+             ({used} used, about {next} more)"
+        ),
+    }
 }

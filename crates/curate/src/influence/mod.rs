@@ -30,7 +30,7 @@ pub use engine::{
 };
 pub use factors::{Eigenbasis, FactorSet, ModuleFactors, Stage};
 pub use lm_source::LmSource;
-pub use precondition::{Damping, ModulePreconditioner, Preconditioner};
+pub use precondition::{Damping, ModulePreconditioner, Preconditioner, UndampedZero};
 pub use projection::Projection;
 pub use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
 pub use stacks::{ExampleStack, ModuleStacks, stacks_from_activations};

@@ -111,6 +111,13 @@ pub enum ModulePreconditioner {
     },
 }
 
+/// A factor has eigenvalues of zero and the damping added none: the inverse does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{module}: damped eigenvalues of zero")]
+pub struct UndampedZero {
+    pub module: String,
+}
+
 impl ModulePreconditioner {
     pub fn build(
         preconditioner: Preconditioner,
@@ -123,10 +130,9 @@ impl ModulePreconditioner {
                 1.0 / (eigenvalues[(i, j)] + damping)
             });
             if inverse.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
-                bail!(
-                    "{}: damped eigenvalues of zero (give a positive --damping)",
-                    factors.name
-                );
+                bail!(UndampedZero {
+                    module: factors.name.clone()
+                });
             }
             Ok(inverse)
         };

@@ -11,7 +11,7 @@
 
 use anyhow::Result;
 
-use crate::model::train::{TrainSettings, Trainer};
+use crate::model::train::{Diverged, TrainSettings, Trainer};
 use crate::model::{LanguageModel, Sequence, batched_losses};
 use crate::rng::SplitMix64;
 
@@ -150,7 +150,11 @@ pub fn retrain_and_measure(
         let (next, report) = trainer.train_step(base, model, &subset);
         model = next;
         if !report.loss.is_finite() {
-            anyhow::bail!("loss became {} while retraining; lower --lr", report.loss);
+            return Err(anyhow::Error::new(Diverged {
+                loss: report.loss,
+                step: trainer.step,
+            })
+            .context("retraining"));
         }
         on_step()?;
     }

@@ -32,6 +32,7 @@ pub use chat::{ChatTemplate, Message, SpecialTokenText};
 pub use config::{Architecture, LmConfig};
 pub use device::DeviceSpec;
 pub use lm::CausalLm;
+pub use weights::{MismatchKind, TensorMismatch};
 
 use crate::error::InputError;
 use weights::TensorSource;

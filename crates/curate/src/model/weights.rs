@@ -16,6 +16,35 @@ use crate::rng::SplitMix64;
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// A checkpoint whose tensors do not match the model's key map one to one (invalid input,
+/// unless the caller allows a partial load).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {count} {kind}: {names}")]
+pub struct TensorMismatch {
+    pub origin: String,
+    pub kind: MismatchKind,
+    pub count: usize,
+    /// The first few names, then how many more.
+    pub names: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchKind {
+    /// The model needs tensors the checkpoint lacks.
+    Missing,
+    /// The checkpoint has tensors the model does not use.
+    Unused,
+}
+
+impl std::fmt::Display for MismatchKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MismatchKind::Missing => "missing tensor(s)",
+            MismatchKind::Unused => "tensor(s) the model does not use",
+        })
+    }
+}
+
 /// A tensor read from a checkpoint, still in its stored dtype.
 #[derive(Debug, Clone)]
 pub struct StoredTensor {
@@ -206,19 +235,17 @@ impl TensorSource {
                 .map(String::as_str)
                 .filter(|name| !expected.contains(name))
                 .collect();
-            for (names, problem, remedy) in [
-                (missing, "missing tensor(s)", "initialises them"),
-                (unused, "tensor(s) the model does not use", "ignores them"),
+            for (names, kind) in [
+                (missing, MismatchKind::Missing),
+                (unused, MismatchKind::Unused),
             ] {
                 if !names.is_empty() {
-                    bail!(InputError::new(
+                    bail!(TensorMismatch {
                         origin,
-                        format!(
-                            "{} {problem}: {} (--allow-partial {remedy})",
-                            names.len(),
-                            name_list(&names)
-                        )
-                    ));
+                        kind,
+                        count: names.len(),
+                        names: name_list(&names),
+                    });
                 }
             }
         }

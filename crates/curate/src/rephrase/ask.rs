@@ -14,7 +14,7 @@ use super::Reject;
 use super::boundaries::parse_ends;
 use super::cache::ReplyCache;
 use super::chat::{ReplyError, completion_content, estimate_prompt_tokens, with_repair};
-use super::client::{Budget, CallError, ChatClient, Completion};
+use super::client::{Budget, CallError, ChatClient, Completion, Exhausted};
 use super::journal::{Answer, Journal};
 use super::rewrite::parse_units;
 use crate::interrupt;
@@ -67,7 +67,7 @@ pub enum Asked {
     /// The endpoint cannot serve the run.
     Fatal(String),
     /// A budget is used up.
-    Halted(String),
+    Halted(Exhausted),
     /// Stopped before an answer (Ctrl-C, or a failure elsewhere).
     Stopped,
 }
@@ -189,7 +189,7 @@ pub struct Collected {
     /// Why the endpoint cannot serve the run (or the journal cannot be written).
     pub fatal: Option<String>,
     /// Which budget stopped the run.
-    pub halted: Option<String>,
+    pub halted: Option<Exhausted>,
 }
 
 /// Ask for every pending job from `concurrency` workers, journaling each answer as it

@@ -59,6 +59,15 @@ pub struct ClientSettings {
     pub seed: u64,
 }
 
+/// Which budget does not allow another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// All `max` requests are sent.
+    Requests { max: u64 },
+    /// `used` tokens (spent and reserved) plus about `next` for the next request exceed `max`.
+    Tokens { max: u64, used: u64, next: u64 },
+}
+
 /// Request and token limits shared by every worker of a run. Each attempt counts as a
 /// request; tokens are the server's `usage.total_tokens` (the estimate when it reports none),
 /// and an attempt is only sent while its estimate still fits.
@@ -91,18 +100,16 @@ impl Budget {
         if let Some(max) = self.max_requests
             && state.requests >= max
         {
-            return Err(CallError::BudgetExhausted(format!(
-                "the request budget (--max-requests {max}) is used up"
-            )));
+            return Err(CallError::BudgetExhausted(Exhausted::Requests { max }));
         }
         if let Some(max) = self.max_tokens
             && state.tokens + state.reserved + estimate > max
         {
-            return Err(CallError::BudgetExhausted(format!(
-                "the token budget (--max-total-tokens {max}) does not allow the next request \
-                 ({} used, about {estimate} more)",
-                state.tokens + state.reserved
-            )));
+            return Err(CallError::BudgetExhausted(Exhausted::Tokens {
+                max,
+                used: state.tokens + state.reserved,
+                next: estimate,
+            }));
         }
         state.requests += 1;
         state.reserved += estimate;
@@ -130,7 +137,7 @@ pub enum CallError {
     /// The endpoint cannot serve the run: not retryable, or retries used up.
     Failed(String),
     /// A budget does not allow another request.
-    BudgetExhausted(String),
+    BudgetExhausted(Exhausted),
     /// The caller asked to stop (Ctrl-C, or a failure elsewhere).
     Stopped,
 }
@@ -223,7 +230,7 @@ impl ChatClient {
                     budget.settle(estimate, 0);
                     let message = match location {
                         Some(to) if (300..400).contains(&status) => {
-                            format!("redirected to {to}; give the final URL as --base-url")
+                            format!("redirected to {to}; give the final URL as the base URL")
                         }
                         _ => error_message(&body),
                     };
@@ -482,14 +489,21 @@ mod tests {
         assert!(budget.admit(10).is_ok());
         assert!(matches!(
             budget.admit(10),
-            Err(CallError::BudgetExhausted(_))
+            Err(CallError::BudgetExhausted(Exhausted::Requests { max: 2 }))
         ));
         budget.settle(10, 0);
         assert_eq!(budget.used(), (2, 7));
         // Tokens: in-flight estimates count until settled.
         let budget = Budget::new(None, Some(100));
         assert!(budget.admit(60).is_ok());
-        assert!(budget.admit(60).is_err());
+        assert!(matches!(
+            budget.admit(60),
+            Err(CallError::BudgetExhausted(Exhausted::Tokens {
+                max: 100,
+                used: 60,
+                next: 60
+            }))
+        ));
         budget.settle(60, 30);
         assert!(budget.admit(60).is_ok());
         assert!(budget.admit(11).is_err());

@@ -414,8 +414,16 @@ fn finish(
     })
 }
 
+/// How far rewritten thinking may stray from the original ([`rewrite::drift`]), and what
+/// names the limit in a rejection's detail (the caller's flag).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftLimit<'a> {
+    pub max: f64,
+    pub name: &'a str,
+}
+
 /// Rephrase one trace from units an LLM rewrote (parsed by [`rewrite::parse_units`]). The
-/// rewritten thinking may differ from the original, but only by `max_drift`
+/// rewritten thinking may differ from the original, but only by `limit.max`
 /// ([`rewrite::drift`]); each unit's answer is taken from what the model wrote, and the last
 /// one must state the original final answer, whose text then closes the record.
 pub fn rephrase_rewritten(
@@ -423,7 +431,7 @@ pub fn rephrase_rewritten(
     reference: Option<&str>,
     settings: &Settings,
     rewritten: &[RewrittenUnit],
-    max_drift: f64,
+    limit: DriftLimit,
 ) -> Result<Rephrased, Rejection> {
     let parts = trace_parts(response, reference, settings)?;
     let thinking = &response[parts.thinking.clone()];
@@ -432,11 +440,12 @@ pub fn rephrase_rewritten(
         return Err(Reject::UnusableReply.into());
     };
     let drift = rewrite::drift(thinking, rewritten);
-    if drift > max_drift {
+    if drift > limit.max {
         return Err(Rejection {
             reason: Reject::Drift,
             detail: Some(format!(
-                "the rewritten thinking drifts {drift:.3} from the original (--max-drift {max_drift})"
+                "the rewritten thinking drifts {drift:.3} from the original ({} {})",
+                limit.name, limit.max
             )),
         });
     }
@@ -620,6 +629,10 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
     #[test]
     fn rewrites_keep_the_final_answer_within_the_drift_limit() {
         let s = settings(true);
+        let limit = |max: f64| DriftLimit {
+            max,
+            name: "the limit",
+        };
         let unit = |thinking: &str, answer: &str| RewrittenUnit {
             thinking: thinking.to_string(),
             answer: answer.to_string(),
@@ -634,7 +647,7 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
                 "The answer is \\boxed{21}.",
             ),
         ];
-        let out = rephrase_rewritten(R1, Some("21"), &s, &close, 0.3).unwrap();
+        let out = rephrase_rewritten(R1, Some("21"), &s, &close, limit(0.3)).unwrap();
         assert_eq!(out.drift, Some(0.0));
         assert_eq!(out.units[0].span, None);
         assert_eq!(out.units[0].answer, "The answer is $\\boxed{42}$.");
@@ -643,14 +656,15 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
         assert_eq!(out.units[1].answer, "The answer is $\\boxed{21}$.");
         assert_eq!(out.first_correct_unit, Some(2));
         let loose = [unit("Six sevens, halved.", "The answer is 21.")];
-        let err = rephrase_rewritten(R1, None, &s, &loose, 0.3).unwrap_err();
+        let err = rephrase_rewritten(R1, None, &s, &loose, limit(0.3)).unwrap_err();
         assert_eq!(err.reason, Reject::Drift);
-        assert!(rephrase_rewritten(R1, None, &s, &loose, 1.0).is_ok());
+        assert!(err.detail.unwrap().ends_with("(the limit 0.3)"));
+        assert!(rephrase_rewritten(R1, None, &s, &loose, limit(1.0)).is_ok());
         let wrong = [unit("Six sevens, halved.", "The answer is 20.")];
-        let err = rephrase_rewritten(R1, None, &s, &wrong, 1.0).unwrap_err();
+        let err = rephrase_rewritten(R1, None, &s, &wrong, limit(1.0)).unwrap_err();
         assert_eq!(err.reason, Reject::AnswerAltered);
         assert_eq!(
-            rephrase_rewritten(R1, None, &s, &[], 1.0)
+            rephrase_rewritten(R1, None, &s, &[], limit(1.0))
                 .unwrap_err()
                 .reason,
             Reject::UnusableReply

@@ -14,7 +14,8 @@ use super::records::Trace;
 use super::rewrite::{self, parse_units, rewrite_request};
 use super::units::paragraphs;
 use super::{
-    Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten, trace_parts,
+    DriftLimit, Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten,
+    trace_parts,
 };
 use crate::table::hex;
 
@@ -124,7 +125,7 @@ pub fn settle_all(
     traces: &[Trace],
     mut answers: HashMap<usize, Answer>,
     settings: &Settings,
-    max_drift: f64,
+    drift: DriftLimit,
 ) -> Vec<Result<Rephrased, Rejection>> {
     plans
         .into_iter()
@@ -135,7 +136,7 @@ pub fn settle_all(
                 let answer = answers
                     .remove(&job.row)
                     .expect("every job is answered when no stop was asked");
-                settle(trace, &job, answer, settings, max_drift)
+                settle(trace, &job, answer, settings, drift)
             }
         })
         .collect()
@@ -147,7 +148,7 @@ fn settle(
     job: &Job,
     answer: Answer,
     settings: &Settings,
-    max_drift: f64,
+    drift: DriftLimit,
 ) -> Result<Rephrased, Rejection> {
     let content = match answer {
         Answer::Content(content) => content,
@@ -165,7 +166,7 @@ fn settle(
         }
         Expect::Units => {
             let units = parse_units(&content).map_err(unusable)?;
-            rephrase_rewritten(&trace.response, reference, settings, &units, max_drift)
+            rephrase_rewritten(&trace.response, reference, settings, &units, drift)
         }
     }
 }
@@ -213,6 +214,11 @@ mod tests {
     use super::*;
     use crate::rephrase::units::{Markers, UnitOptions};
     use serde_json::json;
+
+    const ANY_DRIFT: DriftLimit<'static> = DriftLimit {
+        max: 1.0,
+        name: "max",
+    };
 
     fn settings() -> Settings {
         Settings {
@@ -311,7 +317,7 @@ mod tests {
         assert_eq!((some.requests, some.from_journal), (0, 1));
 
         let answers = HashMap::from([(2, Answer::Content("{\"ends\": [2, 3]}".into()))]);
-        let outcomes = settle_all(plans, &traces, answers, &settings(), 1.0);
+        let outcomes = settle_all(plans, &traces, answers, &settings(), ANY_DRIFT);
         assert_eq!(outcomes.len(), 3);
         assert_eq!(outcomes[2].as_ref().unwrap().units.len(), 2);
 
@@ -323,7 +329,7 @@ mod tests {
             "http://x/v1/chat",
         );
         let garbled = HashMap::from([(2, Answer::Content("no json".into()))]);
-        let outcomes = settle_all(plans, &traces, garbled, &settings(), 1.0);
+        let outcomes = settle_all(plans, &traces, garbled, &settings(), ANY_DRIFT);
         assert_eq!(
             outcomes[2].as_ref().unwrap_err().reason,
             Reject::UnusableReply

@@ -737,9 +737,12 @@ pub fn read_embeddings(
         wanted.push(col(id_col));
     }
     if !schema.contains(emb_col) {
-        return Err(InputError::new(&file, "column not found (see --emb-col)")
-            .column(emb_col)
-            .into());
+        return Err(InputError::new(
+            &file,
+            format!("column not found (see {})", columns.embedding.flag),
+        )
+        .column(emb_col)
+        .into());
     }
     let frame = input.collect(input.scan()?.select(wanted))?;
     table::require_rows(&frame, &file)?;

@@ -14,7 +14,7 @@ pub use format::Format;
 pub use output_dir::OutputDir;
 pub use provenance::{InputDigest, Provenance, hex};
 pub use read::{Input, digest_in_background};
-pub use shard::Shard;
+pub use shard::{Shard, ShardError};
 pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
 pub use validate::{
     ColumnRole, Expected, PROBABILITY_SUM_TOLERANCE, id_column, missing_column, number_column,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use crate::error::usage;
+use crate::error::{OutputExists, usage};
 
 /// A directory being written; it replaces the target only on [`OutputDir::commit`].
 pub struct OutputDir {
@@ -17,10 +17,7 @@ impl OutputDir {
     /// Refuses an existing target unless `force`; nothing is touched until [`commit`].
     pub fn create(target: &Path, force: bool) -> Result<Self> {
         if target.exists() && !force {
-            return Err(usage(format!(
-                "{} already exists; use --force to replace it",
-                target.display()
-            )));
+            return Err(OutputExists::directory(target.display().to_string()).into());
         }
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

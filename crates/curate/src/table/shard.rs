@@ -1,4 +1,4 @@
-//! `--shard I/N`: which contiguous slice of the rows one of N parallel jobs handles. Slices
+//! Shards `I/N`: which contiguous slice of the rows one of N parallel jobs handles. Slices
 //! concatenated in shard order give back the whole table.
 
 use std::fmt;
@@ -12,22 +12,45 @@ pub struct Shard {
     pub count: usize,
 }
 
+/// Why a shard spec names no shard. The messages leave out the flag; callers name it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("expected I/N (0-based I) or auto")]
+    Malformed,
+    #[error("the shard count must be at least 1")]
+    NoShards,
+    #[error("shards are numbered from 0 to {}", .count - 1)]
+    OutOfRange { index: usize, count: usize },
+    #[error(
+        "needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (run it as a Slurm array job, or give I/N)"
+    )]
+    NotAnArrayJob,
+    #[error("{name}={value:?} is not a number")]
+    NotANumber { name: String, value: String },
+    #[error("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")]
+    BelowMin { id: usize, min: usize },
+}
+
 impl Shard {
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 
     /// Parse `I/N`, or `auto` from a Slurm array job's environment (`lookup` reads a
     /// variable): the index is `SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN` (0 when the min is
     /// unset), the count `SLURM_ARRAY_TASK_COUNT`.
-    pub fn parse(spec: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Shard, String> {
+    pub fn parse(spec: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Shard, ShardError> {
         if spec != "auto" {
             return spec.parse();
         }
-        let number = |name: &str| -> Result<Option<usize>, String> {
+        let number = |name: &str| -> Result<Option<usize>, ShardError> {
             lookup(name)
-                .map(|v| {
-                    v.trim()
+                .map(|value| {
+                    value
+                        .trim()
                         .parse::<usize>()
-                        .map_err(|_| format!("--shard auto: {name}={v:?} is not a number"))
+                        .map_err(|_| ShardError::NotANumber {
+                            name: name.to_string(),
+                            value,
+                        })
                 })
                 .transpose()
         };
@@ -35,24 +58,21 @@ impl Shard {
             number("SLURM_ARRAY_TASK_ID")?,
             number("SLURM_ARRAY_TASK_COUNT")?,
         ) else {
-            return Err("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (run it as a Slurm array job, or give --shard I/N)".to_string());
+            return Err(ShardError::NotAnArrayJob);
         };
         let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-        let index = id.checked_sub(min).ok_or_else(|| {
-            format!("--shard auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
-        })?;
+        let index = id
+            .checked_sub(min)
+            .ok_or(ShardError::BelowMin { id, min })?;
         Shard::new(index, count)
     }
 
-    pub fn new(index: usize, count: usize) -> Result<Shard, String> {
+    pub fn new(index: usize, count: usize) -> Result<Shard, ShardError> {
         if count == 0 {
-            return Err("--shard: the shard count must be at least 1".to_string());
+            return Err(ShardError::NoShards);
         }
         if index >= count {
-            return Err(format!(
-                "--shard {index}/{count}: shards are numbered from 0 to {}",
-                count - 1
-            ));
+            return Err(ShardError::OutOfRange { index, count });
         }
         Ok(Shard { index, count })
     }
@@ -65,7 +85,7 @@ impl Shard {
 }
 
 impl FromStr for Shard {
-    type Err = String;
+    type Err = ShardError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let parsed = spec
@@ -73,9 +93,7 @@ impl FromStr for Shard {
             .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
         match parsed {
             Some((index, count)) => Shard::new(index, count),
-            None => Err(format!(
-                "--shard {spec:?}: expected I/N (0-based I) or auto"
-            )),
+            None => Err(ShardError::Malformed),
         }
     }
 }
@@ -113,13 +131,11 @@ mod tests {
             "2/8".parse::<Shard>().unwrap(),
             Shard { index: 2, count: 8 }
         );
-        assert!(
-            "8/8"
-                .parse::<Shard>()
-                .unwrap_err()
-                .contains("numbered from 0 to 7")
-        );
-        assert!("x".parse::<Shard>().is_err());
+        let err = "8/8".parse::<Shard>().unwrap_err();
+        assert_eq!(err, ShardError::OutOfRange { index: 8, count: 8 });
+        assert_eq!(err.to_string(), "shards are numbered from 0 to 7");
+        assert_eq!("x".parse::<Shard>(), Err(ShardError::Malformed));
+        assert_eq!("1/0".parse::<Shard>(), Err(ShardError::NoShards));
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |name: &str| {
                 vars.iter()
@@ -136,10 +152,33 @@ mod tests {
             Shard::parse("auto", env(&SLURM)).unwrap(),
             Shard { index: 2, count: 4 }
         );
-        assert!(
-            Shard::parse("auto", env(&[]))
-                .unwrap_err()
-                .contains("needs SLURM_ARRAY_TASK_ID")
+        assert_eq!(
+            Shard::parse("auto", env(&[])),
+            Err(ShardError::NotAnArrayJob)
+        );
+        assert_eq!(
+            Shard::parse(
+                "auto",
+                env(&[
+                    ("SLURM_ARRAY_TASK_ID", "2"),
+                    ("SLURM_ARRAY_TASK_COUNT", "x")
+                ])
+            ),
+            Err(ShardError::NotANumber {
+                name: "SLURM_ARRAY_TASK_COUNT".into(),
+                value: "x".into()
+            })
+        );
+        assert_eq!(
+            Shard::parse(
+                "auto",
+                env(&[
+                    ("SLURM_ARRAY_TASK_ID", "1"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4"),
+                    ("SLURM_ARRAY_TASK_MIN", "2")
+                ])
+            ),
+            Err(ShardError::BelowMin { id: 1, min: 2 })
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Writing tables without ever leaving a half-written or clobbered file behind.
 //!
-//! An [`Output`] is opened before the work starts, so a refused target (exists without
-//! `--force`, missing directory) fails fast. Data goes to a temporary file beside the target
+//! An [`Output`] is opened before the work starts, so a refused target (one that exists and
+//! may not be replaced, a missing directory) fails fast. Data goes to a temporary file beside the target
 //! and is renamed into place only by [`TableWriter::finish`]; dropping the writer on any error
 //! or Ctrl-C removes the temporary file and leaves whatever was there untouched.
 
@@ -16,7 +16,7 @@ use tempfile::TempPath;
 
 use super::format::{Format, unknown_extension_message};
 use super::provenance::Provenance;
-use crate::error::{UsageError, usage};
+use crate::error::{OutputExists, UsageError, usage};
 use crate::interrupt;
 
 /// Rows per batch when a whole frame is written: bounds the memory the encoders hold and
@@ -63,9 +63,7 @@ impl Output {
             )));
         }
         if target.exists() && !force {
-            bail!(UsageError(format!(
-                "{path}: already exists; pass --force to overwrite it"
-            )));
+            bail!(OutputExists::file(path));
         }
         let dir = match target.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -352,9 +350,7 @@ fn commit(sink: Sink, label: &str) -> Result<()> {
             };
             if let Err(err) = persisted {
                 if err.error.kind() == io::ErrorKind::AlreadyExists {
-                    bail!(UsageError(format!(
-                        "{label}: already exists; pass --force to overwrite it"
-                    )));
+                    bail!(OutputExists::file(label));
                 }
                 return Err(anyhow::Error::new(err.error)
                     .context(format!("{label}: cannot move the finished file into place")));
