@@ -53,7 +53,7 @@ impl std::error::Error for InputError {}
 
 /// A command line that cannot be acted on (bad flag value, output exists without `--force`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,7 +155,7 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 /// True when the error chain bottoms out in a closed pipe on stdout (`curate ... | head`).
-pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         if let Some(io_err) = cause.downcast_ref::<io::Error>() {
             return io_err.kind() == io::ErrorKind::BrokenPipe;

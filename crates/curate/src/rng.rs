@@ -2,7 +2,7 @@
 //! SplitMix64, so a `--seed` reproduces the same draws on every machine.
 
 /// A uniform number in [0, 1) from (seed, stream): one SplitMix64 output, no state.
-pub fn unit_interval(seed: u64, stream: u64) -> f64 {
+pub(crate) fn unit_interval(seed: u64, stream: u64) -> f64 {
     (mix(seed
         .wrapping_add(stream.wrapping_mul(GOLDEN))
         .wrapping_add(GOLDEN))
@@ -35,7 +35,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -48,7 +48,7 @@ impl SplitMix64 {
     }
 
     /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = (self.next_u64() % (i as u64 + 1)) as usize;
             items.swap(i, j);

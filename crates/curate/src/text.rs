@@ -43,7 +43,7 @@ pub fn text_table(header: &[&str], rows: &[Vec<String>], align: &[Align]) -> Vec
 }
 
 /// `text` cut to `max_chars` characters, the cut marked with an ellipsis.
-pub fn clip(text: &str, max_chars: usize) -> String {
+pub(crate) fn clip(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         text.to_string()
     } else {
@@ -53,7 +53,7 @@ pub fn clip(text: &str, max_chars: usize) -> String {
 }
 
 /// Quote arguments only where a shell would need it, so the line can be pasted back.
-pub fn shell_words(args: &[String]) -> String {
+pub(crate) fn shell_words(args: &[String]) -> String {
     args.iter()
         .map(|arg| {
             let plain = !arg.is_empty()

@@ -55,7 +55,7 @@ impl Examples {
     }
 
     /// The ids of `rows`, in order.
-    pub fn ids_of(&self, rows: &[u32]) -> PolarsResult<Column> {
+    pub(crate) fn ids_of(&self, rows: &[u32]) -> PolarsResult<Column> {
         take(&self.ids, rows)
     }
 }

@@ -63,7 +63,7 @@ impl ModuleFactors {
     }
 
     /// `A = sum a a^T / N_tok`, `G = sum g g^T / N_tok`, eigendecomposed in f64.
-    pub fn eigenbasis(&self) -> Result<Eigenbasis> {
+    pub(crate) fn eigenbasis(&self) -> Result<Eigenbasis> {
         let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
             bail!("{}: the factors hold no covariances", self.name);
         };
@@ -109,7 +109,7 @@ impl ModuleFactors {
 
 /// Eigenvectors (columns) and eigenvalues of one layer's two covariances.
 #[derive(Debug, Clone)]
-pub struct Eigenbasis {
+pub(crate) struct Eigenbasis {
     pub q_a: Mat<f64>,
     pub eig_a: Vec<f64>,
     pub q_g: Mat<f64>,
@@ -152,7 +152,7 @@ impl FactorSet {
     }
 
     /// Add a batch's token covariances.
-    pub fn add_covariances(&mut self, stacks: &[ModuleStacks]) -> Result<()> {
+    pub(crate) fn add_covariances(&mut self, stacks: &[ModuleStacks]) -> Result<()> {
         self.module_slots(stacks)?;
         for (module, stack) in self.modules.iter_mut().zip(stacks) {
             let a_sum = module
@@ -172,7 +172,7 @@ impl FactorSet {
 
     /// Add a batch's eigenvalue statistics: EK-FAC rotates each example's gradient into
     /// `bases`; the diagonal preconditioner squares it as it is.
-    pub fn add_lambdas(
+    pub(crate) fn add_lambdas(
         &mut self,
         stacks: &[ModuleStacks],
         bases: Option<&[Eigenbasis]>,
@@ -227,12 +227,12 @@ impl FactorSet {
         Ok(())
     }
 
-    pub fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
+    pub(crate) fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
         self.modules.iter().map(ModuleFactors::eigenbasis).collect()
     }
 
     /// Named arrays (row-major) for storage: `<module>.<stat>` with shapes; counts are 1-element.
-    pub fn to_arrays(&self) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    pub(crate) fn to_arrays(&self) -> Vec<(String, Vec<usize>, Vec<f64>)> {
         let mut arrays = Vec::new();
         for m in &self.modules {
             let mut push = |stat: &str, mat: &Option<Mat<f64>>| {
@@ -261,7 +261,7 @@ impl FactorSet {
     }
 
     /// Rebuild from named arrays; `modules` gives the order and the layer shapes `(in, out)`.
-    pub fn from_arrays(
+    pub(crate) fn from_arrays(
         preconditioner: Preconditioner,
         stage: Stage,
         modules: &[(String, usize, usize)],

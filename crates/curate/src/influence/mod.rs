@@ -24,16 +24,20 @@ mod stacks;
 pub mod store;
 pub mod validate;
 
+pub(crate) use engine::BatchScores;
 pub use engine::{
-    BatchScores, PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas,
-    query_gradients, score,
+    PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas, query_gradients, score,
 };
-pub use factors::{Eigenbasis, FactorSet, ModuleFactors, Stage};
+pub(crate) use factors::ModuleFactors;
+pub use factors::{FactorSet, Stage};
 pub use lm_source::LmSource;
-pub use precondition::{Damping, ModulePreconditioner, Preconditioner, UndampedZero};
+pub(crate) use precondition::ModulePreconditioner;
+pub use precondition::{Damping, Preconditioner, UndampedZero};
 pub use projection::Projection;
-pub use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
-pub use stacks::{ExampleStack, ModuleStacks, stacks_from_activations};
+pub(crate) use score::{QueryGradients, ScoreMatrix, TokenScores};
+pub(crate) use score::{score_examples, score_tokens};
+pub(crate) use stacks::ExampleStack;
+pub use stacks::{ModuleStacks, stacks_from_activations};
 
 /// Which labels the loss behind the factors uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,18 +39,18 @@ impl Preconditioner {
     }
 
     /// Needs the token covariances (first pass).
-    pub fn needs_covariance(self) -> bool {
+    pub(crate) fn needs_covariance(self) -> bool {
         matches!(self, Preconditioner::Kfac | Preconditioner::Ekfac)
     }
 
     /// Needs per-example eigenvalue statistics.
-    pub fn needs_lambda(self) -> bool {
+    pub(crate) fn needs_lambda(self) -> bool {
         matches!(self, Preconditioner::Diagonal | Preconditioner::Ekfac)
     }
 
     /// Needs a second pass over the data after the first (EK-FAC's rotation needs the
     /// covariances' eigenvectors).
-    pub fn two_passes(self) -> bool {
+    pub(crate) fn two_passes(self) -> bool {
         self == Preconditioner::Ekfac
     }
 }

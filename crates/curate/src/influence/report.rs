@@ -103,7 +103,7 @@ impl Collected {
     }
 
     /// The mean over queries of each local row's score.
-    pub fn mean_over_queries(&self, totals: &[Vec<f64>]) -> Vec<f64> {
+    pub(crate) fn mean_over_queries(&self, totals: &[Vec<f64>]) -> Vec<f64> {
         let n = self.rows.len();
         (0..n)
             .map(|i| totals.iter().map(|q| q[i]).sum::<f64>() / self.queries.max(1) as f64)
@@ -112,7 +112,7 @@ impl Collected {
 }
 
 /// One training example's tokens and segments.
-pub struct Pieces {
+pub(crate) struct Pieces {
     /// Per token: decoded text, whether it carries loss, segment index.
     token_text: Vec<String>,
     response: Vec<bool>,

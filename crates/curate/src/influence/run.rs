@@ -191,7 +191,7 @@ impl GradientRun {
 }
 
 /// How factor metadata names a Fisher.
-pub fn fisher_name(fisher: Fisher) -> String {
+pub(crate) fn fisher_name(fisher: Fisher) -> String {
     match fisher {
         Fisher::Empirical => "empirical".to_string(),
         Fisher::Sampled { seed } => format!("sampled:{seed}"),

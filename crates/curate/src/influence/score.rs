@@ -72,7 +72,7 @@ impl ScoreMatrix {
 
 /// Example-level scores of one batch: each example's weight gradient is formed once and
 /// contracted with every query in one product.
-pub fn score_examples(queries: &QueryGradients, stacks: &[ModuleStacks]) -> ScoreMatrix {
+pub(crate) fn score_examples(queries: &QueryGradients, stacks: &[ModuleStacks]) -> ScoreMatrix {
     let per_layer = queries
         .layers
         .iter()
@@ -107,7 +107,11 @@ impl TokenScores {
 }
 
 /// Token scores of example `b` of a batch.
-pub fn score_tokens(queries: &QueryGradients, stacks: &[ModuleStacks], b: usize) -> TokenScores {
+pub(crate) fn score_tokens(
+    queries: &QueryGradients,
+    stacks: &[ModuleStacks],
+    b: usize,
+) -> TokenScores {
     let per_layer = queries
         .layers
         .iter()

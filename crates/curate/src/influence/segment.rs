@@ -131,7 +131,7 @@ fn cut(text: &str, points: impl Iterator<Item = usize>) -> impl Iterator<Item = 
 
 /// The segment of each token, given the byte offset where each token's text starts in the
 /// segmented text: the segment containing that offset (tokens past the end go to the last).
-pub fn assign(token_starts: &[usize], segments: &[Segment]) -> Vec<usize> {
+pub(crate) fn assign(token_starts: &[usize], segments: &[Segment]) -> Vec<usize> {
     token_starts
         .iter()
         .map(|&start| {

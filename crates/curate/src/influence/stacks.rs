@@ -19,7 +19,7 @@ impl ExampleStack {
     }
 
     /// The example's weight gradient `sum_t g_t a_t^T` `[out, in]`.
-    pub fn weight_grad(&self) -> Mat<f64> {
+    pub(crate) fn weight_grad(&self) -> Mat<f64> {
         self.output_grads.transpose() * &self.inputs
     }
 }

@@ -61,7 +61,7 @@ impl fmt::Display for Mismatch {
 impl FactorMeta {
     /// Fitted the same way (preconditioner, labels, projection, modules, model, data), so the
     /// sums can be added up.
-    pub fn same_fit(&self, other: &FactorMeta) -> bool {
+    pub(crate) fn same_fit(&self, other: &FactorMeta) -> bool {
         self.preconditioner == other.preconditioner
             && self.fisher == other.fisher
             && self.projection == other.projection
@@ -107,7 +107,7 @@ pub struct RunFit<'a> {
 
 /// Why stored factors cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("not a safetensors file: {0}")]
     NotSafetensors(String),
     #[error("no {META_KEY} header: not written by curate influence")]
@@ -153,7 +153,7 @@ pub fn encode(
 }
 
 /// Read what `encode` wrote.
-pub fn decode(bytes: &[u8]) -> Result<(FactorSet, FactorMeta), StoreError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(FactorSet, FactorMeta), StoreError> {
     let not_safetensors =
         |e: safetensors::SafeTensorError| StoreError::NotSafetensors(e.to_string());
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(not_safetensors)?;

@@ -16,7 +16,7 @@ use crate::model::{LanguageModel, Sequence, batched_losses};
 use crate::rng::SplitMix64;
 
 /// `count` random subsets of `round(alpha * n)` rows each (sorted), drawn from `seed`.
-pub fn random_subsets(n: usize, alpha: f64, count: usize, seed: u64) -> Vec<Vec<usize>> {
+pub(crate) fn random_subsets(n: usize, alpha: f64, count: usize, seed: u64) -> Vec<Vec<usize>> {
     let size = ((alpha * n as f64).round() as usize).clamp(1, n.max(1));
     (0..count)
         .map(|k| {
@@ -53,7 +53,7 @@ fn ranks(values: &[f64]) -> Vec<f64> {
 
 /// Spearman's rank correlation (Pearson on average ranks); None when either side is constant
 /// or shorter than 2.
-pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+pub(crate) fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
     assert_eq!(a.len(), b.len());
     if a.len() < 2 {
         return None;
@@ -70,7 +70,7 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
 }
 
 /// Mean and standard error of the mean (sample standard deviation over sqrt(n)).
-pub fn mean_and_standard_error(values: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_and_standard_error(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     if values.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -101,13 +101,13 @@ pub fn lds(scores: &[Vec<f64>], subsets: &[Vec<usize>], losses: &[Vec<f64>]) -> 
 }
 
 /// How many of `n` rows a removal of `fraction` takes.
-pub fn removal_count(n: usize, fraction: f64) -> usize {
+pub(crate) fn removal_count(n: usize, fraction: f64) -> usize {
     ((fraction * n as f64).round() as usize).min(n)
 }
 
 /// The `count` rows with the highest mean score over queries (`scores[query][row]`; ties by
 /// row index).
-pub fn most_helpful(scores: &[Vec<f64>], count: usize) -> Vec<usize> {
+pub(crate) fn most_helpful(scores: &[Vec<f64>], count: usize) -> Vec<usize> {
     let n = scores.first().map_or(0, Vec::len);
     let mean: Vec<f64> = (0..n)
         .map(|i| scores.iter().map(|row| row[i]).sum::<f64>() / scores.len().max(1) as f64)
@@ -119,7 +119,7 @@ pub fn most_helpful(scores: &[Vec<f64>], count: usize) -> Vec<usize> {
 }
 
 /// One random set of `count` of `n` rows per seed.
-pub fn random_sets(n: usize, count: usize, seeds: &[u64]) -> Vec<Vec<usize>> {
+pub(crate) fn random_sets(n: usize, count: usize, seeds: &[u64]) -> Vec<Vec<usize>> {
     seeds
         .iter()
         .map(|&seed| {

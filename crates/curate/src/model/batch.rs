@@ -2,7 +2,7 @@
 //! of `input_ids`, -100 marks positions without loss, and the shift happens inside the loss.
 
 /// Label value that takes a position out of the loss.
-pub const IGNORE_INDEX: i64 = -100;
+pub(crate) const IGNORE_INDEX: i64 = -100;
 
 /// One example: token ids and labels of equal length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl TokenBatch {
     }
 
     /// Targets `[B, T-1]` (label at t+1, 0 where ignored) and their weights (1 or 0).
-    pub fn shifted_targets(&self) -> (Vec<i64>, Vec<f64>) {
+    pub(crate) fn shifted_targets(&self) -> (Vec<i64>, Vec<f64>) {
         let t = self.seq;
         let mut targets = Vec::with_capacity(self.batch * t.saturating_sub(1));
         let mut weights = Vec::with_capacity(targets.capacity());

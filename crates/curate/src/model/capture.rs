@@ -56,12 +56,12 @@ impl Capture {
         self.layers.is_empty()
     }
 
-    pub fn tracks(&self, name: &str) -> bool {
+    pub(crate) fn tracks(&self, name: &str) -> bool {
         self.pattern.as_ref().is_some_and(|p| p.is_match(name))
     }
 
     /// Called by every `Linear` with its input and output; returns the output to use.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         name: &str,
         has_bias: bool,
@@ -104,7 +104,7 @@ impl Capture {
 
 impl LayerActivations {
     /// Inputs with a column of ones appended when the layer has a bias, `[B, T, in(+1)]`.
-    pub fn augmented_inputs(&self) -> Tensor<3> {
+    pub(crate) fn augmented_inputs(&self) -> Tensor<3> {
         if !self.has_bias {
             return self.inputs.clone();
         }

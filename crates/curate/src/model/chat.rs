@@ -97,10 +97,6 @@ impl ChatTemplate {
         &self.source
     }
 
-    pub fn special(&self) -> &SpecialTokenText {
-        &self.special
-    }
-
     /// The conversation as text; with `add_generation_prompt`, followed by what opens the
     /// assistant's turn.
     pub fn render(
@@ -480,7 +476,7 @@ pub fn encode_conversation(
 
 /// The token ids that prompt the model for the next assistant message: `messages` rendered
 /// with the generation prompt, tokenised whole with no special tokens added.
-pub fn encode_prompt(
+pub(crate) fn encode_prompt(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
     messages: &[Message],

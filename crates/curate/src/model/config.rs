@@ -91,7 +91,7 @@ impl LmConfig {
     }
 
     /// Parse a `config.json`. Errors are plain messages; the caller names the file.
-    pub fn from_json(text: &str) -> Result<Self, String> {
+    pub(crate) fn from_json(text: &str) -> Result<Self, String> {
         let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let map = value
             .as_object()
@@ -200,7 +200,7 @@ impl LmConfig {
 
     /// The `config.json` transformers reads back into the same model. Both rope spellings are
     /// written so transformers 4.x and 5.x agree.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut map = Map::new();
         map.insert(
             "architectures".into(),

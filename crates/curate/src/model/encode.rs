@@ -12,7 +12,7 @@ use crate::model::{IGNORE_INDEX, LanguageModel, Sequence, tokenizer};
 use crate::table::{self, ColumnRole, Expected};
 
 /// The model's tokenizer, which text rows of `file` need (a usage error saying why it has none).
-pub fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a Tokenizer> {
+pub(crate) fn require_tokenizer<'a>(lm: &'a LanguageModel, file: &str) -> Result<&'a Tokenizer> {
     lm.tokenizer.as_ref().ok_or_else(|| {
         let why = lm
             .tokenizer_note
@@ -126,7 +126,11 @@ pub struct EncodeHints<'a> {
 }
 
 /// A column of conversations: lists of `{role, content}` structs, no nulls.
-pub fn messages_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Vec<Message>>> {
+pub(crate) fn messages_column(
+    frame: &DataFrame,
+    file: &str,
+    name: &str,
+) -> Result<Vec<Vec<Message>>> {
     let column = frame.column(name)?;
     let not_messages = || {
         InputError::new(
@@ -189,7 +193,12 @@ pub fn messages_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<
 }
 
 /// A text column without nulls.
-pub fn text_column(frame: &DataFrame, file: &str, name: &str, flag: &str) -> Result<Vec<String>> {
+pub(crate) fn text_column(
+    frame: &DataFrame,
+    file: &str,
+    name: &str,
+    flag: &str,
+) -> Result<Vec<String>> {
     let column = table::require_type(frame, file, ColumnRole::new(name, flag), Expected::Text)?;
     let values = column.str().expect("checked string type");
     let mut texts = Vec::with_capacity(values.len());
@@ -205,7 +214,7 @@ pub fn text_column(frame: &DataFrame, file: &str, name: &str, flag: &str) -> Res
 }
 
 /// An integer-list column without nulls.
-pub fn id_list_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Vec<i64>>> {
+pub(crate) fn id_list_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Vec<i64>>> {
     let column = table::require_type(
         frame,
         file,
@@ -308,7 +317,7 @@ impl Encoding<'_> {
     /// What each row prompts the model with when it is to answer: the prompt (through the
     /// chat template with its generation prompt, when one is in use), or a conversation up to
     /// its last assistant message.
-    pub fn encode_prompts(&self, tok: &Tokenizer, rows: &TextRows) -> Result<Vec<Vec<i64>>> {
+    pub(crate) fn encode_prompts(&self, tok: &Tokenizer, rows: &TextRows) -> Result<Vec<Vec<i64>>> {
         let ids = |ids: Vec<u32>| ids.into_iter().map(i64::from).collect::<Vec<_>>();
         let mut prompts = Vec::with_capacity(rows.len());
         match (rows, self.chat) {
@@ -418,7 +427,7 @@ impl Encoding<'_> {
 
     /// Prompt tokens without loss, response tokens and the end-of-text token with loss. Returns
     /// the sequences and how many were cut.
-    pub fn encode_texts(
+    pub(crate) fn encode_texts(
         &self,
         lm: &LanguageModel,
         tok: &Tokenizer,
@@ -449,7 +458,7 @@ impl Encoding<'_> {
     }
 
     /// `input_ids`/`labels` rows in the Hugging Face convention (equal lengths, -100 = no loss).
-    pub fn encode_ids(
+    pub(crate) fn encode_ids(
         &self,
         lm: &LanguageModel,
         input_ids: Vec<Vec<i64>>,

@@ -43,7 +43,7 @@ fn architecture(file: &GgufFile) -> Result<(Architecture, String), InputError> {
 
 /// The model configuration from `{arch}.*` and `tokenizer.ggml.*` metadata, with llama.cpp's
 /// defaults where a key may be absent.
-pub fn config(file: &GgufFile) -> Result<LmConfig, InputError> {
+pub(crate) fn config(file: &GgufFile) -> Result<LmConfig, InputError> {
     let bad = |message: String| InputError::new(file.label(), message);
     let (architecture, arch) = architecture(file)?;
     let key = |name: &str| format!("{arch}.{name}");
@@ -142,7 +142,7 @@ pub fn config(file: &GgufFile) -> Result<LmConfig, InputError> {
 
 /// Every tensor, dequantised to f32 and named as Hugging Face names it. A tensor the Llama
 /// family does not have is kept under its llama.cpp name, so the key-map check reports it.
-pub fn read_weights(
+pub(crate) fn read_weights(
     file: &GgufFile,
     config: &LmConfig,
 ) -> Result<BTreeMap<String, StoredTensor>, InputError> {
@@ -200,7 +200,7 @@ fn token_list(file: &GgufFile) -> Option<Vec<String>> {
 }
 
 /// The bos/eos/unk/pad token texts (for chat templates).
-pub fn special_tokens(file: &GgufFile) -> SpecialTokenText {
+pub(crate) fn special_tokens(file: &GgufFile) -> SpecialTokenText {
     let tokens = token_list(file).unwrap_or_default();
     let text = |name: &str| {
         file.get(&format!("tokenizer.ggml.{name}"))
@@ -216,21 +216,21 @@ pub fn special_tokens(file: &GgufFile) -> SpecialTokenText {
 }
 
 /// The chat template the file carries, if any.
-pub fn chat_template(file: &GgufFile) -> Option<String> {
+pub(crate) fn chat_template(file: &GgufFile) -> Option<String> {
     file.get("tokenizer.chat_template")
         .and_then(MetaValue::as_str)
         .map(str::to_string)
 }
 
 /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE), "llama" (sentencepiece), ...
-pub fn tokenizer_kind(file: &GgufFile) -> &str {
+pub(crate) fn tokenizer_kind(file: &GgufFile) -> &str {
     file.get("tokenizer.ggml.model")
         .and_then(MetaValue::as_str)
         .unwrap_or("none")
 }
 
 /// The embedded tokenizer: byte-level BPE is rebuilt; other kinds give `None`.
-pub fn tokenizer(file: &GgufFile) -> Result<Option<Tokenizer>, InputError> {
+pub(crate) fn tokenizer(file: &GgufFile) -> Result<Option<Tokenizer>, InputError> {
     let bad = |message: String| InputError::new(file.label(), message);
     if tokenizer_kind(file) != "gpt2" {
         return Ok(None);

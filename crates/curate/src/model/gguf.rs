@@ -112,7 +112,7 @@ impl MetaValue {
     }
 
     /// As JSON; arrays longer than `max_items` are cut to their length and first items.
-    pub fn to_json(&self, max_items: usize) -> serde_json::Value {
+    pub(crate) fn to_json(&self, max_items: usize) -> serde_json::Value {
         use serde_json::json;
         match self {
             MetaValue::String(s) => json!(s),
@@ -245,7 +245,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn elements(&self) -> u64 {
+    pub(crate) fn elements(&self) -> u64 {
         self.dims.iter().product()
     }
 
@@ -474,7 +474,7 @@ impl HeaderReader {
 
 /// Dequantise whole blocks of `kind` (the caller checked the length) to f32, with ggml's
 /// arithmetic: scales widened to f32 first, then `scale * code (+ or - offset)`.
-pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     match kind {
         GgmlType::F32 => bytes
@@ -614,7 +614,7 @@ const TENSOR_NAMES: [(&str, &str); 13] = [
 ];
 
 /// The Hugging Face name of a llama.cpp tensor name, if it is one the Llama family has.
-pub fn hf_name(name: &str) -> Option<String> {
+pub(crate) fn hf_name(name: &str) -> Option<String> {
     match name {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -633,7 +633,7 @@ pub fn hf_name(name: &str) -> Option<String> {
 /// Undo llama.cpp's rotary interleave of q/k rows: its converter stores Hugging Face row
 /// `(head, half, i)` at `(head, i, half)`, so that ggml's rope rotates adjacent pairs.
 /// `values` is row-major with `row_len` values per row (1 for a bias).
-pub fn unpermute_rows(values: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
+pub(crate) fn unpermute_rows(values: &[f32], heads: usize, row_len: usize) -> Vec<f32> {
     let rows = values.len() / row_len;
     let per_head = rows / heads;
     let half = per_head / 2;

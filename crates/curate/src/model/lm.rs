@@ -33,7 +33,7 @@ pub struct TensorSpec {
 
 /// The checkpoint's key map: every tensor the model reads, in a fixed order (which also fixes
 /// the parameter ids, so optimizer state survives a save and reload).
-pub fn tensor_specs(config: &LmConfig) -> Vec<TensorSpec> {
+pub(crate) fn tensor_specs(config: &LmConfig) -> Vec<TensorSpec> {
     let h = config.hidden_size;
     let q = config.num_heads * config.head_dim;
     let kv = config.num_kv_heads * config.head_dim;
@@ -102,11 +102,7 @@ impl Linear {
         })
     }
 
-    pub fn in_features(&self) -> usize {
-        self.weight.shape()[1]
-    }
-
-    pub fn out_features(&self) -> usize {
+    pub(crate) fn out_features(&self) -> usize {
         self.weight.shape()[0]
     }
 
@@ -172,7 +168,7 @@ pub struct Attention {
 }
 
 /// Per-batch tensors every layer shares: rotary tables and the attention mask.
-pub struct LayerInputs {
+pub(crate) struct LayerInputs {
     /// `[B, 1, T, head_dim]`, the halves repeated as transformers does.
     cos: Tensor<4>,
     sin: Tensor<4>,
@@ -298,7 +294,7 @@ impl DecoderLayer {
 
 /// The keys and values of every layer for the tokens seen so far, so decoding feeds only the
 /// new token each step.
-pub struct KvCache {
+pub(crate) struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// Per row: which cached positions are real tokens (false for left padding).
     key_mask: Vec<Vec<bool>>,
@@ -307,7 +303,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(model: &CausalLm, rows: usize) -> Self {
+    pub(crate) fn new(model: &CausalLm, rows: usize) -> Self {
         KvCache {
             layers: vec![None; model.layers.len()],
             key_mask: vec![Vec::new(); rows],
@@ -315,7 +311,7 @@ impl KvCache {
         }
     }
 
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.next_position.len()
     }
 }
@@ -385,7 +381,7 @@ impl CausalLm {
     }
 
     /// Every tensor under its Hugging Face name, 1-d tensors as `[1, n]` (the saver squeezes).
-    pub fn named_tensors(&self) -> Vec<(String, Tensor<2>)> {
+    pub(crate) fn named_tensors(&self) -> Vec<(String, Tensor<2>)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.val(),
@@ -468,7 +464,12 @@ impl CausalLm {
     /// Logits `[B, S, vocab]` of `S` new tokens per row (`ids`, row-major; `real` false for
     /// left padding) that follow the tokens `cache` holds, which they are appended to. Equal to
     /// the last `S` positions of [`CausalLm::forward`] over the whole sequences.
-    pub fn forward_cached(&self, ids: &[i64], real: &[bool], cache: &mut KvCache) -> Tensor<3> {
+    pub(crate) fn forward_cached(
+        &self,
+        ids: &[i64],
+        real: &[bool],
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
         let device = self.device();
         let dtype = self.dtype();
         let b = cache.rows();
@@ -583,7 +584,7 @@ impl CausalLm {
     }
 
     /// Parameter ids follow the key map order, so optimizer state can be matched after reload.
-    pub fn param_id(index: usize) -> ParamId {
+    pub(crate) fn param_id(index: usize) -> ParamId {
         ParamId::from(index as u64 + 1)
     }
 }

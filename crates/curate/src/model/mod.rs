@@ -8,7 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod encode;
-pub mod from_gguf;
+pub(crate) mod from_gguf;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
@@ -26,22 +26,25 @@ use burn::tensor::{DType, Device, Tensor};
 use regex::Regex;
 use tokenizers::Tokenizer;
 
-pub use batch::{IGNORE_INDEX, Padding, Sequence, TokenBatch};
-pub use capture::{Capture, DEFAULT_TRACKED, LayerActivations};
-pub use chat::{ChatTemplate, Message, SpecialTokenText};
+pub(crate) use batch::IGNORE_INDEX;
+pub use batch::{Padding, Sequence, TokenBatch};
+pub(crate) use capture::LayerActivations;
+pub use capture::{Capture, DEFAULT_TRACKED};
+pub(crate) use chat::SpecialTokenText;
+pub use chat::{ChatTemplate, Message};
 pub use config::{Architecture, LmConfig};
 pub use device::DeviceSpec;
-pub use lm::CausalLm;
+pub(crate) use lm::CausalLm;
 pub use weights::{MismatchKind, TensorMismatch};
 
 use crate::error::InputError;
 use weights::TensorSource;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub(crate) const CONFIG_FILE: &str = "config.json";
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
+pub(crate) const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// Where transformers (4.43 and later) keeps a model's chat template.
-pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+pub(crate) const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 const CHAT_TEMPLATE_JSON: &str = "chat_template.json";
 
 /// How to load a model directory.
@@ -157,7 +160,7 @@ impl LanguageModel {
     }
 
     /// The chat template a model directory carries, without loading the model.
-    pub fn template_of_dir(dir: &Path) -> Result<Option<TemplateText>> {
+    pub(crate) fn template_of_dir(dir: &Path) -> Result<Option<TemplateText>> {
         read_chat_template(dir)
     }
 
@@ -370,7 +373,7 @@ impl LanguageModel {
     /// As `capture`, but the loss scores labels drawn from the model's own predictive
     /// distribution (the true Fisher's sampling) at every position that carries a label; row
     /// `b` draws from the stream `seeds[b]`.
-    pub fn capture_sampled(
+    pub(crate) fn capture_sampled(
         &self,
         batch: &TokenBatch,
         tracked: &Regex,

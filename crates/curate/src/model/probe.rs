@@ -20,7 +20,7 @@ pub enum ProbeKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeSettings {
+pub(crate) struct ProbeSettings {
     pub kind: ProbeKind,
     pub folds: usize,
     pub epochs: usize,
@@ -95,7 +95,7 @@ impl ProbeNet {
 
 /// Fold of every row: within each class, rows are shuffled (seeded) and dealt round-robin, so
 /// every fold holds each class in proportion.
-pub fn stratified_folds(labels: &[usize], folds: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn stratified_folds(labels: &[usize], folds: usize, seed: u64) -> Vec<usize> {
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
     let mut fold = vec![0; labels.len()];
     let mut rng = SplitMix64::new(seed);
@@ -115,7 +115,7 @@ pub fn stratified_folds(labels: &[usize], folds: usize, seed: u64) -> Vec<usize>
 
 /// Out-of-fold class probabilities (row-major N x K) of a probe trained on `features`
 /// (row-major N x D). `on_fold` is called after each fold.
-pub fn out_of_fold_probabilities(
+pub(crate) fn out_of_fold_probabilities(
     features: &[f32],
     dim: usize,
     labels: &[usize],

@@ -12,7 +12,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use super::batch::Sequence;
 
 /// The end-of-text token a trained tokenizer gets; also used for padding.
-pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub(crate) const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Token ids of `text` with no special tokens added.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, String> {

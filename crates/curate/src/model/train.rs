@@ -113,7 +113,7 @@ impl Trainer {
         &self.settings
     }
 
-    pub fn batches_per_epoch(&self) -> usize {
+    pub(crate) fn batches_per_epoch(&self) -> usize {
         self.lengths.len().div_ceil(self.settings.batch_size.max(1))
     }
 
@@ -128,7 +128,7 @@ impl Trainer {
     }
 
     /// Row indices of the batch of global step `step`.
-    pub fn batch_rows(&self, step: usize) -> Vec<usize> {
+    pub(crate) fn batch_rows(&self, step: usize) -> Vec<usize> {
         let per_epoch = self.batches_per_epoch().max(1);
         let epoch = step / per_epoch;
         let batches = epoch_batches(
@@ -209,13 +209,13 @@ impl Trainer {
         )
     }
 
-    pub fn save_optimizer(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save_optimizer(&self, path: &Path) -> Result<()> {
         self.optimizer
             .save(path)
             .map_err(|e| anyhow::anyhow!("cannot write optimizer state {}: {e:?}", path.display()))
     }
 
-    pub fn load_optimizer(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn load_optimizer(&mut self, path: &Path) -> Result<()> {
         let fresh = std::mem::replace(&mut self.optimizer, AdamWConfig::new().init());
         self.optimizer = fresh.load(path).map_err(|e| {
             anyhow::anyhow!("cannot read optimizer state {}: {e:?}", path.display())
@@ -368,7 +368,7 @@ impl LossWeights {
 /// One epoch's batches: rows shuffled by (seed, epoch), grouped with rows of similar length
 /// (a stable sort keeps the shuffled order within a length), cut into batches, and the batch
 /// order shuffled again, so padding stays small and every epoch differs.
-pub fn epoch_batches(
+pub(crate) fn epoch_batches(
     lengths: &[usize],
     batch_size: usize,
     seed: u64,

@@ -13,8 +13,8 @@ use super::lm::{CausalLm, Init, TensorSpec};
 use crate::error::InputError;
 use crate::rng::SplitMix64;
 
-pub const SINGLE_FILE: &str = "model.safetensors";
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// A checkpoint whose tensors do not match the model's key map one to one (invalid input,
 /// unless the caller allows a partial load).
@@ -57,7 +57,7 @@ pub struct StoredTensor {
 
 impl StoredTensor {
     /// Values widened to f64 (f16, bf16, f32 and f64 are accepted).
-    pub fn to_f64(&self, name: &str) -> Result<Vec<f64>> {
+    pub(crate) fn to_f64(&self, name: &str) -> Result<Vec<f64>> {
         let b = &self.bytes;
         Ok(match self.dtype {
             Dtype::F32 => b
@@ -88,7 +88,7 @@ impl StoredTensor {
 }
 
 /// The safetensors files of a model directory: the single file, or the shards its index names.
-pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
     if single.is_file() {
@@ -105,7 +105,7 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Every tensor of a checkpoint directory by name.
-pub fn read_checkpoint(dir: &Path) -> Result<BTreeMap<String, StoredTensor>> {
+pub(crate) fn read_checkpoint(dir: &Path) -> Result<BTreeMap<String, StoredTensor>> {
     let files = checkpoint_files(dir)?;
     let mut tensors = BTreeMap::new();
     for file in files {
@@ -286,13 +286,13 @@ impl TensorSource {
 
     /// Parameters will not require gradients even on an autodiff device (gradient capture
     /// needs only the probes).
-    pub fn frozen(mut self) -> Self {
+    pub(crate) fn frozen(mut self) -> Self {
         self.trainable = false;
         self
     }
 
     /// The parameter of the key map named `name`.
-    pub fn param<const D: usize>(&mut self, name: &str) -> Result<Param<Tensor<D>>> {
+    pub(crate) fn param<const D: usize>(&mut self, name: &str) -> Result<Param<Tensor<D>>> {
         let (index, spec) = self
             .specs
             .get(name)
@@ -341,7 +341,7 @@ fn name_list(names: &[&str]) -> String {
 
 /// Serialise named tensors as float32 safetensors (transformers' default save dtype).
 /// 1-d tensors arrive as `[1, n]` and are written as `[n]` when `shapes` says so.
-pub fn to_safetensors(
+pub(crate) fn to_safetensors(
     tensors: Vec<(String, Tensor<2>)>,
     shapes: &HashMap<String, Vec<usize>>,
     metadata: &[(String, String)],
@@ -374,7 +374,7 @@ pub fn to_safetensors(
 
 /// What a checkpoint's headers say, without reading the tensor data.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CheckpointHeader {
+pub(crate) struct CheckpointHeader {
     pub files: Vec<PathBuf>,
     /// Name, stored dtype, shape.
     pub tensors: Vec<(String, String, Vec<usize>)>,
@@ -383,7 +383,7 @@ pub struct CheckpointHeader {
 }
 
 impl CheckpointHeader {
-    pub fn parameter_count(&self) -> usize {
+    pub(crate) fn parameter_count(&self) -> usize {
         self.tensors
             .iter()
             .map(|(_, _, shape)| shape.iter().product::<usize>())
@@ -392,7 +392,7 @@ impl CheckpointHeader {
 }
 
 /// Read only the JSON headers of a model directory's safetensors file(s).
-pub fn read_header(dir: &Path) -> Result<CheckpointHeader> {
+pub(crate) fn read_header(dir: &Path) -> Result<CheckpointHeader> {
     let files = checkpoint_files(dir)?;
     let mut header = CheckpointHeader::default();
     for file in &files {

@@ -21,7 +21,7 @@ pub enum AnswerKind {
 }
 
 /// The content of the last brace-balanced `\boxed{...}` (or `\fbox{...}`), if any.
-pub fn last_boxed(text: &str) -> Option<String> {
+pub(crate) fn last_boxed(text: &str) -> Option<String> {
     let mut found = None;
     for marker in ["\\boxed", "\\fbox"] {
         let mut from = 0;
@@ -69,7 +69,7 @@ fn balanced_end(inner: &str) -> Option<usize> {
 
 /// The answer a passage states explicitly: the last `\boxed{}`, else the tail of the last
 /// "the (final) answer is ...", else what follows a `**Final Answer**` heading.
-pub fn explicit_answer(text: &str) -> Option<Found> {
+pub(crate) fn explicit_answer(text: &str) -> Option<Found> {
     if let Some(text) = last_boxed(text) {
         return Some(Found {
             text,
@@ -174,7 +174,7 @@ fn final_answer_heading(text: &str) -> Option<String> {
 
 /// A value in `text` equal to `reference` (numbers, `$...$` spans, right-hand sides of `=`),
 /// the last one found: an implicit conclusion.
-pub fn implicit_answer(text: &str, reference: &Target) -> Option<Found> {
+pub(crate) fn implicit_answer(text: &str, reference: &Target) -> Option<Found> {
     let mut hit = None;
     for candidate in candidate_values(text) {
         if reference.matches(&candidate) {
@@ -282,7 +282,7 @@ fn candidate_values(text: &str) -> Vec<String> {
 }
 
 /// Whether two answers are the same after normalisation, or as numbers within 1e-6 relative.
-pub fn equivalent(a: &str, b: &str) -> bool {
+pub(crate) fn equivalent(a: &str, b: &str) -> bool {
     Target::new(b).matches(a)
 }
 
@@ -296,7 +296,7 @@ const UNITS: &[&str] = &[
 ];
 
 /// The MATH normalisation (Hendrycks et al.'s `strip_string`, with a few common additions).
-pub fn normalize(answer: &str) -> String {
+pub(crate) fn normalize(answer: &str) -> String {
     let mut s = answer.trim().to_string();
     if let Some(inner) = last_boxed(&s) {
         s = inner;

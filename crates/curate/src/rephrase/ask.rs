@@ -50,7 +50,7 @@ pub struct Job {
 }
 
 /// A usable reply the cache holds for `job`.
-pub fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
+pub(crate) fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
     let body = cache?.get(&job.key)?;
     let content = completion_content(&body).ok()?;
     job.expect.check(&content).ok()?;

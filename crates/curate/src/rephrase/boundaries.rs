@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use super::chat::{ReplyError, estimate_tokens};
 
 /// Instructions for the boundaries request (part of the cache key, so a change re-asks).
-pub const BOUNDARIES_PROMPT: &str = "You split a step-by-step solution into units for \
+pub(crate) const BOUNDARIES_PROMPT: &str = "You split a step-by-step solution into units for \
 multi-turn training. Each unit must end at a paragraph where the solver states an answer \
 (intermediate or final) to the question. Reply with JSON only: {\"ends\": [N, ...]}, the \
 numbers of the paragraphs that end a unit, increasing, the last one being the last paragraph.";
 
 /// The `/v1/chat/completions` body asking `model` where units end in `paragraphs`.
-pub fn boundaries_request(model: &str, question: &str, paragraphs: &[&str]) -> Value {
+pub(crate) fn boundaries_request(model: &str, question: &str, paragraphs: &[&str]) -> Value {
     let mut numbered = String::new();
     for (i, p) in paragraphs.iter().enumerate() {
         numbered.push_str(&format!("[{}] {}\n\n", i + 1, p.trim()));
@@ -34,7 +34,7 @@ pub fn boundaries_request(model: &str, question: &str, paragraphs: &[&str]) -> V
 }
 
 /// Estimated completion tokens of a boundaries reply: at worst every paragraph ends a unit.
-pub fn estimate_reply_tokens(paragraphs: usize) -> u64 {
+pub(crate) fn estimate_reply_tokens(paragraphs: usize) -> u64 {
     let numbers: Vec<String> = (1..=paragraphs).map(|n| n.to_string()).collect();
     estimate_tokens(&format!("{{\"ends\": [{}]}}", numbers.join(", ")))
 }
@@ -42,7 +42,7 @@ pub fn estimate_reply_tokens(paragraphs: usize) -> u64 {
 /// Unit ends (0-based paragraph indices) from the model's content, checked against the
 /// paragraph count. Code fences around the JSON are tolerated, and so is a reasoning model's
 /// own `<think>...</think>` before it (servers without a reasoning parser leave it in).
-pub fn parse_ends(content: &str, paragraphs: usize) -> Result<Vec<usize>, ReplyError> {
+pub(crate) fn parse_ends(content: &str, paragraphs: usize) -> Result<Vec<usize>, ReplyError> {
     let mut trimmed = content.trim();
     if trimmed.starts_with("<think>")
         && let Some(close) = trimmed.rfind("</think>")
@@ -87,7 +87,7 @@ pub fn parse_ends(content: &str, paragraphs: usize) -> Result<Vec<usize>, ReplyE
 
 /// Byte spans of the units the ends imply: each unit runs from the previous end to the end of
 /// its last paragraph, so the spans cover the text exactly.
-pub fn unit_spans(paragraphs: &[Range<usize>], ends: &[usize]) -> Vec<Range<usize>> {
+pub(crate) fn unit_spans(paragraphs: &[Range<usize>], ends: &[usize]) -> Vec<Range<usize>> {
     let mut spans = Vec::with_capacity(ends.len());
     let mut start = paragraphs.first().map_or(0, |p| p.start);
     for &end in ends {

@@ -31,7 +31,7 @@ impl std::fmt::Display for ReplyError {
 }
 
 /// The message content of a chat-completions response body.
-pub fn completion_content(body: &str) -> Result<String, ReplyError> {
+pub(crate) fn completion_content(body: &str) -> Result<String, ReplyError> {
     let value: Value =
         serde_json::from_str(body).map_err(|e| ReplyError::NotCompletion(e.to_string()))?;
     let choice = &value["choices"][0];
@@ -47,14 +47,14 @@ pub fn completion_content(body: &str) -> Result<String, ReplyError> {
 }
 
 /// Token usage reported by the server (`usage.total_tokens`), if any.
-pub fn reported_tokens(body: &str) -> Option<u64> {
+pub(crate) fn reported_tokens(body: &str) -> Option<u64> {
     let value: Value = serde_json::from_str(body).ok()?;
     value["usage"]["total_tokens"].as_u64()
 }
 
 /// The request again, with the unusable reply and what was wrong with it, so the model can
 /// correct itself. A reply without content is not quoted: the same request is sent again.
-pub fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyError) -> Value {
+pub(crate) fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyError) -> Value {
     let mut repaired = body.clone();
     if let (Some(content), Some(messages)) = (content, repaired["messages"].as_array_mut()) {
         messages.push(json!({"role": "assistant", "content": content}));
@@ -70,7 +70,7 @@ pub fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyError) ->
 }
 
 /// The cache address of a request: SHA-256 of the endpoint and the exact body.
-pub fn cache_key(endpoint: &str, body: &Value) -> String {
+pub(crate) fn cache_key(endpoint: &str, body: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update([0u8]);
@@ -80,13 +80,13 @@ pub fn cache_key(endpoint: &str, body: &Value) -> String {
 
 /// A rough token count for budgets and `--dry-run` before a server reports usage: one token
 /// per four bytes, rounded up.
-pub fn estimate_tokens(text: &str) -> u64 {
+pub(crate) fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
 /// Estimated prompt tokens of a request: its messages' text, and a few tokens of framing
 /// each.
-pub fn estimate_prompt_tokens(body: &Value) -> u64 {
+pub(crate) fn estimate_prompt_tokens(body: &Value) -> u64 {
     body["messages"].as_array().map_or(0, |messages| {
         messages
             .iter()

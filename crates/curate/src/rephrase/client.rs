@@ -199,7 +199,7 @@ impl ChatClient {
     /// POST `body`, retrying as the policy says. `estimate` is the request's expected token
     /// count, reserved against the budget while it is in flight. `stop` is polled before each
     /// attempt and during backoff.
-    pub fn complete(
+    pub(crate) fn complete(
         &self,
         body: &Value,
         estimate: u64,
@@ -378,7 +378,7 @@ fn sleep_unless_stopped(wait: Duration, stop: &dyn Fn() -> bool) -> Result<(), C
 
 /// `Retry-After` as seconds (`120`, also `1.5`) or an HTTP date, as a wait from `now`; capped
 /// at five minutes.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),

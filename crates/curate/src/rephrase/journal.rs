@@ -41,7 +41,7 @@ pub enum Answer {
 }
 
 /// A journal entry: the request's cache key, and the answer.
-pub type Entry = (String, Answer);
+pub(crate) type Entry = (String, Answer);
 
 pub struct Journal {
     path: PathBuf,
@@ -110,7 +110,7 @@ impl Journal {
     }
 
     /// Record the answer for input row `row` (0-based) and flush it to the file.
-    pub fn append(&mut self, row: usize, key: &str, answer: &Answer) -> Result<()> {
+    pub(crate) fn append(&mut self, row: usize, key: &str, answer: &Answer) -> Result<()> {
         let line = match answer {
             Answer::Content(content) => json!({"row": row, "key": key, "content": content}),
             Answer::Rejected { reason, detail } => {

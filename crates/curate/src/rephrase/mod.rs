@@ -73,7 +73,7 @@ impl Reject {
     ];
 
     /// The reason a code names.
-    pub fn from_code(code: &str) -> Option<Reject> {
+    pub(crate) fn from_code(code: &str) -> Option<Reject> {
         Reject::ALL.into_iter().find(|r| r.code() == code)
     }
 
@@ -170,7 +170,7 @@ impl Rephrased {
 }
 
 /// Split an R1-style response into thinking and final answer text.
-pub fn split_trace(response: &str) -> Result<(Range<usize>, &str), Reject> {
+pub(crate) fn split_trace(response: &str) -> Result<(Range<usize>, &str), Reject> {
     let close = response.find(CLOSE).ok_or(Reject::NoThinkTags)?;
     if response[close + CLOSE.len()..].contains(CLOSE) {
         return Err(Reject::MalformedTags);
@@ -189,7 +189,7 @@ pub fn split_trace(response: &str) -> Result<(Range<usize>, &str), Reject> {
 
 /// Where the thinking and the final answer text are in a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParts {
+pub(crate) struct TraceParts {
     pub thinking: Range<usize>,
     /// After `</think>`, or for a plain solution its last paragraph (its conclusion); none for
     /// a plain solution of one paragraph.
@@ -198,7 +198,7 @@ pub struct TraceParts {
 
 /// The parts of a response, or why it cannot be rephrased at all. The checks every mode
 /// makes before looking for units (the LLM modes before asking anything).
-pub fn trace_parts(
+pub(crate) fn trace_parts(
     response: &str,
     reference: Option<&str>,
     settings: &Settings,
@@ -259,7 +259,7 @@ pub fn rephrase_rules(
 /// thinking, checked by [`boundaries::parse_ends`]). Each proposed unit is a segment: one
 /// without an answer candidate joins the next, as in rules mode, so every unit still ends in
 /// an answer.
-pub fn rephrase_at_ends(
+pub(crate) fn rephrase_at_ends(
     response: &str,
     reference: Option<&str>,
     settings: &Settings,
@@ -426,7 +426,7 @@ pub struct DriftLimit<'a> {
 /// rewritten thinking may differ from the original, but only by `limit.max`
 /// ([`rewrite::drift`]); each unit's answer is taken from what the model wrote, and the last
 /// one must state the original final answer, whose text then closes the record.
-pub fn rephrase_rewritten(
+pub(crate) fn rephrase_rewritten(
     response: &str,
     reference: Option<&str>,
     settings: &Settings,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::chat::{ReplyError, estimate_tokens};
 
 /// Instructions for the rewrite request (part of the cache key, so a change re-asks).
-pub const REWRITE_PROMPT: &str = "You rewrite a reasoning trace into multi-turn form for \
+pub(crate) const REWRITE_PROMPT: &str = "You rewrite a reasoning trace into multi-turn form for \
 training. Split the reasoning into units: each unit is a contiguous part of the original \
 reasoning that ends where the solver reaches a candidate answer to the question (intermediate \
 or final). Keep the solver's own words and order; do not add reasoning, do not drop steps. \
@@ -28,7 +28,7 @@ pub struct RewrittenUnit {
 
 /// The `/v1/chat/completions` body asking `model` to rewrite `thinking` (and its final answer
 /// text, when the trace has one) into units.
-pub fn rewrite_request(
+pub(crate) fn rewrite_request(
     model: &str,
     question: &str,
     thinking: &str,
@@ -50,7 +50,7 @@ pub fn rewrite_request(
 
 /// Estimated completion tokens of a rewrite: the thinking again, and an answer line per
 /// paragraph at worst.
-pub fn estimate_reply_tokens(thinking: &str, paragraphs: usize) -> u64 {
+pub(crate) fn estimate_reply_tokens(thinking: &str, paragraphs: usize) -> u64 {
     estimate_tokens(thinking) + 16 * paragraphs as u64
 }
 
@@ -59,7 +59,7 @@ const CLOSE: &str = "</think>";
 
 /// The units in a rewrite reply: `<think>...</think> answer` repeated, nothing before the
 /// first, every unit with reasoning and an answer. Code fences around it are tolerated.
-pub fn parse_units(content: &str) -> Result<Vec<RewrittenUnit>, ReplyError> {
+pub(crate) fn parse_units(content: &str) -> Result<Vec<RewrittenUnit>, ReplyError> {
     let mut rest = content.trim();
     if let Some(inner) = rest.strip_prefix("```") {
         // An opening fence may name a language; the closing one ends the reply.

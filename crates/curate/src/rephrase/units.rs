@@ -27,7 +27,7 @@ pub struct Markers {
 }
 
 /// The bundled marker file.
-pub const DEFAULT_MARKERS: &str = include_str!("markers.txt");
+pub(crate) const DEFAULT_MARKERS: &str = include_str!("markers.txt");
 
 impl Markers {
     /// Parse a marker file: `KIND<TAB>PHRASE` lines, `#` comments, `# version: V`.
@@ -156,7 +156,7 @@ pub struct Segment {
 
 /// Segments of `thinking`: runs of paragraphs, a new one at every paragraph opening with a
 /// marker.
-pub fn marker_segments(thinking: &str, markers: &Markers) -> Vec<Segment> {
+pub(crate) fn marker_segments(thinking: &str, markers: &Markers) -> Vec<Segment> {
     let mut segments: Vec<Segment> = Vec::new();
     for range in paragraphs(thinking) {
         let opening = markers.opening(&thinking[range.clone()]);
@@ -190,7 +190,7 @@ pub fn units(
 /// Units from segments that cover `thinking` in order: a unit closes at the end of the first
 /// segment with an answer candidate; segments without one join the next unit, trailing ones
 /// the last.
-pub fn close_units(
+pub(crate) fn close_units(
     thinking: &str,
     segments: Vec<Segment>,
     reference: Option<&str>,

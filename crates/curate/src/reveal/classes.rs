@@ -59,7 +59,7 @@ impl Classes {
 
     /// Settle the order from the names given, else 0..K-1 (integers) or the sorted union of
     /// the names seen (strings); `width` is the probability sources' class count.
-    pub fn settle(
+    pub(crate) fn settle(
         given: Option<&[String]>,
         seen: &BTreeSet<ClassValue>,
         width: Option<usize>,
@@ -131,7 +131,7 @@ impl Classes {
 
     /// The class index of a value (integers match names by their digits when the names were
     /// given).
-    pub fn lookup(&self, value: &ClassValue) -> Option<usize> {
+    pub(crate) fn lookup(&self, value: &ClassValue) -> Option<usize> {
         match (value, self.integer) {
             (ClassValue::Int(_), true) | (ClassValue::Text(_), false) => {
                 self.index.get(value).copied()

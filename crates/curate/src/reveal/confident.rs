@@ -104,7 +104,7 @@ impl CountMatrix {
 }
 
 /// Examples per class (`value_counts_fill_missing_classes`).
-pub fn label_counts(labels: &[usize], classes: usize) -> Vec<usize> {
+pub(crate) fn label_counts(labels: &[usize], classes: usize) -> Vec<usize> {
     let mut counts = vec![0; classes];
     for &label in labels {
         counts[label] += 1;
@@ -113,7 +113,7 @@ pub fn label_counts(labels: &[usize], classes: usize) -> Vec<usize> {
 }
 
 /// Per class, the mean probability of that class over the examples labelled with it.
-pub fn confident_thresholds(labels: &[usize], probs: &Probabilities) -> Vec<f64> {
+pub(crate) fn confident_thresholds(labels: &[usize], probs: &Probabilities) -> Vec<f64> {
     let classes = probs.classes();
     let mut members: Vec<Vec<f64>> = vec![Vec::new(); classes];
     for (i, &label) in labels.iter().enumerate() {
@@ -188,7 +188,7 @@ pub fn confident_joint(labels: &[usize], probs: &Probabilities, calibrate: bool)
 
 /// Rescale rows to the label counts and the whole to N, then round keeping row totals
 /// (`calibrate_confident_joint`).
-pub fn calibrate_joint(joint: &CountMatrix, label_counts: &[usize]) -> CountMatrix {
+pub(crate) fn calibrate_joint(joint: &CountMatrix, label_counts: &[usize]) -> CountMatrix {
     let k = joint.classes;
     let mut scaled = vec![0.0f64; k * k];
     for given in 0..k {
@@ -211,7 +211,7 @@ pub fn calibrate_joint(joint: &CountMatrix, label_counts: &[usize]) -> CountMatr
 }
 
 /// Round each row to integers whose sum is the row's rounded sum (`round_preserving_sum`).
-pub fn round_preserving_row_totals(values: &[f64], columns: usize) -> Vec<i64> {
+pub(crate) fn round_preserving_row_totals(values: &[f64], columns: usize) -> Vec<i64> {
     values
         .chunks(columns)
         .flat_map(round_preserving_sum)
@@ -241,7 +241,7 @@ fn round_preserving_sum(floats: &[f64]) -> Vec<i64> {
 
 /// The calibrated joint as probabilities (`estimate_joint` given a calibrated joint: cleanlab
 /// calibrates it once more before normalising).
-pub fn estimate_joint(calibrated: &CountMatrix, label_counts: &[usize]) -> Vec<f64> {
+pub(crate) fn estimate_joint(calibrated: &CountMatrix, label_counts: &[usize]) -> Vec<f64> {
     let again = calibrate_joint(calibrated, label_counts);
     let total = (again.counts.iter().sum::<i64>() as f64).max(TINY);
     again.counts.iter().map(|&c| c as f64 / total).collect()
@@ -249,7 +249,7 @@ pub fn estimate_joint(calibrated: &CountMatrix, label_counts: &[usize]) -> Vec<f
 
 /// Both `num_label_issues` counts (off_diagonal, off_diagonal_calibrated) from one pass: the
 /// calibrated joint is the raw joint calibrated, as in `compute_confident_joint`.
-pub fn issue_counts(labels: &[usize], probs: &Probabilities) -> (usize, usize) {
+pub(crate) fn issue_counts(labels: &[usize], probs: &Probabilities) -> (usize, usize) {
     let classes = probs.classes();
     let raw = confident_joint(labels, probs, false);
     let off = raw

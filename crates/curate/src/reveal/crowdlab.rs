@@ -154,7 +154,11 @@ fn validate(annotations: &Annotations) -> Result<(), VoteError> {
 /// `get_majority_vote_label`: the most chosen class; ties go to the higher prior, then the
 /// rarer class overall, then the class chosen by annotators that agree more with the untied
 /// majority, then a seeded draw.
-pub fn majority_vote(annotations: &Annotations, prior: &Probabilities, seed: u64) -> Vec<usize> {
+pub(crate) fn majority_vote(
+    annotations: &Annotations,
+    prior: &Probabilities,
+    seed: u64,
+) -> Vec<usize> {
     let rows = annotations.rows();
     let classes = prior.classes();
     let mut votes = vec![0usize; rows * classes];

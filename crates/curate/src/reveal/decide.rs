@@ -204,7 +204,7 @@ fn decide_multi(
 }
 
 /// Mean of several distributions of the same shape, summed in the order given.
-pub fn mean_distribution(parts: &[&Probabilities]) -> Probabilities {
+pub(crate) fn mean_distribution(parts: &[&Probabilities]) -> Probabilities {
     let first = parts[0];
     let mut values = first.values().to_vec();
     for part in &parts[1..] {

@@ -51,11 +51,11 @@ impl SourceKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<SourceKind> {
+    pub(crate) fn from_name(name: &str) -> Option<SourceKind> {
         SourceKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    pub fn is_probabilities(self) -> bool {
+    pub(crate) fn is_probabilities(self) -> bool {
         matches!(self, SourceKind::Probs | SourceKind::MlProbs)
     }
 }
@@ -287,7 +287,7 @@ pub fn check_kinds(multi_label: bool, sources: &[Source]) -> Result<(), RevealEr
 
 /// The detectors to run: those asked for, checked against the inputs, or by default cl with
 /// probabilities, knn with embeddings, vote with two annotators, probe with a probe.
-pub fn choose_detectors(
+pub(crate) fn choose_detectors(
     requested: Option<&[Detector]>,
     probe: bool,
     multi_label: bool,
@@ -767,7 +767,7 @@ pub fn gate(decisions: &[RowDecision], limits: &GateLimits) -> Gate {
 
 /// Per class: how its rows were decided.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ClassTally {
+pub(crate) struct ClassTally {
     /// Rows labelled with the class.
     pub rows: usize,
     pub issues: usize,
@@ -781,7 +781,7 @@ pub struct ClassTally {
 }
 
 /// Tally the decisions per class.
-pub fn class_tallies(
+pub(crate) fn class_tallies(
     given: &[Vec<usize>],
     decisions: &[RowDecision],
     classes: usize,

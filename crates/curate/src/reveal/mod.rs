@@ -17,8 +17,7 @@ pub mod quality;
 pub mod report;
 
 pub use confident::{
-    ConfidentJoint, CountMatrix, FilterBy, FilterOptions, IssueCount, confident_joint,
-    find_label_issues, num_label_issues,
+    FilterBy, FilterOptions, IssueCount, confident_joint, find_label_issues, num_label_issues,
 };
 pub use quality::{QualityMethod, quality_scores};
 
@@ -36,7 +35,9 @@ impl Probabilities {
         Probabilities { classes, values }
     }
 
-    pub fn from_rows(rows: Vec<Vec<f64>>) -> Option<Probabilities> {
+    /// Test data as rows; `None` when they are ragged or empty.
+    #[cfg(test)]
+    pub(crate) fn from_rows(rows: Vec<Vec<f64>>) -> Option<Probabilities> {
         let classes = rows.first()?.len();
         if classes == 0 || rows.iter().any(|r| r.len() != classes) {
             return None;

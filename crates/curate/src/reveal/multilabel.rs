@@ -41,7 +41,7 @@ fn binary_problem(
 }
 
 /// The per-class flags (row x class) of the binary problems.
-pub fn class_issues(
+pub(crate) fn class_issues(
     labels: &[Vec<usize>],
     probs: &Probabilities,
     options: FilterOptions,
@@ -92,7 +92,7 @@ pub fn find_multilabel_issues(
 }
 
 /// Per-class binary quality scores, row x class.
-pub fn class_quality(
+pub(crate) fn class_quality(
     labels: &[Vec<usize>],
     probs: &Probabilities,
     method: QualityMethod,

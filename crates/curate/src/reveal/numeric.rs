@@ -6,12 +6,12 @@
 /// Sum in numpy's order (`np.add.reduce` on a contiguous run): blocks of up to 128 values are
 /// summed with eight interleaved accumulators, longer runs are split in two recursively. Equal
 /// bits to numpy matter where a mean becomes a threshold that probabilities are compared with.
-pub fn pairwise_sum(values: &[f64]) -> f64 {
+pub(crate) fn pairwise_sum(values: &[f64]) -> f64 {
     pairwise_sum_by(values.len(), &|i| values[i])
 }
 
 /// [`pairwise_sum`] over `len` values produced by `at` (a strided or gathered run).
-pub fn pairwise_sum_by(len: usize, at: &dyn Fn(usize) -> f64) -> f64 {
+pub(crate) fn pairwise_sum_by(len: usize, at: &dyn Fn(usize) -> f64) -> f64 {
     sum_range(0, len, at)
 }
 
@@ -226,7 +226,7 @@ fn network_argsort(values: &[f64]) -> Vec<usize> {
 
 /// The first `m` positions of `np.argsort(values)`, in O(n) unless values tie across the cut
 /// (then the full numpy order decides, exactly as cleanlab's slice does).
-pub fn smallest(values: &[f64], m: usize) -> Vec<usize> {
+pub(crate) fn smallest(values: &[f64], m: usize) -> Vec<usize> {
     let n = values.len();
     if m == 0 {
         return Vec::new();
@@ -296,7 +296,7 @@ fn smallest_few(values: &[f64], m: usize) -> Vec<usize> {
 
 /// `np.round`: halves go to the even neighbour.
 #[inline]
-pub fn round_half_even(x: f64) -> f64 {
+pub(crate) fn round_half_even(x: f64) -> f64 {
     x.round_ties_even()
 }
 

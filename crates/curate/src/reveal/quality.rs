@@ -40,7 +40,7 @@ pub fn quality_scores(labels: &[usize], probs: &Probabilities, method: QualityMe
         .collect()
 }
 
-pub fn quality_score(row: &[f64], label: usize, method: QualityMethod) -> f64 {
+pub(crate) fn quality_score(row: &[f64], label: usize, method: QualityMethod) -> f64 {
     let own = row[label];
     match method {
         QualityMethod::SelfConfidence => own,

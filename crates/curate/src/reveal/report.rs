@@ -42,7 +42,7 @@ impl Report<'_> {
     }
 
     /// Rows with at least one missing label.
-    pub fn with_missing(&self) -> usize {
+    pub(crate) fn with_missing(&self) -> usize {
         self.detection
             .decisions
             .iter()
@@ -50,7 +50,7 @@ impl Report<'_> {
             .count()
     }
 
-    pub fn of_type(&self, t: IssueType) -> usize {
+    pub(crate) fn of_type(&self, t: IssueType) -> usize {
         self.detection
             .decisions
             .iter()
@@ -212,7 +212,7 @@ impl Report<'_> {
     }
 
     /// Per class: rows, issues by type, suggestions into it and missing from it.
-    pub fn tallies(&self) -> Vec<ClassTally> {
+    pub(crate) fn tallies(&self) -> Vec<ClassTally> {
         class_tallies(self.given, &self.detection.decisions, self.classes.len())
     }
 

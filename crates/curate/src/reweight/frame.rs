@@ -15,7 +15,7 @@ use crate::error::InputError;
 use crate::table::{self, ColumnRole, Expected};
 
 /// Applied to whichever of these domains the data has, when no direction is given.
-pub const DEFAULT_DIRECTIONS: [(&str, Direction); 2] =
+pub(crate) const DEFAULT_DIRECTIONS: [(&str, Direction); 2] =
     [("math", Direction::Hard), ("code", Direction::Easy)];
 
 /// `DOMAIN=hard` or `DOMAIN=easy`.

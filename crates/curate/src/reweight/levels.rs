@@ -25,7 +25,7 @@ pub struct Groups {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum LevelError {
+pub(crate) enum LevelError {
     /// A difficulty that is NaN or infinite, at this row (0-based).
     NotFinite { row: usize, value: f64 },
     /// Ordinal binning needs whole numbers; this row (0-based) has a fraction.
@@ -54,7 +54,7 @@ impl Groups {
         self.domain_names.len()
     }
 
-    pub fn levels_in(&self, domain: usize) -> usize {
+    pub(crate) fn levels_in(&self, domain: usize) -> usize {
         self.level_ranges[domain].len()
     }
 
@@ -82,7 +82,7 @@ impl Groups {
 }
 
 /// Assign levels per domain. `domain` holds each row's domain index into `domain_names`.
-pub fn assign(
+pub(crate) fn assign(
     domain_names: Vec<String>,
     domain: Vec<usize>,
     difficulty: &[f64],

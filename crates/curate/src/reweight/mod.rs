@@ -5,15 +5,18 @@
 pub mod audit;
 pub mod frame;
 pub mod levels;
-pub mod resample;
+pub(crate) mod resample;
 pub mod rules;
 pub mod scores;
 
-pub use audit::{AuditRow, audit};
-pub use levels::{Binning, Groups, LevelError, assign};
+pub(crate) use audit::AuditRow;
+pub use audit::audit;
+pub use levels::Binning;
+pub(crate) use levels::assign;
+pub(crate) use levels::{Groups, LevelError};
 pub use resample::systematic;
-pub use rules::{
-    Adjustment, CapError, Direction, Preserve, TargetError, cap, flip, from_group_scores,
-    random_group_scores, rescale, top_fraction,
-};
-pub use scores::{MeanScores, ScoreJoinError, rank_by};
+pub(crate) use rules::CapError;
+pub use rules::{Adjustment, Direction, Preserve, TargetError, cap, flip};
+pub(crate) use rules::{from_group_scores, random_group_scores, top_fraction};
+pub(crate) use scores::rank_by;
+pub(crate) use scores::{MeanScores, ScoreJoinError};

@@ -180,7 +180,7 @@ pub enum Preserve {
 /// Influence-driven weights: each (domain, level) group gets `exp(tau * z)` where z is its mean
 /// score standardised across groups; then weights are scaled so each domain's (or the whole
 /// table's) weighted size equals its row count.
-pub fn from_group_scores(
+pub(crate) fn from_group_scores(
     groups: &Groups,
     scores: &[f64],
     tau: f64,
@@ -210,7 +210,7 @@ pub fn from_group_scores(
 /// A random score per (domain, level) group, standard normal and seeded, given to each of its
 /// rows: with [`from_group_scores`] the random control of influence-driven weights (the same
 /// exp(tau * z) spread, assigned to groups at random).
-pub fn random_group_scores(groups: &Groups, seed: u64) -> Vec<f64> {
+pub(crate) fn random_group_scores(groups: &Groups, seed: u64) -> Vec<f64> {
     let mut rng = crate::rng::SplitMix64::new(seed);
     let draws: Vec<Vec<f64>> = (0..groups.domains())
         .map(|d| (0..groups.levels_in(d)).map(|_| rng.normal()).collect())
@@ -221,7 +221,7 @@ pub fn random_group_scores(groups: &Groups, seed: u64) -> Vec<f64> {
 }
 
 /// Row indices grouped by key, groups in key order.
-pub fn partition(keys: &[usize]) -> Vec<Vec<usize>> {
+pub(crate) fn partition(keys: &[usize]) -> Vec<Vec<usize>> {
     let mut sets: Vec<Vec<usize>> = Vec::new();
     for (row, &key) in keys.iter().enumerate() {
         if sets.len() <= key {
@@ -241,7 +241,7 @@ fn preserved_sets(domain: &[usize], preserve: Preserve) -> Vec<Vec<usize>> {
 }
 
 /// Scale weights so each preserved set averages 1.
-pub fn rescale(weights: &[f64], domain: &[usize], preserve: Preserve) -> Vec<f64> {
+pub(crate) fn rescale(weights: &[f64], domain: &[usize], preserve: Preserve) -> Vec<f64> {
     let mut out = vec![0.0; weights.len()];
     for rows in preserved_sets(domain, preserve) {
         let sum: f64 = rows.iter().map(|&i| weights[i]).sum();
@@ -259,7 +259,7 @@ pub fn rescale(weights: &[f64], domain: &[usize], preserve: Preserve) -> Vec<f64
 /// LESS-style selection: weight 1 for the top `fraction` of rows by score (per domain when
 /// `per_domain` is given), 0 for the rest. Ties go to the row with the smaller `tie_rank`
 /// (its position in id order).
-pub fn top_fraction(
+pub(crate) fn top_fraction(
     scores: &[f64],
     fraction: f64,
     per_domain: Option<&[usize]>,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 /// Why scores cannot be joined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScoreJoinError {
+pub(crate) enum ScoreJoinError {
     /// A score row without a training id (0-based row).
     #[error("id is null")]
     NullId { row: usize },
@@ -16,7 +16,7 @@ pub enum ScoreJoinError {
 
 /// The mean score of every training id.
 #[derive(Debug, Clone, Default)]
-pub struct MeanScores {
+pub(crate) struct MeanScores {
     means: HashMap<String, f64>,
 }
 
@@ -24,7 +24,7 @@ impl MeanScores {
     /// From score rows (`curate influence`'s output): per training id, the mean over its rows.
     /// Where rows against the aggregated query (`query_id` = `mean`) are present, only those
     /// count.
-    pub fn from_rows(
+    pub(crate) fn from_rows(
         train_ids: &[Option<&str>],
         query_ids: Option<&[Option<&str>]>,
         scores: &[f64],
@@ -50,7 +50,7 @@ impl MeanScores {
     }
 
     /// The score of each row's id (a null id is the empty string).
-    pub fn lookup(&self, ids: &[Option<&str>]) -> Result<Vec<f64>, ScoreJoinError> {
+    pub(crate) fn lookup(&self, ids: &[Option<&str>]) -> Result<Vec<f64>, ScoreJoinError> {
         ids.iter()
             .enumerate()
             .map(|(row, id)| {
@@ -69,7 +69,7 @@ impl MeanScores {
 
 /// Each row's position when rows are sorted by `key` (ties keep row order), so ties elsewhere
 /// can be broken by id.
-pub fn rank_by<K: Ord>(keys: &[K]) -> Vec<usize> {
+pub(crate) fn rank_by<K: Ord>(keys: &[K]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
     order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
     let mut rank = vec![0; order.len()];

@@ -16,7 +16,7 @@ impl Format {
     pub const ALL: [Format; 4] = [Format::Parquet, Format::Jsonl, Format::Csv, Format::Ipc];
 
     /// The format a path's extension names, if any.
-    pub fn from_path(path: &Path) -> Option<Format> {
+    pub(crate) fn from_path(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "parquet" | "pq" => Some(Format::Parquet),
@@ -36,13 +36,8 @@ impl Format {
         }
     }
 
-    /// Whether the format stores key-value metadata (provenance).
-    pub fn carries_metadata(self) -> bool {
-        matches!(self, Format::Parquet | Format::Ipc)
-    }
-
     /// Whether the format can hold nested (list, struct) columns.
-    pub fn holds_nested(self) -> bool {
+    pub(crate) fn holds_nested(self) -> bool {
         !matches!(self, Format::Csv)
     }
 }

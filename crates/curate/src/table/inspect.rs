@@ -89,7 +89,7 @@ pub fn inspect_file(input: &Input, top: Option<usize>) -> Result<FileReport> {
 }
 
 /// The provenance lines of a report.
-pub fn write_provenance(
+pub(crate) fn write_provenance(
     out: &mut impl Write,
     provenance: &Option<ProvenanceReport>,
 ) -> std::io::Result<()> {

@@ -12,12 +12,16 @@ mod write;
 
 pub use format::Format;
 pub use output_dir::OutputDir;
-pub use provenance::{InputDigest, Provenance, hex};
+pub(crate) use provenance::hex;
+pub use provenance::{InputDigest, Provenance};
 pub use read::{Input, digest_in_background};
-pub use shard::{Shard, ShardError};
-pub use summary::{ColumnSummary, ValueCount, summarize, to_json};
+pub use shard::Shard;
+pub(crate) use summary::ColumnSummary;
+pub use summary::summarize;
+pub(crate) use summary::to_json;
 pub use validate::{
-    ColumnRole, Expected, PROBABILITY_SUM_TOLERANCE, id_column, missing_column, number_column,
-    probability_problem, require_column, require_rows, require_type, require_unique_ids,
+    ColumnRole, Expected, id_column, missing_column, number_column, require_rows, require_type,
+    require_unique_ids,
 };
-pub use write::{DEFAULT_BATCH_ROWS, Output, TableWriter};
+pub(crate) use validate::{PROBABILITY_SUM_TOLERANCE, probability_problem};
+pub use write::{DEFAULT_BATCH_ROWS, Output};

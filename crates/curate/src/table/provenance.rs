@@ -21,7 +21,7 @@ pub struct InputDigest {
 }
 
 impl InputDigest {
-    pub fn of_bytes(path: impl Into<String>, bytes: &[u8]) -> Self {
+    pub(crate) fn of_bytes(path: impl Into<String>, bytes: &[u8]) -> Self {
         InputDigest {
             path: path.into(),
             sha256: hex(&Sha256::digest(bytes)),
@@ -94,7 +94,7 @@ impl Provenance {
 
     /// Read provenance back from key-value metadata; `None` when the file was not written
     /// by curate.
-    pub fn from_key_values<'a>(
+    pub(crate) fn from_key_values<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Option<Self> {
         let mut version = None;
@@ -120,7 +120,7 @@ impl Provenance {
 }
 
 /// Bytes (a digest) as lowercase hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -68,7 +68,11 @@ impl Input {
     }
 
     /// An input held in memory (stdin, or data a caller already has).
-    pub fn from_bytes(label: &str, bytes: Vec<u8>, format: Format) -> Result<Input, InputError> {
+    pub(crate) fn from_bytes(
+        label: &str,
+        bytes: Vec<u8>,
+        format: Format,
+    ) -> Result<Input, InputError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(InputError::new(label, "input is empty"));
         }
@@ -157,7 +161,7 @@ impl Input {
     }
 
     /// Row count without reading the data where the format allows (Parquet, IPC footers).
-    pub fn row_count(&self) -> Result<usize, InputError> {
+    pub(crate) fn row_count(&self) -> Result<usize, InputError> {
         self.count(self.scan()?)
     }
 
@@ -182,7 +186,7 @@ impl Input {
 
     /// File-level key-value metadata (Parquet footer, IPC custom metadata). Empty for CSV and
     /// JSON Lines, which have none.
-    pub fn key_value_metadata(&self) -> Result<Vec<(String, String)>, InputError> {
+    pub(crate) fn key_value_metadata(&self) -> Result<Vec<(String, String)>, InputError> {
         match self.format {
             Format::Parquet => {
                 let pairs = match &self.source {

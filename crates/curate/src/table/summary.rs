@@ -135,7 +135,7 @@ fn top_values(frame: LazyFrame, name: &str, top_k: usize) -> PolarsResult<Vec<Va
 
 /// A cell as JSON: numbers stay numbers (non-finite floats become null), temporal values
 /// their usual text form.
-pub fn to_json(value: &AnyValue) -> serde_json::Value {
+pub(crate) fn to_json(value: &AnyValue) -> serde_json::Value {
     use serde_json::Value;
     match value {
         AnyValue::Null => Value::Null,

@@ -67,7 +67,7 @@ pub fn require_rows(frame: &DataFrame, file: &str) -> Result<(), InputError> {
 }
 
 /// The column exists.
-pub fn require_column<'f>(
+pub(crate) fn require_column<'f>(
     frame: &'f DataFrame,
     file: &str,
     role: ColumnRole,
@@ -225,11 +225,11 @@ pub fn id_column(
 }
 
 /// Probabilities must sum to 1 within this (the input check cleanlab users expect).
-pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
+pub(crate) const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 
 /// What is wrong with one row of probabilities, if anything: a value outside [0, 1] (NaN
 /// included) or, with `must_sum`, a sum further than `tolerance` from 1.
-pub fn probability_problem(row: &[f64], must_sum: bool, tolerance: f64) -> Option<String> {
+pub(crate) fn probability_problem(row: &[f64], must_sum: bool, tolerance: f64) -> Option<String> {
     if let Some(v) = row
         .iter()
         .find(|v| !v.is_finite() || !(0.0..=1.0).contains(*v))
