@@ -1,7 +1,6 @@
-//! `curate influence merge-scores`: the score files of `--shard` runs, concatenated in query
-//! order and ranked per query, as one unsharded run would have written them.
+//! `curate influence merge-scores`: the score files of `--shard` runs, checked and merged
+//! (`curate::influence::score_shards`) into what one unsharded run would have written.
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Result;
@@ -11,6 +10,7 @@ use crate::ExitStatus;
 use crate::cli::MergeScoresArgs;
 use crate::commands::Context;
 use curate::error::{InputError, usage};
+use curate::influence::score_shards::{OverlappingShards, merge_score_shards};
 use curate::table::{self, ColumnRole, Expected, Input, Output};
 
 pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
@@ -39,81 +39,19 @@ pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
         provenance.add_input(input.digest()?);
         frames.push(frame);
     }
-    let mut merged = frames[0].clone();
-    for frame in &frames[1..] {
-        merged.vstack_mut(frame)?;
-    }
-    merged.rechunk_mut();
-
-    // Query-major order (queries in order of first appearance), shard order within a query.
-    let queries = merged.column("query_id")?.cast(&DataType::String)?;
-    let queries = queries.str()?;
-    let trains = merged.column("train_id")?.cast(&DataType::String)?;
-    let trains = trains.str()?;
-    let mut query_index: HashMap<&str, u32> = HashMap::new();
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut keys = Vec::with_capacity(merged.height());
-    for row in 0..merged.height() {
-        let (q, t) = (
-            queries.get(row).unwrap_or(""),
-            trains.get(row).unwrap_or(""),
-        );
-        let next = query_index.len() as u32;
-        let q_index = *query_index.entry(q).or_insert(next);
-        if let Some(first) = seen.insert((q, t), row) {
-            return Err(InputError::new(
-                "merge-scores",
-                format!("query {q:?}, training example {t:?} appears twice (rows {} and {} of the concatenation): overlapping shards", first + 1, row + 1),
-            )
-            .into());
+    let merged = merge_score_shards(&frames).map_err(|err| {
+        match err.downcast_ref::<OverlappingShards>() {
+            Some(overlap) => InputError::new("merge-scores", overlap.to_string()).into(),
+            None => err,
         }
-        keys.push((q_index, row as u32));
-    }
-    keys.sort();
-    let order: Vec<u32> = keys.iter().map(|&(_, row)| row).collect();
-    let mut sorted = merged.take(&IdxCa::from_vec(
-        "".into(),
-        order.iter().map(|&r| r as IdxSize).collect(),
-    ))?;
-
-    // Rank 1 = highest score within each query; ties keep the order.
-    let scores = sorted.column("score")?.cast(&DataType::Float64)?;
-    let scores: Vec<f64> = scores
-        .f64()?
-        .iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect();
-    let mut rank = vec![0u32; scores.len()];
-    let mut start = 0;
-    while start < keys.len() {
-        let q = keys[start].0;
-        let end = keys[start..]
-            .iter()
-            .position(|k| k.0 != q)
-            .map_or(keys.len(), |p| start + p);
-        let mut members: Vec<usize> = (start..end).collect();
-        members.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        for (position, &i) in members.iter().enumerate() {
-            rank[i] = position as u32 + 1;
-        }
-        start = end;
-    }
-    let ranks = Column::new(
-        "rank".into(),
-        rank.into_iter().map(Some).collect::<Vec<Option<u32>>>(),
-    );
-    if sorted.column("rank").is_ok() {
-        sorted.replace("rank", ranks)?;
-    } else {
-        sorted.with_column(ranks)?;
-    }
-    let rows = sorted.height();
-    output.write_frame(&sorted, Some(&provenance))?;
+    })?;
+    let rows = merged.frame.height();
+    output.write_frame(&merged.frame, Some(&provenance))?;
     writeln!(
         context.printer.stderr(),
         "merged {} score files ({rows} rows, {} queries); wrote {}",
         args.inputs.len(),
-        query_index.len(),
+        merged.queries,
         args.out
     )?;
     Ok(ExitStatus::Success)

@@ -19,6 +19,7 @@ pub mod report;
 pub mod retrain;
 pub mod run;
 mod score;
+pub mod score_shards;
 pub mod segment;
 mod stacks;
 pub mod store;
@@ -34,8 +35,7 @@ pub use lm_source::LmSource;
 pub(crate) use precondition::ModulePreconditioner;
 pub use precondition::{Damping, Preconditioner, UndampedZero};
 pub use projection::Projection;
-pub(crate) use score::{QueryGradients, ScoreMatrix, TokenScores};
-pub(crate) use score::{score_examples, score_tokens};
+pub(crate) use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
 pub(crate) use stacks::ExampleStack;
 pub use stacks::{ModuleStacks, stacks_from_activations};
 
