@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod messages;
 pub mod printer;
 
 use std::ffi::OsString;
@@ -123,7 +124,7 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
         Err(err) => {
             let status = ExitStatus::of_error(&err);
             if !matches!(status, ExitStatus::Success) {
-                eprintln!("curate: {}", commands::error_line(&err));
+                eprintln!("curate: {}", messages::error_line(&err));
             }
             status
         }

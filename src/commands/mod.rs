@@ -31,43 +31,6 @@ impl Context {
     }
 }
 
-/// An error as printed: its chain on one line, then what to change on the command line when
-/// a library error has a flag for it.
-pub fn error_line(err: &anyhow::Error) -> String {
-    let line = curate::error::one_line(&format!("{err:#}"));
-    match flag_advice(err) {
-        Some(advice) => format!("{line}; {advice}"),
-        None => line,
-    }
-}
-
-/// The flag that addresses a typed library error in `err`'s chain.
-fn flag_advice(err: &anyhow::Error) -> Option<&'static str> {
-    use curate::error::{OutputExists, OutputKind};
-    use curate::model::{MismatchKind, TensorMismatch};
-    err.chain().find_map(|cause| {
-        if let Some(exists) = cause.downcast_ref::<OutputExists>() {
-            return Some(match exists.kind {
-                OutputKind::File => "pass --force to overwrite it",
-                OutputKind::Directory => "use --force to replace it",
-            });
-        }
-        if let Some(mismatch) = cause.downcast_ref::<TensorMismatch>() {
-            return Some(match mismatch.kind {
-                MismatchKind::Missing => "--allow-partial initialises them",
-                MismatchKind::Unused => "--allow-partial ignores them",
-            });
-        }
-        if cause.is::<curate::model::train::Diverged>() {
-            return Some("lower --lr");
-        }
-        if cause.is::<curate::influence::UndampedZero>() {
-            return Some("give a positive --damping");
-        }
-        None
-    })
-}
-
 /// The compute device `--device` names (a usage error when this build lacks it).
 pub fn device(spec: &str) -> Result<burn::tensor::Device> {
     spec.parse::<curate::model::DeviceSpec>()
@@ -149,36 +112,5 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Influence(args) => influence::run(args, context),
         Command::Reveal(args) => reveal::run(*args, context),
         Command::Rephrase(args) => rephrase::run(args, context),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use curate::error::OutputExists;
-
-    #[test]
-    fn library_errors_get_the_flag_that_addresses_them() {
-        let exists = anyhow::Error::new(OutputExists::file("o.csv")).context("writing scores");
-        assert_eq!(
-            error_line(&exists),
-            "writing scores: o.csv: already exists; pass --force to overwrite it"
-        );
-        let dir = anyhow::Error::new(OutputExists::directory("m"));
-        assert_eq!(
-            error_line(&dir),
-            "m already exists; use --force to replace it"
-        );
-        let diverged = anyhow::Error::new(curate::model::train::Diverged {
-            loss: f64::NAN,
-            step: 3,
-        })
-        .context("retraining");
-        assert_eq!(
-            error_line(&diverged),
-            "retraining: loss became NaN at step 3; lower --lr"
-        );
-        let plain = anyhow::anyhow!("disk full\nreally");
-        assert_eq!(error_line(&plain), "disk full; really");
     }
 }

@@ -1,0 +1,72 @@
+//! How errors read on stderr: the chain on one line, and for library errors that a flag
+//! addresses, that flag. The library's own messages never name flags.
+
+use curate::error::{OutputExists, OutputKind};
+use curate::influence::UndampedZero;
+use curate::model::train::Diverged;
+use curate::model::{MismatchKind, TensorMismatch};
+
+/// An error as printed: its chain on one line, then what to change on the command line when
+/// a library error has a flag for it.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let line = curate::error::one_line(&format!("{err:#}"));
+    match flag_advice(err) {
+        Some(advice) => format!("{line}; {advice}"),
+        None => line,
+    }
+}
+
+/// The flag that addresses a typed library error in `err`'s chain.
+fn flag_advice(err: &anyhow::Error) -> Option<&'static str> {
+    err.chain().find_map(|cause| {
+        if let Some(exists) = cause.downcast_ref::<OutputExists>() {
+            return Some(match exists.kind {
+                OutputKind::File => "pass --force to overwrite it",
+                OutputKind::Directory => "use --force to replace it",
+            });
+        }
+        if let Some(mismatch) = cause.downcast_ref::<TensorMismatch>() {
+            return Some(match mismatch.kind {
+                MismatchKind::Missing => "--allow-partial initialises them",
+                MismatchKind::Unused => "--allow-partial ignores them",
+            });
+        }
+        if cause.is::<Diverged>() {
+            return Some("lower --lr");
+        }
+        if cause.is::<UndampedZero>() {
+            return Some("give a positive --damping");
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_errors_get_the_flag_that_addresses_them() {
+        let exists = anyhow::Error::new(OutputExists::file("o.csv")).context("writing scores");
+        assert_eq!(
+            error_line(&exists),
+            "writing scores: o.csv: already exists; pass --force to overwrite it"
+        );
+        let dir = anyhow::Error::new(OutputExists::directory("m"));
+        assert_eq!(
+            error_line(&dir),
+            "m already exists; use --force to replace it"
+        );
+        let diverged = anyhow::Error::new(Diverged {
+            loss: f64::NAN,
+            step: 3,
+        })
+        .context("retraining");
+        assert_eq!(
+            error_line(&diverged),
+            "retraining: loss became NaN at step 3; lower --lr"
+        );
+        let plain = anyhow::anyhow!("disk full\nreally");
+        assert_eq!(error_line(&plain), "disk full; really");
+    }
+}
