@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use curate::text::{Align, text_table};
-
 /// How chatty the command is on stderr. Data on stdout is never affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {

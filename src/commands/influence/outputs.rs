@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use crate::cli::{GranularityArg, InfluenceArgs};
-use crate::printer::{Align, Printer, text_table};
+use crate::printer::Printer;
 use curate::error::usage;
 use curate::influence::examples::Examples;
 use curate::influence::report::{self, Collected, Report};
@@ -96,31 +96,9 @@ pub fn print_top(
     train: &Examples,
     k: usize,
 ) -> Result<()> {
-    let header = ["id", "score", "difficulty", "response"];
-    let align = [Align::Left, Align::Right, Align::Right, Align::Left];
     let mut out = printer.stdout();
-    for top in report::top_by_domain(collected, train, k)? {
-        for (title, picked) in [
-            ("most helpful", &top.helpful),
-            ("most harmful", &top.harmful),
-        ] {
-            writeln!(out, "{}: {title}", top.domain)?;
-            let cells: Vec<Vec<String>> = picked
-                .iter()
-                .map(|row| {
-                    vec![
-                        row.id.clone(),
-                        format!("{:.4e}", row.score),
-                        row.difficulty.clone(),
-                        row.preview.clone(),
-                    ]
-                })
-                .collect();
-            for line in text_table(&header, &cells, &align) {
-                writeln!(out, "  {line}")?;
-            }
-        }
-        writeln!(out)?;
+    for line in report::top_text(&report::top_by_domain(collected, train, k)?) {
+        writeln!(out, "{line}")?;
     }
     out.flush()?;
     Ok(())

@@ -133,27 +133,7 @@ pub fn rephrase(
 ) -> Result<LlmRun> {
     let ep = endpoint(args)?;
     let plans = plans(traces, settings, args, &ep);
-    let fingerprint = plan::fingerprint(llm_mode(args.mode), &plans);
-    let (mut journal, mut entries) = if args.out == "-" {
-        (None, HashMap::new())
-    } else {
-        let (journal, entries) = Journal::open(
-            &journal::path_for(&args.out),
-            &fingerprint,
-            args.resume,
-            args.force,
-        )
-        .map_err(journal_error)?;
-        (Some(journal), entries)
-    };
-    let mut answers: HashMap<usize, Answer> = HashMap::new();
-    for job in jobs(&plans) {
-        if let Some((key, answer)) = entries.remove(&job.row)
-            && key == job.key
-        {
-            answers.insert(job.row, answer);
-        }
-    }
+    let (mut journal, mut answers) = open_journal(args, &plans)?;
     let from_journal = answers.len();
     let pending: Vec<&Job> = jobs(&plans)
         .filter(|job| !answers.contains_key(&job.row))
@@ -166,6 +146,7 @@ pub fn rephrase(
         max_retries: args.max_retries,
         seed: context.seed,
     });
+    let asked = jobs(&plans).count();
     let budget = Budget::new(args.max_requests, args.max_total_tokens);
     let stop = AtomicBool::new(false);
     let worker = Asker {
@@ -194,7 +175,6 @@ pub fn rephrase(
     bar.finish_and_clear();
     answers.extend(collected.answers);
 
-    let asked = jobs(&plans).count();
     let kept = match &journal {
         Some(journal) => format!(
             "{} of {asked} answers are kept in {} (run again with --resume to continue)",
@@ -234,6 +214,34 @@ pub fn rephrase(
         journal,
         report,
     })
+}
+
+/// The journal beside `--out` (none when writing to stdout) and the answers it already holds
+/// for these plans.
+fn open_journal(
+    args: &RephraseArgs,
+    plans: &[Plan],
+) -> Result<(Option<Journal>, HashMap<usize, Answer>)> {
+    if args.out == "-" {
+        return Ok((None, HashMap::new()));
+    }
+    let fingerprint = plan::fingerprint(llm_mode(args.mode), plans);
+    let (journal, mut entries) = Journal::open(
+        &journal::path_for(&args.out),
+        &fingerprint,
+        args.resume,
+        args.force,
+    )
+    .map_err(journal_error)?;
+    let mut answers = HashMap::new();
+    for job in jobs(plans) {
+        if let Some((key, answer)) = entries.remove(&job.row)
+            && key == job.key
+        {
+            answers.insert(job.row, answer);
+        }
+    }
+    Ok((Some(journal), answers))
 }
 
 /// A journal conflict, with the flags that resolve it.
@@ -278,46 +286,19 @@ pub fn dry_run(
         Some(dir) if std::path::Path::new(dir).is_dir() => Some(open_cache(dir)?),
         _ => None,
     };
-    let plan::Estimate {
-        asked,
-        from_journal,
-        cached,
-        requests,
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-    } = plan::estimate(&plans, &entries, cache.as_ref());
-    let asked = asked as usize;
-    let total = prompt + completion;
-    let within = args.max_requests.is_none_or(|max| requests <= max)
-        && args.max_total_tokens.is_none_or(|max| total <= max);
-    let estimate = json!({
-        "mode": llm_mode(args.mode).name(),
-        "model": ep.model,
-        "endpoint": ep.url,
-        "records": traces.len(),
-        "without_request": traces.len() - asked,
-        "from_journal": from_journal,
-        "cached": cached,
-        "requests": requests,
-        "estimated_prompt_tokens": prompt,
-        "estimated_completion_tokens": completion,
-        "estimated_total_tokens": total,
-        "max_requests": args.max_requests,
-        "max_total_tokens": args.max_total_tokens,
-        "within_budget": within,
-    });
+    let estimate = plan::estimate(&plans, &entries, cache.as_ref());
+    let run = plan::DryRun {
+        mode: llm_mode(args.mode),
+        model: &ep.model,
+        endpoint: &ep.url,
+        records: traces.len(),
+        max_requests: args.max_requests,
+        max_total_tokens: args.max_total_tokens,
+    };
     let mut out = context.printer.stdout();
-    writeln!(out, "{estimate}")?;
+    writeln!(out, "{}", estimate.json(&run))?;
     out.flush()?;
-    writeln!(
-        context.printer.stderr(),
-        "dry run: {requests} requests of {} records ({} need none, {from_journal} in the journal, \
-         {cached} cached), about {total} tokens ({prompt} prompt + {completion} completion, \
-         at 4 bytes a token){}; nothing was sent",
-        traces.len(),
-        traces.len() - asked,
-        if within { "" } else { "; over the budget" }
-    )?;
+    writeln!(context.printer.stderr(), "{}", estimate.text(&run))?;
     Ok(())
 }
 

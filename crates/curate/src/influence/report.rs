@@ -520,6 +520,41 @@ pub struct DomainTop {
     pub harmful: Vec<TopRow>,
 }
 
+/// The per-domain tops as text: a heading per list, an aligned table of id, score,
+/// difficulty and response preview, a blank line after each domain.
+pub fn top_text(tops: &[DomainTop]) -> Vec<String> {
+    use crate::text::{Align, text_table};
+    let header = ["id", "score", "difficulty", "response"];
+    let align = [Align::Left, Align::Right, Align::Right, Align::Left];
+    let mut lines = Vec::new();
+    for top in tops {
+        for (title, picked) in [
+            ("most helpful", &top.helpful),
+            ("most harmful", &top.harmful),
+        ] {
+            lines.push(format!("{}: {title}", top.domain));
+            let cells: Vec<Vec<String>> = picked
+                .iter()
+                .map(|row| {
+                    vec![
+                        row.id.clone(),
+                        format!("{:.4e}", row.score),
+                        row.difficulty.clone(),
+                        row.preview.clone(),
+                    ]
+                })
+                .collect();
+            lines.extend(
+                text_table(&header, &cells, &align)
+                    .into_iter()
+                    .map(|line| format!("  {line}")),
+            );
+        }
+        lines.push(String::new());
+    }
+    lines
+}
+
 /// Per training domain (sorted), the K most helpful and most harmful examples by their mean
 /// score over queries; ties keep row order.
 pub fn top_by_domain(
@@ -782,5 +817,10 @@ mod tests {
         assert_eq!(top[1].domain, "math");
         assert_eq!(top[1].harmful[0].preview, "first answer");
         assert_eq!(top[1].helpful[0].difficulty, "1");
+        let text = top_text(&top);
+        assert_eq!(text[0], "code: most helpful");
+        assert!(text[1].starts_with("  id") && text[1].ends_with("response"));
+        assert!(text[2].starts_with("  b ") && text[2].contains("-2.0000e0"));
+        assert_eq!(text.iter().filter(|l| l.is_empty()).count(), 2);
     }
 }

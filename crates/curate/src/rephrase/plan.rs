@@ -184,6 +184,71 @@ pub struct Estimate {
     pub completion_tokens: u64,
 }
 
+/// Who a dry run would have asked, for its report.
+#[derive(Debug, Clone, Copy)]
+pub struct DryRun<'a> {
+    pub mode: LlmMode,
+    pub model: &'a str,
+    pub endpoint: &'a str,
+    /// Records in the input (asked or not).
+    pub records: usize,
+    pub max_requests: Option<u64>,
+    pub max_total_tokens: Option<u64>,
+}
+
+impl Estimate {
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Whether the run fits both budgets (`None` is no limit).
+    pub fn within(&self, max_requests: Option<u64>, max_total_tokens: Option<u64>) -> bool {
+        max_requests.is_none_or(|max| self.requests <= max)
+            && max_total_tokens.is_none_or(|max| self.total_tokens() <= max)
+    }
+
+    /// The dry run's report, one JSON document.
+    pub fn json(&self, run: &DryRun) -> serde_json::Value {
+        serde_json::json!({
+            "mode": run.mode.name(),
+            "model": run.model,
+            "endpoint": run.endpoint,
+            "records": run.records,
+            "without_request": run.records as u64 - self.asked,
+            "from_journal": self.from_journal,
+            "cached": self.cached,
+            "requests": self.requests,
+            "estimated_prompt_tokens": self.prompt_tokens,
+            "estimated_completion_tokens": self.completion_tokens,
+            "estimated_total_tokens": self.total_tokens(),
+            "max_requests": run.max_requests,
+            "max_total_tokens": run.max_total_tokens,
+            "within_budget": self.within(run.max_requests, run.max_total_tokens),
+        })
+    }
+
+    /// The dry run's one-line account for people.
+    pub fn text(&self, run: &DryRun) -> String {
+        format!(
+            "dry run: {} requests of {} records ({} need none, {} in the journal, {} cached), \
+             about {} tokens ({} prompt + {} completion, at 4 bytes a token){}; nothing was sent",
+            self.requests,
+            run.records,
+            run.records as u64 - self.asked,
+            self.from_journal,
+            self.cached,
+            self.total_tokens(),
+            self.prompt_tokens,
+            self.completion_tokens,
+            if self.within(run.max_requests, run.max_total_tokens) {
+                ""
+            } else {
+                "; over the budget"
+            }
+        )
+    }
+}
+
 /// Count the requests `plans` would send given the journal's `entries` and the `cache`.
 pub fn estimate(
     plans: &[Plan],
@@ -315,6 +380,27 @@ mod tests {
         let journaled = HashMap::from([(2, (key, Answer::Content(String::new())))]);
         let some = estimate(&plans, &journaled, None);
         assert_eq!((some.requests, some.from_journal), (0, 1));
+        let run = DryRun {
+            mode: LlmMode::Boundaries,
+            model: "m",
+            endpoint: "http://x/v1/chat",
+            records: traces.len(),
+            max_requests: Some(0),
+            max_total_tokens: None,
+        };
+        assert!(!none.within(run.max_requests, None) && some.within(run.max_requests, None));
+        let report = none.json(&run);
+        assert_eq!(report["without_request"], 2);
+        assert_eq!(report["within_budget"], false);
+        assert_eq!(report["estimated_total_tokens"], none.total_tokens());
+        assert!(
+            none.text(&run)
+                .ends_with("; over the budget; nothing was sent")
+        );
+        assert!(
+            some.text(&run)
+                .starts_with("dry run: 0 requests of 3 records (2 need none, 1 in")
+        );
 
         let answers = HashMap::from([(2, Answer::Content("{\"ends\": [2, 3]}".into()))]);
         let outcomes = settle_all(plans, &traces, answers, &settings(), ANY_DRIFT);
