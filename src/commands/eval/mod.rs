@@ -73,45 +73,20 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         }
     }
     if let Some(references) = &references {
-        let tok = lm
-            .tokenizer
-            .as_ref()
-            .expect("checked when reading the rows");
         let generation = eval::Generation {
             file: &file,
             max_new_tokens: args.max_new_tokens,
             batch_size: args.batch_size,
             max_new_tokens_hint: "--max-new-tokens",
         };
-        let bar = context
-            .printer
-            .progress_bar(rows.prompts.len() as u64, "generate");
-        eval::generate_answers(
-            &lm,
-            tok,
-            &rows.prompts,
-            references,
-            &generation,
-            &mut results,
-            &mut |n| {
-                bar.inc(n as u64);
-                Ok(interrupt::check()?)
-            },
-        )?;
-        bar.finish_and_clear();
+        let prompts = &rows.prompts;
+        generate_answers(&lm, prompts, references, &generation, &mut results, context)?;
     }
     let seconds = started.elapsed().as_secs_f64();
 
     let domains = eval::domain_names(&frame, &args.domain_col)?;
     let summary = summarize(&results, domains.as_deref(), args.generate);
-    let mut provenance = context.provenance();
-    provenance.add_input(input.digest()?);
-    for path in curate::model::model_files(Path::new(&model))? {
-        provenance.add_input(table::InputDigest::of_file(
-            path.display().to_string(),
-            &path,
-        )?);
-    }
+    let provenance = provenance(context, &input, Path::new(&model))?;
     let out_frame = eval::with_results(frame, &results, args.generate)?;
     output.write_frame(&out_frame, Some(&provenance))?;
     if let Some(summary_output) = summary_output {
@@ -146,6 +121,51 @@ fn reference_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Opt
         .cast(&DataType::String)
         .map_err(|e| InputError::new(file, e.to_string()).column(name))?;
     Ok(text.str()?.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// Greedy answers to `prompts`, checked against `references` into `results`, with a bar.
+fn generate_answers(
+    lm: &LanguageModel,
+    prompts: &[Vec<i64>],
+    references: &[Option<String>],
+    generation: &eval::Generation,
+    results: &mut [RowResult],
+    context: &Context,
+) -> Result<()> {
+    let tok = lm
+        .tokenizer
+        .as_ref()
+        .expect("checked when reading the rows");
+    let bar = context
+        .printer
+        .progress_bar(prompts.len() as u64, "generate");
+    eval::generate_answers(
+        lm,
+        tok,
+        prompts,
+        references,
+        generation,
+        results,
+        &mut |n| {
+            bar.inc(n as u64);
+            Ok(interrupt::check()?)
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The data file and every file of the model.
+fn provenance(context: &Context, input: &Input, model: &Path) -> Result<table::Provenance> {
+    let mut provenance = context.provenance();
+    provenance.add_input(input.digest()?);
+    for path in curate::model::model_files(model)? {
+        provenance.add_input(table::InputDigest::of_file(
+            path.display().to_string(),
+            &path,
+        )?);
+    }
+    Ok(provenance)
 }
 
 /// The summed response loss of each sequence, in batches of similar length.

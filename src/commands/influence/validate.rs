@@ -32,30 +32,10 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
         None => None,
     };
-    let device = crate::commands::device(&args.device)?;
-    let dtype = DType::from(args.dtype);
-    let base = LanguageModel::load(
-        Path::new(&args.model),
-        &LoadOptions {
-            trainable: true,
-            ..LoadOptions::inference(&device, dtype)
-        },
-    )?;
-    let chat = base.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
-    let options = super::read_options(args.id_col.as_deref(), &args.text, chat.as_ref());
-    let train = examples::read(&args.train, &base, &options)?;
-    let query = examples::read(&args.query, &base, &options)?;
+    let (base, train, query) = load_inputs(&args)?;
     let score_files = read_score_files(&args.scores, &train, &query)?;
 
-    let settings = TrainSettings {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        warmup_steps: args.warmup,
-        schedule: args.schedule.into(),
-        seed: context.seed,
-        ..TrainSettings::default()
-    };
+    let settings = retrain_settings(&args, context.seed);
     let objectives: Vec<&Objective> = score_files.iter().map(|(o, _)| o).collect();
     let plan = RetrainPlan::new(
         train.len(),
@@ -113,28 +93,63 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         .map(|((objective, input), check)| (input.label(), objective, check))
         .collect();
     output.write_frame(&checks_frame(&files)?, Some(&provenance))?;
-    let report = json!({
-        "scores": files.iter().map(|(file, objective, check)| check_json(file, objective, check)).collect::<Vec<_>>(),
-        "subsets": plan.subsets,
-        "alpha": args.alpha,
-        "subset_rows": plan.subset_rows(),
-        "train_rows": train.len(),
-        "queries": query.len(),
-        "base_loss": mean(&base_losses),
-        "full_data_loss": full,
-        "training": {
-            "epochs": args.epochs, "lr": args.lr, "warmup": args.warmup,
-            "schedule": format!("{:?}", args.schedule).to_lowercase(),
-            "batch_size": args.batch_size, "seed": context.seed,
-        },
-        "seconds": started.elapsed().as_secs_f64(),
-    });
     if let Some(summary_output) = summary_output {
+        let report = json!({
+            "scores": files.iter().map(|(file, objective, check)| check_json(file, objective, check)).collect::<Vec<_>>(),
+            "subsets": plan.subsets,
+            "alpha": args.alpha,
+            "subset_rows": plan.subset_rows(),
+            "train_rows": train.len(),
+            "queries": query.len(),
+            "base_loss": mean(&base_losses),
+            "full_data_loss": full,
+            "training": training_json(&args, context.seed),
+            "seconds": started.elapsed().as_secs_f64(),
+        });
         let mut text = serde_json::to_string(&report)?;
         text.push('\n');
         summary_output.write_document(text.as_bytes())?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// The base model (trainable) and the training and query examples it encodes.
+fn load_inputs(args: &ValidateArgs) -> Result<(LanguageModel, Examples, Examples)> {
+    let device = crate::commands::device(&args.device)?;
+    let base = LanguageModel::load(
+        Path::new(&args.model),
+        &LoadOptions {
+            trainable: true,
+            ..LoadOptions::inference(&device, DType::from(args.dtype))
+        },
+    )?;
+    let chat = base.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
+    let options = super::read_options(args.id_col.as_deref(), &args.text, chat.as_ref());
+    let train = examples::read(&args.train, &base, &options)?;
+    let query = examples::read(&args.query, &base, &options)?;
+    Ok((base, train, query))
+}
+
+/// How every retraining run trains.
+fn retrain_settings(args: &ValidateArgs, seed: u64) -> TrainSettings {
+    TrainSettings {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_steps: args.warmup,
+        schedule: args.schedule.into(),
+        seed,
+        ..TrainSettings::default()
+    }
+}
+
+/// The training settings as the summary records them.
+fn training_json(args: &ValidateArgs, seed: u64) -> serde_json::Value {
+    json!({
+        "epochs": args.epochs, "lr": args.lr, "warmup": args.warmup,
+        "schedule": format!("{:?}", args.schedule).to_lowercase(),
+        "batch_size": args.batch_size, "seed": seed,
+    })
 }
 
 /// Each `--scores` file as the objective it predicts; all must predict the same one.

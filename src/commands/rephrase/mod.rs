@@ -19,38 +19,10 @@ use curate::rephrase::{Rejection, Rephrased, Settings, rephrase_rules};
 use curate::table::{ColumnRole, Format, Input, Output, Provenance, Shard};
 
 pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
-    if args.max_units == Some(0) {
-        return Err(usage("--max-units must be at least 1"));
-    }
-    let names = [Some(&args.out), args.rejects.as_ref(), args.stats.as_ref()];
-    for (i, a) in names.iter().enumerate() {
-        for b in &names[i + 1..] {
-            if a.is_some() && a == b {
-                return Err(usage(
-                    "--out, --rejects and --stats must name different files",
-                ));
-            }
-        }
-    }
+    check_flags(&args)?;
     llm::check_flags(&args)?;
     let shard = crate::commands::shard(args.shard.as_deref())?;
-    let markers = match &args.markers {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| InputError::new(path, format!("cannot read: {e}")))?;
-            Markers::parse(&text).map_err(|e| InputError::new(path, e))?
-        }
-        None => Markers::bundled(),
-    };
-    let settings = Settings {
-        markers,
-        units: UnitOptions {
-            min_unit_chars: args.min_unit_chars,
-            max_units: args.max_units,
-        },
-        think_tags: !args.no_think_tags,
-        require_correct: args.require_correct,
-    };
+    let settings = settings(&args)?;
     let input = Input::open(&args.input, None)?;
     if args.dry_run {
         let traces = traces(&input, &args, shard)?;
@@ -75,26 +47,11 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
             (run.outcomes, run.journal, Some(run.report))
         }
     };
-    let mut records = Vec::new();
-    let mut rejected = Vec::new();
-    let mut stats = Stats::default();
-    for (trace, outcome) in traces.iter().zip(outcomes) {
-        match outcome {
-            Ok(done) => {
-                stats.add(&done, trace.reference.is_some());
-                records.extend(records::records(
-                    trace,
-                    &done,
-                    record_format(args.format),
-                    &args.continue_prompt,
-                ));
-            }
-            Err(Rejection { reason, detail }) => {
-                *stats.rejects.entry(reason).or_default() += 1;
-                rejected.push(reject_record(trace, reason, detail.as_deref()));
-            }
-        }
-    }
+    let Sorted {
+        records,
+        rejected,
+        stats,
+    } = sort_outcomes(&traces, outcomes, &args);
 
     let mut provenance = context.provenance();
     provenance.add_input(input.digest()?);
@@ -120,6 +77,84 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     }
     print_stats(&stats, context, traces.len(), &args, llm_report.as_ref())?;
     Ok(ExitStatus::Success)
+}
+
+/// Flag values clap cannot check alone.
+fn check_flags(args: &RephraseArgs) -> Result<()> {
+    if args.max_units == Some(0) {
+        return Err(usage("--max-units must be at least 1"));
+    }
+    let names = [Some(&args.out), args.rejects.as_ref(), args.stats.as_ref()];
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if a.is_some() && a == b {
+                return Err(usage(
+                    "--out, --rejects and --stats must name different files",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The segmentation settings: `--markers` (or the bundled list) and the unit flags.
+fn settings(args: &RephraseArgs) -> Result<Settings> {
+    let markers = match &args.markers {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| InputError::new(path, format!("cannot read: {e}")))?;
+            Markers::parse(&text).map_err(|e| InputError::new(path, e))?
+        }
+        None => Markers::bundled(),
+    };
+    Ok(Settings {
+        markers,
+        units: UnitOptions {
+            min_unit_chars: args.min_unit_chars,
+            max_units: args.max_units,
+        },
+        think_tags: !args.no_think_tags,
+        require_correct: args.require_correct,
+    })
+}
+
+/// The output records, the rejects and the statistics of a run's outcomes.
+struct Sorted {
+    records: Vec<Value>,
+    rejected: Vec<Value>,
+    stats: Stats,
+}
+
+fn sort_outcomes(
+    traces: &[Trace],
+    outcomes: Vec<Result<Rephrased, Rejection>>,
+    args: &RephraseArgs,
+) -> Sorted {
+    let mut sorted = Sorted {
+        records: Vec::new(),
+        rejected: Vec::new(),
+        stats: Stats::default(),
+    };
+    for (trace, outcome) in traces.iter().zip(outcomes) {
+        match outcome {
+            Ok(done) => {
+                sorted.stats.add(&done, trace.reference.is_some());
+                sorted.records.extend(records::records(
+                    trace,
+                    &done,
+                    record_format(args.format),
+                    &args.continue_prompt,
+                ));
+            }
+            Err(Rejection { reason, detail }) => {
+                *sorted.stats.rejects.entry(reason).or_default() += 1;
+                sorted
+                    .rejected
+                    .push(reject_record(trace, reason, detail.as_deref()));
+            }
+        }
+    }
+    sorted
 }
 
 fn rephrase_all_rules(

@@ -15,7 +15,7 @@ use curate::reveal::FilterOptions;
 use curate::reveal::classes::{ClassOrderError, Classes};
 use curate::reveal::detect::{
     Detection, GateLimits, ProbeOptions, Requirement, RevealError, RevealEvent, RevealInputs,
-    RevealSettings, check_kinds, class_order, detect, gate,
+    RevealSettings, Source, check_kinds, class_order, detect, gate,
 };
 use curate::reveal::inputs::{
     Labels, RevealColumns, label_indices, read_embeddings, read_labels, read_source,
@@ -132,28 +132,13 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         embedding: ColumnRole::new(&args.emb_col, "--emb-col"),
         source: "--source",
     };
-    let labels = read_labels(&labels_input, &columns)?;
-    stage("read labels");
-    let mut sources = Vec::new();
-    for spec in specs {
-        interrupt::check()?;
-        sources.push(read_source(spec, &labels, &columns)?);
-    }
-    stage("read labels and sources");
-    let classes = class_order(args.classes.as_deref(), &labels.values, &sources)
-        .map_err(|e| flag_error(e, &labels, None))?;
-    let label_column = if labels.multi_label {
-        &args.labels_col
-    } else {
-        &args.label_col
-    };
-    let given = label_indices(&labels, &classes, label_column)?;
-    check_kinds(labels.multi_label, &sources).map_err(|e| flag_error(e, &labels, None))?;
-    let embeddings = match &args.embeddings {
-        Some(path) => Some(read_embeddings(path, &labels, &columns)?),
-        None => None,
-    };
-    stage("classes and embeddings");
+    let ReadInputs {
+        labels,
+        sources,
+        classes,
+        given,
+        embeddings,
+    } = read_inputs(&args, &labels_input, &columns, &stage)?;
 
     let inputs = RevealInputs {
         given: &given,
@@ -198,6 +183,54 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         ExitStatus::Success
     } else {
         ExitStatus::GateFailed
+    })
+}
+
+/// Everything REVEAL reads, checked against the labels file.
+struct ReadInputs {
+    labels: Labels,
+    sources: Vec<Source>,
+    classes: Classes,
+    /// Each row's given classes, as indices into `classes`.
+    given: Vec<Vec<usize>>,
+    /// Dimension and row-major values.
+    embeddings: Option<(usize, Vec<f32>)>,
+}
+
+fn read_inputs(
+    args: &RevealArgs,
+    labels_input: &Input,
+    columns: &RevealColumns,
+    stage: &dyn Fn(&str),
+) -> Result<ReadInputs> {
+    let labels = read_labels(labels_input, columns)?;
+    stage("read labels");
+    let mut sources = Vec::new();
+    for spec in &args.sources {
+        interrupt::check()?;
+        sources.push(read_source(spec, &labels, columns)?);
+    }
+    stage("read labels and sources");
+    let classes = class_order(args.classes.as_deref(), &labels.values, &sources)
+        .map_err(|e| flag_error(e, &labels, None))?;
+    let label_column = if labels.multi_label {
+        &args.labels_col
+    } else {
+        &args.label_col
+    };
+    let given = label_indices(&labels, &classes, label_column)?;
+    check_kinds(labels.multi_label, &sources).map_err(|e| flag_error(e, &labels, None))?;
+    let embeddings = match &args.embeddings {
+        Some(path) => Some(read_embeddings(path, &labels, columns)?),
+        None => None,
+    };
+    stage("classes and embeddings");
+    Ok(ReadInputs {
+        labels,
+        sources,
+        classes,
+        given,
+        embeddings,
     })
 }
 
