@@ -246,8 +246,8 @@ fn query_ids(tables: &Tables, q_index: &[u32]) -> PolarsResult<Column> {
     Ok(named(take(&tables.query.ids, q_index)?, "query_id"))
 }
 
-/// Rank 1 = most helpful, per query; ties keep row order.
-fn ranks(scores: &[f64]) -> Vec<u32> {
+/// Rank 1 = most helpful (highest score) among one query's scores; ties keep row order.
+pub(crate) fn ranks(scores: &[f64]) -> Vec<u32> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut rank = vec![0u32; scores.len()];

@@ -94,22 +94,14 @@ pub fn merge_score_shards(shards: &[DataFrame]) -> Result<MergedScores> {
     })
 }
 
-/// 1-based ranks by descending score within each run of equal `query` values; ties (and NaN
-/// against NaN) keep the row order.
+/// Ranks within each run of equal `query` values, as an unsharded run ranks each query's
+/// scores ([`super::report::ranks`]).
 fn ranks_within(query: &[u32], scores: &[f64]) -> Vec<u32> {
-    let mut rank = vec![0u32; scores.len()];
+    let mut rank = Vec::with_capacity(scores.len());
     let mut start = 0;
-    while start < query.len() {
-        let end = query[start..]
-            .iter()
-            .position(|&q| q != query[start])
-            .map_or(query.len(), |p| start + p);
-        let mut members: Vec<usize> = (start..end).collect();
-        members.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        for (position, &i) in members.iter().enumerate() {
-            rank[i] = position as u32 + 1;
-        }
-        start = end;
+    for run in query.chunk_by(|a, b| a == b) {
+        rank.extend(super::report::ranks(&scores[start..start + run.len()]));
+        start += run.len();
     }
     rank
 }
