@@ -771,7 +771,10 @@ fn projection_labels_and_modules_are_part_of_the_factors() {
     let sampled = run(&mut test, &["--fisher", "sampled"]);
     // (each example draws from its own stream, so the batching does not change the labels)
     let rebatched = run(&mut test, &["--fisher", "sampled", "--batch-size", "3"]);
-    assert!(relative_error(&rebatched, &sampled) < 1e-6);
+    // f32 sums over batches of another size round differently (how much depends on the CPU's
+    // matrix kernels); the same labels give agreement to f32 precision.
+    let error = relative_error(&rebatched, &sampled);
+    assert!(error < 1e-5, "relative error {error:e}");
     assert_ne!(sampled, full);
     // Other modules.
     let attention = run(
