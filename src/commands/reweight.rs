@@ -15,6 +15,10 @@ use curate::table::{self, ColumnRole, Input, Output};
 pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
+    curate::table::require_distinct(&[
+        ("--out", args.out.as_str()),
+        ("--report", args.report.as_deref().unwrap_or("-")),
+    ])?;
     let output = Output::create(&args.out, args.output_format.map(Into::into), args.force)?;
     let report = match &args.report {
         Some(path) => Some(Output::create(path, None, args.force)?),
@@ -67,10 +71,11 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
         provenance.add_input(scores_input.digest()?);
     }
     let audit = reweight::audit(&groups, &weights, copies.as_deref());
-    output.write_frame(&out_frame, Some(&provenance))?;
+    let mut staged = vec![output.stage_frame(&out_frame, Some(&provenance))?];
     if let Some(report) = report {
-        report.write_frame(&frame::audit_frame(&audit)?, Some(&provenance))?;
+        staged.push(report.stage_frame(&frame::audit_frame(&audit)?, Some(&provenance))?);
     }
+    curate::table::commit_all(staged)?;
 
     let mut stderr = context.printer.stderr();
     for note in notes(&args, &rule, &groups.domain_names, &weighed.adjustments) {

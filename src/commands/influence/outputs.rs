@@ -51,6 +51,12 @@ impl Outputs {
                 None => beside(out, "segments", "--segments")?,
             }),
         };
+        curate::table::require_distinct(&[
+            ("--out", out),
+            ("--tokens", tokens.as_deref().unwrap_or("-")),
+            ("--segments", segments.as_deref().unwrap_or("-")),
+            ("--summary", args.summary.as_deref().unwrap_or("-")),
+        ])?;
         let open = |path: &str| Output::create(path, None, args.force);
         Ok(Outputs {
             scores: open(out)?,
@@ -69,21 +75,24 @@ impl Outputs {
     ) -> Result<Vec<String>> {
         let report = Report::new(collected, tables);
         let mut written = vec![self.scores.label().to_string()];
-        self.scores
-            .write_frame(&report.scores()?, Some(provenance))?;
+        let mut staged = vec![
+            self.scores
+                .stage_frame(&report.scores()?, Some(provenance))?,
+        ];
         for (output, frame) in [
             (self.segments, report.segments()?),
             (self.tokens, report.tokens()?),
         ] {
             if let (Some(output), Some(frame)) = (output, frame) {
                 written.push(output.label().to_string());
-                output.write_frame(&frame, Some(provenance))?;
+                staged.push(output.stage_frame(&frame, Some(provenance))?);
             }
         }
         if let Some(output) = self.summary {
             written.push(output.label().to_string());
-            output.write_frame(&report.summary()?, Some(provenance))?;
+            staged.push(output.stage_frame(&report.summary()?, Some(provenance))?);
         }
+        curate::table::commit_all(staged)?;
         Ok(written)
     }
 }

@@ -26,6 +26,10 @@ use curate::table::{Format, Input, Output};
 pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
     let fractions = &args.remove.0;
+    curate::table::require_distinct(&[
+        ("--out", args.out.as_str()),
+        ("--summary", args.summary.as_deref().unwrap_or("-")),
+    ])?;
     let output = Output::create(&args.out, None, args.force)?;
     // A JSON document, whatever the extension.
     let summary_output = match &args.summary {
@@ -92,7 +96,7 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         .zip(&checks)
         .map(|((objective, input), check)| (input.label(), objective, check))
         .collect();
-    output.write_frame(&checks_frame(&files)?, Some(&provenance))?;
+    let mut staged = vec![output.stage_frame(&checks_frame(&files)?, Some(&provenance))?];
     if let Some(summary_output) = summary_output {
         let report = json!({
             "scores": files.iter().map(|(file, objective, check)| check_json(file, objective, check)).collect::<Vec<_>>(),
@@ -108,8 +112,9 @@ pub fn run(args: ValidateArgs, context: &Context) -> Result<ExitStatus> {
         });
         let mut text = serde_json::to_string(&report)?;
         text.push('\n');
-        summary_output.write_document(text.as_bytes())?;
+        staged.push(summary_output.stage_document(text.as_bytes())?);
     }
+    curate::table::commit_all(staged)?;
     Ok(ExitStatus::Success)
 }
 

@@ -110,6 +110,10 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
             )));
         }
     }
+    table::require_distinct(&[
+        ("--out", args.out.as_str()),
+        ("--summary", args.summary.as_deref().unwrap_or("-")),
+    ])?;
     let output = Output::create(&args.out, None, args.force)?;
     let summary_output = match &args.summary {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
@@ -171,13 +175,14 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     }
     stage("provenance");
     let frame = report.frame()?;
-    output.write_frame(&frame, Some(&provenance))?;
-    stage("write");
+    let mut staged = vec![output.stage_frame(&frame, Some(&provenance))?];
     if let Some(summary_output) = summary_output {
         let mut bytes = serde_json::to_vec_pretty(&report.summary_json(outputs::failure_message))?;
         bytes.push(b'\n');
-        summary_output.write_document(&bytes)?;
+        staged.push(summary_output.stage_document(&bytes)?);
     }
+    table::commit_all(staged)?;
+    stage("write");
     outputs::print(&report, &args.out, &context.printer)?;
     Ok(if verdict.failures.is_empty() {
         ExitStatus::Success

@@ -3,6 +3,7 @@
 mod format;
 pub mod inspect;
 mod output_dir;
+pub mod place;
 mod provenance;
 mod read;
 mod shard;
@@ -12,6 +13,7 @@ mod write;
 
 pub use format::Format;
 pub use output_dir::OutputDir;
+pub use place::require_distinct;
 pub(crate) use provenance::hex;
 pub use provenance::{InputDigest, Provenance};
 pub use read::{Input, digest_in_background};
@@ -24,4 +26,4 @@ pub use validate::{
     require_unique_ids,
 };
 pub(crate) use validate::{PROBABILITY_SUM_TOLERANCE, probability_problem};
-pub use write::{DEFAULT_BATCH_ROWS, Output};
+pub use write::{DEFAULT_BATCH_ROWS, Output, Staged, commit_all};

@@ -154,13 +154,26 @@ impl Output {
 
     /// Write a whole frame in bounded batches and commit it.
     pub fn write_frame(self, frame: &DataFrame, provenance: Option<&Provenance>) -> Result<u64> {
+        let rows = frame.height() as u64;
+        self.stage_frame(frame, provenance)?.commit()?;
+        Ok(rows)
+    }
+
+    /// Write a whole frame, flushed to disk but not yet in place: a run with several outputs
+    /// stages them all, then puts them in place together with [`commit_all`].
+    pub fn stage_frame(self, frame: &DataFrame, provenance: Option<&Provenance>) -> Result<Staged> {
         let mut writer = self.writer(frame.schema(), provenance)?;
         writer.write_frame(frame, &ProgressBar::hidden())?;
-        writer.finish()
+        writer.stage()
     }
 
     /// Write a whole non-table document (a JSON report) and commit it the same way.
     pub fn write_document(self, bytes: &[u8]) -> Result<()> {
+        self.stage_document(bytes)?.commit()
+    }
+
+    /// A whole non-table document, staged as by [`Output::stage_frame`].
+    pub fn stage_document(self, bytes: &[u8]) -> Result<Staged> {
         interrupt::check()?;
         match &self.sink {
             Sink::Stdout => io::stdout()
@@ -170,9 +183,102 @@ impl Output {
                 .write_all(bytes)
                 .with_context(|| format!("{}: cannot write", self.label))?,
         }
-        let label = self.label.clone();
-        commit(self.sink, &label)
+        Staged::of(self.sink, self.label)
     }
+}
+
+/// An output written in full and flushed to disk, not yet renamed into place; dropped, its
+/// temporary file is removed.
+pub struct Staged {
+    label: String,
+    sink: Sink,
+}
+
+impl Staged {
+    fn of(sink: Sink, label: String) -> Result<Staged> {
+        if let Sink::File { file, .. } = &sink {
+            file.sync_all()
+                .with_context(|| format!("{label}: cannot flush to disk"))?;
+        }
+        Ok(Staged { label, sink })
+    }
+
+    /// Put this one output in place.
+    pub fn commit(self) -> Result<()> {
+        commit_all(vec![self])
+    }
+}
+
+/// Put every staged output of a run in place, or none: nothing is renamed before all are
+/// written (so a full disk or an error on a later output leaves every earlier file as it was),
+/// a target that appeared meanwhile is refused before any rename, and a rename that fails
+/// midway puts back what the earlier ones replaced.
+pub fn commit_all(staged: Vec<Staged>) -> Result<()> {
+    interrupt::check()?;
+    let mut files = Vec::new();
+    for output in staged {
+        match output.sink {
+            Sink::Stdout => io::stdout().flush().context("<stdout>: cannot write")?,
+            Sink::File {
+                file,
+                temp,
+                target,
+                force,
+            } => {
+                drop(file);
+                if !force && std::fs::symlink_metadata(&target).is_ok() {
+                    bail!(OutputExists::file(&output.label));
+                }
+                files.push((output.label, temp, target, force));
+            }
+        }
+    }
+    // The files each rename replaces, kept (as hard links) until every rename has succeeded.
+    let mut backups: Vec<Option<TempPath>> = Vec::new();
+    for (label, _, target, force) in &files {
+        let backup = if *force && target.is_file() {
+            let dir = target.parent().filter(|p| !p.as_os_str().is_empty());
+            let dir = dir.unwrap_or(Path::new("."));
+            let path = tempfile::Builder::new()
+                .prefix(&super::place::temp_prefix(target))
+                .suffix(&format!("{}.old", super::place::TEMP_SUFFIX))
+                .make_in(dir, |path| std::fs::hard_link(target, path))
+                .with_context(|| format!("{label}: cannot keep the earlier file aside"))?;
+            Some(path.into_temp_path())
+        } else {
+            None
+        };
+        backups.push(backup);
+    }
+    let mut placed: Vec<(&PathBuf, &Option<TempPath>)> = Vec::new();
+    for ((label, temp, target, force), backup) in files.iter().zip(&backups) {
+        let result = if *force {
+            std::fs::rename(temp, target)
+        } else {
+            // Another process may have created the target meanwhile; never replace it.
+            std::fs::hard_link(temp, target).and_then(|()| std::fs::remove_file(temp))
+        };
+        if let Err(err) = result {
+            for (target, backup) in placed.iter().rev() {
+                let _ = match backup {
+                    Some(backup) => std::fs::rename(backup, target),
+                    None => std::fs::remove_file(target),
+                };
+            }
+            if err.kind() == io::ErrorKind::AlreadyExists {
+                bail!(OutputExists::file(label));
+            }
+            return Err(anyhow::Error::new(err)
+                .context(format!("{label}: cannot move the finished file into place")));
+        }
+        placed.push((target, backup));
+    }
+    drop(placed);
+    for (_, temp, _, _) in files {
+        // Renamed away already: nothing is left for the guard to remove.
+        let _ = temp.keep();
+    }
+    Ok(())
 }
 
 /// The Arrow layout of written files: the oldest level writes plain large strings and binaries
@@ -226,15 +332,13 @@ fn write_compat_parquet(writer: &mut ParquetBatches, batch: &DataFrame) -> Polar
 }
 
 /// Create the temporary file in the target's directory (so the final rename never crosses
-/// file systems), named after the target so a stray one is recognisable.
+/// file systems), named after the target, host and process so a stray one is recognisable;
+/// strays of dead runs for the same target are removed first.
 fn temp_file_beside(target: &Path, dir: &Path) -> io::Result<tempfile::NamedTempFile> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".to_string());
-    let prefix = format!(".{name}.");
+    super::place::remove_stale_temps(target);
+    let prefix = super::place::temp_prefix(target);
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".curate-tmp");
+    builder.prefix(&prefix).suffix(super::place::TEMP_SUFFIX);
     // Created with 0666 so the umask decides, as for any file a user's program writes.
     #[cfg(unix)]
     {
@@ -311,7 +415,15 @@ impl TableWriter {
     }
 
     /// Write the footer, flush to disk and rename into place. Returns the rows written.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
+        let rows = self.rows;
+        self.stage()?.commit()?;
+        Ok(rows)
+    }
+
+    /// Write the footer and flush to disk, leaving the file to be put in place by
+    /// [`commit_all`] with the run's other outputs.
+    pub fn stage(mut self) -> Result<Staged> {
         interrupt::check()?;
         let label = self.output.label.clone();
         let closed = match &mut self.encoder {
@@ -323,39 +435,6 @@ impl TableWriter {
         closed.map_err(|err| write_error(err, &label))?;
         // The encoder owns a clone of the file handle; drop it before the rename.
         drop(self.encoder);
-        commit(self.output.sink, &label)?;
-        Ok(self.rows)
+        Staged::of(self.output.sink, label)
     }
-}
-
-/// Flush a finished output to disk and rename it into place (never over a file that appeared
-/// meanwhile unless forced).
-fn commit(sink: Sink, label: &str) -> Result<()> {
-    match sink {
-        Sink::Stdout => io::stdout().flush().context("<stdout>: cannot write")?,
-        Sink::File {
-            file,
-            temp,
-            target,
-            force,
-        } => {
-            file.sync_all()
-                .with_context(|| format!("{label}: cannot flush to disk"))?;
-            drop(file);
-            let persisted = if force {
-                temp.persist(&target)
-            } else {
-                // Another process may have created the target meanwhile; never replace it.
-                temp.persist_noclobber(&target)
-            };
-            if let Err(err) = persisted {
-                if err.error.kind() == io::ErrorKind::AlreadyExists {
-                    bail!(OutputExists::file(label));
-                }
-                return Err(anyhow::Error::new(err.error)
-                    .context(format!("{label}: cannot move the finished file into place")));
-            }
-        }
-    }
-    Ok(())
 }
