@@ -38,6 +38,10 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         return Err(usage("--max-new-tokens must be positive"));
     }
     let input = Input::open(&data, None)?;
+    curate::table::require_distinct(&[
+        ("--out", out.as_str()),
+        ("--summary", args.summary.as_deref().unwrap_or("-")),
+    ])?;
     let output = Output::create(&out, None, args.force)?;
     let summary_output = match &args.summary {
         Some(path) => Some(Output::create(path, None, args.force)?),
@@ -67,6 +71,10 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let mut results = vec![RowResult::default(); frame.height()];
     if let Some(sequences) = &rows.sequences {
+        let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let batch = args.batch_size.min(sequences.len()).max(1);
+        curate::model::budget::check_batches(&lm.config, batch, longest, dtype.size(), false)
+            .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))?;
         let losses = row_losses(&lm, sequences, args.batch_size, context)?;
         for (result, (sequence, loss)) in results.iter_mut().zip(sequences.iter().zip(losses)) {
             result.loss = Some((loss, sequence.loss_tokens()));
@@ -88,13 +96,14 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let summary = summarize(&results, domains.as_deref(), args.generate);
     let provenance = provenance(context, &input, Path::new(&model))?;
     let out_frame = eval::with_results(frame, &results, args.generate)?;
-    output.write_frame(&out_frame, Some(&provenance))?;
+    let mut staged = vec![output.stage_frame(&out_frame, Some(&provenance))?];
     if let Some(summary_output) = summary_output {
-        summary_output.write_frame(
+        staged.push(summary_output.stage_frame(
             &eval::summary_frame(&summary, args.generate)?,
             Some(&provenance),
-        )?;
+        )?);
     }
+    curate::table::commit_all(staged)?;
 
     let mut err = context.printer.stderr();
     if rows.truncated > 0 {

@@ -52,11 +52,67 @@ pub struct SpecialTokenText {
     pub pad: Option<String>,
 }
 
+/// Instructions one render may run: a chat template formats a conversation in thousands; a
+/// template from a model file is untrusted input and must not run for ever.
+const RENDER_FUEL: u64 = 20_000_000;
+/// Bytes one render may write.
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     source: String,
     special: SpecialTokenText,
     env: Environment<'static>,
+    origin: String,
+}
+
+/// Why a render failed: the template rejected the conversation (its own `raise_exception`,
+/// about the data), or the template itself failed (an error in it, or it ran past its bounds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderFailure {
+    Rejected(String),
+    Template(String),
+}
+
+impl std::fmt::Display for RenderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenderFailure::Rejected(m) | RenderFailure::Template(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Marks an error a template raised on purpose.
+#[derive(Debug)]
+struct Raised;
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("raised by the template")
+    }
+}
+
+impl std::error::Error for Raised {}
+
+/// Collects a render's output, failing once it passes [`MAX_RENDERED_BYTES`].
+struct BoundedOutput<'a> {
+    text: &'a mut Vec<u8>,
+    exceeded: &'a mut bool,
+}
+
+impl std::io::Write for BoundedOutput<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDERED_BYTES {
+            *self.exceeded = true;
+            return Err(std::io::Error::other("the rendered text is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -81,6 +137,7 @@ impl ChatTemplate {
                 .expect("default delimiters"),
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -90,7 +147,19 @@ impl ChatTemplate {
             source,
             special,
             env,
+            origin: "the chat template".to_string(),
         })
+    }
+
+    /// Name where the template came from (a file, a model's tokenizer_config.json), for
+    /// errors that are the template's fault.
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn source(&self) -> &str {
@@ -103,7 +172,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, RenderFailure> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -119,7 +188,34 @@ impl ChatTemplate {
             unk_token => token(&self.special.unk),
             pad_token => token(&self.special.pad),
         };
-        template.render(context).map_err(|e| describe(&e))
+        let mut out = Vec::new();
+        let mut exceeded = false;
+        let output = BoundedOutput {
+            text: &mut out,
+            exceeded: &mut exceeded,
+        };
+        match template.render_captured_to(context, output) {
+            Ok(_) => String::from_utf8(out)
+                .map_err(|_| RenderFailure::Template("the rendered text is not UTF-8".into())),
+            Err(err) => {
+                let raised = std::error::Error::source(&err).is_some_and(|s| s.is::<Raised>());
+                let text = describe(&err);
+                Err(if raised {
+                    RenderFailure::Rejected(text)
+                } else if exceeded {
+                    RenderFailure::Template(format!(
+                        "the rendered text passed {} MiB",
+                        MAX_RENDERED_BYTES >> 20
+                    ))
+                } else if err.kind() == ErrorKind::OutOfFuel {
+                    RenderFailure::Template(format!(
+                        "it ran past {RENDER_FUEL} steps without finishing (a loop too large?)"
+                    ))
+                } else {
+                    RenderFailure::Template(text)
+                })
+            }
+        }
     }
 }
 
@@ -157,7 +253,7 @@ fn describe(err: &Error) -> String {
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, message))
+    Err(Error::new(ErrorKind::InvalidOperation, message).with_source(Raised))
 }
 
 /// The local time formatted by C's `strftime`, as Python's `datetime.now().strftime`.
@@ -360,8 +456,10 @@ fn python_number(value: &Value) -> String {
 /// Why a conversation could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatError {
-    /// The template failed (its own `raise_exception`, a syntax it rejects at run time, ...).
+    /// The template rejected the conversation (its own `raise_exception`).
     Render(String),
+    /// The template itself failed: an error in it, or it ran past its bounds.
+    Template(String),
     Tokenize(String),
     NoAssistant,
     /// An assistant message the rendered text does not contain (as given or trimmed): the
@@ -373,6 +471,7 @@ impl std::fmt::Display for ChatError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChatError::Render(e) => write!(f, "the chat template failed: {e}"),
+            ChatError::Template(e) => write!(f, "the chat template failed: {e}"),
             ChatError::Tokenize(e) => write!(f, "cannot tokenise: {e}"),
             ChatError::NoAssistant => f.write_str("no assistant message (nothing carries loss)"),
             ChatError::NotVerbatim(index) => write!(
@@ -381,6 +480,15 @@ impl std::fmt::Display for ChatError {
                  so its tokens cannot be found",
                 index + 1
             ),
+        }
+    }
+}
+
+impl From<RenderFailure> for ChatError {
+    fn from(failure: RenderFailure) -> Self {
+        match failure {
+            RenderFailure::Rejected(m) => ChatError::Render(m),
+            RenderFailure::Template(m) => ChatError::Template(m),
         }
     }
 }
@@ -404,9 +512,7 @@ pub fn encode_conversation(
     if !messages.iter().any(|m| m.role == "assistant") {
         return Err(ChatError::NoAssistant);
     }
-    let text = template
-        .render(messages, false)
-        .map_err(ChatError::Render)?;
+    let text = template.render(messages, false).map_err(ChatError::from)?;
     let encoding = tokenizer
         .encode(text.as_str(), false)
         .map_err(|e| ChatError::Tokenize(e.to_string()))?;
@@ -428,7 +534,7 @@ pub fn encode_conversation(
         if index > 0 {
             let prefix = template
                 .render(&messages[..index], true)
-                .map_err(ChatError::Render)?;
+                .map_err(ChatError::from)?;
             if text.starts_with(&prefix) {
                 from = from.max(prefix.len());
             }
@@ -481,7 +587,7 @@ pub(crate) fn encode_prompt(
     template: &ChatTemplate,
     messages: &[Message],
 ) -> Result<Vec<u32>, ChatError> {
-    let text = template.render(messages, true).map_err(ChatError::Render)?;
+    let text = template.render(messages, true).map_err(ChatError::from)?;
     tokenizer
         .encode(text.as_str(), false)
         .map(|e| e.get_ids().to_vec())
@@ -544,8 +650,41 @@ mod tests {
         let err = template
             .render(&[Message::new("tool", "x")], false)
             .unwrap_err();
-        assert!(err.contains("no tools"), "{err}");
+        assert_eq!(err, RenderFailure::Rejected("no tools".into()));
         assert!(ChatTemplate::new("{% for %}", SpecialTokenText::default()).is_err());
+    }
+
+    #[test]
+    fn a_template_that_runs_too_long_or_writes_too_much_is_stopped() {
+        let special = SpecialTokenText::default;
+        let looping =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let template = ChatTemplate::new(looping, special()).unwrap();
+        let started = std::time::Instant::now();
+        let err = template.render(&[], false).unwrap_err();
+        assert!(
+            matches!(&err, RenderFailure::Template(m) if m.contains("ran past")),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let huge = "{% for i in range(100) %}{{ 'x' * 10000000 }}{% endfor %}";
+        let err = ChatTemplate::new(huge, special())
+            .unwrap()
+            .render(&[], false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, RenderFailure::Template(m) if m.contains("MiB")),
+            "{err:?}"
+        );
+        // An error in the template itself is the template's, not the row's.
+        let broken = ChatTemplate::new("{{ messages[0].content.nope() }}", special())
+            .unwrap()
+            .with_origin("t.jinja");
+        let err = broken
+            .render(&[Message::new("user", "x")], false)
+            .unwrap_err();
+        assert!(matches!(err, RenderFailure::Template(_)), "{err:?}");
+        assert_eq!(broken.origin(), "t.jinja");
     }
 
     #[test]

@@ -195,7 +195,40 @@ impl LmConfig {
         if config.vocab_size == 0 || config.hidden_size == 0 || config.num_layers == 0 {
             return Err("vocab_size, hidden_size and num_hidden_layers must be positive".into());
         }
+        config.check_values()?;
         Ok(config)
+    }
+
+    /// The values a forward pass divides by, exponentiates or indexes with must be usable:
+    /// a corrupt file would otherwise load and give NaN losses or index past the vocabulary.
+    pub(crate) fn check_values(&self) -> Result<(), String> {
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a positive number",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(format!(
+                "rope_theta {} must be a number above 1",
+                self.rope_theta
+            ));
+        }
+        for (name, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            if let Some(id) = id
+                && id as usize >= self.vocab_size
+            {
+                return Err(format!(
+                    "{name} {id} is outside the vocabulary of {} tokens",
+                    self.vocab_size
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The `config.json` transformers reads back into the same model. Both rope spellings are

@@ -358,16 +358,34 @@ impl Encoding<'_> {
                 };
                 for (index, messages) in conversations.into_iter().enumerate() {
                     let messages = self.with_system(messages);
-                    let encoded = chat::encode_prompt(tok, template, &messages).map_err(|e| {
-                        InputError::new(self.file, e.to_string())
-                            .column(column)
-                            .row(index + 1)
-                    })?;
+                    let encoded = chat::encode_prompt(tok, template, &messages)
+                        .map_err(|e| self.chat_error(template, e, column, index + 1))?;
                     prompts.push(ids(encoded));
                 }
             }
         }
         Ok(prompts)
+    }
+
+    /// A failure to encode a row through the chat template: a fault of the template itself
+    /// names the template (where it came from) and the row it was rendering; anything else
+    /// names the row.
+    fn chat_error(
+        &self,
+        template: &ChatTemplate,
+        err: chat::ChatError,
+        column: &str,
+        row: usize,
+    ) -> InputError {
+        match err {
+            chat::ChatError::Template(_) => InputError::new(
+                template.origin(),
+                format!("{err} (while rendering row {row} of {})", self.file),
+            ),
+            other => InputError::new(self.file, other.to_string())
+                .column(column)
+                .row(row),
+        }
     }
 
     /// The system message first, where the conversation has none.
@@ -398,12 +416,8 @@ impl Encoding<'_> {
             } else {
                 self.response_col
             };
-            let (_, sequence) =
-                chat::encode_conversation(tok, template, &messages).map_err(|e| {
-                    InputError::new(self.file, e.to_string())
-                        .column(column)
-                        .row(row)
-                })?;
+            let (_, sequence) = chat::encode_conversation(tok, template, &messages)
+                .map_err(|e| self.chat_error(template, e, column, row))?;
             if sequence.loss_tokens() == 0 {
                 return Err(InputError::new(
                     self.file,

@@ -137,6 +137,7 @@ pub(crate) fn config(file: &GgufFile) -> Result<LmConfig, InputError> {
             "vocabulary, embedding length and block count must be positive".into(),
         ));
     }
+    config.check_values().map_err(bad)?;
     Ok(config)
 }
 

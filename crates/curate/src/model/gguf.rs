@@ -245,8 +245,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub(crate) fn elements(&self) -> u64 {
-        self.dims.iter().product()
+    /// The number of values; None when the dimensions' product does not fit 64 bits.
+    pub(crate) fn elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 
     /// The shape in PyTorch order (outermost first), as a `[out, in]` weight is written.
@@ -264,15 +265,23 @@ impl TensorInfo {
                 self.ggml_type.name()
             )
         })?;
-        let row = self.dims.first().copied().unwrap_or(1) as usize;
-        if row % block != 0 {
+        let row = self.dims.first().copied().unwrap_or(1);
+        if row % block as u64 != 0 {
             return Err(format!(
                 "tensor '{}' has rows of {row} values, not whole {} blocks of {block}",
                 self.name,
                 self.ggml_type.name()
             ));
         }
-        Ok(self.elements() as usize / block * bytes)
+        self.elements()
+            .and_then(|n| (n / block as u64).checked_mul(bytes as u64))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                format!(
+                    "tensor '{}' has dimensions {:?} too large to address",
+                    self.name, self.dims
+                )
+            })
     }
 }
 
@@ -356,7 +365,13 @@ impl GgufFile {
             .and_then(MetaValue::as_u64)
             .unwrap_or(DEFAULT_ALIGNMENT)
             .max(1);
-        let data_start = reader.position.div_ceil(alignment) * alignment;
+        let data_start = reader
+            .position
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .filter(|&start| start <= file_len)
+            .ok_or_else(|| bad(format!("corrupt header: alignment {alignment}")))?;
+        check_tensor_ranges(&tensors, data_start, file_len).map_err(bad)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             version,
@@ -371,6 +386,11 @@ impl GgufFile {
         self.path.display().to_string()
     }
 
+    /// Where the tensor data begins: the header (metadata and tensor table) is what precedes.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
     }
@@ -383,8 +403,15 @@ impl GgufFile {
     pub fn read_f32(&self, info: &TensorInfo) -> Result<Vec<f32>, InputError> {
         let bad = |message: String| InputError::new(self.label(), message);
         let len = info.byte_len().map_err(bad)?;
-        let start = self.data_start + info.offset;
-        if start + len as u64 > self.file_len {
+        let start = self.data_start.checked_add(info.offset);
+        let end = start.and_then(|s| s.checked_add(len as u64));
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(bad(format!(
+                "tensor '{}' has an offset past the end of the file",
+                info.name
+            )));
+        };
+        if end > self.file_len {
             return Err(bad(format!(
                 "tensor '{}' runs past the end of the file (truncated?)",
                 info.name
@@ -409,7 +436,8 @@ struct HeaderReader {
 
 impl HeaderReader {
     fn bytes(&mut self, n: u64) -> Result<Vec<u8>, String> {
-        if self.position + n > self.file_len {
+        // position never passes file_len, so the subtraction cannot wrap (an addition could).
+        if n > self.file_len - self.position {
             return Err("truncated header".into());
         }
         let mut buf = vec![0u8; n as usize];
@@ -470,6 +498,51 @@ impl HeaderReader {
             other => return Err(format!("unknown value type {other}")),
         })
     }
+}
+
+/// Every tensor of a type curate reads must lie inside the file's data section and overlap no
+/// other: a header whose offsets wrap or alias would otherwise read header bytes, or one
+/// tensor's bytes, as another's weights.
+fn check_tensor_ranges(
+    tensors: &[TensorInfo],
+    data_start: u64,
+    file_len: u64,
+) -> Result<(), String> {
+    let mut ranges = Vec::with_capacity(tensors.len());
+    let mut names = std::collections::HashSet::new();
+    for info in tensors {
+        if !names.insert(info.name.as_str()) {
+            return Err(format!(
+                "corrupt header: tensor '{}' appears twice",
+                info.name
+            ));
+        }
+        let Ok(len) = info.byte_len() else {
+            // Types curate does not read are refused when read; their size is unknown here.
+            continue;
+        };
+        let start = data_start.checked_add(info.offset);
+        let end = start.and_then(|s| s.checked_add(len as u64));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= file_len => ranges.push((start, end, &info.name)),
+            _ => {
+                return Err(format!(
+                    "tensor '{}' runs past the end of the file (truncated?)",
+                    info.name
+                ));
+            }
+        }
+    }
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        let ((_, end, first), (start, _, second)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!(
+                "corrupt header: the data of tensors '{first}' and '{second}' overlap"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Dequantise whole blocks of `kind` (the caller checked the length) to f32, with ggml's

@@ -154,7 +154,11 @@ pub fn inspect_gguf(path: &Path) -> Result<ModelReport> {
         path: path.display().to_string(),
         format: "gguf",
         model_type: config.architecture.model_type().to_string(),
-        parameters: file.tensors.iter().map(|t| t.elements() as usize).sum(),
+        parameters: file
+            .tensors
+            .iter()
+            .map(|t| t.elements().unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add) as usize,
         tensors: file.tensors.len(),
         dtypes: tensor_types.keys().cloned().collect(),
         tensor_types,

@@ -2,6 +2,7 @@
 //! layout, its tokenizer, training, and per-example gradient capture.
 
 pub mod batch;
+pub mod budget;
 pub mod capture;
 pub mod chat;
 pub mod checkpoint;
@@ -28,6 +29,7 @@ use tokenizers::Tokenizer;
 
 pub(crate) use batch::IGNORE_INDEX;
 pub use batch::{Padding, Sequence, TokenBatch};
+pub use budget::ModelTooLarge;
 pub(crate) use capture::LayerActivations;
 pub use capture::{Capture, DEFAULT_TRACKED};
 pub(crate) use chat::SpecialTokenText;
@@ -93,14 +95,42 @@ pub struct LanguageModel {
     pub special_tokens: SpecialTokenText,
 }
 
-/// True when `path` is a GGUF file (by its magic bytes).
+/// Refuse, before any tensor is allocated, a model whose shape asks for more values than its
+/// weight files hold (unless missing tensors may be initialised) or more memory than there is.
+fn check_fits(
+    config: &LmConfig,
+    stored: &std::collections::BTreeMap<String, weights::StoredTensor>,
+    options: &LoadOptions,
+) -> Result<u128, ModelTooLarge> {
+    let values = stored
+        .values()
+        .map(|t| {
+            t.shape
+                .iter()
+                .fold(1u128, |n, &d| n.saturating_mul(d as u128))
+        })
+        .fold(0u128, u128::saturating_add);
+    budget::check_model(
+        config,
+        (!options.allow_partial).then_some(values),
+        options.dtype.size(),
+        options.trainable,
+    )
+}
+
+/// True when `path` is a GGUF file: by its magic bytes, or by its `.gguf` extension (so an
+/// empty or damaged one is reported as a bad GGUF file, not as an unknown table format).
 pub fn is_gguf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
+    let named = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"));
     path.is_file()
-        && std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok()
-        && &magic == b"GGUF"
+        && (named
+            || std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && &magic == b"GGUF")
 }
 
 /// The files a model is made of (for content hashes): a GGUF file, or a directory's
@@ -141,6 +171,8 @@ impl LanguageModel {
             .map_err(|message| InputError::new(config_path.display().to_string(), message))?;
         let tokenizer = read_tokenizer(dir, &config)?;
         let stored = weights::read_checkpoint(dir)?;
+        check_fits(&config, &stored, options)
+            .map_err(|e| InputError::new(config_path.display().to_string(), e.to_string()))?;
         let device = autodiff_device(&options.device);
         let source = TensorSource::checkpoint(
             lm::tensor_specs(&config),
@@ -171,6 +203,8 @@ impl LanguageModel {
         let config = from_gguf::config(&file)?;
         let tokenizer = from_gguf::tokenizer(&file)?;
         let stored = from_gguf::read_weights(&file, &config)?;
+        check_fits(&config, &stored, options)
+            .map_err(|e| InputError::new(file.label(), e.to_string()))?;
         let device = autodiff_device(&options.device);
         let source = TensorSource::checkpoint(
             lm::tensor_specs(&config),
@@ -208,6 +242,7 @@ impl LanguageModel {
         dtype: DType,
         trainable: bool,
     ) -> Result<Self> {
+        budget::check_model(&config, None, dtype.size(), trainable)?;
         let device = autodiff_device(device);
         let source = TensorSource::init(
             lm::tensor_specs(&config),
@@ -329,8 +364,9 @@ impl LanguageModel {
             },
             TemplateChoice::Given(text) => text.clone(),
         };
+        let origin = text.origin.clone();
         ChatTemplate::new(text.text, self.special_tokens.clone())
-            .map(Some)
+            .map(|template| Some(template.with_origin(origin)))
             .map_err(|e| {
                 InputError::new(
                     text.origin,

@@ -42,6 +42,12 @@ pub fn train_byte_level_bpe<'a>(
     texts: impl Iterator<Item = &'a str> + Send,
     vocab_size: usize,
 ) -> Result<Tokenizer> {
+    // The trainer reserves room for the whole vocabulary up front, but each merge joins two
+    // tokens of the text, so no more than the 256 bytes, the end-of-text token and one merge
+    // per byte of text can ever be made: a larger request is cut to that.
+    let texts: Vec<&str> = texts.collect();
+    let text_bytes: usize = texts.iter().map(|t| t.len()).fold(0, usize::saturating_add);
+    let vocab_size = vocab_size.min(text_bytes.saturating_add(257));
     let mut tokenizer = Tokenizer::new(BPE::default());
     tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
@@ -55,7 +61,7 @@ pub fn train_byte_level_bpe<'a>(
         .build()
         .into();
     tokenizer
-        .train(&mut trainer, texts)
+        .train(&mut trainer, texts.into_iter())
         .map_err(|e| anyhow::anyhow!("tokenizer training failed: {e}"))?;
     Ok(tokenizer)
 }

@@ -299,7 +299,20 @@ impl TensorSource {
             .cloned()
             .with_context(|| format!("'{name}' is not in the model's key map"))?;
         let values = match self.stored.remove(name) {
-            Some(tensor) => tensor.to_f64(name)?,
+            Some(tensor) => {
+                let values = tensor.to_f64(name)?;
+                // A corrupt or hostile file would otherwise load and give NaN losses.
+                if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                    bail!(InputError::new(
+                        tensor.file.display().to_string(),
+                        format!(
+                            "tensor '{name}' holds a non-finite value ({}) at index {at}",
+                            values[at]
+                        )
+                    ));
+                }
+                values
+            }
             None => self.initial_values(&spec),
         };
         let shape: [usize; D] = spec
