@@ -26,8 +26,10 @@ pub enum ExitStatus {
     InvalidInput,
     /// 3: a runtime failure (I/O, model, endpoint).
     Failure,
-    /// 130: stopped by Ctrl-C after cleaning up.
+    /// 130: stopped by Ctrl-C (SIGINT) after cleaning up.
     Interrupted,
+    /// 143: stopped by SIGTERM (`timeout`, Slurm, Kubernetes) after cleaning up.
+    Terminated,
 }
 
 impl ExitStatus {
@@ -38,6 +40,7 @@ impl ExitStatus {
             ExitStatus::InvalidInput => 2,
             ExitStatus::Failure => 3,
             ExitStatus::Interrupted => 130,
+            ExitStatus::Terminated => 143,
         }
     }
 
@@ -45,6 +48,9 @@ impl ExitStatus {
     pub fn of_error(err: &anyhow::Error) -> ExitStatus {
         match classify(err) {
             ErrorClass::BrokenPipe => ExitStatus::Success,
+            ErrorClass::Interrupted if curate::interrupt::signal() == Some(SIGTERM) => {
+                ExitStatus::Terminated
+            }
             ErrorClass::Interrupted => ExitStatus::Interrupted,
             ErrorClass::InvalidInput => ExitStatus::InvalidInput,
             ErrorClass::Runtime => ExitStatus::Failure,
@@ -131,15 +137,31 @@ pub fn run(args: Vec<OsString>) -> ExitStatus {
     }
 }
 
-/// Ctrl-C: the first press asks the running command to stop at its next safe point (the
-/// library checks [`curate::interrupt`]); a second press exits at once. Failure to install (a
-/// host program that owns the signal) only means Ctrl-C behaves as the default.
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Ctrl-C (SIGINT) and SIGTERM, which `timeout`, Slurm and Kubernetes send before killing: the
+/// first asks the running command to stop at its next safe point (the library checks
+/// [`curate::interrupt`]; train writes a checkpoint, temporary outputs are removed); a second
+/// exits at once. The signals are received on a thread of their own, so the handler does no
+/// more than the signal-safe minimum. Failure to install (a host program that owns the
+/// signals) only leaves the default behaviour.
 fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if curate::interrupt::request() {
-            std::process::exit(130);
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if curate::interrupt::request_by(signal) {
+                std::process::exit(128 + signal);
+            }
+            let (name, again) = if signal == SIGTERM {
+                ("terminate signal", "another to abort")
+            } else {
+                ("Ctrl-C", "Ctrl-C again to abort")
+            };
+            eprintln!("curate: {name} received; stopping after the current step ({again})");
         }
-        eprintln!("curate: stopping after the current step (Ctrl-C again to abort)");
     });
 }
 
@@ -172,8 +194,11 @@ fn init_logging(verbosity: Verbosity) {
         Verbosity::Debug => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour codes only on a terminal: a log file (a scheduler's) gets plain text.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -13,12 +13,12 @@ use crate::ExitStatus;
 use crate::cli::{ArchArg, TrainArgs};
 use curate::error::{InputError, Interrupted, usage};
 use curate::interrupt;
-use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch};
+use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch, CheckpointPlace};
 use curate::model::config::{ConfigSource, fresh_config};
 use curate::model::encode::TextRows;
 use curate::model::train::{LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps};
 use curate::model::{
-    Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, tokenizer,
+    Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, budget, tokenizer,
 };
 use curate::table::{self, Input, OutputDir};
 
@@ -30,13 +30,8 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         .as_ref()
         .map(PathBuf::from)
         .unwrap_or_else(|| sibling(&out, "checkpoint"));
+    check_checkpoint_dir(&args, &checkpoint_dir, &out)?;
     let output = OutputDir::create(&out, args.force)?;
-    if args.resume && !Checkpoint::exists(&checkpoint_dir) {
-        return Err(usage(format!(
-            "--resume: no checkpoint in {} (it is written on Ctrl-C, --stop-after and --checkpoint-every)",
-            checkpoint_dir.display()
-        )));
-    }
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let (rows, weights) = read_rows(&input, &args)?;
@@ -58,6 +53,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
+    check_batch_memory(&lm, &sequences, args.batch_size, DType::from(args.dtype))?;
     let settings = train_settings(&args, context.seed);
     let digest = input.digest()?;
     let checkpoint = Checkpoint {
@@ -85,6 +81,14 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
                 None => err,
             }
         })?;
+        if trainer.is_done() {
+            return Err(usage(format!(
+                "--resume: the checkpoint in {} is at step {} of {}: nothing is left to train",
+                checkpoint.dir.display(),
+                trainer.step,
+                trainer.total_steps()
+            )));
+        }
     }
 
     let mut provenance = context.provenance();
@@ -337,6 +341,54 @@ fn check_flags(args: &TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The checkpoint directory must never put a user's files at risk: not the output or inside
+/// it, not a directory of other files; an interrupted run's checkpoint is continued with
+/// `--resume` or replaced only with `--force`.
+fn check_checkpoint_dir(args: &TrainArgs, dir: &Path, out: &Path) -> Result<()> {
+    Checkpoint::check_place(dir, out).map_err(|err| match err {
+        CheckpointPlace::OverlapsOutput { .. } => usage(format!(
+            "--checkpoint-dir {} is --out {} or overlaps it; give the checkpoint a directory of its own",
+            dir.display(),
+            out.display()
+        )),
+        CheckpointPlace::Foreign(_) => usage(format!(
+            "--checkpoint-dir {}: {err}; name a new or empty directory",
+            dir.display()
+        )),
+    })?;
+    let exists = Checkpoint::exists(dir);
+    if args.resume && !exists {
+        return Err(usage(format!(
+            "--resume: no checkpoint in {} (it is written on Ctrl-C, SIGTERM, --stop-after and --checkpoint-every)",
+            dir.display()
+        )));
+    }
+    if !args.resume && exists && !args.force {
+        let step = Checkpoint::step(dir)
+            .map(|s| format!(" (step {s})"))
+            .unwrap_or_default();
+        return Err(usage(format!(
+            "{}: an interrupted run's checkpoint{step} is here; pass --resume to continue it, or --force to start over",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse, before the first step, a batch whose weights, optimizer state and activations need
+/// more memory than is available.
+fn check_batch_memory(
+    lm: &LanguageModel,
+    sequences: &[Sequence],
+    batch_size: usize,
+    dtype: DType,
+) -> Result<()> {
+    let longest = sequences.iter().map(Sequence::len).max().unwrap_or(0);
+    let batch = batch_size.min(sequences.len()).max(1);
+    budget::check_batches(&lm.config, batch, longest, dtype.size(), true)
+        .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))
 }
 
 /// `DIR.<suffix>` beside `DIR`.

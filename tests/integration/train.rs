@@ -12,7 +12,7 @@ use crate::model::{read_tensor, test_device};
 use crate::test::Test;
 
 /// 40 GSM8K-style problems: short enough to train on in a test.
-fn problems() -> String {
+pub(crate) fn problems() -> String {
     format!(
         "{}/fixtures/gsm_symbolic_40.jsonl",
         env!("CARGO_MANIFEST_DIR")
@@ -20,7 +20,7 @@ fn problems() -> String {
 }
 
 /// A small, fast training run on the problems; more flags may follow.
-fn train_args(out: &str) -> Vec<String> {
+pub(crate) fn train_args(out: &str) -> Vec<String> {
     [
         "train",
         &problems(),
@@ -61,7 +61,7 @@ fn train_args(out: &str) -> Vec<String> {
 }
 
 /// Every tensor of a saved model, by name.
-fn tensors(dir: &Path) -> Vec<(String, Vec<f64>)> {
+pub(crate) fn tensors(dir: &Path) -> Vec<(String, Vec<f64>)> {
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -526,7 +526,11 @@ fn weighted_rows_train_as_repeated_rows() {
             largest = largest.max((x - y).abs());
         }
     }
-    assert!(largest < 1e-6, "largest difference {largest:e}");
+    // In f32 a batch of two rows (one weighted twice) and a batch of three round differently,
+    // and AdamW's first step divides by the gradient's own size, so a parameter whose gradient
+    // is near zero can move by a sizeable fraction of --lr (1e-3) on rounding alone. Weights
+    // that were ignored would change the update of many parameters by up to 2 x --lr.
+    assert!(largest < 1e-5, "largest difference {largest:e}");
 }
 
 #[test]

@@ -142,6 +142,8 @@ pub fn classify(err: &anyhow::Error) -> ErrorClass {
             || cause.is::<UsageError>()
             || cause.is::<OutputExists>()
             || cause.is::<crate::model::TensorMismatch>()
+            || cause.is::<crate::model::checkpoint::CheckpointPlace>()
+            || cause.is::<crate::model::ModelTooLarge>()
         {
             return ErrorClass::InvalidInput;
         }
@@ -159,6 +161,10 @@ pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         if let Some(io_err) = cause.downcast_ref::<io::Error>() {
             return io_err.kind() == io::ErrorKind::BrokenPipe;
+        }
+        // JSON written straight to stdout (`inspect --json | head -1`).
+        if let Some(json_err) = cause.downcast_ref::<serde_json::Error>() {
+            return json_err.io_error_kind() == Some(io::ErrorKind::BrokenPipe);
         }
         if let Some(polars_err) = cause.downcast_ref::<polars::error::PolarsError>() {
             if let polars::error::PolarsError::IO { error, .. } = polars_err {
@@ -230,5 +236,9 @@ mod tests {
         let err = anyhow::Error::new(io_err).context("writing stdout");
         assert!(is_broken_pipe(&err));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+        let json_err = serde_json::Error::io(io::Error::new(io::ErrorKind::BrokenPipe, "pipe"));
+        assert!(is_broken_pipe(
+            &anyhow::Error::new(json_err).context("report")
+        ));
     }
 }

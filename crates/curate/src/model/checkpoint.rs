@@ -16,6 +16,24 @@ use crate::table::OutputDir;
 const TRAINER_STATE: &str = "trainer.json";
 const OPTIMIZER_STATE: &str = "optimizer.bpk";
 const MODEL: &str = "model";
+/// The file that marks a directory as a checkpoint curate wrote, so a finished run deletes
+/// only what it recognises.
+const MARKER: &str = ".curate-checkpoint";
+const MARKER_TEXT: &str =
+    "A training checkpoint written by curate train; removed when the run finishes.\n";
+/// Every entry a checkpoint directory holds.
+const ENTRIES: [&str; 4] = [MARKER, TRAINER_STATE, OPTIMIZER_STATE, MODEL];
+
+/// A checkpoint directory that cannot be used without risking a user's files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointPlace {
+    /// The checkpoint directory is the model output, or inside it, or holds it.
+    #[error("checkpoint directory {checkpoint} overlaps the output {out}")]
+    OverlapsOutput { checkpoint: String, out: String },
+    /// An existing, non-empty directory (or a file) that is not a curate checkpoint.
+    #[error("{0} holds files that are not a curate checkpoint; it is never written to or removed")]
+    Foreign(String),
+}
 
 /// The checkpoint was made by a run with other data, settings, model or encoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +58,51 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Whether `dir` holds a checkpoint to resume from.
     pub fn exists(dir: &Path) -> bool {
-        dir.join(TRAINER_STATE).is_file()
+        Checkpoint::recognised(dir) && dir.join(TRAINER_STATE).is_file()
+    }
+
+    /// Whether `dir` is a directory curate wrote as a checkpoint: it carries the marker, or
+    /// (checkpoints of earlier versions) holds the trainer state and nothing but checkpoint
+    /// entries.
+    pub fn recognised(dir: &Path) -> bool {
+        if !dir.is_dir() {
+            return false;
+        }
+        if dir.join(MARKER).is_file() {
+            return true;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.iter().any(|n| n == TRAINER_STATE)
+            && names.iter().all(|n| ENTRIES.contains(&n.as_str()))
+    }
+
+    /// Check that `dir` can hold the checkpoint of a run writing its model to `out`: it must
+    /// not be `out`, lie inside it or contain it, and where it exists it must be a curate
+    /// checkpoint or an empty directory.
+    pub fn check_place(dir: &Path, out: &Path) -> Result<(), CheckpointPlace> {
+        use crate::table::place::is_within;
+        if is_within(dir, out) || is_within(out, dir) {
+            return Err(CheckpointPlace::OverlapsOutput {
+                checkpoint: dir.display().to_string(),
+                out: out.display().to_string(),
+            });
+        }
+        if std::fs::symlink_metadata(dir).is_err() || Checkpoint::recognised(dir) {
+            return Ok(());
+        }
+        let empty_dir = dir.is_dir()
+            && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+        if empty_dir {
+            Ok(())
+        } else {
+            Err(CheckpointPlace::Foreign(dir.display().to_string()))
+        }
     }
 
     /// The model saved in the checkpoint in `dir`.
@@ -51,7 +113,17 @@ impl Checkpoint {
     /// Write the model, the optimizer state and the step, replacing an earlier checkpoint
     /// only once the new one is complete.
     pub fn save(&self, lm: &LanguageModel, trainer: &Trainer) -> Result<()> {
+        // Only a checkpoint (or an empty directory) is ever replaced, whatever appeared there
+        // since the run started.
+        let replaceable = std::fs::symlink_metadata(&self.dir).is_err()
+            || Checkpoint::recognised(&self.dir)
+            || std::fs::read_dir(&self.dir).is_ok_and(|mut e| e.next().is_none());
+        if !replaceable {
+            return Err(CheckpointPlace::Foreign(self.dir.display().to_string()).into());
+        }
         let staged = OutputDir::create(&self.dir, true)?;
+        std::fs::write(staged.path().join(MARKER), MARKER_TEXT)
+            .with_context(|| format!("cannot write {}", self.dir.display()))?;
         let model_dir = staged.path().join(MODEL);
         std::fs::create_dir(&model_dir)
             .with_context(|| format!("cannot create {}", model_dir.display()))?;
@@ -91,12 +163,32 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Remove the checkpoint (a finished run no longer needs it).
+    /// The step the checkpoint in `dir` reached, when it holds one.
+    pub fn step(dir: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(dir.join(TRAINER_STATE)).ok()?;
+        serde_json::from_str::<TrainerState>(&text)
+            .ok()
+            .map(|s| s.step)
+    }
+
+    /// Remove the checkpoint (a finished run no longer needs it): only a directory curate
+    /// recognises as its checkpoint, and in it only the entries a checkpoint has; the directory
+    /// itself goes when nothing else is left in it.
     pub fn remove(&self) -> Result<()> {
-        if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        if !Checkpoint::recognised(&self.dir) {
+            return Ok(());
         }
+        for name in ENTRIES {
+            let path = self.dir.join(name);
+            let removed = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(_) => continue,
+            };
+            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        // Fails, leaving the directory, when anything else is in it.
+        let _ = std::fs::remove_dir(&self.dir);
         Ok(())
     }
 }
@@ -220,5 +312,58 @@ mod tests {
         assert_eq!((run.end, run.steps), (RunEnd::Interrupted, 0));
         other.remove().unwrap();
         assert!(!other.dir.exists());
+    }
+
+    #[test]
+    fn only_recognised_checkpoints_are_written_over_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model");
+        let user = dir.path().join("mine");
+        std::fs::create_dir(&user).unwrap();
+        std::fs::write(user.join("notes.txt"), b"keep").unwrap();
+        assert!(matches!(
+            Checkpoint::check_place(&user, &out),
+            Err(CheckpointPlace::Foreign(_))
+        ));
+        for overlapping in [out.clone(), out.join("ckpt"), dir.path().to_path_buf()] {
+            assert!(matches!(
+                Checkpoint::check_place(&overlapping, &out),
+                Err(CheckpointPlace::OverlapsOutput { .. })
+            ));
+        }
+        let fresh = dir.path().join("model.checkpoint");
+        Checkpoint::check_place(&fresh, &out).unwrap();
+        std::fs::create_dir(&fresh).unwrap();
+        Checkpoint::check_place(&fresh, &out).unwrap();
+
+        // Removing a user's directory as a checkpoint does nothing; saving over it fails.
+        let theirs = Checkpoint {
+            dir: user.clone(),
+            fingerprint: "f".into(),
+        };
+        theirs.remove().unwrap();
+        assert!(user.join("notes.txt").is_file());
+        let lm = tiny_lm();
+        let trainer = Trainer::new(settings(), vec![4; 6]);
+        assert!(theirs.save(&lm, &trainer).is_err());
+        assert!(user.join("notes.txt").is_file());
+
+        // A saved checkpoint is recognised, and its removal leaves a file a user added.
+        let ours = Checkpoint {
+            dir: fresh.clone(),
+            fingerprint: "f".into(),
+        };
+        ours.save(&lm, &trainer).unwrap();
+        assert!(Checkpoint::recognised(&fresh) && Checkpoint::exists(&fresh));
+        assert_eq!(Checkpoint::step(&fresh), Some(0));
+        Checkpoint::check_place(&fresh, &out).unwrap();
+        std::fs::write(fresh.join("added.txt"), b"x").unwrap();
+        ours.remove().unwrap();
+        assert!(fresh.join("added.txt").is_file());
+        assert!(!fresh.join(TRAINER_STATE).exists());
+        std::fs::remove_file(fresh.join("added.txt")).unwrap();
+        ours.save(&lm, &trainer).unwrap();
+        ours.remove().unwrap();
+        assert!(!fresh.exists());
     }
 }
