@@ -86,9 +86,9 @@ pub struct RephraseArgs {
     #[arg(value_name = "INPUT")]
     pub input: String,
 
-    /// Output: the rephrased records in --format shape.
-    #[arg(short, long, value_name = "FILE")]
-    pub out: String,
+    /// Output: the rephrased records in --format shape (not needed with --dry-run).
+    #[arg(short, long, value_name = "FILE", required_unless_present = "dry_run")]
+    pub out: Option<String>,
 
     /// Records that could not be rephrased, with a reason code (otherwise only counted).
     #[arg(long, value_name = "FILE")]

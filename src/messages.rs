@@ -9,11 +9,25 @@ use curate::model::{MismatchKind, TensorMismatch};
 /// An error as printed: its chain on one line, then what to change on the command line when
 /// a library error has a flag for it.
 pub fn error_line(err: &anyhow::Error) -> String {
-    let line = curate::error::one_line(&format!("{err:#}"));
+    // Errors may quote a URL with credentials in it (a base URL, a redirect).
+    let line = curate::text::redact_credentials(&curate::error::one_line(&chain_text(err)));
     match flag_advice(err) {
         Some(advice) => format!("{line}; {advice}"),
         None => line,
     }
+}
+
+/// The causes joined by `: `, leaving out a cause whose text an outer one already quotes (a
+/// library error that includes its I/O error's message, then that I/O error itself).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 /// The flag that addresses a typed library error in `err`'s chain.
@@ -68,5 +82,17 @@ mod tests {
         );
         let plain = anyhow::anyhow!("disk full\nreally");
         assert_eq!(error_line(&plain), "disk full; really");
+        // An error that quotes its cause's message does not repeat it.
+        let io = std::io::Error::from_raw_os_error(28);
+        let quoted = format!("write failed: {io}");
+        let repeated = anyhow::Error::new(io)
+            .context(quoted)
+            .context("x.csv: cannot write");
+        let line = error_line(&repeated);
+        assert_eq!(line.matches("os error 28").count(), 1, "{line}");
+        assert!(
+            line.starts_with("x.csv: cannot write: write failed: "),
+            "{line}"
+        );
     }
 }

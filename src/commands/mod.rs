@@ -27,7 +27,13 @@ pub struct Context {
 impl Context {
     /// Provenance for an output of this run; commands add their inputs.
     pub fn provenance(&self) -> Provenance {
-        Provenance::new(self.argv.clone(), self.seed)
+        // Credentials in a URL (`--base-url https://user:key@host`) never reach a file.
+        let argv = self
+            .argv
+            .iter()
+            .map(|arg| curate::text::redact_credentials(arg))
+            .collect();
+        Provenance::new(argv, self.seed)
     }
 }
 

@@ -103,3 +103,32 @@ mod tests {
         assert_eq!(clip("abc", 4), "abc");
     }
 }
+
+/// `text` with the credentials of every URL in it (`https://user:secret@host/...`) replaced by
+/// `***`, for anything curate echoes: errors, reports, the command line kept as provenance.
+pub fn redact_credentials(text: &str) -> String {
+    static URL_CREDENTIALS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let pattern = URL_CREDENTIALS.get_or_init(|| {
+        regex::Regex::new(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]+@").expect("a valid regex")
+    });
+    pattern.replace_all(text, "${1}***@").into_owned()
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn url_credentials_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            redact_credentials("--base-url https://me:s3cret@api.example/v1 --model m"),
+            "--base-url https://***@api.example/v1 --model m"
+        );
+        assert_eq!(
+            redact_credentials("http://token@127.0.0.1:8000: HTTP 401"),
+            "http://***@127.0.0.1:8000: HTTP 401"
+        );
+        let plain = "http://127.0.0.1:8000/v1/chat/completions?a=b@c mail me@example.org";
+        assert_eq!(redact_credentials(plain), plain);
+    }
+}

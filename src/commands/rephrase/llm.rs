@@ -107,7 +107,7 @@ pub fn check_flags(args: &RephraseArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.max_drift) {
         return Err(usage("--max-drift must be between 0 and 1"));
     }
-    if args.resume && args.out == "-" {
+    if args.resume && out_path(args) == "-" {
         return Err(usage(
             "--resume needs --out FILE: the journal it continues lives beside the output",
         ));
@@ -199,7 +199,7 @@ pub fn rephrase(
     let report = json!({
         "mode": llm_mode(args.mode).name(),
         "model": ep.model,
-        "endpoint": ep.url,
+        "endpoint": curate::text::redact_credentials(&ep.url),
         "records_asked": asked,
         "without_request": traces.len() - asked,
         "from_journal": from_journal,
@@ -216,18 +216,23 @@ pub fn rephrase(
     })
 }
 
+/// `--out`, or `-` (stdout) for a dry run that names none.
+fn out_path(args: &RephraseArgs) -> &str {
+    args.out.as_deref().unwrap_or("-")
+}
+
 /// The journal beside `--out` (none when writing to stdout) and the answers it already holds
 /// for these plans.
 fn open_journal(
     args: &RephraseArgs,
     plans: &[Plan],
 ) -> Result<(Option<Journal>, HashMap<usize, Answer>)> {
-    if args.out == "-" {
+    if out_path(args) == "-" {
         return Ok((None, HashMap::new()));
     }
     let fingerprint = plan::fingerprint(llm_mode(args.mode), plans);
     let (journal, mut entries) = Journal::open(
-        &journal::path_for(&args.out),
+        &journal::path_for(out_path(args)),
         &fingerprint,
         args.resume,
         args.force,
@@ -275,7 +280,7 @@ pub fn dry_run(
     let plans = plans(traces, settings, args, &ep);
     let entries = if args.resume {
         Journal::peek(
-            &journal::path_for(&args.out),
+            &journal::path_for(out_path(args)),
             &plan::fingerprint(llm_mode(args.mode), &plans),
         )
         .map_err(journal_error)?
@@ -287,10 +292,11 @@ pub fn dry_run(
         _ => None,
     };
     let estimate = plan::estimate(&plans, &entries, cache.as_ref());
+    let shown_endpoint = curate::text::redact_credentials(&ep.url);
     let run = plan::DryRun {
         mode: llm_mode(args.mode),
         model: &ep.model,
-        endpoint: &ep.url,
+        endpoint: &shown_endpoint,
         records: traces.len(),
         max_requests: args.max_requests,
         max_total_tokens: args.max_total_tokens,

@@ -16,7 +16,7 @@ use curate::rephrase::records::{
 };
 use curate::rephrase::units::{Markers, UnitOptions};
 use curate::rephrase::{Rejection, Rephrased, Settings, rephrase_rules};
-use curate::table::{ColumnRole, Format, Input, Output, Provenance, Shard};
+use curate::table::{self, ColumnRole, Format, Input, Output, Provenance, Shard, Staged};
 
 pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
@@ -29,7 +29,16 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
         llm::dry_run(&traces, &settings, &args, context)?;
         return Ok(ExitStatus::Success);
     }
-    let output = Output::create(&args.out, None, args.force)?;
+    let out = args
+        .out
+        .clone()
+        .expect("clap requires --out without --dry-run");
+    table::require_distinct(&[
+        ("--out", out.as_str()),
+        ("--rejects", args.rejects.as_deref().unwrap_or("-")),
+        ("--stats", args.stats.as_deref().unwrap_or("-")),
+    ])?;
+    let output = Output::create(&out, None, args.force)?;
     let rejects_output = match &args.rejects {
         Some(path) => Some(Output::create(path, None, args.force)?),
         None => None,
@@ -58,9 +67,9 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(path) = &args.markers {
         provenance.add_input(Input::open(path, Some(Format::Jsonl))?.digest()?);
     }
-    write_records(output, &records, &provenance)?;
+    let mut staged = vec![stage_records(output, &records, &provenance)?];
     if let Some(rejects) = rejects_output {
-        write_records(rejects, &rejected, &provenance)?;
+        staged.push(stage_records(rejects, &rejected, &provenance)?);
     }
     let mut summary = stats.json(traces.len(), &settings.markers.version);
     if let Some(report) = &llm_report {
@@ -69,8 +78,9 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(stats_output) = stats_output {
         let mut bytes = serde_json::to_vec_pretty(&summary)?;
         bytes.push(b'\n');
-        stats_output.write_document(&bytes)?;
+        staged.push(stats_output.stage_document(&bytes)?);
     }
+    table::commit_all(staged)?;
     // Every output is in place: the run's journal is no longer needed.
     if let Some(journal) = journal {
         journal.remove()?;
@@ -83,16 +93,6 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
 fn check_flags(args: &RephraseArgs) -> Result<()> {
     if args.max_units == Some(0) {
         return Err(usage("--max-units must be at least 1"));
-    }
-    let names = [Some(&args.out), args.rejects.as_ref(), args.stats.as_ref()];
-    for (i, a) in names.iter().enumerate() {
-        for b in &names[i + 1..] {
-            if a.is_some() && a == b {
-                return Err(usage(
-                    "--out, --rejects and --stats must name different files",
-                ));
-            }
-        }
     }
     Ok(())
 }
@@ -201,11 +201,11 @@ fn record_format(arg: RecordFormatArg) -> RecordFormat {
     }
 }
 
-/// Records written in the output's format with provenance.
-fn write_records(output: Output, records: &[Value], provenance: &Provenance) -> Result<()> {
+/// Records written in the output's format with provenance, staged to be put in place with
+/// the run's other outputs.
+fn stage_records(output: Output, records: &[Value], provenance: &Provenance) -> Result<Staged> {
     let frame = records::records_frame(output.label(), records)?;
-    output.write_frame(&frame, Some(provenance))?;
-    Ok(())
+    output.stage_frame(&frame, Some(provenance))
 }
 
 /// The run's summary on stderr.
@@ -262,8 +262,8 @@ fn print_stats(
             llm["tokens"]
         )?;
     }
-    if args.out != "-" {
-        writeln!(err, "wrote {}", args.out)?;
+    if let Some(out) = args.out.as_deref().filter(|out| *out != "-") {
+        writeln!(err, "wrote {out}")?;
     }
     Ok(())
 }

@@ -196,6 +196,15 @@ impl ChatClient {
         self.retries.load(Ordering::Relaxed)
     }
 
+    /// `text` without the API key or URL credentials, for messages that quote a server.
+    fn scrub(&self, text: String) -> String {
+        let text = crate::text::redact_credentials(&text);
+        match &self.settings.api_key {
+            Some(key) if key.len() >= 4 => text.replace(key.as_str(), "***"),
+            _ => text,
+        }
+    }
+
     /// POST `body`, retrying as the policy says. `estimate` is the request's expected token
     /// count, reserved against the budget while it is in flight. `stop` is polled before each
     /// attempt and during backoff.
@@ -207,7 +216,7 @@ impl ChatClient {
         stop: &dyn Fn() -> bool,
     ) -> Result<Completion, CallError> {
         let payload = body.to_string();
-        let endpoint = &self.settings.endpoint;
+        let endpoint = &crate::text::redact_credentials(&self.settings.endpoint);
         let mut attempt = 0u32;
         loop {
             if stop() {
@@ -234,6 +243,8 @@ impl ChatClient {
                         }
                         _ => error_message(&body),
                     };
+                    // An error body may echo the request's key back.
+                    let message = self.scrub(message);
                     if matches!(status, 400 | 413 | 422) {
                         return Err(CallError::Refused { status, message });
                     }
@@ -246,10 +257,11 @@ impl ChatClient {
                 }
                 Attempt::Transport(message) => {
                     budget.settle(estimate, 0);
-                    (message, None)
+                    (self.scrub(message), None)
                 }
                 Attempt::Unsendable(message) => {
                     budget.settle(estimate, 0);
+                    let message = self.scrub(message);
                     return Err(CallError::Failed(format!("{endpoint}: {message}")));
                 }
             };

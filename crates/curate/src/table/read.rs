@@ -215,7 +215,15 @@ impl Input {
     fn read_error(&self, err: &PolarsError) -> InputError {
         let located = match self.format {
             Format::Jsonl => self.bytes().and_then(|b| locate_bad_json_line(&b)),
-            Format::Csv => self.bytes().and_then(|b| locate_bad_csv_record(&b)),
+            Format::Csv => match self.bytes() {
+                Some(bytes) => match locate_invalid_utf8(&bytes) {
+                    // The header itself: no row to name.
+                    Some((0, message)) => return InputError::new(&self.label, message),
+                    Some(found) => Some(found),
+                    None => locate_bad_csv_record(&bytes),
+                },
+                None => None,
+            },
             Format::Parquet | Format::Ipc => None,
         };
         if let Some((row, message)) = located {
@@ -251,6 +259,26 @@ fn locate_bad_json_line(bytes: &[u8]) -> Option<(usize, String)> {
         }
     }
     None
+}
+
+/// The CSV record (0 for the header, then 1-based rows) holding the first byte that is not
+/// UTF-8, with a message naming it.
+fn locate_invalid_utf8(bytes: &[u8]) -> Option<(usize, String)> {
+    let at = std::str::from_utf8(bytes).err()?.valid_up_to();
+    let mut in_quotes = false;
+    let mut record = 0;
+    for &byte in &bytes[..at] {
+        match byte {
+            b'"' => in_quotes = !in_quotes,
+            b'\n' if !in_quotes => record += 1,
+            _ => {}
+        }
+    }
+    let message = format!(
+        "not valid UTF-8 (byte 0x{:02x} at offset {at}); curate reads UTF-8 text: convert the file (e.g. iconv -f latin1 -t utf-8)",
+        bytes[at]
+    );
+    Some((record, message))
 }
 
 /// The first CSV record whose field count differs from the header's, or that opens a quote
