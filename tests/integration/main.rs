@@ -8,6 +8,7 @@ mod convert;
 mod errors;
 mod eval;
 mod gguf;
+mod hostile;
 mod influence;
 mod inspect;
 mod model;

@@ -222,9 +222,21 @@ pub fn interrupt_once_staged(
 /// stderr.
 pub fn interrupt_when(
     test: &Test,
+    child: std::process::Child,
+    ready: impl Fn(&Test) -> bool,
+    delay: std::time::Duration,
+) -> (Option<i32>, String) {
+    signal_when(test, child, ready, delay, "INT")
+}
+
+/// Send `signal` (`INT`, `TERM`) to `child` `delay` after `ready` holds (within 30 s); return
+/// its exit code and stderr.
+pub fn signal_when(
+    test: &Test,
     mut child: std::process::Child,
     ready: impl Fn(&Test) -> bool,
     delay: std::time::Duration,
+    signal: &str,
 ) -> (Option<i32>, String) {
     use std::io::Read;
     let started = std::time::Instant::now();
@@ -234,7 +246,7 @@ pub fn interrupt_when(
     }
     std::thread::sleep(delay);
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
