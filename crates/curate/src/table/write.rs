@@ -234,29 +234,32 @@ pub fn commit_all(staged: Vec<Staged>) -> Result<()> {
         }
     }
     // The files each rename replaces, kept (as hard links) until every rename has succeeded.
-    let mut backups: Vec<Option<TempPath>> = Vec::new();
-    for (label, _, target, force) in &files {
-        let backup = if *force && target.is_file() {
+    // Where the file system has no hard links there is nothing to put back on a failure, as
+    // with a single output.
+    let backups: Vec<Option<TempPath>> = files
+        .iter()
+        .map(|(_, _, target, force)| {
+            if !*force || !target.is_file() {
+                return None;
+            }
             let dir = target.parent().filter(|p| !p.as_os_str().is_empty());
-            let dir = dir.unwrap_or(Path::new("."));
-            let path = tempfile::Builder::new()
+            tempfile::Builder::new()
                 .prefix(&super::place::temp_prefix(target))
                 .suffix(&format!("{}.old", super::place::TEMP_SUFFIX))
-                .make_in(dir, |path| std::fs::hard_link(target, path))
-                .with_context(|| format!("{label}: cannot keep the earlier file aside"))?;
-            Some(path.into_temp_path())
-        } else {
-            None
-        };
-        backups.push(backup);
-    }
+                .make_in(dir.unwrap_or(Path::new(".")), |path| {
+                    std::fs::hard_link(target, path)
+                })
+                .ok()
+                .map(|kept| kept.into_temp_path())
+        })
+        .collect();
     let mut placed: Vec<(&PathBuf, &Option<TempPath>)> = Vec::new();
     for ((label, temp, target, force), backup) in files.iter().zip(&backups) {
         let result = if *force {
             std::fs::rename(temp, target)
         } else {
             // Another process may have created the target meanwhile; never replace it.
-            std::fs::hard_link(temp, target).and_then(|()| std::fs::remove_file(temp))
+            super::output_dir::rename_no_replace(temp, target)
         };
         if let Err(err) = result {
             for (target, backup) in placed.iter().rev() {
@@ -436,5 +439,71 @@ impl TableWriter {
         // The encoder owns a clone of the file handle; drop it before the rename.
         drop(self.encoder);
         Staged::of(self.output.sink, label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(path: &Path, text: &str, force: bool) -> Staged {
+        let output = Output::create(path.to_str().unwrap(), None, force).unwrap();
+        output.stage_document(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn staged_outputs_are_placed_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&a, "old a\n").unwrap();
+        // b appears after staging: neither output is placed, a keeps its old text.
+        let first = staged(&a, "new a\n", true);
+        let second = staged(&b, "new b\n", false);
+        std::fs::write(&b, "someone else's\n").unwrap();
+        let err = commit_all(vec![first, second]).unwrap_err();
+        assert!(err.downcast_ref::<OutputExists>().is_some(), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "old a\n");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "someone else's\n");
+        // Nothing of the run is left beside them.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.jsonl", "b.jsonl"]);
+
+        // Both placed, the forced one replacing its old file.
+        std::fs::remove_file(&b).unwrap();
+        commit_all(vec![
+            staged(&a, "new a\n", true),
+            staged(&b, "new b\n", false),
+        ])
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "new a\n");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new b\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // A rename that fails after an earlier one succeeded puts the earlier file back.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let first = staged(
+            &a, "newer a
+", true,
+        );
+        let second = staged(
+            &sub.join("c.jsonl"),
+            "c
+",
+            false,
+        );
+        std::fs::remove_dir_all(&sub).unwrap();
+        let err = commit_all(vec![first, second]).unwrap_err();
+        assert!(format!("{err:#}").contains("c.jsonl"), "{err:#}");
+        assert_eq!(
+            std::fs::read_to_string(&a).unwrap(),
+            "new a
+"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }
