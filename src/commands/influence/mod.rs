@@ -87,6 +87,11 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         &lm,
         &options,
     )?;
+    let longest = train.sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    let batch = args.batch_size.min(train.sequences.len()).max(1);
+    let bytes = DType::from(args.dtype).size();
+    curate::model::budget::check_batches(&lm.config, batch, longest, bytes, false)
+        .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))?;
     Ok(GradientRun {
         lm,
         model_digest,

@@ -252,6 +252,17 @@ mod tests {
             assert!(err.to_string().contains("needs about"), "{err}");
         }
         assert!(batch_activation_bytes(&small, 8, 256) > 0);
+        assert_eq!(check_batches(&small, 8, 256, 4, true), Ok(()));
+        if available_memory().is_some() {
+            // A SmolLM2-sized vocabulary over a million 100k-token rows in one batch.
+            let mut wide = config(30, 576);
+            wide.vocab_size = 49_152;
+            let err = check_batches(&wide, 1_000_000, 100_000, 4, false).unwrap_err();
+            assert!(
+                err.to_string().contains("a batch of 1000000 sequences"),
+                "{err}"
+            );
+        }
         assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
         assert_eq!(count(135_000_000), "135.0M");
     }
