@@ -45,8 +45,10 @@ fn main() -> anyhow::Result<()> {
     let refs: Vec<&Sequence> = sequences.iter().collect();
     let batch = TokenBatch::pad(&refs, 0, Padding::Right);
     let step = || {
-        let logits = lm.logits(&batch);
-        let loss = lm.model.sequence_losses(logits, &batch).sum();
+        let loss = lm
+            .model
+            .forward_losses(&batch, &mut curate::model::Capture::none())
+            .sum();
         let grads = loss.backward();
         // Read one gradient back so the work is not deferred past the timer.
         let g = lm.model.layers[0]

@@ -316,6 +316,42 @@ impl KvCache {
     }
 }
 
+/// The positions of a batch whose next token carries a label (logits at `t` score the label
+/// at `t + 1`), in row-major order.
+pub(crate) struct ScoredPositions {
+    /// `row * T + t` of each scored position.
+    pub(crate) flat: Vec<i64>,
+    /// The batch row of each.
+    pub(crate) row: Vec<usize>,
+    /// The label each scores.
+    pub(crate) targets: Vec<i64>,
+    /// Rows in the batch.
+    pub(crate) rows: usize,
+}
+
+impl ScoredPositions {
+    pub(crate) fn of(batch: &TokenBatch) -> Self {
+        let t = batch.seq;
+        let mut scored = ScoredPositions {
+            flat: Vec::new(),
+            row: Vec::new(),
+            targets: Vec::new(),
+            rows: batch.batch,
+        };
+        for row in 0..batch.batch {
+            for position in 1..t {
+                let label = batch.labels[row * t + position];
+                if label != super::IGNORE_INDEX {
+                    scored.flat.push((row * t + position - 1) as i64);
+                    scored.row.push(row);
+                    scored.targets.push(label);
+                }
+            }
+        }
+        scored
+    }
+}
+
 /// The whole causal LM.
 #[derive(Module, Debug)]
 pub struct CausalLm {
@@ -437,6 +473,73 @@ impl CausalLm {
 
     /// Logits `[B, T, vocab]` for a right- or left-padded batch.
     pub fn forward(&self, batch: &TokenBatch, capture: &mut Capture) -> Tensor<3> {
+        let x = self.hidden(batch, capture);
+        self.project(x)
+    }
+
+    /// Summed next-token cross-entropy of each sequence `[B]`, as [`CausalLm::sequence_losses`]
+    /// of [`CausalLm::forward`], but the final norm, the output projection and the log-softmax
+    /// run only at the positions whose next token carries a label: prompt, system and padding
+    /// positions never become `vocab`-wide rows. The gradient reaching every layer is the
+    /// same, since positions without a label add nothing to the loss.
+    pub fn forward_losses(&self, batch: &TokenBatch, capture: &mut Capture) -> Tensor<1> {
+        let hidden = self.hidden(batch, capture);
+        let scored = ScoredPositions::of(batch);
+        let logits = self.scored_logits(hidden, &scored);
+        self.scored_losses(logits, &scored, &scored.targets)
+    }
+
+    /// Logits `[N, vocab]` at the `N` scored positions of `hidden` (`[B, T, H]`, before the final
+    /// norm, which is per position and so commutes with the selection).
+    pub(crate) fn scored_logits(&self, hidden: Tensor<3>, scored: &ScoredPositions) -> Tensor<2> {
+        let [b, t, h] = hidden.dims();
+        let device = hidden.device();
+        let n = scored.flat.len();
+        if n == 0 {
+            return Tensor::zeros([0, self.vocab_size()], (&device, hidden.dtype()));
+        }
+        let index = Tensor::<1, Int>::from_data(TensorData::new(scored.flat.clone(), [n]), &device);
+        let rows = hidden
+            .reshape([b * t, h])
+            .select(0, index)
+            .reshape([1, n, h]);
+        let rows = self.norm.forward(rows).reshape([n, h]);
+        let head = match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed_tokens.val(),
+        };
+        rows.matmul(head.transpose())
+    }
+
+    /// Each sequence's summed loss `[B]` from the logits at its scored positions, for the
+    /// given targets (the labels, or labels drawn from the model).
+    pub(crate) fn scored_losses(
+        &self,
+        logits: Tensor<2>,
+        scored: &ScoredPositions,
+        targets: &[i64],
+    ) -> Tensor<1> {
+        let device = logits.device();
+        let dtype = logits.dtype();
+        let (b, n) = (scored.rows, scored.flat.len());
+        if n == 0 {
+            return Tensor::zeros([b], (&device, dtype));
+        }
+        let targets =
+            Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
+        let picked = log_softmax(logits, 1).gather(1, targets); // [N, 1]
+        // Per-sequence sums as one small product: a row's one-hot over its positions.
+        let mut membership = vec![0.0f64; b * n];
+        for (i, &row) in scored.row.iter().enumerate() {
+            membership[row * n + i] = 1.0;
+        }
+        let membership =
+            Tensor::<2>::from_data(TensorData::new(membership, [b, n]), (&device, dtype));
+        membership.matmul(picked).reshape([b]).neg()
+    }
+
+    /// Hidden states after the last decoder layer `[B, T, H]`, before the final norm.
+    pub(crate) fn hidden(&self, batch: &TokenBatch, capture: &mut Capture) -> Tensor<3> {
         let device = self.device();
         let dtype = self.dtype();
         let (b, t) = (batch.batch, batch.seq);
@@ -458,7 +561,7 @@ impl CausalLm {
         for layer in &self.layers {
             x = layer.forward(x, &shared, capture, None);
         }
-        self.project(x)
+        x
     }
 
     /// Logits `[B, S, vocab]` of `S` new tokens per row (`ids`, row-major; `real` false for

@@ -392,8 +392,8 @@ impl LanguageModel {
 
     /// Summed next-token loss of each sequence.
     pub fn sequence_losses(&self, batch: &TokenBatch) -> Vec<f64> {
-        let logits = self.logits(batch);
-        tensor_to_f64(self.model.sequence_losses(logits, batch).detach())
+        let losses = self.model.forward_losses(batch, &mut Capture::none());
+        tensor_to_f64(losses.detach())
     }
 
     /// One forward and one backward pass: each sequence's summed loss and, for every `Linear`
@@ -425,12 +425,14 @@ impl LanguageModel {
         sample_seeds: Option<&[u64]>,
     ) -> Result<(Vec<f64>, Vec<LayerActivations>)> {
         let mut capture = Capture::tracking(tracked.clone());
-        let logits = self.model.forward(batch, &mut capture);
+        let hidden = self.model.hidden(batch, &mut capture);
+        let scored = lm::ScoredPositions::of(batch);
+        let logits = self.model.scored_logits(hidden, &scored);
         let losses = match sample_seeds {
-            None => self.model.sequence_losses(logits, batch),
+            None => self.model.scored_losses(logits, &scored, &scored.targets),
             Some(seeds) => {
-                let sampled = sample_labels(&logits, batch, seeds);
-                self.model.sequence_losses(logits, &sampled)
+                let sampled = sample_labels(&logits, &scored, seeds);
+                self.model.scored_losses(logits, &scored, &sampled)
             }
         };
         if capture.is_empty() {
@@ -444,35 +446,36 @@ impl LanguageModel {
     }
 }
 
-/// A copy of `batch` whose labels are drawn from softmax(logits) wherever a label is used
-/// (label t+1 is scored by the logits at t).
-fn sample_labels(logits: &Tensor<3>, batch: &TokenBatch, seeds: &[u64]) -> TokenBatch {
-    let [b, t, v] = logits.dims();
+/// Labels drawn from softmax(logits) at every scored position (`logits` holds one row per
+/// position, row-major); batch row `b` draws its positions in order from the stream
+/// `seeds[b]`, so the draws do not depend on how rows are batched.
+fn sample_labels(logits: &Tensor<2>, scored: &lm::ScoredPositions, seeds: &[u64]) -> Vec<i64> {
+    let [n, v] = logits.dims();
     let values = tensor_to_f64(logits.clone().detach());
-    let mut sampled = batch.clone();
-    for row in 0..b {
-        let mut rng = crate::rng::SplitMix64::new(seeds[row]);
-        for position in 1..t {
-            let index = row * t + position;
-            if batch.labels[index] == IGNORE_INDEX {
-                continue;
-            }
-            let scores = &values[(row * t + position - 1) * v..(row * t + position) * v];
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-            let mut target = rng.next_f64() * total;
-            let mut choice = v - 1;
-            for (token, s) in scores.iter().enumerate() {
-                target -= (s - max).exp();
-                if target < 0.0 {
-                    choice = token;
-                    break;
-                }
-            }
-            sampled.labels[index] = choice as i64;
+    let mut labels = Vec::with_capacity(n);
+    let mut rng = None;
+    let mut current = usize::MAX;
+    for (i, &row) in scored.row.iter().enumerate() {
+        if row != current {
+            current = row;
+            rng = Some(crate::rng::SplitMix64::new(seeds[row]));
         }
+        let rng = rng.as_mut().expect("set for the row");
+        let scores = &values[i * v..(i + 1) * v];
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        let mut target = rng.next_f64() * total;
+        let mut choice = v - 1;
+        for (token, s) in scores.iter().enumerate() {
+            target -= (s - max).exp();
+            if target < 0.0 {
+                choice = token;
+                break;
+            }
+        }
+        labels.push(choice as i64);
     }
-    sampled
+    labels
 }
 
 /// Gradient capture needs an autodiff device; frozen parameters keep plain use cheap.
@@ -621,8 +624,7 @@ pub fn batched_losses(
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
         let batch = TokenBatch::pad(&batch, pad_id, Padding::Right);
-        let logits = model.forward(&batch, &mut Capture::none());
-        let values = tensor_to_f64(model.sequence_losses(logits, &batch).detach());
+        let values = tensor_to_f64(model.forward_losses(&batch, &mut Capture::none()).detach());
         for (&row, loss) in chunk.iter().zip(values) {
             losses[row] = loss;
         }
@@ -666,5 +668,71 @@ mod tests {
             ("{{ messages }}", spec)
         );
         assert!(TemplateChoice::from_spec("/no/such/template.jinja").is_err());
+    }
+
+    /// A tiny model whose parameters take gradients, and a right-padded batch whose rows carry
+    /// loss on part of their tokens only.
+    fn tiny_batch() -> (LanguageModel, TokenBatch) {
+        let mut config = LmConfig::new(Architecture::Llama, 32, 16, 24, 2, 2, 1);
+        config.max_position_embeddings = 32;
+        let lm = LanguageModel::init(config, None, 3, &Device::flex(), DType::F32, true).unwrap();
+        let rows = [
+            Sequence::prompt_response(&[1, 2, 3, 4], &[5, 6]),
+            Sequence::prompt_response(&[7], &[8, 9, 10, 11, 12]),
+            Sequence::prompt_response(&[13, 14], &[]),
+        ];
+        let refs: Vec<&Sequence> = rows.iter().collect();
+        (lm, TokenBatch::pad(&refs, 0, Padding::Right))
+    }
+
+    #[test]
+    fn losses_at_scored_positions_equal_the_full_logits_losses_and_gradients() {
+        let (lm, batch) = tiny_batch();
+        let full = lm
+            .model
+            .sequence_losses(lm.model.forward(&batch, &mut Capture::none()), &batch);
+        let scored = lm.model.forward_losses(&batch, &mut Capture::none());
+        let (full_values, scored_values) = (
+            tensor_to_f64(full.clone().detach()),
+            tensor_to_f64(scored.clone().detach()),
+        );
+        assert_eq!(scored_values[2], 0.0, "a row without labels has no loss");
+        for (a, b) in full_values.iter().zip(&scored_values) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        let full_grads = full.sum().backward();
+        let scored_grads = scored.sum().backward();
+        let embedding = lm.model.embed_tokens.val();
+        let a = tensor_to_f64(embedding.grad(&full_grads).unwrap());
+        let b = tensor_to_f64(embedding.grad(&scored_grads).unwrap());
+        let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let largest = a
+            .iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            scale > 0.0 && largest <= 1e-5 * scale,
+            "{largest} of {scale}"
+        );
+    }
+
+    #[test]
+    fn sampled_labels_do_not_depend_on_the_batching() {
+        let (lm, batch) = tiny_batch();
+        let scored = lm::ScoredPositions::of(&batch);
+        let hidden = lm.model.hidden(&batch, &mut Capture::none());
+        let logits = lm.model.scored_logits(hidden, &scored);
+        let together = sample_labels(&logits, &scored, &[11, 12, 13]);
+        assert_eq!(together.len(), 7);
+        // The second row alone, with its own seed, draws what it drew beside the others.
+        let alone = TokenBatch::pad(
+            &[&Sequence::prompt_response(&[7], &[8, 9, 10, 11, 12])],
+            0,
+            Padding::Right,
+        );
+        let scored_alone = lm::ScoredPositions::of(&alone);
+        let hidden = lm.model.hidden(&alone, &mut Capture::none());
+        let logits = lm.model.scored_logits(hidden, &scored_alone);
+        assert_eq!(sample_labels(&logits, &scored_alone, &[12]), together[2..]);
     }
 }

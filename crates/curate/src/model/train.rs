@@ -177,8 +177,7 @@ impl Trainer {
             .sum();
         let batch = TokenBatch::pad(&batch, lm.pad_id(), Padding::Right);
         let tokens = batch.loss_tokens().max(1);
-        let logits = model.forward(&batch, &mut super::Capture::none());
-        let losses = model.sequence_losses(logits, &batch);
+        let losses = model.forward_losses(&batch, &mut super::Capture::none());
         let loss = if self.weights.is_some() {
             let w = Tensor::<1>::from_data(
                 burn::tensor::TensorData::new(weights, [rows.len()]),
