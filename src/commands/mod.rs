@@ -37,6 +37,21 @@ impl Context {
     }
 }
 
+/// Refuse, before the first batch, a run whose weights (with optimizer state when `training`)
+/// and one batch's activations need more memory than is available, with the flags that lower it.
+pub fn batches_fit(
+    lm: &curate::model::LanguageModel,
+    sequences: &[curate::model::Sequence],
+    batch_size: usize,
+    dtype: burn::tensor::DType,
+    training: bool,
+) -> Result<()> {
+    let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    let batch = batch_size.min(sequences.len()).max(1);
+    curate::model::budget::check_batches(&lm.config, batch, longest, dtype.size(), training)
+        .map_err(|e| curate::error::usage(format!("{e}; lower --batch-size or --max-length")))
+}
+
 /// The compute device `--device` names (a usage error when this build lacks it).
 pub fn device(spec: &str) -> Result<burn::tensor::Device> {
     spec.parse::<curate::model::DeviceSpec>()

@@ -18,7 +18,7 @@ use curate::model::config::{ConfigSource, fresh_config};
 use curate::model::encode::TextRows;
 use curate::model::train::{LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps};
 use curate::model::{
-    Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, budget, tokenizer,
+    Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, tokenizer,
 };
 use curate::table::{self, Input, OutputDir};
 
@@ -53,7 +53,13 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
-    check_batch_memory(&lm, &sequences, args.batch_size, DType::from(args.dtype))?;
+    super::batches_fit(
+        &lm,
+        &sequences,
+        args.batch_size,
+        DType::from(args.dtype),
+        true,
+    )?;
     let settings = train_settings(&args, context.seed);
     let digest = input.digest()?;
     let checkpoint = Checkpoint {
@@ -375,20 +381,6 @@ fn check_checkpoint_dir(args: &TrainArgs, dir: &Path, out: &Path) -> Result<()> 
         )));
     }
     Ok(())
-}
-
-/// Refuse, before the first step, a batch whose weights, optimizer state and activations need
-/// more memory than is available.
-fn check_batch_memory(
-    lm: &LanguageModel,
-    sequences: &[Sequence],
-    batch_size: usize,
-    dtype: DType,
-) -> Result<()> {
-    let longest = sequences.iter().map(Sequence::len).max().unwrap_or(0);
-    let batch = batch_size.min(sequences.len()).max(1);
-    budget::check_batches(&lm.config, batch, longest, dtype.size(), true)
-        .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))
 }
 
 /// `DIR.<suffix>` beside `DIR`.

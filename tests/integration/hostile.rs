@@ -14,7 +14,7 @@ use curate::error::{ErrorClass, classify};
 use curate::model::{LanguageModel, LoadOptions, Padding, Sequence, TokenBatch, tensor_to_f64};
 
 use crate::model::{fixture, test_device};
-use crate::test::{Test, signal_when};
+use crate::test::{Test, signal_once_staged};
 use crate::train::{tensors, train_args};
 
 fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
@@ -98,8 +98,7 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let staged = |t: &Test| t.entries().iter().any(|n| n.ends_with(".curate-tmp"));
-    let (code, stderr) = signal_when(&test, child, staged, Duration::from_millis(300), "TERM");
+    let (code, stderr) = signal_once_staged(&test, child, Duration::from_millis(300), "TERM");
     assert_eq!(code, Some(143), "{stderr}");
     assert!(stderr.contains("terminate signal received"), "{stderr}");
     assert!(stderr.contains("checkpoint in m.checkpoint"), "{stderr}");
@@ -128,8 +127,7 @@ fn sigterm_leaves_no_partial_output() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let staged = |t: &Test| t.entries().iter().any(|n| n.ends_with(".curate-tmp"));
-    let (code, stderr) = signal_when(&test, child, staged, Duration::from_millis(500), "TERM");
+    let (code, stderr) = signal_once_staged(&test, child, Duration::from_millis(500), "TERM");
     assert_eq!(code, Some(143), "{stderr}");
     assert!(test.entries().is_empty(), "{:?}", test.entries());
 }

@@ -210,12 +210,22 @@ pub fn interrupt_once_staged(
     child: std::process::Child,
     delay: std::time::Duration,
 ) -> (Option<i32>, String) {
+    signal_once_staged(test, child, delay, "INT")
+}
+
+/// As [`interrupt_once_staged`], with `signal` (`INT`, `TERM`).
+pub fn signal_once_staged(
+    test: &Test,
+    child: std::process::Child,
+    delay: std::time::Duration,
+    signal: &str,
+) -> (Option<i32>, String) {
     let staged = |test: &Test| {
         test.entries()
             .iter()
             .any(|name| name.ends_with(".curate-tmp"))
     };
-    interrupt_when(test, child, staged, delay)
+    signal_when(test, child, staged, delay, signal)
 }
 
 /// Send Ctrl-C to `child` `delay` after `ready` holds (within 30 s); return its exit code and

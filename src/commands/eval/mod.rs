@@ -71,10 +71,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let mut results = vec![RowResult::default(); frame.height()];
     if let Some(sequences) = &rows.sequences {
-        let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let batch = args.batch_size.min(sequences.len()).max(1);
-        curate::model::budget::check_batches(&lm.config, batch, longest, dtype.size(), false)
-            .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))?;
+        super::batches_fit(&lm, sequences, args.batch_size, dtype, false)?;
         let losses = row_losses(&lm, sequences, args.batch_size, context)?;
         for (result, (sequence, loss)) in results.iter_mut().zip(sequences.iter().zip(losses)) {
             result.loss = Some((loss, sequence.loss_tokens()));

@@ -87,11 +87,8 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         &lm,
         &options,
     )?;
-    let longest = train.sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-    let batch = args.batch_size.min(train.sequences.len()).max(1);
-    let bytes = DType::from(args.dtype).size();
-    curate::model::budget::check_batches(&lm.config, batch, longest, bytes, false)
-        .map_err(|e| usage(format!("{e}; lower --batch-size or --max-length")))?;
+    let dtype = DType::from(args.dtype);
+    crate::commands::batches_fit(&lm, &train.sequences, args.batch_size, dtype, false)?;
     Ok(GradientRun {
         lm,
         model_digest,

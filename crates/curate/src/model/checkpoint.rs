@@ -93,16 +93,19 @@ impl Checkpoint {
                 out: out.display().to_string(),
             });
         }
-        if std::fs::symlink_metadata(dir).is_err() || Checkpoint::recognised(dir) {
-            return Ok(());
-        }
-        let empty_dir = dir.is_dir()
-            && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
-        if empty_dir {
+        if Checkpoint::replaceable(dir) {
             Ok(())
         } else {
             Err(CheckpointPlace::Foreign(dir.display().to_string()))
         }
+    }
+
+    /// Whether a checkpoint may be written at `dir`: nothing is there, an empty directory, or
+    /// a checkpoint curate wrote.
+    fn replaceable(dir: &Path) -> bool {
+        std::fs::symlink_metadata(dir).is_err()
+            || Checkpoint::recognised(dir)
+            || (dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none()))
     }
 
     /// The model saved in the checkpoint in `dir`.
@@ -115,10 +118,7 @@ impl Checkpoint {
     pub fn save(&self, lm: &LanguageModel, trainer: &Trainer) -> Result<()> {
         // Only a checkpoint (or an empty directory) is ever replaced, whatever appeared there
         // since the run started.
-        let replaceable = std::fs::symlink_metadata(&self.dir).is_err()
-            || Checkpoint::recognised(&self.dir)
-            || std::fs::read_dir(&self.dir).is_ok_and(|mut e| e.next().is_none());
-        if !replaceable {
+        if !Checkpoint::replaceable(&self.dir) {
             return Err(CheckpointPlace::Foreign(self.dir.display().to_string()).into());
         }
         let staged = OutputDir::create(&self.dir, true)?;

@@ -504,11 +504,7 @@ impl CausalLm {
             .select(0, index)
             .reshape([1, n, h]);
         let rows = self.norm.forward(rows).reshape([n, h]);
-        let head = match &self.lm_head {
-            Some(head) => head.val(),
-            None => self.embed_tokens.val(),
-        };
-        rows.matmul(head.transpose())
+        rows.matmul(self.head().transpose())
     }
 
     /// Each sequence's summed loss `[B]` from the logits at its scored positions, for the
@@ -607,16 +603,20 @@ impl CausalLm {
         self.project(x)
     }
 
+    /// The output projection `[vocab, hidden]`: its own weight, or the tied embedding.
+    fn head(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed_tokens.val(),
+        }
+    }
+
     /// The final norm and the output projection.
     fn project(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.norm.forward(x);
-        let head = match &self.lm_head {
-            Some(head) => head.val(),
-            None => self.embed_tokens.val(),
-        };
         let [b, t, h] = x.dims();
         x.reshape([b * t, h])
-            .matmul(head.transpose())
+            .matmul(self.head().transpose())
             .reshape([b, t, self.vocab_size()])
     }
 

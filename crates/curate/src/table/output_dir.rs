@@ -153,6 +153,7 @@ mod tests {
         let third = OutputDir::create(&empty, false).unwrap();
         std::fs::create_dir(&empty).unwrap();
         assert!(third.commit().is_err());
+        assert!(empty.is_dir(), "the directory made meanwhile is kept");
         // Nothing of the refused runs is left behind.
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
