@@ -945,3 +945,64 @@ fn validate_retrains_and_reports_lds_for_each_score_file() {
         .invalid("--alpha 1.5 is not in (0, 1)");
     assert!(!test.path("p.jsonl").exists());
 }
+
+/// The matrix products split their work over the threads, never a sum: scores, token scores
+/// and eval losses are the same bytes with one thread as with three.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let model = crate::model::fixture("tiny-lm").display().to_string();
+    let rows = std::fs::read_to_string(crate::model::fixture("math_code_queries.jsonl")).unwrap();
+    let first: Vec<&str> = rows.lines().take(3).collect();
+    let test = Test::new()
+        .file("train.jsonl", rows.clone())
+        .file("query.jsonl", first.join("\n") + "\n");
+    for threads in ["1", "3"] {
+        let run = |args: &[&str]| {
+            let status = crate::test::curate_command(test.path("").as_path())
+                .env("RAYON_NUM_THREADS", threads)
+                .arg("-q")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args:?} with {threads} thread(s)");
+        };
+        let (model, scores, losses) = (
+            model.as_str(),
+            format!("scores-{threads}.jsonl"),
+            format!("eval-{threads}.jsonl"),
+        );
+        run(&[
+            "influence",
+            "--model",
+            model,
+            "--train",
+            "train.jsonl",
+            "--query",
+            "query.jsonl",
+            "--max-length",
+            "1024",
+            "--granularity",
+            "token",
+            "--out",
+            &scores,
+        ]);
+        run(&[
+            "eval",
+            "--model",
+            model,
+            "--data",
+            "train.jsonl",
+            "--max-length",
+            "1024",
+            "--out",
+            &losses,
+        ]);
+    }
+    for name in ["scores-{}.jsonl", "scores-{}.tokens.jsonl", "eval-{}.jsonl"] {
+        assert_eq!(
+            test.read(&name.replace("{}", "1")),
+            test.read(&name.replace("{}", "3")),
+            "{name}"
+        );
+    }
+}

@@ -28,13 +28,13 @@ pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
         ] {
             table::require_type(&frame, file, ColumnRole::new(name, name), expected)?;
         }
-        if let Some(first) = frames.first().map(|f: &DataFrame| f.schema()) {
-            if frame.schema() != first {
-                return Err(usage(format!(
-                    "{file}: its columns differ from {}'s (not shards of one run)",
-                    args.inputs[0]
-                )));
-            }
+        if let Some(first) = frames.first().map(|f: &DataFrame| f.schema())
+            && frame.schema() != first
+        {
+            return Err(usage(format!(
+                "{file}: its columns differ from {}'s (not shards of one run)",
+                args.inputs[0]
+            )));
         }
         provenance.add_input(input.digest()?);
         frames.push(frame);

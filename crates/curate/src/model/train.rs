@@ -301,7 +301,7 @@ pub fn run_steps(
         on_step(&report);
         let periodic = plan
             .checkpoint_every
-            .is_some_and(|every| trainer.step % every == 0 && !trainer.is_done());
+            .is_some_and(|every| trainer.step.is_multiple_of(every) && !trainer.is_done());
         let stopping = plan.stop_after == Some(summary.steps) && !trainer.is_done();
         if periodic || stopping {
             lm.model = model.clone();

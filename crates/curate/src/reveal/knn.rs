@@ -27,7 +27,10 @@ pub struct Embeddings {
 impl Embeddings {
     /// Rows of `dim` values; each row is scaled to unit length (an all-zero row stays zero).
     pub fn new(dim: usize, mut values: Vec<f32>) -> Embeddings {
-        assert!(dim > 0 && values.len() % dim == 0, "ragged embeddings");
+        assert!(
+            dim > 0 && values.len().is_multiple_of(dim),
+            "ragged embeddings"
+        );
         for row in values.chunks_mut(dim) {
             let norm = row
                 .iter()

@@ -31,7 +31,10 @@ pub struct Probabilities {
 impl Probabilities {
     /// `values` holds `values.len() / classes` rows of `classes` numbers.
     pub fn new(classes: usize, values: Vec<f64>) -> Probabilities {
-        assert!(classes > 0 && values.len() % classes == 0, "ragged matrix");
+        assert!(
+            classes > 0 && values.len().is_multiple_of(classes),
+            "ragged matrix"
+        );
         Probabilities { classes, values }
     }
 
