@@ -893,9 +893,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
 
-    /// Sequences per batch (batches group sequences of similar length).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Sequences per batch (batches group sequences of similar length). A fixed number: the
+    /// batch is part of the optimisation, so it is not chosen by memory.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
+
+    /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
+    /// A batch whose estimate exceeds it is refused before any work.
+    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3, value_name = "LR")]
@@ -1035,9 +1041,15 @@ pub struct EvalArgs {
     #[arg(long, default_value = "reference", value_name = "NAME")]
     pub reference_col: String,
 
-    /// Rows per forward pass (and per decoding batch).
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub batch_size: usize,
+    /// Rows per forward pass (and per decoding batch), or `auto`: the largest batch (at most
+    /// 16) whose estimated peak memory stays within --memory-budget.
+    #[arg(long, default_value = "8", value_name = "N|auto")]
+    pub batch_size: BatchSize,
+
+    /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
+    /// A batch whose estimate exceeds it is refused before any work.
+    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
     #[arg(long, default_value = "flex", value_name = "DEVICE")]
@@ -1123,9 +1135,15 @@ pub struct GradientArgs {
     #[command(flatten)]
     pub text: TextArgs,
 
-    /// Examples per forward/backward pass.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub batch_size: usize,
+    /// Examples per forward/backward pass, or `auto`: the largest batch (at most 16) whose
+    /// estimated peak memory stays within --memory-budget.
+    #[arg(long, default_value = "8", value_name = "N|auto")]
+    pub batch_size: BatchSize,
+
+    /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
+    /// A batch whose estimate exceeds it is refused before any work.
+    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
     #[arg(long, default_value = "flex", value_name = "DEVICE")]
@@ -1432,4 +1450,25 @@ pub struct MergeScoresArgs {
     /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--batch-size`: a number of sequences, or `auto`, the largest batch within the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Fixed(usize),
+    Auto,
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "auto" {
+            return Ok(BatchSize::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(BatchSize::Fixed(n)),
+            _ => Err(format!("{text:?} is not a positive number or `auto`")),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Where output goes: data on stdout, messages and progress on stderr.
 
 use std::io::{self, IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -78,6 +78,40 @@ impl Printer {
         bar
     }
 
+    /// Progress of a model pass over `total` units (rows, steps): the bar of [`Printer::progress_bar`], one
+    /// line once the first batch has run saying how long the pass will take and how much
+    /// memory the run holds (against `estimated_peak`, the run's estimate), and where no bar is
+    /// drawn because stderr is not a terminal (a scheduler's log), a plain line every
+    /// `CURATE_PROGRESS_INTERVAL` seconds (default 60). Nothing under `--quiet`.
+    pub fn model_progress(
+        &self,
+        total: usize,
+        unit: &'static str,
+        label: &str,
+        estimated_peak: Option<u128>,
+    ) -> Progress {
+        let interval = std::env::var("CURATE_PROGRESS_INTERVAL")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(Duration::from_secs(60), Duration::from_secs_f64);
+        let now = Instant::now();
+        Progress {
+            bar: self.progress_bar(total as u64, label),
+            label: label.to_string(),
+            unit,
+            total,
+            start: 0,
+            done: 0,
+            started: now,
+            last_line: now,
+            messages: self.stderr(),
+            plain: self.progress && !io::stderr().is_terminal(),
+            interval,
+            estimated_peak,
+        }
+    }
+
     fn draws_progress(&self) -> bool {
         self.progress && self.verbosity != Verbosity::Quiet && io::stderr().is_terminal()
     }
@@ -102,5 +136,115 @@ impl Write for MessageWriter {
             let _ = io::stderr().flush();
         }
         Ok(())
+    }
+}
+
+/// See [`Printer::model_progress`].
+pub struct Progress {
+    bar: ProgressBar,
+    label: String,
+    unit: &'static str,
+    total: usize,
+    /// Units done before this run (a resumed one).
+    start: usize,
+    done: usize,
+    started: Instant,
+    last_line: Instant,
+    messages: MessageWriter,
+    plain: bool,
+    interval: Duration,
+    estimated_peak: Option<u128>,
+}
+
+impl Progress {
+    /// The pass resumes with `done` units already done.
+    pub fn resumed_at(mut self, done: usize) -> Self {
+        self.start = done;
+        self.done = done;
+        self.bar.set_position(done as u64);
+        self
+    }
+
+    /// `n` more units are done.
+    pub fn inc(&mut self, n: usize) {
+        let first = self.done == self.start;
+        self.done += n;
+        self.bar.inc(n as u64);
+        if self.done == self.start || self.done >= self.total {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let left =
+            elapsed.mul_f64((self.total - self.done) as f64 / (self.done - self.start) as f64);
+        if first {
+            let memory = match (curate::model::budget::peak_resident(), self.estimated_peak) {
+                (Some(peak), Some(estimate)) => format!(
+                    "; peak memory {} so far, estimated {}",
+                    bytes(peak as u128),
+                    bytes(estimate)
+                ),
+                (Some(peak), None) => format!("; peak memory {} so far", bytes(peak as u128)),
+                (None, Some(estimate)) => format!("; estimated peak memory {}", bytes(estimate)),
+                (None, None) => String::new(),
+            };
+            self.line(format!(
+                "{}: first {} of {} {} in {}; about {} for the rest{memory}",
+                self.label,
+                self.done - self.start,
+                self.total - self.start,
+                self.unit,
+                duration(elapsed),
+                duration(left),
+            ));
+        } else if self.plain && self.last_line.elapsed() >= self.interval {
+            self.line(format!(
+                "{}: {}/{} {}, {} elapsed, about {} left",
+                self.label,
+                self.done,
+                self.total,
+                self.unit,
+                duration(elapsed),
+                duration(left),
+            ));
+        }
+    }
+
+    pub fn set_message(&self, message: String) {
+        self.bar.set_message(message);
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// Leave the bar as it is (a stop with a checkpoint).
+    pub fn abandon(&self) {
+        self.bar.abandon();
+    }
+
+    fn line(&mut self, text: String) {
+        self.last_line = Instant::now();
+        let line = text + "\n";
+        self.bar.suspend(|| {
+            let _ = self.messages.write_all(line.as_bytes());
+        });
+    }
+}
+
+fn bytes(n: u128) -> String {
+    curate::model::budget::bytes(n)
+}
+
+/// A duration for people: 42s, 3m 10s, 2h 05m.
+pub fn duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        return format!("{s:.1}s");
+    }
+    let s = s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
     }
 }

@@ -10,9 +10,11 @@ use tokenizers::Tokenizer;
 
 use super::Context;
 use crate::ExitStatus;
+use crate::cli::BatchSize;
 use crate::cli::{ArchArg, TrainArgs};
 use curate::error::{InputError, Interrupted, usage};
 use curate::interrupt;
+use curate::model::budget::{Footprint, PassKind};
 use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch, CheckpointPlace};
 use curate::model::config::{ConfigSource, fresh_config};
 use curate::model::encode::TextRows;
@@ -53,12 +55,14 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
 
     let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
     let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
-    super::batches_fit(
-        &lm,
-        &sequences,
-        args.batch_size,
-        DType::from(args.dtype),
-        true,
+    let footprint = Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train);
+    super::plan_batches(
+        &footprint,
+        sequences.len(),
+        super::longest(&sequences),
+        BatchSize::Fixed(args.batch_size),
+        args.memory_budget,
+        &context.printer,
     )?;
     let settings = train_settings(&args, context.seed);
     let digest = input.digest()?;
@@ -175,8 +179,15 @@ fn train_and_save(
 ) -> Result<ExitStatus> {
     let total = trainer.total_steps();
     let mut err = context.printer.stderr();
-    let bar = context.printer.progress_bar(total as u64, "train");
-    bar.set_position(trainer.step as u64);
+    let estimated_peak =
+        Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train).bytes(
+            args.batch_size.min(sequences.len()),
+            super::longest(sequences),
+        );
+    let mut bar = context
+        .printer
+        .model_progress(total, "steps", "train", Some(estimated_peak))
+        .resumed_at(trainer.step);
     let started = Instant::now();
     let mut tokens_seen = 0usize;
     let mut on_step = |report: &curate::model::train::StepReport| {
@@ -336,13 +347,15 @@ fn check_flags(args: &TrainArgs) -> Result<()> {
         ));
     }
     if args.config.is_none() && args.model.is_none() {
-        if args.hidden_size % args.heads != 0 || (args.hidden_size / args.heads) % 2 != 0 {
+        if !args.hidden_size.is_multiple_of(args.heads)
+            || !(args.hidden_size / args.heads).is_multiple_of(2)
+        {
             return Err(usage(format!(
                 "--hidden-size {} must split into --heads {} heads of even size",
                 args.hidden_size, args.heads
             )));
         }
-        if args.heads % args.kv_heads != 0 {
+        if !args.heads.is_multiple_of(args.kv_heads) {
             return Err(usage("--heads must be a multiple of --kv-heads"));
         }
     }

@@ -202,7 +202,7 @@ fn invalid_evaluations_fail_cleanly() {
         &["--generate"],
         "--generate needs the reference answer column 'reference'",
     );
-    fails(&["--batch-size", "0"], "--batch-size must be positive");
+    fails(&["--batch-size", "0"], "is not a positive number or `auto`");
     fails(
         &[
             "--generate",

@@ -11,6 +11,7 @@ mod gguf;
 mod hostile;
 mod influence;
 mod inspect;
+mod memory;
 mod model;
 mod pandas;
 mod rephrase;

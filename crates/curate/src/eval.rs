@@ -239,16 +239,12 @@ pub struct Generation<'a> {
     pub max_new_tokens_hint: &'a str,
 }
 
-/// Answer every prompt greedily, extract the final answers and check them against the
-/// references; `on_batch` sees each batch's row count and may stop the run.
-pub fn generate_answers(
+/// Refuse the first prompt with no room for its answer in the model's positions (before any
+/// other work, so a run does not fail after its loss pass).
+pub fn check_prompts(
     lm: &LanguageModel,
-    tok: &Tokenizer,
     prompts: &[Vec<i64>],
-    references: &[Option<String>],
     generation: &Generation,
-    results: &mut [RowResult],
-    on_batch: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
     let positions = lm.config.max_position_embeddings;
     for (index, prompt) in prompts.iter().enumerate() {
@@ -266,6 +262,21 @@ pub fn generate_answers(
             .into());
         }
     }
+    Ok(())
+}
+
+/// Answer every prompt greedily, extract the final answers and check them against the
+/// references; `on_batch` sees each batch's row count and may stop the run.
+pub fn generate_answers(
+    lm: &LanguageModel,
+    tok: &Tokenizer,
+    prompts: &[Vec<i64>],
+    references: &[Option<String>],
+    generation: &Generation,
+    results: &mut [RowResult],
+    on_batch: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    check_prompts(lm, prompts, generation)?;
     // Decoding stops at the end-of-text token and at any special token (the template's
     // end-of-turn marker).
     let mut stop: Vec<i64> = tok

@@ -17,6 +17,7 @@ use crate::cli::{EvalAction, EvalArgs};
 use curate::error::{InputError, usage};
 use curate::eval::{self, RowResult, summarize};
 use curate::interrupt;
+use curate::model::budget::{Footprint, PassKind};
 use curate::model::{LanguageModel, LoadOptions, Sequence, batched_losses};
 use curate::table::{self, Input, Output};
 
@@ -31,9 +32,6 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let model = args.model.clone().expect("clap requires --model");
     let data = args.data.clone().expect("clap requires --data");
     let out = args.out.clone().expect("clap requires --out");
-    if args.batch_size == 0 {
-        return Err(usage("--batch-size must be positive"));
-    }
     if args.generate && args.max_new_tokens == 0 {
         return Err(usage("--max-new-tokens must be positive"));
     }
@@ -70,22 +68,49 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
 
     let started = Instant::now();
     let mut results = vec![RowResult::default(); frame.height()];
+    let footprint = Footprint::new(&lm.config, dtype.size(), PassKind::Forward);
+    // Generation holds one prompt and its answer so far; the loss pass one row.
+    let (count, longest) = match &rows.sequences {
+        Some(sequences) => (sequences.len(), super::longest(sequences)),
+        None => (rows.prompts.len(), 0),
+    };
+    let longest_answer = match args.generate {
+        true => rows.prompts.iter().map(Vec::len).max().unwrap_or(0) + args.max_new_tokens,
+        false => 0,
+    };
+    let (batch_size, estimate) = super::plan_batches(
+        &footprint,
+        count,
+        longest.max(longest_answer),
+        args.batch_size,
+        args.memory_budget,
+        &context.printer,
+    )?;
+    let generation = eval::Generation {
+        file: &file,
+        max_new_tokens: args.max_new_tokens,
+        batch_size,
+        max_new_tokens_hint: "--max-new-tokens",
+    };
+    if references.is_some() {
+        eval::check_prompts(&lm, &rows.prompts, &generation)?;
+    }
     if let Some(sequences) = &rows.sequences {
-        super::batches_fit(&lm, sequences, args.batch_size, dtype, false)?;
-        let losses = row_losses(&lm, sequences, args.batch_size, context)?;
+        let losses = row_losses(&lm, sequences, batch_size, estimate, context)?;
         for (result, (sequence, loss)) in results.iter_mut().zip(sequences.iter().zip(losses)) {
             result.loss = Some((loss, sequence.loss_tokens()));
         }
     }
     if let Some(references) = &references {
-        let generation = eval::Generation {
-            file: &file,
-            max_new_tokens: args.max_new_tokens,
-            batch_size: args.batch_size,
-            max_new_tokens_hint: "--max-new-tokens",
-        };
-        let prompts = &rows.prompts;
-        generate_answers(&lm, prompts, references, &generation, &mut results, context)?;
+        generate_answers(
+            &lm,
+            &rows.prompts,
+            references,
+            &generation,
+            &mut results,
+            estimate,
+            context,
+        )?;
     }
     let seconds = started.elapsed().as_secs_f64();
 
@@ -136,15 +161,17 @@ fn generate_answers(
     references: &[Option<String>],
     generation: &eval::Generation,
     results: &mut [RowResult],
+    estimated_peak: u128,
     context: &Context,
 ) -> Result<()> {
     let tok = lm
         .tokenizer
         .as_ref()
         .expect("checked when reading the rows");
-    let bar = context
-        .printer
-        .progress_bar(prompts.len() as u64, "generate");
+    let mut bar =
+        context
+            .printer
+            .model_progress(prompts.len(), "rows", "generate", Some(estimated_peak));
     eval::generate_answers(
         lm,
         tok,
@@ -153,7 +180,7 @@ fn generate_answers(
         generation,
         results,
         &mut |n| {
-            bar.inc(n as u64);
+            bar.inc(n);
             Ok(interrupt::check()?)
         },
     )?;
@@ -179,11 +206,15 @@ fn row_losses(
     lm: &LanguageModel,
     sequences: &[Sequence],
     batch_size: usize,
+    estimated_peak: u128,
     context: &Context,
 ) -> Result<Vec<f64>> {
-    let bar = context.printer.progress_bar(sequences.len() as u64, "loss");
+    let mut bar =
+        context
+            .printer
+            .model_progress(sequences.len(), "rows", "loss", Some(estimated_peak));
     let losses = batched_losses(&lm.model, lm.pad_id(), sequences, batch_size, &mut |rows| {
-        bar.inc(rows as u64);
+        bar.inc(rows);
         Ok(interrupt::check()?)
     })?;
     bar.finish_and_clear();

@@ -28,6 +28,7 @@ use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
 use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
 use curate::interrupt;
+use curate::model::budget::{Footprint, PassKind};
 use curate::model::{ChatTemplate, LanguageModel, LoadOptions, Sequence};
 use curate::table::{ColumnRole, InputDigest};
 
@@ -53,9 +54,6 @@ fn preconditioner(arg: PrecondArg) -> Preconditioner {
 
 /// The gradient flags as a run: the model loaded, the training rows read and encoded.
 fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Result<GradientRun> {
-    if args.batch_size == 0 {
-        return Err(usage("--batch-size must be positive"));
-    }
     let tracked = Regex::new(&args.modules)
         .map_err(|e| usage(format!("--modules {:?}: {e}", args.modules)))?;
     let projection = args.project.map(|p| Projection {
@@ -87,8 +85,16 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         &lm,
         &options,
     )?;
-    let dtype = DType::from(args.dtype);
-    crate::commands::batches_fit(&lm, &train.sequences, args.batch_size, dtype, false)?;
+    let cache_bytes = args.cache_mib << 20;
+    let footprint = footprint(&lm, &tracked, cache_bytes);
+    let (batch_size, _) = crate::commands::plan_batches(
+        &footprint,
+        train.sequences.len(),
+        crate::commands::longest(&train.sequences),
+        args.batch_size,
+        args.memory_budget,
+        &context.printer,
+    )?;
     Ok(GradientRun {
         lm,
         model_digest,
@@ -97,8 +103,8 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         projection,
         fisher,
         shard: crate::commands::shard(args.shard.as_deref())?,
-        batch_size: args.batch_size,
-        cache_bytes: args.cache_mib << 20,
+        batch_size,
+        cache_bytes,
         chat,
         train,
     })
@@ -123,17 +129,44 @@ fn read_options<'a>(
     }
 }
 
-/// Run one pass with a progress bar on stderr (TTY only) and a Ctrl-C check after every
-/// batch.
+/// What a gradient run holds in memory: the model's backward pass, the inputs and output
+/// gradients of the tracked layers for every token, and the factors with EK-FAC's cache.
+fn footprint(lm: &LanguageModel, tracked: &Regex, cache_bytes: usize) -> Footprint {
+    let value = lm.model.dtype().size() as u128;
+    let (mut per_token, mut factors) = (0u128, 0u128);
+    for linear in lm.model.linears() {
+        if tracked.is_match(&linear.name) {
+            let [outputs, inputs] = linear.weight.dims().map(|d| d as u128 + 1);
+            per_token += (inputs + outputs) * value;
+            // Covariances and eigenvectors of both sides, and eigenvalues, in f64.
+            factors += (2 * (inputs * inputs + outputs * outputs) + inputs * outputs) * 8;
+        }
+    }
+    Footprint::new(&lm.config, value as usize, PassKind::Gradient)
+        .plus_per_token(per_token)
+        .plus_fixed(factors + cache_bytes as u128)
+}
+
+/// The estimated peak memory of the run's batches.
+fn estimated_peak(run: &GradientRun) -> u128 {
+    footprint(&run.lm, &run.tracked, run.cache_bytes).bytes(
+        run.batch_size.min(run.train.sequences.len()),
+        crate::commands::longest(&run.train.sequences),
+    )
+}
+
+/// Run one pass with progress on stderr (a bar on a terminal, plain lines in a log, the
+/// estimate line after the first batch) and a Ctrl-C check after every batch.
 fn with_progress<T>(
     printer: &Printer,
     label: &str,
     total: usize,
+    estimated_peak: u128,
     pass: impl FnOnce(OnBatch) -> Result<T>,
 ) -> Result<T> {
-    let bar = printer.progress_bar(total as u64, label);
+    let mut bar = printer.model_progress(total, "rows", label, Some(estimated_peak));
     let mut on_batch = |n: usize| {
-        bar.inc(n as u64);
+        bar.inc(n);
         interrupt::check()?;
         Ok(())
     };
@@ -150,7 +183,8 @@ fn fit(
     context: &Context,
 ) -> Result<FactorSet> {
     let total = run.fit_passes(preconditioner, covariance.is_some());
-    with_progress(&context.printer, "factors", total, |on_batch| {
+    let peak = estimated_peak(run);
+    with_progress(&context.printer, "factors", total, peak, |on_batch| {
         run.fit(preconditioner, covariance, on_batch)
     })
 }
@@ -296,11 +330,12 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         .iter()
         .map(|&i| query.sequences[i].clone())
         .collect();
-    let queries = with_progress(&context.printer, "queries", kept.len(), |on_batch| {
+    let peak = estimated_peak(&setup);
+    let queries = with_progress(&context.printer, "queries", kept.len(), peak, |on_batch| {
         setup.query_gradients(&kept, &factors, args.damping, aggregate, on_batch)
     })?;
     let rows = setup.rows().len();
-    let collected = with_progress(&context.printer, "scores", rows, |on_batch| {
+    let collected = with_progress(&context.printer, "scores", rows, peak, |on_batch| {
         setup.score(&queries, segmenting, on_batch)
     })?;
     let scored = started.elapsed().as_secs_f64() - fitted;
