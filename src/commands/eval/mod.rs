@@ -68,7 +68,9 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
 
     let started = Instant::now();
     let mut results = vec![RowResult::default(); frame.height()];
-    let footprint = Footprint::new(&lm.config, dtype.size(), PassKind::Forward);
+    // Loss batches run side by side, one per thread (batched_losses).
+    let footprint = Footprint::new(&lm.config, dtype.size(), PassKind::Forward)
+        .in_flight(curate::model::batches_in_flight(usize::MAX));
     // Generation holds one prompt and its answer so far; the loss pass one row.
     let (count, longest) = match &rows.sequences {
         Some(sequences) => (sequences.len(), super::longest(sequences)),

@@ -134,6 +134,8 @@ pub struct Footprint {
     vocab: u128,
     keeps_graph: bool,
     extra_per_token: u128,
+    /// Batches held at once (passes that run batches side by side).
+    in_flight: u128,
 }
 
 impl Footprint {
@@ -151,6 +153,7 @@ impl Footprint {
             vocab: config.vocab_size as u128,
             keeps_graph: pass != PassKind::Forward,
             extra_per_token: 0,
+            in_flight: 1,
         }
     }
 
@@ -164,6 +167,12 @@ impl Footprint {
     /// tracked layers).
     pub fn plus_per_token(mut self, bytes: u128) -> Self {
         self.extra_per_token = self.extra_per_token.saturating_add(bytes);
+        self
+    }
+
+    /// `batches` batches are held at once.
+    pub fn in_flight(mut self, batches: usize) -> Self {
+        self.in_flight = batches.max(1) as u128;
         self
     }
 
@@ -194,6 +203,7 @@ impl Footprint {
         (batch as u128)
             .saturating_mul(t)
             .saturating_mul(per_token)
+            .saturating_mul(self.in_flight)
             .saturating_add(self.fixed)
     }
 
@@ -488,6 +498,11 @@ mod tests {
             (5000.0..8200.0).contains(&mib(influence)),
             "{}",
             mib(influence)
+        );
+        let two = Footprint::new(&c, 4, PassKind::Forward).in_flight(2);
+        assert_eq!(
+            two.bytes(8, 256) - two.fixed(),
+            2 * (eval as u128 - two.fixed())
         );
         let train = Footprint::new(&c, 4, PassKind::Train);
         assert!(train.bytes(1, 256) < train.bytes(2, 256));

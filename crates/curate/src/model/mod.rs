@@ -611,26 +611,45 @@ fn read_tokenizer(dir: &Path, config: &LmConfig) -> Result<Option<Tokenizer>> {
 /// The summed next-token loss of each sequence (input order), computed in batches of
 /// `batch_size` rows of similar length, right-padded with `pad_id`; `on_batch` runs after each
 /// batch with its row count (progress, Ctrl-C).
+///
+/// Batches run side by side, one per rayon thread: burn's element-wise kernels (exponentials,
+/// norms, activations) use one core, so a second batch in flight keeps the other busy. The
+/// batches are cut the same way whatever the thread count and each is computed as it would be
+/// alone, so the losses do not depend on the number of threads.
 pub fn batched_losses(
     model: &CausalLm,
     pad_id: i64,
     sequences: &[Sequence],
     batch_size: usize,
-    on_batch: &mut dyn FnMut(usize) -> Result<()>,
+    on_batch: &mut (dyn FnMut(usize) -> Result<()> + Send),
 ) -> Result<Vec<f64>> {
+    use rayon::prelude::*;
     let mut order: Vec<usize> = (0..sequences.len()).collect();
     order.sort_by_key(|&i| (sequences[i].len(), i));
+    let chunks: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+    let on_batch = std::sync::Mutex::new(on_batch);
+    let values = chunks
+        .par_iter()
+        .map(|chunk| {
+            let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
+            let batch = TokenBatch::pad(&batch, pad_id, Padding::Right);
+            let values = tensor_to_f64(model.forward_losses(&batch, &mut Capture::none()).detach());
+            (on_batch.lock().expect("progress callback"))(chunk.len())?;
+            Ok(values)
+        })
+        .collect::<Result<Vec<Vec<f64>>>>()?;
     let mut losses = vec![0.0; sequences.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&Sequence> = chunk.iter().map(|&i| &sequences[i]).collect();
-        let batch = TokenBatch::pad(&batch, pad_id, Padding::Right);
-        let values = tensor_to_f64(model.forward_losses(&batch, &mut Capture::none()).detach());
+    for (chunk, values) in chunks.iter().zip(values) {
         for (&row, loss) in chunk.iter().zip(values) {
             losses[row] = loss;
         }
-        on_batch(chunk.len())?;
     }
     Ok(losses)
+}
+
+/// How many batches [`batched_losses`] may hold in memory at once.
+pub fn batches_in_flight(batches: usize) -> usize {
+    rayon::current_num_threads().min(batches).max(1)
 }
 
 /// Host copy of any float tensor as f64.
