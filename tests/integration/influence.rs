@@ -129,6 +129,7 @@ pub fn scores(
     let mut on_batch = |_| Ok(());
     let mut options = PassOptions {
         batch_size: 5,
+        in_flight: 2,
         projection: None,
         cache_bytes: cache,
         on_batch: &mut on_batch,
@@ -237,6 +238,7 @@ fn sharded_factors_add_up_to_the_whole() {
     let mut on_batch = |_| Ok(());
     let mut options = PassOptions {
         batch_size: 4,
+        in_flight: 2,
         projection: None,
         cache_bytes: 0,
         on_batch: &mut on_batch,

@@ -87,14 +87,24 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
     )?;
     let cache_bytes = args.cache_mib << 20;
     let footprint = footprint(&lm, &tracked, cache_bytes);
+    let longest = crate::commands::longest(&train.sequences);
     let (batch_size, _) = crate::commands::plan_batches(
         &footprint,
         train.sequences.len(),
-        crate::commands::longest(&train.sequences),
+        longest,
         args.batch_size,
         args.memory_budget,
         &context.printer,
     )?;
+    // As many batches side by side as there are threads and the budget holds.
+    let limit = args
+        .memory_budget
+        .resolve(curate::model::budget::available_memory())
+        .map_or(u128::MAX, |(bytes, _)| bytes);
+    let in_flight = (1..=curate::model::batches_in_flight(usize::MAX))
+        .rev()
+        .find(|&n| footprint.clone().in_flight(n).bytes(batch_size, longest) <= limit)
+        .unwrap_or(1);
     Ok(GradientRun {
         lm,
         model_digest,
@@ -104,6 +114,7 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         fisher,
         shard: crate::commands::shard(args.shard.as_deref())?,
         batch_size,
+        in_flight,
         cache_bytes,
         chat,
         train,
@@ -149,10 +160,12 @@ fn footprint(lm: &LanguageModel, tracked: &Regex, cache_bytes: usize) -> Footpri
 
 /// The estimated peak memory of the run's batches.
 fn estimated_peak(run: &GradientRun) -> u128 {
-    footprint(&run.lm, &run.tracked, run.cache_bytes).bytes(
-        run.batch_size.min(run.train.sequences.len()),
-        crate::commands::longest(&run.train.sequences),
-    )
+    footprint(&run.lm, &run.tracked, run.cache_bytes)
+        .in_flight(run.in_flight)
+        .bytes(
+            run.batch_size.min(run.train.sequences.len()),
+            crate::commands::longest(&run.train.sequences),
+        )
 }
 
 /// Run one pass with progress on stderr (a bar on a terminal, plain lines in a log, the

@@ -13,6 +13,9 @@ use super::{
 /// How a pass walks the data.
 pub struct PassOptions<'a> {
     pub batch_size: usize,
+    /// Batches captured at once, side by side (at most the rayon threads; 1: one at a time).
+    /// Results do not depend on it; memory grows with it.
+    pub in_flight: usize,
     pub projection: Option<Projection>,
     /// EK-FAC keeps the first pass's stacks up to this many bytes, so its second pass need
     /// not run the model again (0: always rerun).
@@ -61,6 +64,12 @@ fn capture(
 
 /// Capture every batch of `rows` (projected), hand it to `visit` with its rows, then report
 /// progress: the one loop every pass runs.
+///
+/// Up to `options.in_flight` batches are captured side by side, one per rayon thread (burn's
+/// element-wise kernels use one core, so a second batch keeps the other busy), and visited one
+/// at a time in order: the
+/// batches are cut the same way whatever the thread count and sums are added in the same
+/// order, so factors and scores do not depend on the number of threads.
 fn each_batch(
     source: &dyn GradientSource,
     rows: Range<usize>,
@@ -68,10 +77,19 @@ fn each_batch(
     options: &mut PassOptions,
     mut visit: impl FnMut(&[usize], Vec<ModuleStacks>) -> Result<()>,
 ) -> Result<()> {
-    for batch in batches(source, rows, options.batch_size) {
-        let stacks = capture(source, &batch, fisher, options.projection)?;
-        visit(&batch, stacks)?;
-        (options.on_batch)(batch.len())?;
+    use rayon::prelude::*;
+    let batches = batches(source, rows, options.batch_size);
+    let projection = options.projection;
+    let in_flight = options.in_flight.min(rayon::current_num_threads()).max(1);
+    for group in batches.chunks(in_flight) {
+        let captured: Vec<Result<Vec<ModuleStacks>>> = group
+            .par_iter()
+            .map(|batch| capture(source, batch, fisher, projection))
+            .collect();
+        for (batch, stacks) in group.iter().zip(captured) {
+            visit(batch, stacks?)?;
+            (options.on_batch)(batch.len())?;
+        }
     }
     Ok(())
 }

@@ -49,7 +49,8 @@ pub enum Fisher {
 }
 
 /// Anything that yields per-token layer inputs and output gradients for a set of examples.
-pub trait GradientSource {
+/// Shared between threads: passes capture several batches at once.
+pub trait GradientSource: Sync {
     /// Number of examples.
     fn len(&self) -> usize;
 

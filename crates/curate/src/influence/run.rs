@@ -35,6 +35,8 @@ pub struct GradientRun {
     /// The training rows this run fits or scores.
     pub shard: Shard,
     pub batch_size: usize,
+    /// Batches captured at once (see `PassOptions::in_flight`).
+    pub in_flight: usize,
     /// Memory EK-FAC may keep between its passes.
     pub cache_bytes: usize,
     /// The chat template text rows went through, if any.
@@ -54,6 +56,7 @@ impl GradientRun {
     fn options<'a>(&self, cache_bytes: usize, on_batch: OnBatch<'a>) -> PassOptions<'a> {
         PassOptions {
             batch_size: self.batch_size,
+            in_flight: self.in_flight,
             projection: self.projection,
             cache_bytes,
             on_batch,
@@ -237,6 +240,7 @@ mod tests {
             fisher: Fisher::Empirical,
             shard,
             batch_size: 2,
+            in_flight: 2,
             cache_bytes: 1 << 20,
             chat: None,
             train,
