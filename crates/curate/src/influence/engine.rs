@@ -88,8 +88,9 @@ fn each_batch(
             .collect();
         for (batch, stacks) in group.iter().zip(captured) {
             visit(batch, stacks?)?;
-            (options.on_batch)(batch.len())?;
         }
+        // One report per group: its batches finished together.
+        (options.on_batch)(group.iter().map(Vec::len).sum())?;
     }
     Ok(())
 }
