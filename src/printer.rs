@@ -236,7 +236,7 @@ fn bytes(n: u128) -> String {
 }
 
 /// A duration for people: 42s, 3m 10s, 2h 05m.
-pub fn duration(d: Duration) -> String {
+fn duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 10.0 {
         return format!("{s:.1}s");

@@ -47,6 +47,14 @@ pub fn longest(sequences: &[curate::model::Sequence]) -> usize {
     sequences.iter().map(|s| s.len()).max().unwrap_or(0)
 }
 
+/// What [`plan_batches`] chose.
+pub struct BatchPlan {
+    pub size: usize,
+    pub estimated_peak: u128,
+    /// The memory budget in bytes, when known.
+    pub budget: Option<u128>,
+}
+
 /// The batch a model run over `rows` sequences of up to `longest` tokens uses, and its
 /// estimated peak memory. `--batch-size N` is refused (exit
 /// 2, with both numbers) when its estimate exceeds `--memory-budget`; `auto` takes the largest
@@ -58,7 +66,7 @@ pub fn plan_batches(
     requested: crate::cli::BatchSize,
     budget: curate::model::budget::MemoryBudget,
     printer: &Printer,
-) -> Result<(usize, u128)> {
+) -> Result<BatchPlan> {
     use curate::model::budget::{self, bytes};
     use std::io::Write;
     let (rows, longest) = (rows.max(1), longest.max(1));
@@ -85,15 +93,24 @@ pub fn plan_batches(
                 "batch size {batch} (auto: estimated peak memory {} for sequences of up to {longest} tokens, within {said})",
                 bytes(estimate)
             )?;
-            return Ok((batch, estimate));
+            return Ok(BatchPlan {
+                size: batch,
+                estimated_peak: estimate,
+                budget: Some(*limit),
+            });
         }
     };
-    let estimate = budget::check_batch(footprint, batch, longest, limit.as_ref()).map_err(|e| {
-        curate::error::usage(format!(
-            "{e}; lower --batch-size or --max-length, or raise --memory-budget"
-        ))
-    })?;
-    Ok((batch, estimate))
+    let estimated_peak =
+        budget::check_batch(footprint, batch, longest, limit.as_ref()).map_err(|e| {
+            curate::error::usage(format!(
+                "{e}; lower --batch-size or --max-length, or raise --memory-budget"
+            ))
+        })?;
+    Ok(BatchPlan {
+        size: batch,
+        estimated_peak,
+        budget: limit.map(|(bytes, _)| bytes),
+    })
 }
 
 /// The compute device `--device` names (a usage error when this build lacks it).

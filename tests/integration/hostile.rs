@@ -556,9 +556,16 @@ fn host() -> String {
 fn stray_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
     let dead = format!(".out.parquet.{}-999999999.Ab3dE9.curate-tmp", host());
     let foreign = ".out.parquet.notes.curate-tmp".to_string();
+    // The test process itself is alive: its name stands for a run still writing.
+    let live = format!(
+        ".out.parquet.{}-{}.Xy7zQ1.curate-tmp",
+        host(),
+        std::process::id()
+    );
     let mut test = Test::new()
         .file(&dead, "half-written")
-        .file(&foreign, "not curate's");
+        .file(&foreign, "not curate's")
+        .file(&live, "still writing");
     test.args(["convert"])
         .arg(fixture("math_code_queries.jsonl"))
         .args(["--out", "out.parquet"])
@@ -566,6 +573,7 @@ fn stray_temporaries_of_dead_runs_are_removed_and_live_ones_kept() {
         .success();
     assert!(!test.path(&dead).exists());
     assert!(test.path(&foreign).exists());
+    assert_eq!(test.read(&live), b"still writing");
 }
 
 #[test]

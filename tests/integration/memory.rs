@@ -11,6 +11,12 @@ fn queries() -> String {
     fixture("math_code_queries.jsonl").display().to_string()
 }
 
+/// `curate eval` of the bundled queries with the bundled model, rows cut to 1024 tokens.
+fn eval_queries(test: &mut Test) -> &mut Test {
+    test.args(["eval", "--model", &model(), "--data", &queries()])
+        .args(["--max-length", "1024"])
+}
+
 /// A batch whose estimate exceeds the budget fails before any work with both numbers, for
 /// every command that runs the model, and leaves nothing behind.
 #[test]
@@ -77,29 +83,11 @@ fn a_batch_over_the_memory_budget_is_refused_with_the_numbers() {
 #[test]
 fn auto_batch_fits_the_budget_and_keeps_the_losses() {
     let mut test = Test::new();
-    let (model, queries) = (model(), queries());
-    test.args([
-        "eval",
-        "--model",
-        &model,
-        "--data",
-        &queries,
-        "--max-length",
-        "1024",
-    ])
-    .args(["--batch-size", "3", "--out", "fixed.jsonl"])
-    .run()
-    .success();
-    let auto = test
-        .args([
-            "eval",
-            "--model",
-            &model,
-            "--data",
-            &queries,
-            "--max-length",
-            "1024",
-        ])
+    eval_queries(&mut test)
+        .args(["--batch-size", "3", "--out", "fixed.jsonl"])
+        .run()
+        .success();
+    let auto = eval_queries(&mut test)
         .args([
             "--batch-size",
             "auto",
@@ -141,17 +129,7 @@ fn auto_batch_fits_the_budget_and_keeps_the_losses() {
 #[test]
 fn logs_get_an_estimate_and_plain_progress_lines() {
     let mut test = Test::new();
-    let (model, queries) = (model(), queries());
-    let run = test
-        .args([
-            "eval",
-            "--model",
-            &model,
-            "--data",
-            &queries,
-            "--max-length",
-            "1024",
-        ])
+    let run = eval_queries(&mut test)
         .args(["--batch-size", "2", "--out", "e.jsonl"])
         .env("CURATE_PROGRESS_INTERVAL", "0.000001")
         .run()
@@ -172,17 +150,8 @@ fn logs_get_an_estimate_and_plain_progress_lines() {
         .filter(|l| l.starts_with("loss: ") && l.contains("/16 rows, ") && l.ends_with(" left"))
         .count();
     assert!(plain >= 3, "{}", run.stderr);
-    let quiet = test
-        .args([
-            "-q",
-            "eval",
-            "--model",
-            &model,
-            "--data",
-            &queries,
-            "--max-length",
-            "1024",
-        ])
+    let quiet = eval_queries(&mut test)
+        .arg("-q")
         .args(["--batch-size", "2", "--out", "q.jsonl"])
         .env("CURATE_PROGRESS_INTERVAL", "0.000001")
         .run()

@@ -80,7 +80,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         true => rows.prompts.iter().map(Vec::len).max().unwrap_or(0) + args.max_new_tokens,
         false => 0,
     };
-    let (batch_size, estimate) = super::plan_batches(
+    let plan = super::plan_batches(
         &footprint,
         count,
         longest.max(longest_answer),
@@ -88,6 +88,7 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         args.memory_budget,
         &context.printer,
     )?;
+    let (batch_size, estimate) = (plan.size, plan.estimated_peak);
     let generation = eval::Generation {
         file: &file,
         max_new_tokens: args.max_new_tokens,

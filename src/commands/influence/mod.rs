@@ -88,7 +88,7 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
     let cache_bytes = args.cache_mib << 20;
     let footprint = footprint(&lm, &tracked, cache_bytes);
     let longest = crate::commands::longest(&train.sequences);
-    let (batch_size, _) = crate::commands::plan_batches(
+    let plan = crate::commands::plan_batches(
         &footprint,
         train.sequences.len(),
         longest,
@@ -96,15 +96,14 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         args.memory_budget,
         &context.printer,
     )?;
+    let batch_size = plan.size;
     // As many batches side by side as there are threads and the budget holds.
-    let limit = args
-        .memory_budget
-        .resolve(curate::model::budget::available_memory())
-        .map_or(u128::MAX, |(bytes, _)| bytes);
-    let in_flight = (1..=curate::model::batches_in_flight(usize::MAX))
-        .rev()
-        .find(|&n| footprint.clone().in_flight(n).bytes(batch_size, longest) <= limit)
-        .unwrap_or(1);
+    let in_flight = footprint.most_in_flight(
+        batch_size,
+        longest,
+        curate::model::batches_in_flight(usize::MAX),
+        plan.budget.unwrap_or(u128::MAX),
+    );
     Ok(GradientRun {
         lm,
         model_digest,

@@ -176,11 +176,6 @@ impl Footprint {
         self
     }
 
-    /// Bytes that do not depend on the batch.
-    pub fn fixed(&self) -> u128 {
-        self.fixed
-    }
-
     /// The estimated peak of a batch of `batch` sequences padded to `tokens` tokens: per token
     /// and layer the attention's and MLP's inputs and outputs and a row of attention scores
     /// (all layers when a backward pass follows, one otherwise), and the head's logits with
@@ -224,6 +219,17 @@ impl Footprint {
             }
         }
         Some(fits)
+    }
+}
+
+impl Footprint {
+    /// How many batches of `batch` sequences of `tokens` tokens, at most `most`, may be held at
+    /// once within `budget` bytes (at least one).
+    pub fn most_in_flight(&self, batch: usize, tokens: usize, most: usize, budget: u128) -> usize {
+        (1..=most.max(1))
+            .rev()
+            .find(|&n| self.clone().in_flight(n).bytes(batch, tokens) <= budget)
+            .unwrap_or(1)
     }
 }
 
@@ -501,13 +507,13 @@ mod tests {
         );
         let two = Footprint::new(&c, 4, PassKind::Forward).in_flight(2);
         assert_eq!(
-            two.bytes(8, 256) - two.fixed(),
-            2 * (eval as u128 - two.fixed())
+            two.bytes(8, 256) - two.bytes(0, 256),
+            2 * (eval as u128 - two.bytes(0, 256))
         );
         let train = Footprint::new(&c, 4, PassKind::Train);
         assert!(train.bytes(1, 256) < train.bytes(2, 256));
         assert!(train.bytes(2, 256) < train.bytes(2, 512));
-        assert!(train.fixed() > Footprint::new(&c, 4, PassKind::Gradient).fixed());
+        assert!(train.bytes(0, 256) > Footprint::new(&c, 4, PassKind::Gradient).bytes(0, 256));
     }
 
     #[test]
@@ -520,6 +526,10 @@ mod tests {
         assert_eq!(f.largest_batch(256, 64, f.bytes(1, 256) - 1), None);
         assert_eq!(f.largest_batch(256, 0, u128::MAX), None);
         assert_eq!(f.largest_batch(256, 64, u128::MAX), Some(64));
+        let two = f.clone().in_flight(2).bytes(8, 256);
+        assert_eq!(f.most_in_flight(8, 256, 4, two), 2);
+        assert_eq!(f.most_in_flight(8, 256, 4, two - 1), 1);
+        assert_eq!(f.most_in_flight(8, 256, 4, 0), 1);
     }
 
     #[test]
