@@ -1162,9 +1162,18 @@ pub struct GradientArgs {
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub cache_mib: usize,
 
-    /// Process shard I of N (0-based) of the training rows, or `auto` in a Slurm array job.
-    #[arg(long, value_name = "I/N")]
+    /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
+    /// 1/N of the tokens. `auto` reads it from a scheduler (a Slurm array's task id, a
+    /// Kubernetes Indexed Job's JOB_COMPLETION_INDEX, or CURATE_SHARD=I/N); `auto/N` gives
+    /// the count, so a re-submitted task still knows it.
+    #[arg(long, value_name = "I/N|auto|auto/N")]
     pub shard: Option<String>,
+
+    /// With --shard: when this shard's complete output of the same run (model, data,
+    /// factors, settings) is already there, say so and exit 0, so re-submitting a whole
+    /// array finishes only what is missing.
+    #[arg(long, requires = "shard")]
+    pub skip_done: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1439,7 +1448,8 @@ pub struct MergeFactorsArgs {
 
 #[derive(Debug, Args)]
 pub struct MergeScoresArgs {
-    /// Score files of `curate influence --shard` runs, in shard order.
+    /// Score files of `curate influence --shard` runs (Parquet or Arrow), in any order: each
+    /// records its shard, and every shard of one run must be there exactly once.
     #[arg(required = true, value_name = "FILE")]
     pub inputs: Vec<String>,
 

@@ -12,7 +12,7 @@ use curate::error::InputError;
 use curate::table::{self, ColumnRole, Input, Output, Shard};
 
 pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
-    let shard = crate::commands::shard(args.shard.as_deref())?;
+    let shard = crate::commands::shard(args.shard.as_deref(), &context.printer)?;
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
     let output = Output::create(&args.out, args.output_format.map(Into::into), args.force)?;
 

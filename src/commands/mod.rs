@@ -9,6 +9,8 @@ mod reveal;
 mod reweight;
 mod train;
 
+use std::io::Write;
+
 use anyhow::Result;
 
 use crate::ExitStatus;
@@ -121,13 +123,22 @@ pub fn device(spec: &str) -> Result<burn::tensor::Device> {
         .map_err(curate::error::usage)
 }
 
-/// The part `--shard` names (`I/N`, or `auto` from Slurm's array variables); all rows without it.
-pub fn shard(spec: Option<&str>) -> Result<curate::table::Shard> {
-    match spec {
-        Some(spec) => curate::table::Shard::parse(spec, |name| std::env::var(name).ok())
-            .map_err(|err| curate::error::usage(format!("--shard {spec}: {err}"))),
-        None => Ok(curate::table::Shard::WHOLE),
+/// The part `--shard` names (`I/N`, or `auto` / `auto/N` from a scheduler's environment, then
+/// said on stderr); all rows without it.
+pub fn shard(spec: Option<&str>, printer: &Printer) -> Result<curate::table::Shard> {
+    let Some(spec) = spec else {
+        return Ok(curate::table::Shard::WHOLE);
+    };
+    let resolved = curate::table::Shard::parse(spec, |name| std::env::var(name).ok())
+        .map_err(|err| curate::error::usage(format!("--shard {spec}: {err}")))?;
+    if let Some(from) = &resolved.from {
+        writeln!(
+            printer.stderr(),
+            "shard {} (--shard {spec}: {from})",
+            resolved.shard
+        )?;
     }
+    Ok(resolved.shard)
 }
 
 /// An output directory may only be replaced with `--force`; checked before any work.

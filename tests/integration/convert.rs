@@ -217,10 +217,22 @@ fn shards_concatenate_to_the_whole() {
 fn shard_auto_reads_slurm_array_variables() {
     let rows: String = (0..6).map(|i| format!("{{\"id\": {i}}}\n")).collect();
     let test = Test::new().file("in.jsonl", rows);
+    let slurm = |spec: &str, id: &str, min: &str, max: &str| {
+        crate::test::curate_command(&test.path(""))
+            .args(["convert", "in.jsonl", "--out", "-", "--shard", spec])
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("SLURM_ARRAY_TASK_MIN", min)
+            .env("SLURM_ARRAY_TASK_MAX", max)
+            .env("SLURM_ARRAY_TASK_COUNT", "1")
+            .output()
+            .unwrap()
+    };
+    // `sbatch --array=0-2`: task 1 is shard 1/3, and says so on stderr.
     let output = crate::test::curate_command(&test.path(""))
         .args(["convert", "in.jsonl", "--out", "-", "--shard", "auto"])
-        .env("SLURM_ARRAY_TASK_ID", "2")
-        .env("SLURM_ARRAY_TASK_MIN", "1")
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_MIN", "0")
+        .env("SLURM_ARRAY_TASK_MAX", "2")
         .env("SLURM_ARRAY_TASK_COUNT", "3")
         .output()
         .unwrap();
@@ -228,6 +240,24 @@ fn shard_auto_reads_slurm_array_variables() {
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
         "{\"id\":2}\n{\"id\":3}\n"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("shard 1/3 (--shard auto: SLURM_ARRAY_TASK_ID=1 of an array 0-2)"),
+        "{stderr}"
+    );
+    // Re-submitted alone (`sbatch --array=2`), task 2 cannot tell the count: refused, not
+    // the whole table; with the count given it is shard 2/3.
+    let output = slurm("auto", "2", "2", "2");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("starts at task 2, not 0"), "{stderr}");
+    let output = slurm("auto/3", "2", "2", "2");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "{\"id\":4}\n{\"id\":5}\n"
     );
     let mut test = test;
     test.args(["convert", "in.jsonl", "--out", "x.jsonl", "--shard", "3/3"])

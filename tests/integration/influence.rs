@@ -412,6 +412,14 @@ fn read_jsonl(test: &Test, name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Any table curate reads, as JSON rows (through `curate convert`).
+fn read_table(test: &mut Test, name: &str) -> Vec<Value> {
+    test.args(["convert", name, "--out", "-"])
+        .run()
+        .success()
+        .json_lines()
+}
+
 fn column(rows: &[Value], name: &str) -> Vec<f64> {
     rows.iter().map(|r| r[name].as_f64().unwrap()).collect()
 }
@@ -549,9 +557,9 @@ fn cli_matches_kronfluence_and_shards_add_up() {
     };
     let mut sharded = Vec::new();
     for shard in ["0/3", "1/3", "2/3"] {
-        let out = format!("scores-{}.jsonl", &shard[..1]);
+        let out = format!("scores-{}.parquet", &shard[..1]);
         score_with_factors(&mut test, &["--shard", shard, "--out", &out]);
-        sharded.extend(read_jsonl(&test, &out));
+        sharded.extend(read_table(&mut test, &out));
     }
     // Same pairs; shards are query-major within themselves.
     let key = |r: &Value| (r["query_id"].to_string(), r["train_id"].to_string());
@@ -569,13 +577,14 @@ fn cli_matches_kronfluence_and_shards_add_up() {
         );
     }
     assert!(sharded.iter().all(|r| r["rank"].is_null()));
-    // merge-scores gives back the unsharded table: order, scores and ranks.
+    // merge-scores gives back the unsharded table (order, scores and ranks) from the shards
+    // in any order: each file records which shard it is.
     test.args([
         "influence",
         "merge-scores",
-        "scores-0.jsonl",
-        "scores-1.jsonl",
-        "scores-2.jsonl",
+        "scores-2.parquet",
+        "scores-0.parquet",
+        "scores-1.parquet",
     ]);
     test.args(["--out", "merged.jsonl"]);
     test.run().success();
@@ -587,15 +596,141 @@ fn cli_matches_kronfluence_and_shards_add_up() {
         let (got, want) = (m["score"].as_f64().unwrap(), w["score"].as_f64().unwrap());
         assert!((got - want).abs() <= 1e-10 * want.abs().max(1e-3));
     }
-    test.args([
-        "influence",
-        "merge-scores",
-        "scores-0.jsonl",
-        "scores-0.jsonl",
-        "--out",
-        "twice.jsonl",
-    ]);
-    test.run().invalid("appears twice");
+    let refused = |test: &mut Test, inputs: &[&str], message: &str| {
+        test.args(["influence", "merge-scores"]).args(inputs);
+        test.args(["--out", "refused.jsonl"]);
+        test.run().invalid(message);
+        assert!(!test.path("refused.jsonl").exists());
+    };
+    refused(
+        &mut test,
+        &["scores-0.parquet", "scores-2.parquet"],
+        "shards missing: 1/3",
+    );
+    refused(
+        &mut test,
+        &["scores-0.parquet", "scores-0.parquet", "scores-2.parquet"],
+        "scores-0.parquet and scores-0.parquet are both shard 0/3",
+    );
+    // A shard scored another way (here: other damping) is not part of this run.
+    test.args(["influence", "--model", &model, "--train", "train.jsonl"])
+        .args([
+            "--query",
+            "query.jsonl",
+            "--dtype",
+            "f64",
+            "--damping",
+            "0.01",
+        ])
+        .args([
+            "--factors",
+            "factors",
+            "--shard",
+            "1/3",
+            "--out",
+            "other-1.parquet",
+        ])
+        .run()
+        .success();
+    refused(
+        &mut test,
+        &["scores-0.parquet", "other-1.parquet", "scores-2.parquet"],
+        "other-1.parquet and scores-0.parquet are shards of different runs",
+    );
+    refused(
+        &mut test,
+        &["merged.jsonl", "scores-1.parquet"],
+        "merged.jsonl records no shard",
+    );
+    // Shard outputs must be able to record their shard.
+    test.args(["influence", "--model", &model, "--train", "train.jsonl"]);
+    test.args(["--query", "query.jsonl", "--factors", "factors"]);
+    test.args(["--shard", "0/3", "--out", "s.jsonl"]);
+    test.run()
+        .invalid("--out s.jsonl: a --shard output records which shard");
+
+    // Re-submitted: a finished shard of the same run is skipped, untouched; the same path
+    // holding another run's shard is refused and kept.
+    let before = test.read("scores-0.parquet");
+    test.env("CURATE_SHARD", "0/3");
+    let skipped = test
+        .args(["influence", "--model", &model, "--train", "train.jsonl"])
+        .args([
+            "--query",
+            "query.jsonl",
+            "--dtype",
+            "f64",
+            "--damping",
+            "0.001",
+        ])
+        .args(["--factors", "factors", "--shard", "auto", "--skip-done"])
+        .args(["--out", "scores-0.parquet"])
+        .run()
+        .success();
+    assert!(
+        skipped
+            .stderr
+            .contains("shard 0/3 (--shard auto: CURATE_SHARD=0/3)"),
+        "{}",
+        skipped.stderr
+    );
+    assert!(
+        skipped
+            .stderr
+            .contains("shard 0/3 is done: scores-0.parquet holds it (--skip-done)"),
+        "{}",
+        skipped.stderr
+    );
+    assert_eq!(test.read("scores-0.parquet"), before);
+    test.args(["influence", "--model", &model, "--train", "train.jsonl"])
+        .args([
+            "--query",
+            "query.jsonl",
+            "--dtype",
+            "f64",
+            "--damping",
+            "0.01",
+        ])
+        .args(["--factors", "factors", "--shard", "0/3", "--skip-done"])
+        .args(["--out", "scores-0.parquet"])
+        .run()
+        .invalid(
+            "--out scores-0.parquet: holds shard 0/3 of another run, not shard 0/3 of this run",
+        );
+    assert_eq!(test.read("scores-0.parquet"), before);
+    // Factor shards too.
+    let fitted = test
+        .args(["influence", "fit-factors", "--model", &model])
+        .args([
+            "--train",
+            "train.jsonl",
+            "--dtype",
+            "f64",
+            "--batch-size",
+            "5",
+        ])
+        .args(["--shard", "1/2", "--out", "cov-1", "--skip-done"])
+        .run()
+        .success();
+    assert!(
+        fitted
+            .stderr
+            .contains("shard 1/2 is done: cov-1 holds its covariance factors"),
+        "{}",
+        fitted.stderr
+    );
+    test.args(["influence", "fit-factors", "--model", &model])
+        .args([
+            "--train",
+            "train.jsonl",
+            "--dtype",
+            "f64",
+            "--batch-size",
+            "5",
+        ])
+        .args(["--shard", "0/2", "--out", "cov-1", "--skip-done"])
+        .run()
+        .invalid("cov-1: exists but is not shard 0/2's covariance factors of this fit");
 
     // The summed query gradient is kronfluence's aggregated score.
     let summed = [

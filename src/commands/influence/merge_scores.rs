@@ -1,5 +1,6 @@
-//! `curate influence merge-scores`: the score files of `--shard` runs, checked and merged
-//! (`curate::influence::score_shards`) into what one unsharded run would have written.
+//! `curate influence merge-scores`: the score files of `--shard` runs, checked to be every
+//! shard of one run exactly once (each file records which it is), put in shard order and
+//! merged (`curate::influence::score_shards`) into what one unsharded run would have written.
 
 use std::io::Write;
 
@@ -11,14 +12,26 @@ use crate::cli::MergeScoresArgs;
 use crate::commands::Context;
 use curate::error::{InputError, usage};
 use curate::influence::score_shards::{OverlappingShards, merge_score_shards};
-use curate::table::{self, ColumnRole, Expected, Input, Output};
+use curate::table::{self, ColumnRole, Expected, Input, Output, ShardRecord, order_shards};
 
 pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
     let output = Output::create(&args.out, None, args.force)?;
     let mut provenance = context.provenance();
-    let mut frames = Vec::with_capacity(args.inputs.len());
+    let mut shards = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
         let input = Input::open(path, None)?;
+        let record = input.provenance()?.and_then(|p| p.shard);
+        shards.push((input, record));
+    }
+    // Which shard each file is comes from the file, not from the order it was given in.
+    let records: Vec<(&str, Option<&ShardRecord>)> = shards
+        .iter()
+        .map(|(input, record)| (input.label(), record.as_ref()))
+        .collect();
+    let order = order_shards(&records).map_err(|err| usage(err.to_string()))?;
+    let mut frames = Vec::with_capacity(order.len());
+    for &i in &order {
+        let (input, _) = &shards[i];
         let frame = input.read()?;
         let file = input.label();
         for (name, expected) in [
@@ -33,7 +46,7 @@ pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
         {
             return Err(usage(format!(
                 "{file}: its columns differ from {}'s (not shards of one run)",
-                args.inputs[0]
+                shards[order[0]].0.label()
             )));
         }
         provenance.add_input(input.digest()?);
@@ -49,7 +62,7 @@ pub fn run(args: MergeScoresArgs, context: &Context) -> Result<ExitStatus> {
     output.write_frame(&merged.frame, Some(&provenance))?;
     writeln!(
         context.printer.stderr(),
-        "merged {} score files ({rows} rows, {} queries); wrote {}",
+        "merged {} score shards ({rows} rows, {} queries); wrote {}",
         args.inputs.len(),
         merged.queries,
         args.out

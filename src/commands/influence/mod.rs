@@ -23,14 +23,14 @@ use crate::printer::Printer;
 use curate::error::{InputError, usage};
 use curate::influence::examples::{self, Examples, ReadOptions};
 use curate::influence::report;
-use curate::influence::run::{GradientRun, OnBatch, model_digest};
+use curate::influence::run::{GradientRun, OnBatch, model_digest, sequences_digest};
 use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
 use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
 use curate::interrupt;
 use curate::model::budget::{Footprint, PassKind};
 use curate::model::{ChatTemplate, LanguageModel, LoadOptions, Sequence};
-use curate::table::{ColumnRole, InputDigest};
+use curate::table::{ColumnRole, Format, InputDigest, Shard};
 
 pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
     let args = *args;
@@ -52,8 +52,14 @@ fn preconditioner(arg: PrecondArg) -> Preconditioner {
     }
 }
 
-/// The gradient flags as a run: the model loaded, the training rows read and encoded.
-fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Result<GradientRun> {
+/// The gradient flags as a run on `shard`: the model loaded, the training rows read and
+/// encoded.
+fn setup(
+    args: &GradientArgs,
+    context: &Context,
+    answer_col: Option<&str>,
+    shard: Shard,
+) -> Result<GradientRun> {
     let tracked = Regex::new(&args.modules)
         .map_err(|e| usage(format!("--modules {:?}: {e}", args.modules)))?;
     let projection = args.project.map(|p| Projection {
@@ -111,7 +117,8 @@ fn setup(args: &GradientArgs, context: &Context, answer_col: Option<&str>) -> Re
         tracked,
         projection,
         fisher,
-        shard: crate::commands::shard(args.shard.as_deref())?,
+        shard,
+        max_length: args.text.max_length,
         batch_size,
         in_flight,
         cache_bytes,
@@ -230,8 +237,12 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
         return Err(usage("--precond identity needs no factors"));
     }
     let out = Path::new(&args.out);
-    crate::commands::refuse_existing(out, args.force)?;
-    let setup = setup(&args.gradients, context, None)?;
+    let shard = crate::commands::shard(args.gradients.shard.as_deref(), &context.printer)?;
+    let done_before = args.gradients.skip_done && !args.force && out.exists();
+    if !done_before {
+        crate::commands::refuse_existing(out, args.force)?;
+    }
+    let setup = setup(&args.gradients, context, None, shard)?;
     let covariance = match &args.covariance {
         None => None,
         Some(dir) => {
@@ -254,9 +265,31 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
             Some(set)
         }
     };
+    let covariance_digest = covariance.as_ref().map(store::covariance_digest);
+    if done_before {
+        let stage = setup.fit_stage(preconditioner, covariance.is_some());
+        let stored = store::load_dir(out).ok().map(|(_, meta)| meta);
+        return match stored {
+            Some(meta) if setup.fitted_as(&meta, stage, covariance_digest.as_deref()) => {
+                writeln!(
+                    context.printer.stderr(),
+                    "shard {} is done: {} holds its {} factors (--skip-done)",
+                    setup.shard,
+                    out.display(),
+                    stage.name()
+                )?;
+                Ok(ExitStatus::Success)
+            }
+            _ => Err(usage(format!(
+                "{}: exists but is not shard {}'s {} factors of this fit (--skip-done keeps only a finished shard); --force replaces it",
+                out.display(),
+                setup.shard,
+                stage.name()
+            ))),
+        };
+    }
     let started = Instant::now();
     let factors = fit(&setup, preconditioner, covariance.as_ref(), context)?;
-    let covariance_digest = covariance.as_ref().map(store::covariance_digest);
     let meta = setup.meta(&factors, covariance_digest);
     let provenance = provenance_of(&setup, context, None);
     store::save_dir(out, &factors, &meta, &provenance.key_values(), args.force)?;
@@ -311,20 +344,36 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         QueryAggArg::Sum => QueryAggregate::Sum,
     };
     let out = args.out.clone().expect("clap requires --out");
-    let outputs = outputs::Outputs::create(&out, &args)?;
-    if args.gradients.shard.is_some()
-        && args.factors.is_none()
-        && args.precond != Some(PrecondArg::Identity)
-    {
+    let shard = crate::commands::shard(args.gradients.shard.as_deref(), &context.printer)?;
+    if shard.count > 1 && args.factors.is_none() && args.precond != Some(PrecondArg::Identity) {
         return Err(usage(
             "--shard scores one part of the training rows against factors of all of them: fit them first (fit-factors, merge-factors) and pass --factors",
         ));
     }
+    let paths = outputs::paths(&out, &args)?;
+    if shard.count > 1 {
+        for (flag, path) in &paths {
+            let format = Format::from_path(Path::new(path));
+            if !matches!(format, Some(Format::Parquet | Format::Ipc)) {
+                return Err(usage(format!(
+                    "{flag} {path}: a --shard output records which shard of which run it holds, for merge-scores and --skip-done; write it as .parquet or .arrow"
+                )));
+            }
+        }
+    }
+    let done_before = args.gradients.skip_done
+        && !args.force
+        && paths.iter().any(|(_, path)| Path::new(path).exists());
+    let outputs = match done_before {
+        true => None,
+        false => Some(outputs::Outputs::create(&out, &args, &paths)?),
+    };
     let segmenting = args.granularity != GranularityArg::Example;
     let setup = setup(
         &args.gradients,
         context,
         segmenting.then_some(args.answer_col.as_str()),
+        shard,
     )?;
     if matches!(args.segmenter, Segmenter::Answer) && segmenting && setup.train.answers.is_none() {
         return Err(usage(format!(
@@ -336,6 +385,18 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let factors = score_factors(&args, &setup, context)?;
     let fitted = started.elapsed().as_secs_f64();
+    let mut provenance = provenance_of(&setup, context, Some(&query));
+    provenance.shard = setup.shard_record(score_run_digest(
+        &args,
+        &setup,
+        &query,
+        &query_rows,
+        aggregate,
+        context,
+    )?);
+    let Some(outputs) = outputs else {
+        return skip_done_scores(&paths, &provenance, &setup, context);
+    };
 
     // Query gradients, preconditioned once; then this shard's training rows against them.
     let kept: Vec<Sequence> = query_rows
@@ -353,7 +414,6 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let scored = started.elapsed().as_secs_f64() - fitted;
 
     let query_labels = report::QueryLabels::new(&query, &query_rows, aggregate)?;
-    let provenance = provenance_of(&setup, context, Some(&query));
     let written = outputs.write(
         &collected,
         &report::Tables {
@@ -381,6 +441,93 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     if let Some(k) = args.top {
         outputs::print_top(&context.printer, &collected, &setup.train, k)?;
     }
+    Ok(ExitStatus::Success)
+}
+
+/// A digest of everything the score shards of one run share: the model, the training and
+/// query rows as tokens (text columns, chat template and --max-length included), the factors
+/// and every setting that changes a score or a column.
+fn score_run_digest(
+    args: &InfluenceArgs,
+    setup: &GradientRun,
+    query: &Examples,
+    query_rows: &[usize],
+    aggregate: QueryAggregate,
+    context: &Context,
+) -> Result<String> {
+    let factors = match &args.factors {
+        Some(dir) => {
+            let path = Path::new(dir).join(FACTORS_FILE);
+            InputDigest::of_file(path.display().to_string(), &path)?.sha256
+        }
+        None => "none".to_string(),
+    };
+    let kept: Vec<Sequence> = query_rows
+        .iter()
+        .map(|&i| query.sequences[i].clone())
+        .collect();
+    Ok(curate::table::settings_digest([
+        ("model", setup.model_digest.clone()),
+        ("train", setup.train.digest.sha256.clone()),
+        ("train tokens", sequences_digest(&setup.train.sequences)),
+        ("query", query.digest.sha256.clone()),
+        ("query tokens", sequences_digest(&kept)),
+        ("factors", factors),
+        ("precond", format!("{:?}", args.precond)),
+        ("damping", format!("{:?}", args.damping)),
+        ("query agg", format!("{aggregate:?}")),
+        ("modules", setup.tracked.as_str().to_string()),
+        ("projection", format!("{:?}", setup.projection)),
+        ("fisher", format!("{:?}", setup.fisher)),
+        ("granularity", format!("{:?}", args.granularity)),
+        ("segmenter", format!("{:?}", args.segmenter)),
+        ("per module", args.per_module.to_string()),
+        ("id col", format!("{:?}", args.gradients.id_col)),
+        ("seed", context.seed.to_string()),
+    ]))
+}
+
+/// `--skip-done` found this run's outputs already there: exit 0 when every one is this shard
+/// of this run, complete; refuse anything else (the user's files stay as they are).
+fn skip_done_scores(
+    paths: &[(&'static str, String)],
+    provenance: &curate::table::Provenance,
+    setup: &GradientRun,
+    context: &Context,
+) -> Result<ExitStatus> {
+    let record = provenance
+        .shard
+        .as_ref()
+        .expect("--skip-done requires --shard");
+    for (flag, path) in paths {
+        let held = curate::table::Input::open(path, None)
+            .ok()
+            .and_then(|input| input.provenance().ok().flatten())
+            .and_then(|p| p.shard);
+        if held.as_ref() != Some(record) {
+            let what = match held {
+                Some(other) if other.run == record.run => format!("shard {}", other.shard),
+                Some(other) => format!("shard {} of another run", other.shard),
+                None if Path::new(path).exists() => "no shard of this run".to_string(),
+                None => "nothing".to_string(),
+            };
+            return Err(usage(format!(
+                "{flag} {path}: holds {what}, not shard {} of this run (--skip-done keeps only a finished shard's outputs); --force replaces them",
+                setup.shard
+            )));
+        }
+    }
+    writeln!(
+        context.printer.stderr(),
+        "shard {} is done: {} hold{} it (--skip-done)",
+        setup.shard,
+        paths
+            .iter()
+            .map(|(_, p)| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if paths.len() == 1 { "s" } else { "" }
+    )?;
     Ok(ExitStatus::Success)
 }
 

@@ -35,34 +35,52 @@ fn beside(out: &str, part: &str, flag: &str) -> Result<String> {
     Ok(path.with_file_name(name).display().to_string())
 }
 
-impl Outputs {
-    pub fn create(out: &str, args: &InfluenceArgs) -> Result<Outputs> {
-        let tokens = match args.granularity {
-            GranularityArg::Token => Some(match &args.tokens {
-                Some(path) => path.clone(),
-                None => beside(out, "tokens", "--tokens")?,
-            }),
-            _ => None,
-        };
-        let segments = match args.granularity {
-            GranularityArg::Example => None,
-            _ => Some(match &args.segments {
+/// The paths a run writes, each with the flag that names it: `--out` first, then `--segments`
+/// and `--tokens` where the granularity writes them (beside `--out` unless named), and
+/// `--summary`. Checked to be distinct.
+pub fn paths(out: &str, args: &InfluenceArgs) -> Result<Vec<(&'static str, String)>> {
+    let mut paths = vec![("--out", out.to_string())];
+    if args.granularity != GranularityArg::Example {
+        paths.push((
+            "--segments",
+            match &args.segments {
                 Some(path) => path.clone(),
                 None => beside(out, "segments", "--segments")?,
-            }),
+            },
+        ));
+    }
+    if args.granularity == GranularityArg::Token {
+        paths.push((
+            "--tokens",
+            match &args.tokens {
+                Some(path) => path.clone(),
+                None => beside(out, "tokens", "--tokens")?,
+            },
+        ));
+    }
+    if let Some(summary) = &args.summary {
+        paths.push(("--summary", summary.clone()));
+    }
+    let named: Vec<(&str, &str)> = paths.iter().map(|(f, p)| (*f, p.as_str())).collect();
+    curate::table::require_distinct(&named)?;
+    Ok(paths)
+}
+
+impl Outputs {
+    /// Open every output of [`paths`].
+    pub fn create(out: &str, args: &InfluenceArgs, paths: &[(&str, String)]) -> Result<Outputs> {
+        let open = |flag: &str| -> Result<Option<Output>> {
+            paths
+                .iter()
+                .find(|(f, _)| *f == flag)
+                .map(|(_, path)| Output::create(path, None, args.force))
+                .transpose()
         };
-        curate::table::require_distinct(&[
-            ("--out", out),
-            ("--tokens", tokens.as_deref().unwrap_or("-")),
-            ("--segments", segments.as_deref().unwrap_or("-")),
-            ("--summary", args.summary.as_deref().unwrap_or("-")),
-        ])?;
-        let open = |path: &str| Output::create(path, None, args.force);
         Ok(Outputs {
-            scores: open(out)?,
-            tokens: tokens.as_deref().map(open).transpose()?,
-            segments: segments.as_deref().map(open).transpose()?,
-            summary: args.summary.as_deref().map(open).transpose()?,
+            scores: Output::create(out, None, args.force)?,
+            tokens: open("--tokens")?,
+            segments: open("--segments")?,
+            summary: open("--summary")?,
         })
     }
 

@@ -21,7 +21,7 @@ use curate::table::{self, ColumnRole, Format, Input, Output, Provenance, Shard, 
 pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     check_flags(&args)?;
     llm::check_flags(&args)?;
-    let shard = crate::commands::shard(args.shard.as_deref())?;
+    let shard = crate::commands::shard(args.shard.as_deref(), &context.printer)?;
     let settings = settings(&args)?;
     let input = Input::open(&args.input, None)?;
     if args.dry_run {

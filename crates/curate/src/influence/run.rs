@@ -13,10 +13,10 @@ use super::report::Collected;
 use super::store::{FactorMeta, RunFit};
 use super::{
     Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection, QueryAggregate,
-    QueryGradients,
+    QueryGradients, Stage,
 };
 use crate::model::{self, ChatTemplate, LanguageModel, Sequence};
-use crate::table::{InputDigest, Provenance, Shard};
+use crate::table::{InputDigest, Provenance, Shard, ShardRecord};
 
 /// Called after each batch with the examples it held; an error stops the pass.
 pub type OnBatch<'a> = &'a mut dyn FnMut(usize) -> Result<()>;
@@ -32,8 +32,10 @@ pub struct GradientRun {
     pub tracked: Regex,
     pub projection: Option<Projection>,
     pub fisher: Fisher,
-    /// The training rows this run fits or scores.
+    /// The training rows this run fits or scores: one part of them, balanced by tokens.
     pub shard: Shard,
+    /// `--max-length`, recorded with factors so fits on differently cut rows do not mix.
+    pub max_length: Option<usize>,
     pub batch_size: usize,
     /// Batches captured at once (see `PassOptions::in_flight`).
     pub in_flight: usize,
@@ -63,9 +65,31 @@ impl GradientRun {
         }
     }
 
-    /// This run's training rows.
+    /// This run's training rows: contiguous, cut so that shards hold about the same number
+    /// of tokens (what a row costs), so a table sorted by length still splits evenly.
     pub fn rows(&self) -> Range<usize> {
-        self.shard.rows(self.train.len())
+        let tokens: Vec<u64> = self
+            .train
+            .sequences
+            .iter()
+            .map(|s| s.input_ids.len() as u64)
+            .collect();
+        self.shard.rows_by_weight(&tokens)
+    }
+
+    /// What the output of a sharded run records: which rows of the training table it holds,
+    /// and `run`, a digest of everything its sibling shards must share. `None` unsharded.
+    pub fn shard_record(&self, run: String) -> Option<ShardRecord> {
+        (self.shard.count > 1).then(|| {
+            let rows = self.rows();
+            ShardRecord {
+                shard: self.shard.to_string(),
+                rows: [rows.start, rows.end],
+                of_rows: self.train.len(),
+                split: "tokens".to_string(),
+                run,
+            }
+        })
     }
 
     /// Examples a fit of `preconditioner` passes over (two passes for EK-FAC and K-FAC on
@@ -77,6 +101,43 @@ impl GradientRun {
             1
         };
         passes * self.rows().len()
+    }
+
+    /// The stage [`GradientRun::fit`] leaves: eigenvalue sums against given covariances,
+    /// covariances alone for a shard of a two-pass fit, complete factors otherwise.
+    pub fn fit_stage(&self, preconditioner: Preconditioner, with_covariance: bool) -> Stage {
+        if with_covariance {
+            Stage::Lambda
+        } else if preconditioner.two_passes() && self.shard.count > 1 {
+            Stage::Covariance
+        } else {
+            Stage::Complete
+        }
+    }
+
+    /// Whether stored factors are what this run's fit would write at `stage`: the same fit
+    /// (model, data as tokens, labels, projection, tracked modules, --max-length), the same
+    /// shard and the same covariances behind eigenvalue sums.
+    pub fn fitted_as(&self, stored: &FactorMeta, stage: Stage, covariance: Option<&str>) -> bool {
+        let tracked: Vec<&str> = self
+            .lm
+            .model
+            .linears()
+            .into_iter()
+            .filter(|linear| self.tracked.is_match(&linear.name))
+            .map(|linear| linear.name.as_str())
+            .collect();
+        let stored_modules: Vec<&str> = stored.modules.iter().map(|m| m.0.as_str()).collect();
+        stored.stage == stage.name()
+            && stored.fisher == fisher_name(self.fisher)
+            && stored.projection == self.projection.map(|p| p.to_string())
+            && stored.model == self.model_digest
+            && stored.train == self.train.digest.sha256
+            && stored.tokens.as_deref() == Some(sequences_digest(&self.train.sequences).as_str())
+            && stored.max_length == self.max_length
+            && stored.shard == (self.shard.count > 1).then(|| self.shard.to_string())
+            && stored.covariance.as_deref() == covariance
+            && stored_modules == tracked
     }
 
     /// Fit what `preconditioner` needs on this run's rows: complete factors, or with sharding
@@ -162,6 +223,8 @@ impl GradientRun {
                 .collect(),
             model: self.model_digest.clone(),
             train: self.train.digest.sha256.clone(),
+            tokens: Some(sequences_digest(&self.train.sequences)),
+            max_length: self.max_length,
             shard: (self.shard.count > 1).then(|| self.shard.to_string()),
             covariance,
         }
@@ -177,6 +240,7 @@ impl GradientRun {
             model: &self.model_digest,
             projection: projection.as_deref(),
             fisher: &fisher,
+            max_length: self.max_length,
         };
         meta.mismatch(&run).map(|m| m.to_string())
     }
@@ -199,6 +263,21 @@ pub(crate) fn fisher_name(fisher: Fisher) -> String {
         Fisher::Empirical => "empirical".to_string(),
         Fisher::Sampled { seed } => format!("sampled:{seed}"),
     }
+}
+
+/// sha256 over token sequences (ids and labels, with their lengths): what a table became
+/// after its text columns, chat template and `--max-length` were applied.
+pub fn sequences_digest(sequences: &[Sequence]) -> String {
+    let mut hash = Sha256::new();
+    for sequence in sequences {
+        for values in [&sequence.input_ids, &sequence.labels] {
+            hash.update((values.len() as u64).to_le_bytes());
+            for v in values {
+                hash.update(v.to_le_bytes());
+            }
+        }
+    }
+    format!("{:x}", hash.finalize())
 }
 
 /// sha256 over the model's files (config and weights, or the GGUF file), and each file's
@@ -238,6 +317,7 @@ mod tests {
             tracked: Regex::new(DEFAULT_TRACKED).unwrap(),
             projection: None,
             fisher: Fisher::Empirical,
+            max_length: None,
             shard,
             batch_size: 2,
             in_flight: 2,

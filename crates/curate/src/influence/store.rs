@@ -33,6 +33,12 @@ pub struct FactorMeta {
     pub model: String,
     /// sha256 of the training table.
     pub train: String,
+    /// sha256 of the training rows as token sequences (absent in older files).
+    #[serde(default)]
+    pub tokens: Option<String>,
+    /// `--max-length` the rows were cut to, if any.
+    #[serde(default)]
+    pub max_length: Option<usize>,
     /// `I/N` for one shard's partial sums; absent once complete or merged.
     pub shard: Option<String>,
     /// For eigenvalue sums: the digest of the covariances whose eigenvectors rotated them.
@@ -68,6 +74,8 @@ impl FactorMeta {
             && self.modules == other.modules
             && self.model == other.model
             && self.train == other.train
+            && self.tokens == other.tokens
+            && self.max_length == other.max_length
     }
 
     /// The first way these stored factors do not fit `run` (modules and data may differ:
@@ -91,6 +99,14 @@ impl FactorMeta {
                 )
             })
             .or_else(|| differs("with Fisher labels", &self.fisher, run.fisher))
+            .or_else(|| {
+                let limit = |n: Option<usize>| n.map_or("none".to_string(), |n| n.to_string());
+                differs(
+                    "with --max-length",
+                    &limit(self.max_length),
+                    &limit(run.max_length),
+                )
+            })
     }
 }
 
@@ -103,6 +119,7 @@ pub struct RunFit<'a> {
     pub projection: Option<&'a str>,
     /// `empirical` or `sampled:SEED`.
     pub fisher: &'a str,
+    pub max_length: Option<usize>,
 }
 
 /// Why stored factors cannot be read.
@@ -213,7 +230,7 @@ pub enum MergeError {
     #[error("nothing to merge")]
     Empty,
     #[error(
-        "{0} and {1} were fitted differently (preconditioner, labels, projection, modules, model or training data differ)"
+        "{0} and {1} were fitted differently (preconditioner, labels, projection, modules, model, training data or --max-length differ)"
     )]
     DifferentFits(String, String),
     #[error("{0} is not a shard (already complete or merged)")]
@@ -386,6 +403,8 @@ mod tests {
             modules: vec![("m".into(), 2, 3)],
             model: "a".repeat(64),
             train: "b".repeat(64),
+            tokens: Some("c".repeat(64)),
+            max_length: None,
             shard: shard.map(str::to_string),
             covariance: None,
         }
@@ -494,6 +513,14 @@ mod tests {
             merge(&differ).unwrap_err(),
             MergeError::DifferentFits(..)
         ));
+        // Rows cut to another --max-length are other data.
+        let mut cut = part("b", Stage::Covariance, 1.0, "1/2");
+        cut.meta.max_length = Some(64);
+        let differ = [part("a", Stage::Covariance, 1.0, "0/2"), cut];
+        assert!(matches!(
+            merge(&differ).unwrap_err(),
+            MergeError::DifferentFits(..)
+        ));
         let whole = [StoredFactors {
             name: "w",
             set: set(Stage::Complete, 1.0, false),
@@ -514,8 +541,15 @@ mod tests {
             model: &model,
             projection: None,
             fisher: "empirical",
+            max_length: None,
         };
         assert_eq!(stored.mismatch(&run), None);
+        run.max_length = Some(512);
+        assert_eq!(
+            stored.mismatch(&run).unwrap().to_string(),
+            "the factors were fitted with --max-length none, this run uses 512"
+        );
+        run.max_length = None;
         run.projection = Some("kron:4,4");
         assert_eq!(
             stored.mismatch(&run).unwrap().to_string(),

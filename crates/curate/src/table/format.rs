@@ -16,7 +16,7 @@ impl Format {
     pub const ALL: [Format; 4] = [Format::Parquet, Format::Jsonl, Format::Csv, Format::Ipc];
 
     /// The format a path's extension names, if any.
-    pub(crate) fn from_path(path: &Path) -> Option<Format> {
+    pub fn from_path(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "parquet" | "pq" => Some(Format::Parquet),

@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{ColumnSummary, Input, InputDigest, Provenance, summarize};
+use super::{ColumnSummary, Input, InputDigest, Provenance, ShardRecord, summarize};
 use crate::error::InputError;
 use crate::text::{Align, clip, shell_words, text_table};
 
@@ -37,6 +37,8 @@ pub struct ProvenanceReport {
     pub command: Vec<String>,
     pub inputs: Vec<InputDigest>,
     pub seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
 }
 
 impl From<Provenance> for ProvenanceReport {
@@ -46,6 +48,7 @@ impl From<Provenance> for ProvenanceReport {
             command: p.command,
             inputs: p.inputs,
             seed: p.seed,
+            shard: p.shard,
         }
     }
 }
@@ -102,6 +105,18 @@ pub(crate) fn write_provenance(
                     out,
                     "    input     {} ({} bytes, sha256 {})",
                     input.path, input.bytes, input.sha256
+                )?;
+            }
+            if let Some(record) = &p.shard {
+                writeln!(
+                    out,
+                    "    shard     {} (rows {}..{} of {}, split by {}; run {})",
+                    record.shard,
+                    record.rows[0],
+                    record.rows[1],
+                    record.of_rows,
+                    record.split,
+                    &record.run[..record.run.len().min(12)]
                 )?;
             }
         }

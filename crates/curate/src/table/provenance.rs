@@ -11,6 +11,7 @@ const VERSION_KEY: &str = "curate.version";
 const COMMAND_KEY: &str = "curate.command";
 const INPUTS_KEY: &str = "curate.inputs";
 const SEED_KEY: &str = "curate.seed";
+const SHARD_KEY: &str = "curate.shard";
 
 /// One input as it was when read: its path as given and a hash of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,37 @@ pub struct Provenance {
     pub command: Vec<String>,
     pub inputs: Vec<InputDigest>,
     pub seed: u64,
+    /// Which shard of which run this output is, for the outputs of `--shard` runs.
+    pub shard: Option<ShardRecord>,
+}
+
+/// What the output of one `--shard` run records so that a merge can check its shards belong
+/// together, cover every row once, and put them in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// `I/N` as resolved (never `auto`).
+    pub shard: String,
+    /// The rows of the split table this shard covers, `[start, end)`.
+    pub rows: [usize; 2],
+    /// Rows in the whole split table.
+    pub of_rows: usize,
+    /// How rows were split between shards: `rows` or `tokens`.
+    pub split: String,
+    /// A digest of everything the shards of one run share (see [`settings_digest`]).
+    pub run: String,
+}
+
+/// A digest of named settings and input digests, in order: two runs with the same digest
+/// computed the same thing on the same data.
+pub fn settings_digest<'a>(settings: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut hash = Sha256::new();
+    for (name, value) in settings {
+        for part in [name, value.as_str()] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    hex(&hash.finalize())
 }
 
 impl Provenance {
@@ -68,6 +100,7 @@ impl Provenance {
             command,
             inputs: Vec::new(),
             seed,
+            shard: None,
         }
     }
 
@@ -90,6 +123,14 @@ impl Provenance {
             ),
             (SEED_KEY.to_string(), self.seed.to_string()),
         ]
+        .into_iter()
+        .chain(self.shard.as_ref().map(|record| {
+            (
+                SHARD_KEY.to_string(),
+                serde_json::to_string(record).expect("records serialise"),
+            )
+        }))
+        .collect()
     }
 
     /// Read provenance back from key-value metadata; `None` when the file was not written
@@ -101,12 +142,14 @@ impl Provenance {
         let mut command = None;
         let mut inputs = None;
         let mut seed = None;
+        let mut shard = None;
         for (key, value) in pairs {
             match key {
                 VERSION_KEY => version = Some(value.to_string()),
                 COMMAND_KEY => command = serde_json::from_str(value).ok(),
                 INPUTS_KEY => inputs = serde_json::from_str(value).ok(),
                 SEED_KEY => seed = value.parse().ok(),
+                SHARD_KEY => shard = serde_json::from_str(value).ok(),
                 _ => {}
             }
         }
@@ -115,6 +158,7 @@ impl Provenance {
             command: command.unwrap_or_default(),
             inputs: inputs.unwrap_or_default(),
             seed: seed.unwrap_or_default(),
+            shard,
         })
     }
 }
@@ -156,6 +200,28 @@ mod tests {
         let back = Provenance::from_key_values(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .unwrap();
         assert_eq!(back, provenance);
+        provenance.shard = Some(ShardRecord {
+            shard: "1/3".into(),
+            rows: [4, 9],
+            of_rows: 12,
+            split: "tokens".into(),
+            run: settings_digest([("model", "abc".to_string())]),
+        });
+        let pairs = provenance.key_values();
+        let back = Provenance::from_key_values(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .unwrap();
+        assert_eq!(back, provenance);
         assert!(Provenance::from_key_values([("other", "1")]).is_none());
+    }
+
+    #[test]
+    fn settings_digests_tell_settings_apart() {
+        let digest = |pairs: &[(&'static str, &str)]| {
+            settings_digest(pairs.iter().map(|&(k, v)| (k, v.to_string())))
+        };
+        assert_eq!(digest(&[("a", "1")]), digest(&[("a", "1")]));
+        assert_ne!(digest(&[("a", "1")]), digest(&[("a", "2")]));
+        // Lengths are hashed, so moving a boundary changes the digest.
+        assert_ne!(digest(&[("ab", "c")]), digest(&[("a", "bc")]));
     }
 }

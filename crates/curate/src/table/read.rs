@@ -9,7 +9,7 @@ use polars::io::mmap::MmapBytesReader;
 use polars::prelude::*;
 
 use super::format::{Format, unknown_extension_message};
-use super::provenance::InputDigest;
+use super::provenance::{InputDigest, Provenance};
 use crate::error::InputError;
 
 /// A table input named on the command line: a file or `-` for stdin.
@@ -182,6 +182,15 @@ impl Input {
                 .map_err(|err| InputError::new(&self.label, format!("cannot read: {err}"))),
             Source::Bytes(bytes) => Ok(InputDigest::of_bytes("-", bytes)),
         }
+    }
+
+    /// The provenance a curate output carries; `None` for files without it (not written by
+    /// curate, or CSV and JSON Lines).
+    pub fn provenance(&self) -> Result<Option<Provenance>, InputError> {
+        let pairs = self.key_value_metadata()?;
+        Ok(Provenance::from_key_values(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
     }
 
     /// File-level key-value metadata (Parquet footer, IPC custom metadata). Empty for CSV and
