@@ -197,11 +197,13 @@ impl Progress {
                 duration(left),
             ));
         } else if self.plain && self.last_line.elapsed() >= self.interval {
+            let rate = (self.done - self.start) as f64 / elapsed.as_secs_f64().max(1e-9);
             self.line(format!(
-                "{}: {}/{} {}, {} elapsed, about {} left",
+                "{}: {}/{} {}, {rate:.2} {}/s, {} elapsed, about {} left",
                 self.label,
                 self.done,
                 self.total,
+                self.unit,
                 self.unit,
                 duration(elapsed),
                 duration(left),

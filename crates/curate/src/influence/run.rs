@@ -15,7 +15,7 @@ use super::{
     Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection, QueryAggregate,
     QueryGradients, Stage,
 };
-use crate::model::{self, ChatTemplate, LanguageModel, Sequence};
+use crate::model::{self, ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{InputDigest, Provenance, Shard, ShardRecord};
 
 /// Called after each batch with the examples it held; an error stops the pass.
@@ -65,16 +65,20 @@ impl GradientRun {
         }
     }
 
-    /// This run's training rows: contiguous, cut so that shards hold about the same number
-    /// of tokens (what a row costs), so a table sorted by length still splits evenly.
+    /// This run's training rows: contiguous, cut so that shards hold about the same work
+    /// (each row's forward pass, from its tokens: projections grow with the length, attention
+    /// with its square), so a table sorted by length still splits evenly.
     pub fn rows(&self) -> Range<usize> {
-        let tokens: Vec<u64> = self
+        let work: Vec<u64> = self
             .train
             .sequences
             .iter()
-            .map(|s| s.input_ids.len() as u64)
+            .map(|s| {
+                let labelled = s.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+                model::budget::sequence_work(&self.lm.config, s.input_ids.len(), labelled)
+            })
             .collect();
-        self.shard.rows_by_weight(&tokens)
+        self.shard.rows_by_weight(&work)
     }
 
     /// What the output of a sharded run records: which rows of the training table it holds,

@@ -68,6 +68,35 @@ pub fn parameters(config: &LmConfig) -> Option<u128> {
         .checked_add(h)
 }
 
+/// The multiply-adds of one forward pass of a sequence of `tokens` tokens, `labelled` of them
+/// scored by the LM head: every layer's projections per token, its attention scores and
+/// weighted values per pair of positions (computed in full, masked after), and the head per
+/// labelled token. What a row costs relative to another, for cutting shards that take about
+/// the same time; the backward pass scales it by a constant. Saturates instead of
+/// overflowing.
+pub fn sequence_work(config: &LmConfig, tokens: usize, labelled: usize) -> u64 {
+    let n = |v: usize| v as u128;
+    let (h, t) = (n(config.hidden_size), n(tokens));
+    let q = n(config.num_heads).saturating_mul(n(config.head_dim));
+    let kv = n(config.num_kv_heads).saturating_mul(n(config.head_dim));
+    let projections = h
+        .saturating_mul(q.saturating_mul(2).saturating_add(kv.saturating_mul(2)))
+        .saturating_add(
+            h.saturating_mul(n(config.intermediate_size))
+                .saturating_mul(3),
+        );
+    let per_layer = t
+        .saturating_mul(projections)
+        .saturating_add(t.saturating_mul(t).saturating_mul(q).saturating_mul(2));
+    let head = n(labelled)
+        .saturating_mul(n(config.vocab_size))
+        .saturating_mul(h);
+    let work = n(config.num_layers)
+        .saturating_mul(per_layer)
+        .saturating_add(head);
+    work.min(u64::MAX as u128) as u64
+}
+
 /// Check a model about to be built: `stored` is how many values its weight files hold (None
 /// when every tensor may be initialised, as with `allow_partial`), `bytes_per_value` the dtype
 /// it is built in; training keeps gradients and two optimizer moments beside the weights.
@@ -514,6 +543,25 @@ mod tests {
         assert!(train.bytes(1, 256) < train.bytes(2, 256));
         assert!(train.bytes(2, 256) < train.bytes(2, 512));
         assert!(train.bytes(0, 256) > Footprint::new(&c, 4, PassKind::Gradient).bytes(0, 256));
+    }
+
+    #[test]
+    fn sequence_work_counts_projections_attention_and_the_head() {
+        let config = smollm2();
+        // SmolLM2-135M: 30 layers of 576 wide, 9 x 64 query and 3 x 64 key/value heads,
+        // 1536 intermediate; 49,152 tokens in the vocabulary.
+        let projections = 576 * (2 * 576 + 2 * 192) + 3 * 576 * 1536;
+        assert_eq!(sequence_work(&config, 1, 0), 30 * (projections + 2 * 576));
+        let head = 49_152 * 576;
+        assert_eq!(
+            sequence_work(&config, 256, 100),
+            30 * (256 * projections + 2 * 256 * 256 * 576) + 100 * head
+        );
+        // Twice the length is more than twice the work (attention), never less.
+        assert!(sequence_work(&config, 2048, 0) > 2 * sequence_work(&config, 1024, 0));
+        let mut huge = config;
+        huge.num_layers = usize::MAX;
+        assert_eq!(sequence_work(&huge, usize::MAX, usize::MAX), u64::MAX);
     }
 
     #[test]
