@@ -149,10 +149,10 @@ pub struct RephraseArgs {
     pub continue_prompt: String,
 
     /// Rephrase only shard I of N of the traces (0-based; contiguous rows, so the outputs of
-    /// all shards concatenate to the whole run's), or `auto` from
-    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. Ids default to the row index in the whole
-    /// input.
-    #[arg(long, value_name = "I/N|auto")]
+    /// all shards concatenate to the whole run's), or `auto` / `auto/N` from a scheduler (a
+    /// Slurm array's task id, JOB_COMPLETION_INDEX, CURATE_SHARD=I/N). Ids default to the row
+    /// index in the whole input.
+    #[arg(long, value_name = "I/N|auto|auto/N")]
     pub shard: Option<String>,
 
     /// Replace existing output files (and start over, discarding an interrupted run's
@@ -601,8 +601,9 @@ pub struct ConvertArgs {
     pub limit: Option<usize>,
 
     /// Write only shard I of N (0-based; contiguous rows, shards concatenate back to the
-    /// whole), or `auto` from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT.
-    #[arg(long, value_name = "I/N|auto")]
+    /// whole), or `auto` / `auto/N` from a scheduler (a Slurm array's task id,
+    /// JOB_COMPLETION_INDEX, CURATE_SHARD=I/N).
+    #[arg(long, value_name = "I/N|auto|auto/N")]
     pub shard: Option<String>,
 
     /// Replace the output file if it exists.
@@ -1163,7 +1164,7 @@ pub struct GradientArgs {
     pub cache_mib: usize,
 
     /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
-    /// 1/N of the tokens. `auto` reads it from a scheduler (a Slurm array's task id, a
+    /// 1/N of the work (each row's forward pass from its length). `auto` reads it from a scheduler (a Slurm array's task id, a
     /// Kubernetes Indexed Job's JOB_COMPLETION_INDEX, or CURATE_SHARD=I/N); `auto/N` gives
     /// the count, so a re-submitted task still knows it.
     #[arg(long, value_name = "I/N|auto|auto/N")]

@@ -90,7 +90,7 @@ impl GradientRun {
                 shard: self.shard.to_string(),
                 rows: [rows.start, rows.end],
                 of_rows: self.train.len(),
-                split: "tokens".to_string(),
+                split: "work".to_string(),
                 run,
             }
         })

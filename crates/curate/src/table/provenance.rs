@@ -74,7 +74,7 @@ pub struct ShardRecord {
     pub rows: [usize; 2],
     /// Rows in the whole split table.
     pub of_rows: usize,
-    /// How rows were split between shards: `rows` or `tokens`.
+    /// How rows were split between shards: `rows`, or `work` (by each row's estimated cost).
     pub split: String,
     /// A digest of everything the shards of one run share (see [`settings_digest`]).
     pub run: String,
