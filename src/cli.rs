@@ -1098,14 +1098,12 @@ pub enum GranularityArg {
     Token,
 }
 
-/// The model, the examples and how their gradients are taken: shared by scoring and factor
-/// fitting.
+/// The model, the examples and how their gradients are taken: shared by scoring, factor
+/// fitting and index building.
 #[derive(Debug, Args)]
 pub struct GradientArgs {
-    /// Model: a directory in Hugging Face layout (config.json, model.safetensors,
-    /// tokenizer.json, chat template) or a llama.cpp GGUF file.
-    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub lm: ModelArgs,
 
     /// Training table: prompt/response text or input_ids/labels lists, optional id, domain,
     /// difficulty.
@@ -1128,6 +1126,34 @@ pub struct GradientArgs {
     /// seeded by --seed, module and side.
     #[arg(long, value_name = "kron:R_IN,R_OUT")]
     pub project: Option<curate::influence::Projection>,
+
+    /// Memory EK-FAC may use to keep the first pass's per-token inputs and gradients, so its
+    /// second pass does not run the model again (0 always reruns it).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub cache_mib: usize,
+
+    /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
+    /// 1/N of the work (each row's forward pass from its length). `auto` reads it from a
+    /// scheduler (a Slurm array's task id, a Kubernetes Indexed Job's JOB_COMPLETION_INDEX,
+    /// or CURATE_SHARD=I/N); `auto/N` gives the count, so a re-submitted task still knows it.
+    #[arg(long, value_name = "I/N|auto|auto/N")]
+    pub shard: Option<String>,
+
+    /// With --shard: when this shard's complete output of the same run (model, data,
+    /// factors, settings) is already there, say so and exit 0, so re-submitting a whole
+    /// array finishes only what is missing.
+    #[arg(long, requires = "shard")]
+    pub skip_done: bool,
+}
+
+/// The model and how rows are read and batched through it: shared by every command that
+/// takes gradients (influence, its factors and index, and index queries).
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model: a directory in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json, chat template) or a llama.cpp GGUF file.
+    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
+    pub model: Option<String>,
 
     /// Id column (default: `id` when present, else the row index).
     #[arg(long, value_name = "NAME")]
@@ -1157,24 +1183,6 @@ pub struct GradientArgs {
     /// Initialise tensors the checkpoint lacks and ignore unused ones instead of failing.
     #[arg(long)]
     pub allow_partial: bool,
-
-    /// Memory EK-FAC may use to keep the first pass's per-token inputs and gradients, so its
-    /// second pass does not run the model again (0 always reruns it).
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
-    pub cache_mib: usize,
-
-    /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
-    /// 1/N of the work (each row's forward pass from its length). `auto` reads it from a scheduler (a Slurm array's task id, a
-    /// Kubernetes Indexed Job's JOB_COMPLETION_INDEX, or CURATE_SHARD=I/N); `auto/N` gives
-    /// the count, so a re-submitted task still knows it.
-    #[arg(long, value_name = "I/N|auto|auto/N")]
-    pub shard: Option<String>,
-
-    /// With --shard: when this shard's complete output of the same run (model, data,
-    /// factors, settings) is already there, say so and exit 0, so re-submitting a whole
-    /// array finishes only what is missing.
-    #[arg(long, requires = "shard")]
-    pub skip_done: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1269,11 +1277,99 @@ pub enum InfluenceAction {
     /// Concatenate the score files of --shard runs in query order and rank each query's
     /// training examples, as one unsharded run writes them.
     MergeScores(MergeScoresArgs),
+    /// Build a gradient index: every training row's preconditioned gradient (optionally
+    /// projected) stored once, so new query sets are scored without the training rows'
+    /// gradients (`influence query`).
+    Index(Box<IndexArgs>),
+    /// Score a query set against a gradient index: only the queries' gradients are computed,
+    /// then one dot product per training row, streamed over the index on all cores.
+    Query(Box<QueryArgs>),
     /// Check scores by retraining: the linear datamodeling score (Spearman, over random
     /// subsets of the training rows, between the summed scores and the query loss after
     /// training on the subset), and removal controls (drop the most helpful rows or as many
     /// random ones, retrain, compare the query loss).
     Validate(Box<ValidateArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub gradients: GradientArgs,
+
+    /// Index directory to write (gradients.bin, rows.parquet, manifest.json).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: String,
+
+    /// Preconditioner applied to the stored gradients [default: ekfac, or the one --factors
+    /// were fitted for].
+    #[arg(long, value_enum)]
+    pub precond: Option<PrecondArg>,
+
+    /// Damping added to every eigenvalue: a number, or `heuristic` (0.1 x the mean eigenvalue
+    /// per layer).
+    #[arg(long, default_value = "heuristic", value_name = "LAMBDA")]
+    pub damping: curate::influence::Damping,
+
+    /// Factors from `fit-factors` / `merge-factors` (needed with --shard, unless --precond
+    /// identity); without them they are fitted on the training rows first.
+    #[arg(long, value_name = "DIR")]
+    pub factors: Option<String>,
+
+    /// How the gradients are stored: f32, f16 (half the size, scores to about 1e-3) or f64
+    /// (twice the size, for f64 runs whose scores must match to 1e-10).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub store_dtype: StoreDtypeArg,
+
+    /// Replace an existing index directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreDtypeArg {
+    F32,
+    F16,
+    F64,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Index directory from `influence index`; for a sharded index, every shard (in any
+    /// order).
+    #[arg(long, required = true, value_name = "DIR")]
+    pub index: Vec<String>,
+
+    #[command(flatten)]
+    pub lm: ModelArgs,
+
+    /// Query table (prompt/response text or input_ids/labels; optional `correct`).
+    #[arg(long, value_name = "FILE")]
+    pub query: String,
+
+    /// Scores: query_id, train_id, score, rank (and the training rows' domain, difficulty).
+    #[arg(short, long, value_name = "FILE")]
+    pub out: String,
+
+    /// Keep only the K highest-scoring training rows per query (ranks 1 to K), found while
+    /// streaming over the index instead of holding every pair.
+    #[arg(long, value_name = "K")]
+    pub top: Option<usize>,
+
+    /// Score per query, or against the mean (or summed) query gradient.
+    #[arg(long, value_enum, default_value = "none")]
+    pub query_agg: QueryAggArg,
+
+    /// Boolean query column: only rows where it is true count; used when present.
+    #[arg(long, default_value = "correct", value_name = "NAME")]
+    pub correct_col: String,
+
+    /// Summary by query domain x training domain x difficulty (not with --top).
+    #[arg(long, value_name = "FILE", conflicts_with = "top")]
+    pub summary: Option<String>,
+
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ mod errors;
 mod eval;
 mod gguf;
 mod hostile;
+mod index;
 mod influence;
 mod inspect;
 mod memory;

@@ -1,6 +1,7 @@
 //! `curate influence`: score training examples (and their segments and tokens) by their
 //! influence on query examples; `fit-factors` and `merge-factors` for sharded factor fitting.
 
+mod index;
 mod merge_scores;
 mod outputs;
 mod validate;
@@ -17,7 +18,7 @@ use super::Context;
 use crate::ExitStatus;
 use crate::cli::{
     FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction, InfluenceArgs,
-    MergeFactorsArgs, PrecondArg, QueryAggArg, TextArgs,
+    MergeFactorsArgs, ModelArgs, PrecondArg, QueryAggArg, TextArgs,
 };
 use crate::printer::Printer;
 use curate::error::{InputError, usage};
@@ -39,6 +40,8 @@ pub fn run(args: Box<InfluenceArgs>, context: &Context) -> Result<ExitStatus> {
         Some(InfluenceAction::MergeFactors(merge)) => merge_factors(merge, context),
         Some(InfluenceAction::MergeScores(merge)) => merge_scores::run(merge, context),
         Some(InfluenceAction::Validate(validate)) => validate::run(*validate, context),
+        Some(InfluenceAction::Index(build)) => index::build(*build, context),
+        Some(InfluenceAction::Query(query)) => index::query(*query, context),
         None => score(args, context),
     }
 }
@@ -50,6 +53,86 @@ fn preconditioner(arg: PrecondArg) -> Preconditioner {
         PrecondArg::Kfac => Preconditioner::Kfac,
         PrecondArg::Ekfac => Preconditioner::Ekfac,
     }
+}
+
+/// A model loaded by the model flags, with what provenance and row reading need.
+struct LoadedModel {
+    lm: LanguageModel,
+    /// sha256 over the model's files, and each file's digest.
+    digest: String,
+    inputs: Vec<InputDigest>,
+    chat: Option<ChatTemplate>,
+}
+
+fn load_model(args: &ModelArgs, context: &Context) -> Result<LoadedModel> {
+    let device = crate::commands::device(&args.device)?;
+    let model_dir = Path::new(args.model.as_deref().expect("clap requires --model"));
+    let lm = LanguageModel::load(
+        model_dir,
+        &LoadOptions {
+            allow_partial: args.allow_partial,
+            seed: context.seed,
+            ..LoadOptions::inference(&device, DType::from(args.dtype))
+        },
+    )?;
+    let (digest, inputs) = model_digest(model_dir)?;
+    let chat = lm.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
+    Ok(LoadedModel {
+        lm,
+        digest,
+        inputs,
+        chat,
+    })
+}
+
+/// A gradient run of `model` over `train`: the batch size (`--batch-size`, or the largest the
+/// memory budget holds for `(rows, longest)`, the rows the run will pass and the longest of
+/// them) and how many batches go side by side.
+#[allow(clippy::too_many_arguments)]
+fn gradient_run(
+    model: LoadedModel,
+    args: &ModelArgs,
+    tracked: Regex,
+    projection: Option<Projection>,
+    fisher: Fisher,
+    shard: Shard,
+    cache_bytes: usize,
+    train: Examples,
+    (rows, longest): (usize, usize),
+    context: &Context,
+) -> Result<GradientRun> {
+    let footprint = footprint(&model.lm, &tracked, cache_bytes);
+    let plan = crate::commands::plan_batches(
+        &footprint,
+        rows,
+        longest,
+        args.batch_size,
+        args.memory_budget,
+        &context.printer,
+    )?;
+    let batch_size = plan.size;
+    // As many batches side by side as there are threads and the budget holds.
+    let in_flight = footprint.most_in_flight(
+        batch_size,
+        longest,
+        curate::model::batches_in_flight(usize::MAX),
+        plan.budget.unwrap_or(u128::MAX),
+    );
+    Ok(GradientRun {
+        lm: model.lm,
+        model_digest: model.digest,
+        model_inputs: model.inputs,
+        tracked,
+        projection,
+        fisher,
+        shard,
+        max_length: args.text.max_length,
+        batch_size,
+        in_flight,
+        cache_bytes,
+        chat: model.chat,
+        train,
+    })
 }
 
 /// The gradient flags as a run on `shard`: the model loaded, the training rows read and
@@ -70,61 +153,36 @@ fn setup(
         FisherArg::Empirical => Fisher::Empirical,
         FisherArg::Sampled => Fisher::Sampled { seed: context.seed },
     };
-    let device = crate::commands::device(&args.device)?;
-    let model_dir = Path::new(args.model.as_deref().expect("clap requires --model"));
-    let lm = LanguageModel::load(
-        model_dir,
-        &LoadOptions {
-            allow_partial: args.allow_partial,
-            seed: context.seed,
-            ..LoadOptions::inference(&device, DType::from(args.dtype))
-        },
-    )?;
-    let (model_digest, model_inputs) = model_digest(model_dir)?;
-    let chat = lm.chat_template(&crate::commands::template_choice(&args.text.chat)?)?;
+    let model = load_model(&args.lm, context)?;
     let options = ReadOptions {
         answer_col,
-        ..read_options(args.id_col.as_deref(), &args.text, chat.as_ref())
+        ..read_options(
+            args.lm.id_col.as_deref(),
+            &args.lm.text,
+            model.chat.as_ref(),
+        )
     };
     let train = examples::read(
         args.train.as_deref().expect("clap requires --train"),
-        &lm,
+        &model.lm,
         &options,
     )?;
-    let cache_bytes = args.cache_mib << 20;
-    let footprint = footprint(&lm, &tracked, cache_bytes);
-    let longest = crate::commands::longest(&train.sequences);
-    let plan = crate::commands::plan_batches(
-        &footprint,
+    let sizing = (
         train.sequences.len(),
-        longest,
-        args.batch_size,
-        args.memory_budget,
-        &context.printer,
-    )?;
-    let batch_size = plan.size;
-    // As many batches side by side as there are threads and the budget holds.
-    let in_flight = footprint.most_in_flight(
-        batch_size,
-        longest,
-        curate::model::batches_in_flight(usize::MAX),
-        plan.budget.unwrap_or(u128::MAX),
+        crate::commands::longest(&train.sequences),
     );
-    Ok(GradientRun {
-        lm,
-        model_digest,
-        model_inputs,
+    gradient_run(
+        model,
+        &args.lm,
         tracked,
         projection,
         fisher,
         shard,
-        max_length: args.text.max_length,
-        batch_size,
-        in_flight,
-        cache_bytes,
-        chat,
+        args.cache_mib << 20,
         train,
-    })
+        sizing,
+        context,
+    )
 }
 
 /// How `--id-col` and the text flags read training and query rows.
@@ -381,7 +439,14 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
             setup.train.file, args.answer_col
         )));
     }
-    let (query, query_rows) = read_queries(&args, &setup, context)?;
+    let (query, query_rows) = read_queries(
+        args.query.as_deref().expect("clap requires --query"),
+        &args.correct_col,
+        &args.gradients.lm,
+        (&setup.lm, setup.chat.as_ref()),
+        &setup.train,
+        context,
+    )?;
     let started = Instant::now();
     let factors = score_factors(&args, &setup, context)?;
     let fitted = started.elapsed().as_secs_f64();
@@ -482,7 +547,7 @@ fn score_run_digest(
         ("granularity", format!("{:?}", args.granularity)),
         ("segmenter", format!("{:?}", args.segmenter)),
         ("per module", args.per_module.to_string()),
-        ("id col", format!("{:?}", args.gradients.id_col)),
+        ("id col", format!("{:?}", args.gradients.lm.id_col)),
         ("seed", context.seed.to_string()),
     ]))
 }
@@ -534,25 +599,20 @@ fn skip_done_scores(
 /// The query table and the rows scored against: every row, or those marked correct (checked
 /// before any factor is fitted).
 fn read_queries(
-    args: &InfluenceArgs,
-    setup: &GradientRun,
+    path: &str,
+    correct_col: &str,
+    args: &ModelArgs,
+    (lm, chat): (&LanguageModel, Option<&ChatTemplate>),
+    train: &Examples,
     context: &Context,
 ) -> Result<(Examples, Vec<usize>)> {
     let query_options = ReadOptions {
-        correct: Some(ColumnRole::new(&args.correct_col, "--correct-col")),
-        ..read_options(
-            args.gradients.id_col.as_deref(),
-            &args.gradients.text,
-            setup.chat.as_ref(),
-        )
+        correct: Some(ColumnRole::new(correct_col, "--correct-col")),
+        ..read_options(args.id_col.as_deref(), &args.text, chat)
     };
-    let query = examples::read(
-        args.query.as_deref().expect("clap requires --query"),
-        &setup.lm,
-        &query_options,
-    )?;
+    let query = examples::read(path, lm, &query_options)?;
     let mut err = context.printer.stderr();
-    for examples in [&setup.train, &query] {
+    for examples in [train, &query] {
         if examples.truncated > 0 {
             writeln!(
                 err,
@@ -570,9 +630,9 @@ fn read_queries(
     if query_rows.is_empty() {
         return Err(InputError::new(
             query.file.as_str(),
-            format!("no query row is marked correct in '{}'", args.correct_col),
+            format!("no query row is marked correct in '{correct_col}'"),
         )
-        .column(args.correct_col.as_str())
+        .column(correct_col)
         .into());
     }
     if query.correct.is_some() {
@@ -582,11 +642,10 @@ fn read_queries(
         };
         writeln!(
             err,
-            "{}: {} of {} queries marked correct in '{}'{unknown}",
+            "{}: {} of {} queries marked correct in '{correct_col}'{unknown}",
             query.file,
             query_rows.len(),
             query.len(),
-            args.correct_col,
         )?;
     }
     Ok((query, query_rows))

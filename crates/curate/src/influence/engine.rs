@@ -372,6 +372,52 @@ pub fn query_gradients(
     Ok(QueryGradients::new(names, gradients, &preconditioners))
 }
 
+/// Each example of `rows` as one flat vector: per tracked module in order, its weight
+/// gradient preconditioned by `factors` (damped, as for scoring) and laid out row-major
+/// (`out x in`). Handed to `sink` batch by batch in row order, with the modules as
+/// `(name, out, in)`; only one batch is held at a time.
+pub fn preconditioned_gradients(
+    source: &dyn GradientSource,
+    rows: Range<usize>,
+    factors: &FactorSet,
+    damping: Damping,
+    options: &mut PassOptions,
+    mut sink: impl FnMut(&[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
+) -> Result<()> {
+    let mut preconditioners: Option<Vec<ModulePreconditioner>> = None;
+    let mut modules: Vec<(String, usize, usize)> = Vec::new();
+    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
+        check_modules(factors, &stacks)?;
+        if preconditioners.is_none() {
+            modules = stacks
+                .iter()
+                .map(|s| (s.name.clone(), s.out_dim(), s.in_dim()))
+                .collect();
+            preconditioners = Some(if factors.preconditioner == Preconditioner::Identity {
+                vec![ModulePreconditioner::Identity; stacks.len()]
+            } else {
+                factors
+                    .modules
+                    .iter()
+                    .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
+                    .collect::<Result<_>>()?
+            });
+        }
+        let preconditioners = preconditioners.as_ref().expect("built above");
+        let dim: usize = modules.iter().map(|(_, o, i)| o * i).sum();
+        let mut vectors = vec![Vec::with_capacity(dim); batch.len()];
+        for (stack, preconditioner) in stacks.iter().zip(preconditioners) {
+            for (vector, example) in vectors.iter_mut().zip(&stack.examples) {
+                let gradient = preconditioner.apply(&example.weight_grad());
+                for o in 0..gradient.nrows() {
+                    vector.extend((0..gradient.ncols()).map(|i| gradient[(o, i)]));
+                }
+            }
+        }
+        sink(&modules, batch, vectors)
+    })
+}
+
 /// Scores of one batch of training examples, handed to the caller in order.
 pub struct BatchScores {
     /// The rows of the batch, in the order of its columns.

@@ -1,5 +1,7 @@
 //! Training and query tables as token sequences with the columns carried to the outputs.
 
+use std::ops::Range;
+
 use anyhow::Result;
 use polars::prelude::*;
 
@@ -57,6 +59,72 @@ impl Examples {
     /// The ids of `rows`, in order.
     pub(crate) fn ids_of(&self, rows: &[u32]) -> PolarsResult<Column> {
         take(&self.ids, rows)
+    }
+}
+
+/// Characters of each response a gradient index keeps, for previews.
+const PREVIEW_CHARS: usize = 200;
+
+impl Examples {
+    /// The columns outputs carry for `rows`: `train_id`, `domain` and `difficulty` as read,
+    /// and `response` cut to a preview. What a gradient index keeps of its training rows.
+    pub fn carried_frame(&self, rows: Range<usize>) -> PolarsResult<DataFrame> {
+        let index: Vec<u32> = rows.clone().map(|r| r as u32).collect();
+        let mut columns = vec![take(&self.ids, &index)?.with_name("train_id".into())];
+        for (name, carried) in [("domain", &self.domain), ("difficulty", &self.difficulty)] {
+            if let Some((column, _)) = carried {
+                columns.push(take(column, &index)?.with_name(name.into()));
+            }
+        }
+        if let Some(responses) = &self.responses {
+            let previews: Vec<String> = responses[rows]
+                .iter()
+                .map(|r| r.chars().take(PREVIEW_CHARS).collect())
+                .collect();
+            columns.push(Column::new("response".into(), previews));
+        }
+        DataFrame::new_infer_height(columns)
+    }
+
+    /// Training rows known only by their carried columns ([`Examples::carried_frame`]): ids,
+    /// domain, difficulty and previews for outputs, no tokens.
+    pub fn from_carried(file: &str, digest: InputDigest, frame: &DataFrame) -> Result<Examples> {
+        let text = |name: &str| -> Result<Option<(Column, Vec<String>)>> {
+            let Ok(column) = frame.column(name) else {
+                return Ok(None);
+            };
+            let values = column
+                .cast(&DataType::String)?
+                .str()?
+                .iter()
+                .map(|v| v.unwrap_or("").to_string())
+                .collect();
+            Ok(Some((column.clone(), values)))
+        };
+        let ids = frame
+            .column("train_id")
+            .map_err(|_| anyhow::anyhow!("{file}: no train_id column"))?
+            .clone()
+            .with_name("id".into());
+        Ok(Examples {
+            file: file.to_string(),
+            digest,
+            sequences: vec![
+                Sequence {
+                    input_ids: Vec::new(),
+                    labels: Vec::new(),
+                };
+                frame.height()
+            ],
+            ids,
+            truncated: 0,
+            domain: text("domain")?,
+            difficulty: text("difficulty")?,
+            responses: text("response")?.map(|(_, values)| values),
+            answers: None,
+            correct: None,
+            correct_unknown: 0,
+        })
     }
 }
 

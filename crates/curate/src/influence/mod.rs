@@ -12,6 +12,7 @@
 mod engine;
 pub mod examples;
 mod factors;
+pub mod index;
 mod lm_source;
 mod precondition;
 mod projection;
@@ -27,7 +28,8 @@ pub mod validate;
 
 pub(crate) use engine::BatchScores;
 pub use engine::{
-    PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas, query_gradients, score,
+    PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas,
+    preconditioned_gradients, query_gradients, score,
 };
 pub(crate) use factors::ModuleFactors;
 pub use factors::{FactorSet, Stage};

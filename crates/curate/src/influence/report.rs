@@ -290,6 +290,39 @@ fn scores_frame(
     DataFrame::new_infer_height(columns)
 }
 
+/// Scores of chosen training rows per query, `picks[q]` = (row of `tables.train`, score) best
+/// first: query_id, train_id, score, rank (1 to K in that order), domain, difficulty.
+pub fn picked_scores_frame(
+    tables: &Tables,
+    picks: &[Vec<(usize, f64)>],
+) -> PolarsResult<DataFrame> {
+    let (mut q_index, mut n_index, mut score, mut rank) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (q, picked) in picks.iter().enumerate() {
+        for (position, &(row, value)) in picked.iter().enumerate() {
+            q_index.push(q as u32);
+            n_index.push(row as u32);
+            score.push(value);
+            rank.push(position as u32 + 1);
+        }
+    }
+    let mut columns = vec![
+        query_ids(tables, &q_index)?,
+        named(take(&tables.train.ids, &n_index)?, "train_id"),
+        Column::new("score".into(), score),
+        Column::new("rank".into(), rank),
+    ];
+    for (name, carried) in [
+        ("domain", &tables.train.domain),
+        ("difficulty", &tables.train.difficulty),
+    ] {
+        if let Some((column, _)) = carried {
+            columns.push(named(take(column, &n_index)?, name));
+        }
+    }
+    DataFrame::new_infer_height(columns)
+}
+
 fn segments_frame(
     collected: &Collected,
     tables: &Tables,

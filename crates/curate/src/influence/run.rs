@@ -213,6 +213,20 @@ impl GradientRun {
         Ok(collected)
     }
 
+    /// This run's training rows as preconditioned gradient vectors (see
+    /// [`super::preconditioned_gradients`]), batch by batch in row order.
+    pub fn index(
+        &self,
+        factors: &FactorSet,
+        damping: Damping,
+        on_batch: OnBatch,
+        sink: impl FnMut(&[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
+    ) -> Result<()> {
+        let source = self.source(&self.train.sequences);
+        let mut options = self.options(0, on_batch);
+        super::preconditioned_gradients(&source, self.rows(), factors, damping, &mut options, sink)
+    }
+
     /// What factors fitted by this run record about it.
     pub fn meta(&self, factors: &FactorSet, covariance: Option<String>) -> FactorMeta {
         FactorMeta {

@@ -57,6 +57,23 @@ impl QueryGradients {
     }
 }
 
+impl QueryGradients {
+    /// Every query's (preconditioned) gradient as one row, `[M, sum of out x in]`: the layers
+    /// in order, each row-major, as a gradient index lays out training examples.
+    pub fn concatenated(&self) -> Mat<f64> {
+        let dim: usize = self.layers.iter().map(|l| l.flat.ncols()).sum();
+        let mut all = Mat::<f64>::zeros(self.count, dim);
+        let mut offset = 0;
+        for layer in &self.layers {
+            let width = layer.flat.ncols();
+            all.submatrix_mut(0, offset, self.count, width)
+                .copy_from(layer.flat.as_ref());
+            offset += width;
+        }
+        all
+    }
+}
+
 /// Scores of a batch of examples: `per_layer[l]` is `[M, B]`.
 #[derive(Debug, Clone)]
 pub struct ScoreMatrix {

@@ -1,0 +1,425 @@
+//! `curate influence index` and `curate influence query`: every training row's preconditioned
+//! gradient stored once (`curate::influence::index`), then any number of query sets scored
+//! against it with only their own gradients.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use regex::Regex;
+
+use super::{
+    check_compatible, estimated_peak, fit, gradient_run, load_model, preconditioner, provenance_of,
+    read_queries, with_progress,
+};
+use crate::ExitStatus;
+use crate::cli::{IndexArgs, PrecondArg, QueryAggArg, QueryArgs, StoreDtypeArg};
+use crate::commands::Context;
+use curate::error::{InputError, usage};
+use curate::influence::examples::Examples;
+use curate::influence::index::{
+    self, GradientIndex, IndexManifest, IndexWriter, ROWS_FILE, StoreDtype,
+};
+use curate::influence::report::{self, Collected, QueryLabels, Report, Tables};
+use curate::influence::run::{GradientRun, sequences_digest};
+use curate::influence::segment::Segmenter;
+use curate::influence::store::{self, FACTORS_FILE};
+use curate::influence::{
+    Damping, FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage,
+};
+use curate::model::Sequence;
+use curate::table::{self, Input, InputDigest, Output, OutputDir, Shard, ShardRecord};
+
+pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
+    let out = Path::new(&args.out);
+    let shard = crate::commands::shard(args.gradients.shard.as_deref(), &context.printer)?;
+    let identity = args.precond == Some(PrecondArg::Identity);
+    if shard.count > 1 && args.factors.is_none() && !identity {
+        return Err(usage(
+            "--shard indexes one part of the training rows against factors of all of them: fit them first (fit-factors, merge-factors) and pass --factors",
+        ));
+    }
+    let done_before = args.gradients.skip_done && !args.force && out.exists();
+    if !done_before {
+        crate::commands::refuse_existing(out, args.force)?;
+    }
+    let setup = super::setup(&args.gradients, context, None, shard)?;
+    let started = Instant::now();
+    let (factors, factors_digest) = index_factors(&args, &setup, context)?;
+    let fitted = started.elapsed().as_secs_f64();
+    let dtype = match args.store_dtype {
+        StoreDtypeArg::F32 => StoreDtype::F32,
+        StoreDtypeArg::F16 => StoreDtype::F16,
+        StoreDtypeArg::F64 => StoreDtype::F64,
+    };
+    let mut manifest = IndexManifest {
+        format: IndexManifest::new_format(),
+        rows: setup.rows().len(),
+        dim: 0,
+        dtype,
+        modules: Vec::new(),
+        model: setup.model_digest.clone(),
+        train: setup.train.digest.sha256.clone(),
+        tokens: sequences_digest(&setup.train.sequences),
+        preconditioner: factors.preconditioner.name().to_string(),
+        factors: factors_digest,
+        damping: format!("{:?}", args.damping),
+        projection: setup.projection.map(|p| p.to_string()),
+        seed: context.seed,
+        max_length: setup.max_length,
+        shard: None,
+    };
+    manifest.shard = setup.shard_record(build_digest(&manifest, &setup));
+    if done_before {
+        return skip_done(out, &manifest, &setup, context);
+    }
+
+    let staging = OutputDir::create(out, args.force)?;
+    let rows = setup.rows().len();
+    let first = setup.rows().start;
+    let mut writer = IndexWriter::create(staging.path(), dtype, rows)?;
+    let mut modules = Vec::new();
+    with_progress(
+        &context.printer,
+        "index",
+        rows,
+        estimated_peak(&setup),
+        |on_batch| {
+            setup.index(&factors, args.damping, on_batch, |names, batch, vectors| {
+                if modules.is_empty() {
+                    modules = names.to_vec();
+                }
+                batch
+                    .iter()
+                    .zip(&vectors)
+                    .try_for_each(|(&row, vector)| writer.write_row(row - first, vector))
+            })
+        },
+    )?;
+    let (written, dim) = writer.finish()?;
+    debug_assert_eq!(written, rows);
+    manifest.dim = dim;
+    manifest.modules = modules;
+    let provenance = provenance_of(&setup, context, None);
+    let rows_path = staging.path().join(ROWS_FILE);
+    Output::create(&rows_path.display().to_string(), None, false)?
+        .write_frame(&setup.train.carried_frame(setup.rows())?, Some(&provenance))?;
+    index::write_manifest(staging.path(), &manifest)?;
+    staging.commit()?;
+    writeln!(
+        context.printer.stderr(),
+        "indexed {rows} training examples{} ({} modules, {dim} values per row, {} bytes per row in {}): factors {fitted:.1}s, gradients {:.1}s; wrote {}",
+        manifest
+            .shard
+            .as_ref()
+            .map_or(String::new(), |s| format!(" (shard {})", s.shard)),
+        manifest.modules.len(),
+        manifest.row_bytes(),
+        dtype.name(),
+        started.elapsed().as_secs_f64() - fitted,
+        out.display()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// The factors the index is preconditioned with, and their digest: from `--factors` (the
+/// file's sha256), none for identity, or fitted here on every training row.
+fn index_factors(
+    args: &IndexArgs,
+    setup: &GradientRun,
+    context: &Context,
+) -> Result<(FactorSet, String)> {
+    if let Some(dir) = &args.factors {
+        let (set, meta) = store::load_dir(Path::new(dir))?;
+        let wanted = args
+            .precond
+            .map(preconditioner)
+            .unwrap_or(set.preconditioner);
+        check_compatible(dir, &meta, setup, wanted)?;
+        if set.stage != Stage::Complete || meta.shard.is_some() {
+            return Err(usage(format!(
+                "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
+                meta.stage,
+                meta.shard
+                    .map_or(String::new(), |s| format!(" of shard {s}"))
+            )));
+        }
+        let path = Path::new(dir).join(FACTORS_FILE);
+        let digest = InputDigest::of_file(path.display().to_string(), &path)?.sha256;
+        return Ok((set, digest));
+    }
+    let wanted = args
+        .precond
+        .map(preconditioner)
+        .unwrap_or(Preconditioner::Ekfac);
+    if wanted == Preconditioner::Identity {
+        return Ok((
+            FactorSet::new(Preconditioner::Identity, Stage::Complete),
+            "none".to_string(),
+        ));
+    }
+    let set = fit(setup, wanted, None, context)?;
+    let digest = format!("fitted:{}", store::covariance_digest(&set));
+    Ok((set, digest))
+}
+
+/// What every shard of one index shares: the manifest without its own rows, sizes and shard.
+fn build_digest(manifest: &IndexManifest, setup: &GradientRun) -> String {
+    table::settings_digest([
+        ("model", manifest.model.clone()),
+        ("train", manifest.train.clone()),
+        ("tokens", manifest.tokens.clone()),
+        ("preconditioner", manifest.preconditioner.clone()),
+        ("factors", manifest.factors.clone()),
+        ("damping", manifest.damping.clone()),
+        ("projection", format!("{:?}", manifest.projection)),
+        ("seed", manifest.seed.to_string()),
+        ("max length", format!("{:?}", manifest.max_length)),
+        ("dtype", manifest.dtype.name().to_string()),
+        ("modules", setup.tracked.as_str().to_string()),
+    ])
+}
+
+/// `--skip-done` found the index directory there: exit 0 when it is this shard of this build,
+/// complete; refuse anything else, keeping it.
+fn skip_done(
+    out: &Path,
+    manifest: &IndexManifest,
+    setup: &GradientRun,
+    context: &Context,
+) -> Result<ExitStatus> {
+    let held = GradientIndex::open(out).ok().map(|index| index.manifest);
+    let record = manifest
+        .shard
+        .as_ref()
+        .expect("--skip-done requires --shard");
+    match held {
+        Some(held) if held.shard.as_ref() == Some(record) && held.rows == manifest.rows => {
+            writeln!(
+                context.printer.stderr(),
+                "shard {} is done: {} holds it (--skip-done)",
+                setup.shard,
+                out.display()
+            )?;
+            Ok(ExitStatus::Success)
+        }
+        held => {
+            let what = match held.and_then(|h| h.shard) {
+                Some(other) if other.run == record.run => format!("shard {}", other.shard),
+                Some(other) => format!("shard {} of another index", other.shard),
+                None => "no shard of this index".to_string(),
+            };
+            Err(usage(format!(
+                "{}: holds {what}, not shard {} of this index (--skip-done keeps only a finished shard); --force replaces it",
+                out.display(),
+                setup.shard
+            )))
+        }
+    }
+}
+
+/// The index directories given, opened and put in shard order (each records its shard), and
+/// the training rows' carried columns in that order.
+fn open_parts(dirs: &[String]) -> Result<(Vec<GradientIndex>, Examples)> {
+    let mut parts = dirs
+        .iter()
+        .map(|dir| GradientIndex::open(Path::new(dir)))
+        .collect::<Result<Vec<_>>>()?;
+    if parts.len() > 1 || parts[0].manifest.shard.is_some() {
+        let records: Vec<(&str, Option<&ShardRecord>)> = parts
+            .iter()
+            .map(|p| (p.dir.as_str(), p.manifest.shard.as_ref()))
+            .collect();
+        let order = table::order_shards(&records).map_err(|err| usage(err.to_string()))?;
+        let mut slots: Vec<Option<GradientIndex>> = parts.into_iter().map(Some).collect();
+        parts = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each once"))
+            .collect();
+    }
+    let mut frame: Option<polars::prelude::DataFrame> = None;
+    for part in &parts {
+        let path = Path::new(&part.dir).join(ROWS_FILE).display().to_string();
+        let rows = Input::open(&path, None)?.read()?;
+        if rows.height() != part.manifest.rows {
+            return Err(InputError::new(
+                path,
+                format!(
+                    "holds {} rows, the index {}",
+                    rows.height(),
+                    part.manifest.rows
+                ),
+            )
+            .into());
+        }
+        match &mut frame {
+            None => frame = Some(rows),
+            Some(all) => {
+                all.vstack_mut(&rows)?;
+            }
+        }
+    }
+    let first = &parts[0];
+    let digest = InputDigest::of_file(
+        first.dir.clone(),
+        &Path::new(&first.dir).join(index::MANIFEST_FILE),
+    )?;
+    let train = Examples::from_carried(&first.dir, digest, &frame.expect("one part at least"))?;
+    Ok((parts, train))
+}
+
+pub fn query(args: QueryArgs, context: &Context) -> Result<ExitStatus> {
+    let output = Output::create(&args.out, None, args.force)?;
+    let summary_path = args.summary.as_deref().unwrap_or("-");
+    table::require_distinct(&[("--out", args.out.as_str()), ("--summary", summary_path)])?;
+    let summary = args
+        .summary
+        .as_deref()
+        .map(|path| Output::create(path, None, args.force))
+        .transpose()?;
+    let (parts, train) = open_parts(&args.index)?;
+    let manifest = parts[0].manifest.clone();
+    let model = load_model(&args.lm, context)?;
+    if model.digest != manifest.model {
+        return Err(InputError::new(
+            args.index[0].as_str(),
+            format!(
+                "was built with another model (sha256 {}); --model {} is sha256 {}",
+                &manifest.model[..manifest.model.len().min(12)],
+                args.lm.model.as_deref().unwrap_or(""),
+                &model.digest[..model.digest.len().min(12)]
+            ),
+        )
+        .into());
+    }
+    // The modules the index holds, exactly, and its projection.
+    let names: Vec<String> = manifest
+        .modules
+        .iter()
+        .map(|(name, _, _)| regex::escape(name))
+        .collect();
+    let tracked = Regex::new(&format!("^(?:{})$", names.join("|")))?;
+    let projection = manifest
+        .projection
+        .as_deref()
+        .map(|spec| {
+            spec.parse::<Projection>()
+                .map(|p| Projection {
+                    seed: manifest.seed,
+                    ..p
+                })
+                .map_err(|err| usage(format!("{}: projection {spec:?}: {err}", args.index[0])))
+        })
+        .transpose()?;
+    let (query, query_rows) = read_queries(
+        &args.query,
+        &args.correct_col,
+        &args.lm,
+        (&model.lm, model.chat.as_ref()),
+        &train,
+        context,
+    )?;
+    let kept: Vec<Sequence> = query_rows
+        .iter()
+        .map(|&i| query.sequences[i].clone())
+        .collect();
+    let sizing = (kept.len(), crate::commands::longest(&kept));
+    let run = gradient_run(
+        model,
+        &args.lm,
+        tracked,
+        projection,
+        Fisher::Empirical,
+        Shard::WHOLE,
+        0,
+        train,
+        sizing,
+        context,
+    )?;
+    let aggregate = match args.query_agg {
+        QueryAggArg::None => QueryAggregate::None,
+        QueryAggArg::Mean => QueryAggregate::Mean,
+        QueryAggArg::Sum => QueryAggregate::Sum,
+    };
+    let started = Instant::now();
+    let identity = FactorSet::new(Preconditioner::Identity, Stage::Complete);
+    let queries = with_progress(
+        &context.printer,
+        "queries",
+        kept.len(),
+        estimated_peak(&run),
+        |on_batch| run.query_gradients(&kept, &identity, Damping::Heuristic, aggregate, on_batch),
+    )?;
+    let matrix = queries.concatenated();
+    let stored: Vec<&str> = manifest.modules.iter().map(|m| m.0.as_str()).collect();
+    if queries.names != stored || matrix.ncols() != manifest.dim {
+        return Err(usage(format!(
+            "{}: holds modules {} ({} values per row), but the model's are {} ({} values): not an index of this model",
+            args.index[0],
+            stored.join(", "),
+            manifest.dim,
+            queries.names.join(", "),
+            matrix.ncols()
+        )));
+    }
+    let gradients = started.elapsed().as_secs_f64();
+    let labels = QueryLabels::new(&query, &query_rows, aggregate)?;
+    let segmenter = Segmenter::Paragraph;
+    let tables = Tables {
+        train: &run.train,
+        query: &labels,
+        tokenizer: None,
+        segmenter: &segmenter,
+        per_module: false,
+        ranked: true,
+    };
+    let total = run.train.len();
+    let (frame, summary_frame) = match args.top {
+        Some(k) => {
+            let picks = index::score_top(&parts, &matrix, k);
+            (report::picked_scores_frame(&tables, &picks)?, None)
+        }
+        None => {
+            let all = index::score_all(&parts, &matrix);
+            let mut collected =
+                Collected::new(queries.count, queries.names.clone(), 0..total, false);
+            for (q, scores) in collected.examples.iter_mut().enumerate() {
+                for (n, score) in scores.iter_mut().enumerate() {
+                    *score = all[(q, n)];
+                }
+            }
+            let report = Report::new(&collected, &tables);
+            let summary_frame = summary.as_ref().map(|_| report.summary()).transpose()?;
+            (report.scores()?, summary_frame)
+        }
+    };
+    let scored = started.elapsed().as_secs_f64() - gradients;
+    let mut provenance = context.provenance();
+    for digest in &run.model_inputs {
+        provenance.add_input(digest.clone());
+    }
+    for part in &parts {
+        let path = Path::new(&part.dir).join(index::MANIFEST_FILE);
+        provenance.add_input(InputDigest::of_file(path.display().to_string(), &path)?);
+    }
+    provenance.add_input(query.digest.clone());
+    let mut staged = vec![output.stage_frame(&frame, Some(&provenance))?];
+    if let (Some(output), Some(frame)) = (summary, summary_frame) {
+        staged.push(output.stage_frame(&frame, Some(&provenance))?);
+    }
+    table::commit_all(staged)?;
+    writeln!(
+        context.printer.stderr(),
+        "scored {total} indexed training examples against {}{}: query gradients {gradients:.1}s, scores {scored:.1}s; wrote {}",
+        match aggregate {
+            QueryAggregate::None => format!("{} queries", queries.count),
+            QueryAggregate::Mean => format!("the mean of {} queries", kept.len()),
+            QueryAggregate::Sum => format!("the sum of {} queries", kept.len()),
+        },
+        args.top
+            .map_or(String::new(), |k| format!(" (top {k} per query)")),
+        args.out
+    )?;
+    Ok(ExitStatus::Success)
+}
