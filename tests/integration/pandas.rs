@@ -79,6 +79,26 @@ fn every_parquet_output_loads_in_pandas() {
         "scores.segments.parquet",
         "summary.parquet",
     ]);
+    // A gradient index's rows, and query scores (all pairs, and the top K) against it.
+    test.args(["influence", "index", "--model"])
+        .arg(fixture("tiny-lm"))
+        .arg("--train")
+        .arg(&queries)
+        .args(["--max-length", "256", "--precond", "identity", "--out", "idx"])
+        .run()
+        .success();
+    for (out, extra) in [("query.parquet", None), ("top.arrow", Some("2"))] {
+        test.args(["influence", "query", "--index", "idx", "--model"])
+            .arg(fixture("tiny-lm"))
+            .arg("--query")
+            .arg(&queries)
+            .args(["--max-length", "256", "--out", out]);
+        if let Some(k) = extra {
+            test.args(["--top", k]);
+        }
+        test.run().success();
+    }
+    outputs.extend(["idx/rows.parquet", "query.parquet", "top.arrow"]);
 
     test.arg("reweight")
         .arg(&mix)
