@@ -84,7 +84,14 @@ fn every_parquet_output_loads_in_pandas() {
         .arg(fixture("tiny-lm"))
         .arg("--train")
         .arg(&queries)
-        .args(["--max-length", "256", "--precond", "identity", "--out", "idx"])
+        .args([
+            "--max-length",
+            "256",
+            "--precond",
+            "identity",
+            "--out",
+            "idx",
+        ])
         .run()
         .success();
     for (out, extra) in [("query.parquet", None), ("top.arrow", Some("2"))] {
