@@ -10,8 +10,8 @@ use anyhow::Result;
 use regex::Regex;
 
 use super::{
-    check_compatible, estimated_peak, fit, gradient_run, load_model, preconditioner, provenance_of,
-    read_queries, with_progress,
+    estimated_peak, fit, gradient_run, load_complete_factors, load_model, preconditioner,
+    provenance_of, read_queries, with_progress,
 };
 use crate::ExitStatus;
 use crate::cli::{IndexArgs, PrecondArg, QueryAggArg, QueryArgs, StoreDtypeArg};
@@ -131,20 +131,7 @@ fn index_factors(
     context: &Context,
 ) -> Result<(FactorSet, String)> {
     if let Some(dir) = &args.factors {
-        let (set, meta) = store::load_dir(Path::new(dir))?;
-        let wanted = args
-            .precond
-            .map(preconditioner)
-            .unwrap_or(set.preconditioner);
-        check_compatible(dir, &meta, setup, wanted)?;
-        if set.stage != Stage::Complete || meta.shard.is_some() {
-            return Err(usage(format!(
-                "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
-                meta.stage,
-                meta.shard
-                    .map_or(String::new(), |s| format!(" of shard {s}"))
-            )));
-        }
+        let set = load_complete_factors(dir, args.precond, setup)?;
         let path = Path::new(dir).join(FACTORS_FILE);
         let digest = InputDigest::of_file(path.display().to_string(), &path)?.sha256;
         return Ok((set, digest));

@@ -450,24 +450,19 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let factors = score_factors(&args, &setup, context)?;
     let fitted = started.elapsed().as_secs_f64();
-    let mut provenance = provenance_of(&setup, context, Some(&query));
-    provenance.shard = setup.shard_record(score_run_digest(
-        &args,
-        &setup,
-        &query,
-        &query_rows,
-        aggregate,
-        context,
-    )?);
-    let Some(outputs) = outputs else {
-        return skip_done_scores(&paths, &provenance, &setup, context);
-    };
-
     // Query gradients, preconditioned once; then this shard's training rows against them.
     let kept: Vec<Sequence> = query_rows
         .iter()
         .map(|&i| query.sequences[i].clone())
         .collect();
+    let mut provenance = provenance_of(&setup, context, Some(&query));
+    provenance.shard = setup.shard_record(score_run_digest(
+        &args, &setup, &query, &kept, aggregate, context,
+    )?);
+    let Some(outputs) = outputs else {
+        return skip_done_scores(&paths, &provenance, &setup, context);
+    };
+
     let peak = estimated_peak(&setup);
     let queries = with_progress(&context.printer, "queries", kept.len(), peak, |on_batch| {
         setup.query_gradients(&kept, &factors, args.damping, aggregate, on_batch)
@@ -510,13 +505,13 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
 }
 
 /// A digest of everything the score shards of one run share: the model, the training and
-/// query rows as tokens (text columns, chat template and --max-length included), the factors
+/// query rows scored (`kept`) as tokens (text columns, chat template and --max-length included), the factors
 /// and every setting that changes a score or a column.
 fn score_run_digest(
     args: &InfluenceArgs,
     setup: &GradientRun,
     query: &Examples,
-    query_rows: &[usize],
+    kept: &[Sequence],
     aggregate: QueryAggregate,
     context: &Context,
 ) -> Result<String> {
@@ -527,16 +522,12 @@ fn score_run_digest(
         }
         None => "none".to_string(),
     };
-    let kept: Vec<Sequence> = query_rows
-        .iter()
-        .map(|&i| query.sequences[i].clone())
-        .collect();
     Ok(curate::table::settings_digest([
         ("model", setup.model_digest.clone()),
         ("train", setup.train.digest.sha256.clone()),
         ("train tokens", sequences_digest(&setup.train.sequences)),
         ("query", query.digest.sha256.clone()),
-        ("query tokens", sequences_digest(&kept)),
+        ("query tokens", sequences_digest(kept)),
         ("factors", factors),
         ("precond", format!("{:?}", args.precond)),
         ("damping", format!("{:?}", args.damping)),
@@ -651,6 +642,27 @@ fn read_queries(
     Ok((query, query_rows))
 }
 
+/// Finished factors from `--factors DIR`, for this run's model, labels and projection (and
+/// `precond`, when given): complete, not one shard's partial sums.
+fn load_complete_factors(
+    dir: &str,
+    precond: Option<PrecondArg>,
+    setup: &GradientRun,
+) -> Result<FactorSet> {
+    let (set, meta) = store::load_dir(Path::new(dir))?;
+    let wanted = precond.map(preconditioner).unwrap_or(set.preconditioner);
+    check_compatible(dir, &meta, setup, wanted)?;
+    if set.stage != Stage::Complete || meta.shard.is_some() {
+        return Err(usage(format!(
+            "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
+            meta.stage,
+            meta.shard
+                .map_or(String::new(), |s| format!(" of shard {s}"))
+        )));
+    }
+    Ok(set)
+}
+
 /// The factors scores are preconditioned with: reused from `--factors`, or fitted on every
 /// training row (then there is no shard) and kept with `--save-factors`.
 fn score_factors(
@@ -659,21 +671,7 @@ fn score_factors(
     context: &Context,
 ) -> Result<FactorSet> {
     if let Some(dir) = &args.factors {
-        let (set, meta) = store::load_dir(Path::new(dir))?;
-        let wanted = args
-            .precond
-            .map(preconditioner)
-            .unwrap_or(set.preconditioner);
-        check_compatible(dir, &meta, setup, wanted)?;
-        if set.stage != Stage::Complete || meta.shard.is_some() {
-            return Err(usage(format!(
-                "{dir}: holds {} factors{}; finish them with fit-factors/merge-factors first",
-                meta.stage,
-                meta.shard
-                    .map_or(String::new(), |s| format!(" of shard {s}"))
-            )));
-        }
-        return Ok(set);
+        return load_complete_factors(dir, args.precond, setup);
     }
     let wanted = args
         .precond

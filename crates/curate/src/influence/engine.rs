@@ -360,16 +360,25 @@ pub fn query_gradients(
             }
         }
     }
-    let preconditioners = if factors.preconditioner == Preconditioner::Identity {
-        vec![ModulePreconditioner::Identity; names.len()]
-    } else {
-        factors
-            .modules
-            .iter()
-            .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
-            .collect::<Result<_>>()?
-    };
+    let preconditioners = preconditioners(factors, damping, names.len())?;
     Ok(QueryGradients::new(names, gradients, &preconditioners))
+}
+
+/// Each tracked module's preconditioner from `factors` (`modules` of them for identity, which
+/// has no per-module factors).
+fn preconditioners(
+    factors: &FactorSet,
+    damping: Damping,
+    modules: usize,
+) -> Result<Vec<ModulePreconditioner>> {
+    if factors.preconditioner == Preconditioner::Identity {
+        return Ok(vec![ModulePreconditioner::Identity; modules]);
+    }
+    factors
+        .modules
+        .iter()
+        .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
+        .collect()
 }
 
 /// Each example of `rows` as one flat vector: per tracked module in order, its weight
@@ -393,15 +402,7 @@ pub fn preconditioned_gradients(
                 .iter()
                 .map(|s| (s.name.clone(), s.out_dim(), s.in_dim()))
                 .collect();
-            preconditioners = Some(if factors.preconditioner == Preconditioner::Identity {
-                vec![ModulePreconditioner::Identity; stacks.len()]
-            } else {
-                factors
-                    .modules
-                    .iter()
-                    .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
-                    .collect::<Result<_>>()?
-            });
+            preconditioners = Some(self::preconditioners(factors, damping, stacks.len())?);
         }
         let preconditioners = preconditioners.as_ref().expect("built above");
         let dim: usize = modules.iter().map(|(_, o, i)| o * i).sum();
