@@ -14,7 +14,9 @@ use super::{
 pub struct PassOptions<'a> {
     pub batch_size: usize,
     /// Batches captured at once, side by side (at most the rayon threads; 1: one at a time).
-    /// Results do not depend on it; memory grows with it.
+    /// Results do not depend on it; memory grows with it. Above 1 the source's model must have
+    /// frozen weights (loaded for inference): trainable weights join every batch's backward
+    /// pass into one graph, which the first backward consumes.
     pub in_flight: usize,
     pub projection: Option<Projection>,
     /// EK-FAC keeps the first pass's stacks up to this many bytes, so its second pass need

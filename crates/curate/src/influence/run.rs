@@ -322,7 +322,9 @@ mod tests {
     fn run(shard: Shard) -> GradientRun {
         let mut config = LmConfig::new(Architecture::Llama, 16, 8, 16, 1, 2, 1);
         config.max_position_embeddings = 16;
-        let lm = LanguageModel::init(config, None, 0, &Device::flex(), DType::F32, true).unwrap();
+        // Frozen weights, as commands load models for influence: batches are captured side by
+        // side, and trainable weights would put both backward passes on one shared graph.
+        let lm = LanguageModel::init(config, None, 0, &Device::flex(), DType::F32, false).unwrap();
         let sequences: Vec<Sequence> = (0..5)
             .map(|i| Sequence::prompt_response(&[1, 2 + i % 3], &[4 + i % 5, 9]))
             .collect();
