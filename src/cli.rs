@@ -1128,9 +1128,10 @@ pub struct GradientArgs {
     pub project: Option<curate::influence::Projection>,
 
     /// Memory EK-FAC may use to keep the first pass's per-token inputs and gradients, so its
-    /// second pass does not run the model again (0 always reruns it).
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
-    pub cache_mib: usize,
+    /// second pass does not run the model again: `auto` keeps them when they fit in
+    /// --memory-budget beside the batches, a number of MiB caps them (0 always reruns it).
+    #[arg(long, default_value = "auto", value_name = "MIB|auto")]
+    pub cache_mib: CacheSize,
 
     /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
     /// 1/N of the work (each row's forward pass from its length). `auto` reads it from a
@@ -1557,6 +1558,26 @@ pub struct MergeScoresArgs {
     /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--cache-mib`: a cap in MiB, or `auto`, all of the stacks when the memory budget holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSize {
+    Mib(usize),
+    Auto,
+}
+
+impl std::str::FromStr for CacheSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "auto" {
+            return Ok(CacheSize::Auto);
+        }
+        text.parse::<usize>()
+            .map(CacheSize::Mib)
+            .map_err(|_| format!("{text:?} is not a number of MiB or `auto`"))
+    }
 }
 
 /// `--batch-size`: a number of sequences, or `auto`, the largest batch within the memory budget.

@@ -158,3 +158,45 @@ fn logs_get_an_estimate_and_plain_progress_lines() {
         .success();
     assert_eq!(quiet.stderr, "");
 }
+
+/// `--cache-mib auto` keeps EK-FAC's first-pass stacks when the budget holds them, so the
+/// second pass does not run the model; a cap that is too small says the model runs again.
+/// Both fits give the same factors, byte for byte.
+#[test]
+fn the_stack_cache_fits_the_budget_and_says_when_the_model_runs_again() {
+    let mut test = Test::new();
+    let (model, queries) = (model(), queries());
+    let fit = |test: &mut Test, out: &str, extra: &[&str]| {
+        test.args(["influence", "fit-factors", "--model", &model])
+            .args(["--train", &queries, "--max-length", "256", "--out", out])
+            .args(["--memory-budget", "8GiB"])
+            .args(extra)
+            .run()
+            .success()
+            .stderr
+    };
+    let rerun =
+        "factors: EK-FAC's second pass runs the model again: keeping the first pass's stacks needs";
+    let kept = fit(&mut test, "auto", &[]);
+    assert!(!kept.contains(rerun), "{kept}");
+    let capped = fit(&mut test, "capped", &["--cache-mib", "0"]);
+    assert!(
+        capped.contains(rerun)
+            && capped.contains("more than the memory left (--cache-mib, --memory-budget)"),
+        "{capped}"
+    );
+    let small = fit(&mut test, "small", &["--cache-mib", "1"]);
+    assert!(small.contains("more than 1.0 MiB"), "{small}");
+    // The tensors, after the header (which records each run's command line).
+    let factors = |dir: &str| {
+        let file = test.read(&format!("{dir}/factors.safetensors"));
+        let header = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        file[8 + header..].to_vec()
+    };
+    assert!(factors("auto") == factors("capped"), "factors differ");
+    assert!(factors("auto") == factors("small"), "factors differ");
+    test.args(["influence", "fit-factors", "--model", &model])
+        .args(["--train", &queries, "--out", "bad", "--cache-mib", "lots"])
+        .run()
+        .invalid("\"lots\" is not a number of MiB or `auto`");
+}

@@ -14,7 +14,7 @@ use super::{
     provenance_of, read_queries, with_progress,
 };
 use crate::ExitStatus;
-use crate::cli::{IndexArgs, PrecondArg, QueryAggArg, QueryArgs, StoreDtypeArg};
+use crate::cli::{CacheSize, IndexArgs, PrecondArg, QueryAggArg, QueryArgs, StoreDtypeArg};
 use crate::commands::Context;
 use curate::error::{InputError, usage};
 use curate::influence::examples::Examples;
@@ -319,7 +319,7 @@ pub fn query(args: QueryArgs, context: &Context) -> Result<ExitStatus> {
         projection,
         Fisher::Empirical,
         Shard::WHOLE,
-        0,
+        CacheSize::Mib(0),
         train,
         sizing,
         context,

@@ -17,8 +17,8 @@ use regex::Regex;
 use super::Context;
 use crate::ExitStatus;
 use crate::cli::{
-    FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction, InfluenceArgs,
-    MergeFactorsArgs, ModelArgs, PrecondArg, QueryAggArg, TextArgs,
+    CacheSize, FisherArg, FitFactorsArgs, GradientArgs, GranularityArg, InfluenceAction,
+    InfluenceArgs, MergeFactorsArgs, ModelArgs, PrecondArg, QueryAggArg, TextArgs,
 };
 use crate::printer::Printer;
 use curate::error::{InputError, usage};
@@ -29,7 +29,7 @@ use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
 use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
 use curate::interrupt;
-use curate::model::budget::{Footprint, PassKind};
+use curate::model::budget::{Footprint, PassKind, bytes};
 use curate::model::{ChatTemplate, LanguageModel, LoadOptions, Sequence};
 use curate::table::{ColumnRole, Format, InputDigest, Shard};
 
@@ -96,12 +96,18 @@ fn gradient_run(
     projection: Option<Projection>,
     fisher: Fisher,
     shard: Shard,
-    cache_bytes: usize,
+    cache: CacheSize,
     train: Examples,
     (rows, longest): (usize, usize),
     context: &Context,
 ) -> Result<GradientRun> {
-    let footprint = footprint(&model.lm, &tracked, cache_bytes);
+    // A capped cache is planned for like any other fixed memory; `auto` takes what the
+    // batches leave.
+    let capped = match cache {
+        CacheSize::Mib(mib) => mib << 20,
+        CacheSize::Auto => 0,
+    };
+    let footprint = footprint(&model.lm, &tracked, capped);
     let plan = crate::commands::plan_batches(
         &footprint,
         rows,
@@ -118,7 +124,7 @@ fn gradient_run(
         curate::model::batches_in_flight(usize::MAX),
         plan.budget.unwrap_or(u128::MAX),
     );
-    Ok(GradientRun {
+    let mut run = GradientRun {
         lm: model.lm,
         model_digest: model.digest,
         model_inputs: model.inputs,
@@ -129,10 +135,62 @@ fn gradient_run(
         max_length: args.text.max_length,
         batch_size,
         in_flight,
-        cache_bytes,
+        cache_bytes: capped,
         chat: model.chat,
         train,
-    })
+    };
+    if cache == CacheSize::Auto {
+        let needed = stack_cache_bytes(&run);
+        let batches = footprint.in_flight(in_flight).bytes(batch_size, longest);
+        run.cache_bytes = match plan.budget {
+            // Keeping only part of the stacks saves nothing: the second pass reruns the
+            // model as soon as they outgrow the cache.
+            Some(limit) => {
+                if batches.saturating_add(needed as u128) <= limit {
+                    needed
+                } else {
+                    0
+                }
+            }
+            None => DEFAULT_CACHE_BYTES,
+        };
+    }
+    Ok(run)
+}
+
+/// The stack cache when no memory budget is known.
+const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
+/// What EK-FAC's first pass would keep of the run's rows: per token, each tracked layer's
+/// input and output gradient (projected when asked), as f32 unless the model computes in f64.
+fn stack_cache_bytes(run: &GradientRun) -> usize {
+    let value = if run.lm.model.dtype() == DType::F64 {
+        8
+    } else {
+        4
+    };
+    let per_token: usize = run
+        .lm
+        .model
+        .linears()
+        .into_iter()
+        .filter(|linear| run.tracked.is_match(&linear.name))
+        .map(|linear| {
+            let [outputs, inputs] = linear.weight.dims();
+            let inputs = inputs + usize::from(linear.bias.is_some());
+            match run.projection {
+                Some(p) => p.in_rank.min(inputs) + p.out_rank.min(outputs),
+                None => inputs + outputs,
+            }
+        })
+        .sum();
+    let tokens: usize = run
+        .rows()
+        .map(|i| run.train.sequences[i].input_ids.len())
+        .sum();
+    let bytes = per_token * value * tokens;
+    // Room for the per-example bookkeeping.
+    bytes + bytes / 64 + (1 << 20)
 }
 
 /// The gradient flags as a run on `shard`: the model loaded, the training rows read and
@@ -178,7 +236,7 @@ fn setup(
         projection,
         fisher,
         shard,
-        args.cache_mib << 20,
+        args.cache_mib,
         train,
         sizing,
         context,
@@ -224,7 +282,7 @@ fn footprint(lm: &LanguageModel, tracked: &Regex, cache_bytes: usize) -> Footpri
 
 /// The estimated peak memory of the run's batches.
 fn estimated_peak(run: &GradientRun) -> u128 {
-    footprint(&run.lm, &run.tracked, run.cache_bytes)
+    footprint(&run.lm, &run.tracked, 0)
         .in_flight(run.in_flight)
         .bytes(
             run.batch_size.min(run.train.sequences.len()),
@@ -260,7 +318,22 @@ fn fit(
     context: &Context,
 ) -> Result<FactorSet> {
     let total = run.fit_passes(preconditioner, covariance.is_some());
-    let peak = estimated_peak(run);
+    let peak = estimated_peak(run) + run.cache_bytes as u128;
+    // Two passes over the rows: the covariances, then the eigenvalues.
+    let both_passes = total > run.rows().len();
+    let needed = stack_cache_bytes(run);
+    if both_passes && run.cache_bytes < needed {
+        writeln!(
+            context.printer.stderr(),
+            "factors: EK-FAC's second pass runs the model again: keeping the first pass's stacks needs {}, more than {} (--cache-mib, --memory-budget)",
+            bytes(needed as u128),
+            if run.cache_bytes == 0 {
+                "the memory left".to_string()
+            } else {
+                bytes(run.cache_bytes as u128)
+            }
+        )?;
+    }
     with_progress(&context.printer, "factors", total, peak, |on_batch| {
         run.fit(preconditioner, covariance, on_batch)
     })
