@@ -1258,8 +1258,8 @@ pub struct InfluenceArgs {
     #[arg(long)]
     pub per_module: bool,
 
-    /// Print the K most helpful and most harmful training examples per domain (by the mean
-    /// over queries) on stdout.
+    /// Print the K most helpful (positive) and most harmful (negative) training examples per
+    /// domain, by the mean over queries: on stdout, or on stderr with --out -.
     #[arg(long, value_name = "K")]
     pub top: Option<usize>,
 

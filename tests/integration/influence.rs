@@ -1143,3 +1143,49 @@ fn results_do_not_depend_on_the_thread_count() {
         );
     }
 }
+
+/// With the scores on stdout (`--out -`), the `--top` tables go to stderr, so stdout stays
+/// JSON Lines; every listed helpful row has a positive mean score and every harmful row a
+/// negative one.
+#[test]
+fn top_tables_leave_stdout_to_the_scores() {
+    let queries = crate::model::fixture("math_code_queries.jsonl");
+    let model = crate::model::fixture("tiny-lm");
+    let (queries, model) = (queries.display().to_string(), model.display().to_string());
+    let mut test = Test::new();
+    let run = test
+        .args(["influence", "--model", &model, "--train", &queries])
+        .args([
+            "--query",
+            &queries,
+            "--query-agg",
+            "mean",
+            "--max-length",
+            "256",
+        ])
+        .args(["--top", "2", "--out", "-"])
+        .run()
+        .success();
+    let rows = run.json_lines();
+    assert_eq!(rows.len(), 16, "{}", run.stdout);
+    assert!(run.stderr.contains(": most helpful"), "{}", run.stderr);
+    let mut section = "";
+    for line in run.stderr.lines() {
+        if line.ends_with(": most helpful") || line.ends_with(": most harmful") {
+            section = if line.ends_with("helpful") {
+                "helpful"
+            } else {
+                "harmful"
+            };
+            continue;
+        }
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if let Some(score) = cells.get(1).and_then(|c| c.parse::<f64>().ok()) {
+            match section {
+                "helpful" => assert!(score > 0.0, "{line}"),
+                "harmful" => assert!(score < 0.0, "{line}"),
+                _ => {}
+            }
+        }
+    }
+}

@@ -572,7 +572,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         written.join(", ")
     )?;
     if let Some(k) = args.top {
-        outputs::print_top(&context.printer, &collected, &setup.train, k)?;
+        outputs::print_top(&context.printer, &collected, &setup.train, k, out == "-")?;
     }
     Ok(ExitStatus::Success)
 }

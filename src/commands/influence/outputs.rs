@@ -116,15 +116,24 @@ impl Outputs {
 }
 
 /// The K most helpful and most harmful training examples per domain, by the mean score over
-/// queries, as text tables on stdout.
+/// queries, as text tables: on stdout, or on stderr when stdout carries the scores.
 pub fn print_top(
     printer: &Printer,
     collected: &Collected,
     train: &Examples,
     k: usize,
+    stdout_has_data: bool,
 ) -> Result<()> {
+    let lines = report::top_text(&report::top_by_domain(collected, train, k)?);
+    if stdout_has_data {
+        let mut err = printer.stderr();
+        for line in lines {
+            writeln!(err, "{line}")?;
+        }
+        return Ok(());
+    }
     let mut out = printer.stdout();
-    for line in report::top_text(&report::top_by_domain(collected, train, k)?) {
+    for line in lines {
         writeln!(out, "{line}")?;
     }
     out.flush()?;

@@ -561,11 +561,23 @@ pub fn top_text(tops: &[DomainTop]) -> Vec<String> {
     let align = [Align::Left, Align::Right, Align::Right, Align::Left];
     let mut lines = Vec::new();
     for top in tops {
-        for (title, picked) in [
-            ("most helpful", &top.helpful),
-            ("most harmful", &top.harmful),
+        for (title, picked, none) in [
+            (
+                "most helpful",
+                &top.helpful,
+                "no helpful rows (no positive mean score)",
+            ),
+            (
+                "most harmful",
+                &top.harmful,
+                "no harmful rows (no negative mean score)",
+            ),
         ] {
             lines.push(format!("{}: {title}", top.domain));
+            if picked.is_empty() {
+                lines.push(format!("  {none}"));
+                continue;
+            }
             let cells: Vec<Vec<String>> = picked
                 .iter()
                 .map(|row| {
@@ -636,8 +648,23 @@ pub fn top_by_domain(
                 .collect();
             members.sort_by(|&a, &b| mean[b].total_cmp(&mean[a]).then(a.cmp(&b)));
             DomainTop {
-                helpful: members.iter().copied().take(k).map(top_row).collect(),
-                harmful: members.iter().rev().copied().take(k).map(top_row).collect(),
+                // Only a positive mean helps and only a negative one harms: a small domain
+                // must not list its weakest helpers as harmful.
+                helpful: members
+                    .iter()
+                    .copied()
+                    .filter(|&i| mean[i] > 0.0)
+                    .take(k)
+                    .map(top_row)
+                    .collect(),
+                harmful: members
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&i| mean[i] < 0.0)
+                    .take(k)
+                    .map(top_row)
+                    .collect(),
                 domain,
             }
         })
@@ -845,15 +872,21 @@ mod tests {
         let top = top_by_domain(&collected, &train, 1).unwrap();
         assert_eq!(top.len(), 2);
         assert_eq!(top[0].domain, "code");
-        assert_eq!(top[0].helpful[0].id, "b");
-        assert_eq!(top[0].helpful[0].score, -2.0);
+        // A negative mean is never listed as helpful, nor a positive one as harmful.
+        assert!(top[0].helpful.is_empty());
+        assert_eq!(top[0].harmful[0].id, "b");
+        assert_eq!(top[0].harmful[0].score, -2.0);
         assert_eq!(top[1].domain, "math");
-        assert_eq!(top[1].harmful[0].preview, "first answer");
+        assert_eq!(top[1].helpful[0].preview, "first answer");
         assert_eq!(top[1].helpful[0].difficulty, "1");
+        assert!(top[1].harmful.is_empty());
         let text = top_text(&top);
         assert_eq!(text[0], "code: most helpful");
-        assert!(text[1].starts_with("  id") && text[1].ends_with("response"));
-        assert!(text[2].starts_with("  b ") && text[2].contains("-2.0000e0"));
+        assert_eq!(text[1], "  no helpful rows (no positive mean score)");
+        assert_eq!(text[2], "code: most harmful");
+        assert!(text[3].starts_with("  id") && text[3].ends_with("response"));
+        assert!(text[4].starts_with("  b ") && text[4].contains("-2.0000e0"));
+        assert!(text.contains(&"  no harmful rows (no negative mean score)".to_string()));
         assert_eq!(text.iter().filter(|l| l.is_empty()).count(), 2);
     }
 }
