@@ -143,15 +143,10 @@ fn gradient_run(
         let needed = stack_cache_bytes(&run);
         let batches = footprint.in_flight(in_flight).bytes(batch_size, longest);
         run.cache_bytes = match plan.budget {
+            Some(limit) if batches.saturating_add(needed as u128) <= limit => needed,
             // Keeping only part of the stacks saves nothing: the second pass reruns the
             // model as soon as they outgrow the cache.
-            Some(limit) => {
-                if batches.saturating_add(needed as u128) <= limit {
-                    needed
-                } else {
-                    0
-                }
-            }
+            Some(_) => 0,
             None => DEFAULT_CACHE_BYTES,
         };
     }
@@ -188,9 +183,9 @@ fn stack_cache_bytes(run: &GradientRun) -> usize {
         .rows()
         .map(|i| run.train.sequences[i].input_ids.len())
         .sum();
-    let bytes = per_token * value * tokens;
+    let stacks = per_token * value * tokens;
     // Room for the per-example bookkeeping.
-    bytes + bytes / 64 + (1 << 20)
+    stacks + stacks / 64 + (1 << 20)
 }
 
 /// The gradient flags as a run on `shard`: the model loaded, the training rows read and
@@ -321,8 +316,12 @@ fn fit(
     let peak = estimated_peak(run) + run.cache_bytes as u128;
     // Two passes over the rows: the covariances, then the eigenvalues.
     let both_passes = total > run.rows().len();
-    let needed = stack_cache_bytes(run);
-    if both_passes && run.cache_bytes < needed {
+    let needed = if both_passes {
+        stack_cache_bytes(run)
+    } else {
+        0
+    };
+    if run.cache_bytes < needed {
         writeln!(
             context.printer.stderr(),
             "factors: EK-FAC's second pass runs the model again: keeping the first pass's stacks needs {}, more than {} (--cache-mib, --memory-budget)",

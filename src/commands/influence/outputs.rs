@@ -124,16 +124,12 @@ pub fn print_top(
     k: usize,
     stdout_has_data: bool,
 ) -> Result<()> {
-    let lines = report::top_text(&report::top_by_domain(collected, train, k)?);
-    if stdout_has_data {
-        let mut err = printer.stderr();
-        for line in lines {
-            writeln!(err, "{line}")?;
-        }
-        return Ok(());
-    }
-    let mut out = printer.stdout();
-    for line in lines {
+    let mut out: Box<dyn Write> = if stdout_has_data {
+        Box::new(printer.stderr())
+    } else {
+        Box::new(printer.stdout())
+    };
+    for line in report::top_text(&report::top_by_domain(collected, train, k)?) {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
