@@ -127,6 +127,68 @@ fn r1_traces_follow_the_marker_and_merge_rules() {
     assert_eq!(incorrect[0]["id"], "incorrect-final");
 }
 
+/// Solutions in numbered steps that state their result in the closing step, in the forms a
+/// model writes them: each is accepted with the value it states, whatever the reference (the
+/// reference only sets `correct`); one with no conclusion and one whose conclusion has no value
+/// are rejected with a detail saying which, and the end of the response.
+#[test]
+fn numbered_steps_state_their_results() {
+    let path = fixture("rephrase/numbered_steps.jsonl");
+    let inputs = jsonl(&path);
+    let mut test = Test::new();
+    let run = |test: &mut Test, input: &str, out: &str, rejects: &str| {
+        test.args(["rephrase", input, "--no-think-tags", "--format", "turns"])
+            .args(["--out", out, "--rejects", rejects])
+            .run()
+            .success();
+    };
+    run(&mut test, path.to_str().unwrap(), "t.jsonl", "r.jsonl");
+    let turns = test.read_lines("t.jsonl");
+    let rejects = test.read_lines("r.jsonl");
+    assert_eq!(assert_rebuilds(&inputs, &turns, false), inputs.len() - 2);
+    for input in &inputs {
+        let id = &input["id"];
+        if let Some(reason) = input.get("expect_reject") {
+            let reject = rejects.iter().find(|r| &r["id"] == id).expect("rejected");
+            assert_eq!(&reject["reason"], reason, "{id}");
+            let detail = reject["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with(input["expect_detail"].as_str().unwrap()),
+                "{id}: {detail}"
+            );
+            let response = input["response"].as_str().unwrap();
+            let tail = reject["tail"].as_str().unwrap();
+            assert!(response.ends_with(tail) && !tail.is_empty(), "{id}");
+            continue;
+        }
+        let last = turns.iter().rfind(|t| &t["id"] == id).expect("accepted");
+        assert_eq!(last["answer_value"], input["expect_value"], "{id}");
+        assert_eq!(
+            last["correct"],
+            input.get("expect_correct").cloned().unwrap_or(Value::Null),
+            "{id}"
+        );
+    }
+    // Without references the same records are accepted with the same values.
+    let unreferenced: String = inputs
+        .iter()
+        .map(|input| {
+            let mut row = input.clone();
+            row.as_object_mut().unwrap().remove("reference");
+            format!("{row}\n")
+        })
+        .collect();
+    let mut bare = Test::new().file("bare.jsonl", unreferenced);
+    run(&mut bare, "bare.jsonl", "t.jsonl", "r.jsonl");
+    let values = |turns: &[Value]| -> Vec<(Value, Value)> {
+        turns
+            .iter()
+            .map(|t| (t["id"].clone(), t["answer_value"].clone()))
+            .collect()
+    };
+    assert_eq!(values(&bare.read_lines("t.jsonl")), values(&turns));
+}
+
 /// The acceptance run: all 1,080 CHAMP model solutions (plain text): every accepted
 /// record rebuilds its original text exactly.
 #[test]
@@ -176,6 +238,72 @@ fn champ_solutions_rebuild_exactly() {
     let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
     assert_eq!(stats["accepted"].as_u64().unwrap() as usize, accepted);
     assert!(accepted > 1000, "{accepted}");
+}
+
+/// The same CHAMP solutions written as one paragraph of steps (blank lines removed), so the
+/// closing step is the only place the result is stated: of the solutions whose reference is a
+/// number, at least 95% must be accepted, each with the value its last step states; every
+/// accepted record still rebuilds its text exactly.
+#[test]
+#[cfg_attr(no_shared_data, ignore = "needs ../shared/data beside the checkout")]
+fn champ_solutions_as_one_paragraph_keep_their_stated_results() {
+    let data = crate::model::reference("../data/champ_solutions_0shot.jsonl");
+    let inputs: Vec<Value> = std::fs::read_to_string(data)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            let solution = row["solution"].as_str().unwrap().trim();
+            let lines: Vec<&str> = solution.lines().filter(|l| !l.trim().is_empty()).collect();
+            serde_json::json!({
+                "id": format!("{}/{}", row["problem_id"].as_str().unwrap(), row["model"].as_str().unwrap()),
+                "question": "q",
+                "response": lines.join("\n"),
+                "reference": row["reference_answer"],
+            })
+        })
+        .collect();
+    let body: String = inputs.iter().map(|v| format!("{v}\n")).collect();
+    let mut test = Test::new().file("flat.jsonl", body);
+    test.args([
+        "rephrase",
+        "flat.jsonl",
+        "--no-think-tags",
+        "--format",
+        "turns",
+    ])
+    .args(["--out", "t.jsonl", "--rejects", "r.jsonl"])
+    .run()
+    .success();
+    let turns = test.read_lines("t.jsonl");
+    assert_rebuilds(&inputs, &turns, false);
+    let accepted: std::collections::HashSet<&Value> = turns.iter().map(|t| &t["id"]).collect();
+    let numeric: Vec<&Value> = inputs
+        .iter()
+        .filter(|i| {
+            let r = i["reference"].as_str().unwrap().replace(',', "");
+            r.trim().parse::<f64>().is_ok()
+        })
+        .collect();
+    let kept = numeric
+        .iter()
+        .filter(|i| accepted.contains(&i["id"]))
+        .count();
+    assert!(
+        kept * 100 >= numeric.len() * 95,
+        "{kept} of {} numeric-answer solutions accepted",
+        numeric.len()
+    );
+    // Every reject says what was missing and shows the end of the solution.
+    for reject in test.read_lines("r.jsonl") {
+        assert_eq!(reject["reason"], "no_final_answer");
+        let detail = reject["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("no conclusion") || detail.starts_with("the closing step"),
+            "{detail}"
+        );
+        assert!(reject["tail"].as_str().unwrap().chars().count() <= 200);
+    }
 }
 
 #[test]

@@ -170,10 +170,11 @@ fn rephrase_all_rules(
         if i % 256 == 0 {
             curate::interrupt::check()?;
         }
-        outcomes.push(
-            rephrase_rules(&trace.response, trace.reference.as_deref(), settings)
-                .map_err(Rejection::from),
-        );
+        outcomes.push(rephrase_rules(
+            &trace.response,
+            trace.reference.as_deref(),
+            settings,
+        ));
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -3,6 +3,8 @@
 //! normalisation: LaTeX clutter, units, percentages, commas, `x =` prefixes, `\frac12`, then
 //! numeric comparison with a relative tolerance).
 
+use super::conclusion::{Conclusion, conclusion};
+
 /// Where an answer was found and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -18,6 +20,8 @@ pub enum AnswerKind {
     FinalAnswerHeading,
     /// A value in the text that equals the reference answer.
     Implicit,
+    /// A value stated by the closing step's conclusion ("Therefore, there are 90 ...").
+    Conclusion,
 }
 
 /// The content of the last brace-balanced `\boxed{...}` (or `\fbox{...}`), if any.
@@ -170,6 +174,22 @@ fn final_answer_heading(text: &str) -> Option<String> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(|l| l.trim_matches('$').trim().to_string())
+}
+
+/// The answer a closing passage (the last segment of a trace, or its final text) gives: one
+/// stated explicitly, else the value its conclusion states, else with a reference an implicit
+/// one. The conclusion comes before the implicit match, so that a reference mentioned on the
+/// way does not stand in for a different result the passage ends with.
+pub(crate) fn closing_answer(text: &str, reference: Option<&Target>) -> Option<Found> {
+    explicit_answer(text)
+        .or_else(|| match conclusion(text) {
+            Conclusion::Stated(text) => Some(Found {
+                text,
+                kind: AnswerKind::Conclusion,
+            }),
+            Conclusion::NoValue(_) | Conclusion::Absent => None,
+        })
+        .or_else(|| reference.and_then(|t| implicit_answer(text, t)))
 }
 
 /// A value in `text` equal to `reference` (numbers, `$...$` spans, right-hand sides of `=`),

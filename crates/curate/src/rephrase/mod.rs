@@ -15,6 +15,7 @@ pub mod boundaries;
 pub mod cache;
 pub mod chat;
 pub mod client;
+pub mod conclusion;
 pub mod journal;
 pub mod plan;
 pub mod records;
@@ -23,7 +24,7 @@ pub mod units;
 
 use std::ops::Range;
 
-use self::answer::{AnswerKind, Target, explicit_answer, implicit_answer};
+use self::answer::{AnswerKind, Target, closing_answer, explicit_answer, implicit_answer};
 use self::rewrite::RewrittenUnit;
 use self::units::{MarkerKind, Markers, Segment, Unit, UnitOptions, close_units, units};
 
@@ -248,7 +249,7 @@ pub fn rephrase_rules(
     response: &str,
     reference: Option<&str>,
     settings: &Settings,
-) -> Result<Rephrased, Reject> {
+) -> Result<Rephrased, Rejection> {
     let parts = trace_parts(response, reference, settings)?;
     let thinking = &response[parts.thinking.clone()];
     let found = units(thinking, &settings.markers, reference, settings.units);
@@ -264,12 +265,12 @@ pub(crate) fn rephrase_at_ends(
     reference: Option<&str>,
     settings: &Settings,
     ends: &[usize],
-) -> Result<Rephrased, Reject> {
+) -> Result<Rephrased, Rejection> {
     let parts = trace_parts(response, reference, settings)?;
     let thinking = &response[parts.thinking.clone()];
     let paragraphs = units::paragraphs(thinking);
     if ends.last().is_none_or(|&last| last + 1 != paragraphs.len()) {
-        return Err(Reject::ThinkingAltered);
+        return Err(Reject::ThinkingAltered.into());
     }
     let segments = boundaries::unit_spans(&paragraphs, ends)
         .into_iter()
@@ -283,17 +284,32 @@ pub(crate) fn rephrase_at_ends(
 }
 
 /// The final answer value of a trace: stated in its final text (else the text itself), or for
-/// a plain one-paragraph solution, the answer it ends with.
+/// a plain one-paragraph solution, the answer it ends with; if it states none, why.
 fn final_value(
     final_text: Option<&str>,
     last_answer: Option<&str>,
     reference: Option<&Target>,
-) -> Result<String, Reject> {
+    thinking: &str,
+) -> Result<String, Rejection> {
     match final_text {
-        Some(text) => Ok(explicit_answer(text)
-            .or_else(|| reference.and_then(|t| implicit_answer(text, t)))
-            .map_or_else(|| text.to_string(), |f| f.text)),
-        None => last_answer.map(str::to_string).ok_or(Reject::NoFinalAnswer),
+        Some(text) => {
+            Ok(closing_answer(text, reference).map_or_else(|| text.to_string(), |f| f.text))
+        }
+        None => last_answer.map(str::to_string).ok_or_else(|| Rejection {
+            reason: Reject::NoFinalAnswer,
+            detail: Some(conclusion::missing_answer_detail(thinking)),
+        }),
+    }
+}
+
+/// The `--require-correct` rejection of a final answer that is not the reference.
+fn incorrect(final_value: &str, reference: Option<&str>) -> Rejection {
+    Rejection {
+        reason: Reject::Incorrect,
+        detail: Some(format!(
+            "the final answer {final_value:?} is not the reference {:?}",
+            reference.unwrap_or_default()
+        )),
     }
 }
 
@@ -312,7 +328,7 @@ fn assemble(
     found: Vec<Unit>,
     reference: Option<&str>,
     settings: &Settings,
-) -> Result<Rephrased, Reject> {
+) -> Result<Rephrased, Rejection> {
     let thinking = &response[parts.thinking.clone()];
     let final_text = parts.final_text.clone().map(|r| response[r].trim());
     // The units must cover the thinking exactly, in order.
@@ -320,17 +336,17 @@ fn assemble(
         && found.last().map(|u| u.span.end) == Some(thinking.len())
         && found.windows(2).all(|w| w[0].span.end == w[1].span.start);
     if !covered {
-        return Err(Reject::ThinkingAltered);
+        return Err(Reject::ThinkingAltered.into());
     }
     let target = reference.map(Target::new);
     let last_answer = found
         .last()
         .and_then(|u| u.answer.as_ref())
         .map(|a| a.text.as_str());
-    let final_value = final_value(final_text, last_answer, target.as_ref())?;
+    let final_value = final_value(final_text, last_answer, target.as_ref(), thinking)?;
     let correct = |value: &str| target.as_ref().map(|t| t.matches(value));
     if settings.require_correct && correct(&final_value) != Some(true) {
-        return Err(Reject::Incorrect);
+        return Err(incorrect(&final_value, reference));
     }
     let count = found.len();
     let offset = parts.thinking.start;
@@ -369,9 +385,9 @@ fn assemble(
         .filter_map(|u| u.span.clone().map(|span| &response[span]))
         .collect();
     if rebuilt != thinking {
-        return Err(Reject::ThinkingAltered);
+        return Err(Reject::ThinkingAltered.into());
     }
-    finish(rendered, parts, thinking, final_text, None)
+    Ok(finish(rendered, parts, thinking, final_text, None)?)
 }
 
 /// The checks every mode ends with, and the record's statistics.
@@ -460,13 +476,15 @@ pub(crate) fn rephrase_rewritten(
     // solution) the answer its thinking states.
     let original_last = final_text
         .is_none()
-        .then(|| {
-            explicit_answer(thinking)
-                .or_else(|| target.as_ref().and_then(|t| implicit_answer(thinking, t)))
-        })
+        .then(|| closing_answer(thinking, target.as_ref()))
         .flatten()
         .map(|f| f.text);
-    let final_value = final_value(final_text, original_last.as_deref(), target.as_ref())?;
+    let final_value = final_value(
+        final_text,
+        original_last.as_deref(),
+        target.as_ref(),
+        thinking,
+    )?;
     let (last_value, _) = stated(&last.answer);
     let kept = answer::equivalent(&last_value, &final_value)
         || final_text
@@ -481,7 +499,7 @@ pub(crate) fn rephrase_rewritten(
     }
     let correct = |value: &str| target.as_ref().map(|t| t.matches(value));
     if settings.require_correct && correct(&final_value) != Some(true) {
-        return Err(Reject::Incorrect.into());
+        return Err(incorrect(&final_value, reference));
     }
     let count = rewritten.len();
     let rendered = rewritten
@@ -511,6 +529,11 @@ pub(crate) fn rephrase_rewritten(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the reason of a rejection.
+    fn reason<T>(outcome: Result<T, Rejection>) -> Result<T, Reject> {
+        outcome.map_err(|r| r.reason)
+    }
 
     fn settings(think_tags: bool) -> Settings {
         Settings {
@@ -558,23 +581,23 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
     fn rejects_name_their_reason() {
         let s = settings(true);
         assert_eq!(
-            rephrase_rules("no tags here", None, &s),
+            reason(rephrase_rules("no tags here", None, &s)),
             Err(Reject::NoThinkTags)
         );
         assert_eq!(
-            rephrase_rules("<think>a</think>b</think>", None, &s),
+            reason(rephrase_rules("<think>a</think>b</think>", None, &s)),
             Err(Reject::MalformedTags)
         );
         assert_eq!(
-            rephrase_rules("<think> <think>x</think> y", None, &s),
+            reason(rephrase_rules("<think> <think>x</think> y", None, &s)),
             Err(Reject::MalformedTags)
         );
         assert_eq!(
-            rephrase_rules("<think>  </think> 5", None, &s),
+            reason(rephrase_rules("<think>  </think> 5", None, &s)),
             Err(Reject::EmptyThinking)
         );
         assert_eq!(
-            rephrase_rules("<think>x = 5</think>  ", None, &s),
+            reason(rephrase_rules("<think>x = 5</think>  ", None, &s)),
             Err(Reject::NoFinalAnswer)
         );
         let strict = Settings {
@@ -582,14 +605,17 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
             ..settings(true)
         };
         assert_eq!(
-            rephrase_rules(R1, Some("20"), &strict),
+            reason(rephrase_rules(R1, Some("20"), &strict)),
             Err(Reject::Incorrect)
         );
-        assert_eq!(rephrase_rules(R1, None, &strict), Err(Reject::NoReference));
+        assert_eq!(
+            reason(rephrase_rules(R1, None, &strict)),
+            Err(Reject::NoReference)
+        );
         assert!(rephrase_rules(R1, Some("21"), &strict).is_ok());
         let plain = settings(false);
         assert_eq!(
-            rephrase_rules("We compute things.", None, &plain),
+            reason(rephrase_rules("We compute things.", None, &plain)),
             Err(Reject::NoFinalAnswer)
         );
         // Leading blank lines: still one paragraph, answered in itself.
@@ -621,7 +647,7 @@ Let me verify: 21 * 2 = 42. Correct.\n</think>\n\nThe answer is $\\boxed{21}$.";
         assert_eq!(out.units[1].segments, 2);
         assert_eq!(rebuilt(&out), &R1[range]);
         assert_eq!(
-            rephrase_at_ends(R1, None, &s, &[1]),
+            reason(rephrase_at_ends(R1, None, &s, &[1])),
             Err(Reject::ThinkingAltered)
         );
     }

@@ -66,10 +66,12 @@ pub fn plan(
             let (body, reply_estimate, expect) = match mode {
                 LlmMode::Boundaries => {
                     if ranges.len() == 1 {
-                        return Plan::Settled(
-                            rephrase_at_ends(&trace.response, reference, settings, &[0])
-                                .map_err(Into::into),
-                        );
+                        return Plan::Settled(rephrase_at_ends(
+                            &trace.response,
+                            reference,
+                            settings,
+                            &[0],
+                        ));
                     }
                     let texts: Vec<&str> = ranges.iter().map(|r| &thinking[r.clone()]).collect();
                     (
@@ -162,7 +164,7 @@ fn settle(
     match job.expect {
         Expect::Ends { paragraphs } => {
             let ends = parse_ends(&content, paragraphs).map_err(unusable)?;
-            rephrase_at_ends(&trace.response, reference, settings, &ends).map_err(Into::into)
+            rephrase_at_ends(&trace.response, reference, settings, &ends)
         }
         Expect::Units => {
             let units = parse_units(&content).map_err(unusable)?;

@@ -45,16 +45,31 @@ pub enum RecordFormat {
     Turns,
 }
 
+/// Characters of a response's end kept in its reject row, where a missing or unreadable
+/// conclusion would be.
+pub const REJECT_TAIL_CHARS: usize = 200;
+
 /// The reject row of a trace.
 pub fn reject_record(trace: &Trace, reason: Reject, detail: Option<&str>) -> Value {
     json!({
         "id": trace.id,
         "reason": reason.code(),
         "detail": detail,
+        "tail": tail(&trace.response, REJECT_TAIL_CHARS),
         "question": trace.question,
         "response": trace.response,
         "reference": trace.reference,
     })
+}
+
+/// The last `chars` characters of `text`.
+fn tail(text: &str, chars: usize) -> &str {
+    let start = text
+        .char_indices()
+        .rev()
+        .nth(chars.saturating_sub(1))
+        .map_or(0, |(at, _)| at);
+    if chars == 0 { "" } else { &text[start..] }
 }
 
 /// The traces of `shard`, checked over the whole input (ids unique, no nulls).
@@ -305,6 +320,14 @@ Wait, the question asks for half of it.\n\nHalf of 42 is 21. So the answer is \\
             response: ColumnRole::new("response", "the response"),
             reference: "reference",
         }
+    }
+
+    #[test]
+    fn reject_tails_count_characters() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(tail("été = 90", 7), "té = 90");
+        assert_eq!(tail("abc", 0), "");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::answer::{Found, Target, explicit_answer, implicit_answer};
+use super::answer::{Found, Target, closing_answer, explicit_answer, implicit_answer};
 
 /// What a marker announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,9 @@ pub fn units(
 
 /// Units from segments that cover `thinking` in order: a unit closes at the end of the first
 /// segment with an answer candidate; segments without one join the next unit, trailing ones
-/// the last.
+/// the last. The last segment's candidates include a stated conclusion
+/// ([`closing_answer`]): a solution that ends "Therefore, there are 90 ..." has an answer
+/// whatever the reference says.
 pub(crate) fn close_units(
     thinking: &str,
     segments: Vec<Segment>,
@@ -199,10 +201,14 @@ pub(crate) fn close_units(
     let target = reference.map(Target::new);
     let mut units: Vec<Unit> = Vec::new();
     let mut open: Option<Unit> = None;
-    for Segment { span, opened_by } in segments {
+    let count = segments.len();
+    for (i, Segment { span, opened_by }) in segments.into_iter().enumerate() {
         let text = &thinking[span.clone()];
-        let answer = explicit_answer(text)
-            .or_else(|| target.as_ref().and_then(|t| implicit_answer(text, t)));
+        let answer = if i + 1 == count {
+            closing_answer(text, target.as_ref())
+        } else {
+            explicit_answer(text).or_else(|| target.as_ref().and_then(|t| implicit_answer(text, t)))
+        };
         let unit = open.get_or_insert(Unit {
             span: span.start..span.start,
             answer: None,
