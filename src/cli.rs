@@ -705,6 +705,12 @@ pub struct ReweightArgs {
     #[arg(long, value_name = "W")]
     pub cap: Option<f64>,
 
+    /// Keep each flipped domain's effective sample size ((sum w)^2 / sum w^2) at least this
+    /// fraction of its rows: the new histogram is tempered toward the old until it holds
+    /// (--rule flip).
+    #[arg(long, value_name = "FRACTION")]
+    pub min_ess: Option<f64>,
+
     /// Write a resampled table (systematic resampling, seeded, whole copies) instead of
     /// weights.
     #[arg(long)]

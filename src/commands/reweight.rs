@@ -9,6 +9,7 @@ use crate::ExitStatus;
 use crate::cli::{PreserveArg, ReweightArgs, RuleArg};
 use curate::error::{InputError, usage};
 use curate::reweight::frame::{self, GroupColumns, Rule, RuleError};
+use curate::reweight::levels::Groups;
 use curate::reweight::{self, Adjustment, Binning, Preserve, TargetError};
 use curate::table::{self, ColumnRole, Input, Output};
 
@@ -82,6 +83,9 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
         writeln!(stderr, "{note}")?;
     }
     reweight::audit::write_text(&mut stderr, &audit)?;
+    for line in sample_sizes(&args, &groups, &weights) {
+        writeln!(stderr, "{line}")?;
+    }
     if args.out != "-" {
         writeln!(stderr, "wrote {} rows to {}", out_frame.height(), args.out)?;
     }
@@ -100,6 +104,7 @@ fn rule(
         RuleArg::Flip => Rule::Flip {
             directions: args.direction.clone(),
             targets: args.target.clone(),
+            min_ess: args.min_ess,
         },
         RuleArg::Influence => Rule::Influence {
             scores: scores(frame, input, scores_input, args)?,
@@ -149,6 +154,49 @@ fn rule_error(err: RuleError, label: &str, domain_col: &str) -> anyhow::Error {
     }
 }
 
+/// Below this share of a domain's rows, an effective sample size earns a warning.
+const LOW_ESS: f64 = 0.1;
+
+/// Per domain: how many rows the weighted domain is worth and where its mean difficulty went;
+/// a warning where the weights hang on few rows.
+fn sample_sizes(args: &ReweightArgs, groups: &Groups, weights: &[f64]) -> Vec<String> {
+    if args.rule == RuleArg::Topk {
+        return Vec::new();
+    }
+    let ess = reweight::effective_sample_sizes(&groups.domain, groups.domains(), weights);
+    let before = groups.mean_difficulty(&vec![1.0; weights.len()]);
+    let after = groups.mean_difficulty(weights);
+    let counts = groups.counts();
+    let mut lines = Vec::new();
+    for (d, name) in groups.domain_names.iter().enumerate() {
+        let rows: usize = counts[d].iter().sum();
+        let share = ess[d] / rows as f64;
+        lines.push(format!(
+            "{name}: effective sample size {:.1} of {rows} rows ({:.1}%); mean difficulty {:.3} -> {:.3}",
+            ess[d],
+            share * 100.0,
+            before[d],
+            after[d]
+        ));
+        if share < LOW_ESS {
+            let advice = match args.rule {
+                RuleArg::Flip if args.min_ess.is_none() => {
+                    "; --min-ess 0.25 tempers the flip until a quarter of the rows' worth remains"
+                }
+                RuleArg::Flip => "",
+                _ => "; a smaller --tau or a --cap spreads it",
+            };
+            lines.push(format!(
+                "warning: {name}: the weights hang on few rows (effective sample size {:.1}% of \
+                 the domain, under {:.0}%){advice}",
+                share * 100.0,
+                LOW_ESS * 100.0
+            ));
+        }
+    }
+    lines
+}
+
 /// What the rule did, a line each, for stderr.
 fn notes(
     args: &ReweightArgs,
@@ -166,11 +214,26 @@ fn notes(
             .zip(adjustments)
             .map(|(name, adjustment)| match adjustment {
                 Adjustment::Untouched => format!("{name}: unchanged (no direction or target)"),
-                Adjustment::Mirrored(d) => format!("{name}: level histogram mirrored toward {d}"),
-                Adjustment::AlreadyLeaning(d) => format!(
-                    "{name}: unchanged (already leaning {d}; mirroring would move mass away)"
+                Adjustment::Mirrored {
+                    direction,
+                    strength,
+                } => format!(
+                    "{name}: level histogram mirrored toward {direction}{}",
+                    tempered(*strength)
                 ),
-                Adjustment::Targeted => format!("{name}: set to the --target proportions"),
+                Adjustment::AlreadyLeaning {
+                    direction,
+                    mean,
+                    mirrored_mean,
+                } => format!(
+                    "{name}: unchanged (mirroring its levels would move the mean difficulty \
+                     {mean:.3} -> {mirrored_mean:.3}, away from {direction}; --target sets \
+                     level proportions directly)"
+                ),
+                Adjustment::Targeted { strength } => format!(
+                    "{name}: set to the --target proportions{}",
+                    tempered(*strength)
+                ),
             })
             .collect(),
         Rule::Influence { tau, .. } => vec![format!(
@@ -192,6 +255,18 @@ fn notes(
                 ""
             }
         )],
+    }
+}
+
+/// How far `--min-ess` let a histogram move, in words ("" when all the way).
+fn tempered(strength: f64) -> String {
+    if strength >= 1.0 {
+        String::new()
+    } else {
+        format!(
+            ", tempered by --min-ess to {:.1}% of the way",
+            strength * 100.0
+        )
     }
 }
 
@@ -220,8 +295,17 @@ fn check_flags(args: &ReweightArgs) -> Result<()> {
     {
         return Err(usage(format!("--cap {cap} is not a positive number")));
     }
-    if args.rule != RuleArg::Flip && (args.direction.is_some() || !args.target.is_empty()) {
-        return Err(usage("--direction and --target apply only to --rule flip"));
+    if args.rule != RuleArg::Flip
+        && (args.direction.is_some() || !args.target.is_empty() || args.min_ess.is_some())
+    {
+        return Err(usage(
+            "--direction, --target and --min-ess apply only to --rule flip",
+        ));
+    }
+    if let Some(f) = args.min_ess
+        && !(f > 0.0 && f <= 1.0)
+    {
+        return Err(usage(format!("--min-ess {f} is not in (0, 1]")));
     }
     if args.report.as_deref() == Some(args.out.as_str()) {
         return Err(usage("--report and --out name the same file"));

@@ -429,3 +429,89 @@ fn random_rule_is_seeded_and_keeps_domain_totals() {
         assert!(weights.iter().any(|&w| (w - 1.0).abs() > 0.05));
     }
 }
+
+/// Ratings skewed as LLM-rated code tasks are (CodeIO's 2,750: 81% rated 8, 16% rated 7,
+/// 0.7% rated 2-5): "easy code up" must lower the mean difficulty without hanging the weights
+/// on a handful of rows.
+#[test]
+fn skewed_ratings_flip_easier_with_a_sample_size_to_show() {
+    let histogram = [
+        (2, 3),
+        (3, 4),
+        (4, 2),
+        (5, 8),
+        (6, 23),
+        (7, 431),
+        (8, 2224),
+        (9, 55),
+    ];
+    let data: String = histogram
+        .iter()
+        .flat_map(|&(rating, count)| {
+            std::iter::repeat_n(
+                format!("{{\"domain\": \"code\", \"difficulty\": {rating}}}\n"),
+                count,
+            )
+        })
+        .collect();
+    let mut test = Test::new().file("codeio.jsonl", data);
+    let ess = |rows: &[Value]| {
+        let w = numbers(rows, "weight");
+        let sum: f64 = w.iter().sum();
+        sum * sum / w.iter().map(|x| x * x).sum::<f64>()
+    };
+    let flip = |test: &mut Test, extra: &[&str]| {
+        test.args(["reweight", "codeio.jsonl", "--direction", "code=easy"])
+            .args(["--out", "w.jsonl", "--report", "audit.jsonl", "--force"])
+            .args(extra)
+            .run()
+            .success()
+            .stderr
+    };
+
+    // Mirroring the eight ratings moves 81% of the mass onto 4 rows: said, with the way out.
+    let stderr = flip(&mut test, &[]);
+    let rows = test.read_lines("w.jsonl");
+    assert!(ess(&rows) < 10.0, "{}", ess(&rows));
+    assert!(
+        stderr.contains("warning: code: the weights hang on few rows")
+            && stderr.contains("--min-ess"),
+        "{stderr}"
+    );
+    let audit = test.read_lines("audit.jsonl");
+    assert!((audit[0]["domain_ess"].as_f64().unwrap() - ess(&rows)).abs() < 1e-6);
+
+    // --min-ess tempers it to exactly the asked share, still easier.
+    let stderr = flip(&mut test, &["--min-ess", "0.25"]);
+    let rows = test.read_lines("w.jsonl");
+    assert!((ess(&rows) - 2750.0 * 0.25).abs() < 1e-6, "{}", ess(&rows));
+    let (after, before, total) = domain_stats(&rows)["code"];
+    assert!(after < before - 0.2, "{before} -> {after}");
+    assert!((total - 2750.0).abs() < 1e-6);
+    assert!(stderr.contains("tempered by --min-ess"), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // Quantile bins respect ties: four non-empty levels with edges at distinct ratings, and
+    // mirroring them makes the mix easier.
+    let stderr = flip(&mut test, &["--bins", "4"]);
+    let audit = test.read_lines("audit.jsonl");
+    let counts: Vec<u64> = audit.iter().map(|r| r["rows"].as_u64().unwrap()).collect();
+    assert_eq!(counts, vec![40, 431, 2224, 55]);
+    assert!(stderr.contains("mirrored toward easy"), "{stderr}");
+    let (after, before, _) = domain_stats(&test.read_lines("w.jsonl"))["code"];
+    assert!(after < before - 0.5, "{before} -> {after}");
+
+    for (flags, message) in [
+        (&["--min-ess", "0"][..], "--min-ess 0 is not in (0, 1]"),
+        (
+            &["--min-ess", "0.5", "--rule", "random"][..],
+            "--min-ess apply only to --rule flip",
+        ),
+    ] {
+        test.args(["reweight", "codeio.jsonl", "--out", "x.jsonl"])
+            .args(flags)
+            .run()
+            .invalid(message);
+        assert!(!test.path("x.jsonl").exists());
+    }
+}

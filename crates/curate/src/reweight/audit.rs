@@ -20,6 +20,9 @@ pub struct AuditRow {
     pub mean_weight: f64,
     /// Rows after resampling, when the table was materialised.
     pub rows_after: Option<u64>,
+    /// The domain's effective sample size under the weights, `(sum w)^2 / sum w^2` (the same
+    /// on each of its levels).
+    pub domain_ess: f64,
 }
 
 /// One row per (domain, level), domains in order of first appearance, levels easiest first.
@@ -30,6 +33,7 @@ pub fn audit(groups: &Groups, weights: &[f64], copies: Option<&[u32]>) -> Vec<Au
         let as_f64: Vec<f64> = copies.iter().map(|&c| f64::from(c)).collect();
         groups.mass(&as_f64)
     });
+    let ess = super::effective_sample_sizes(&groups.domain, groups.domains(), weights);
     let mut rows = Vec::new();
     for d in 0..groups.domains() {
         let total_rows: usize = counts[d].iter().sum();
@@ -46,6 +50,7 @@ pub fn audit(groups: &Groups, weights: &[f64], copies: Option<&[u32]>) -> Vec<Au
                 share_after: ratio(mass[d][k], total_mass),
                 mean_weight: ratio(mass[d][k], counts[d][k] as f64),
                 rows_after: copied.as_ref().map(|c| c[d][k].round() as u64),
+                domain_ess: ess[d],
             });
         }
     }
@@ -135,6 +140,11 @@ mod tests {
             (3, 0.75, 0.375)
         );
         assert_eq!((rows[1].mean_weight, rows[1].rows_after), (2.5, Some(3)));
+        // (0.5 * 3 + 2.5)^2 / (0.25 * 3 + 6.25) = 16 / 7 on both levels.
+        assert!(
+            rows.iter()
+                .all(|r| (r.domain_ess - 16.0 / 7.0).abs() < 1e-12)
+        );
         let mut text = Vec::new();
         write_text(&mut text, &rows).unwrap();
         let text = String::from_utf8(text).unwrap();

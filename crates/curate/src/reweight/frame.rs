@@ -85,6 +85,9 @@ pub enum Rule {
         /// None: [`DEFAULT_DIRECTIONS`] for the domains present.
         directions: Option<Vec<DomainDirection>>,
         targets: Vec<DomainTarget>,
+        /// Temper each domain's new histogram until its effective sample size is at least
+        /// this fraction of its rows.
+        min_ess: Option<f64>,
     },
     /// Groups weighted by exp(tau * z) of their mean score.
     Influence { scores: Vec<f64>, tau: f64 },
@@ -133,6 +136,7 @@ pub fn weigh(
         Rule::Flip {
             directions,
             targets,
+            min_ess,
         } => {
             let directions =
                 resolve_directions(groups, directions.as_deref()).map_err(RuleError::Direction)?;
@@ -141,7 +145,7 @@ pub fn weigh(
                 let d = domain_position(groups, &target.domain).map_err(RuleError::TargetDomain)?;
                 by_domain.insert(d, target.shares.clone());
             }
-            let (weights, done) = super::flip(groups, &directions, &by_domain)?;
+            let (weights, done) = super::flip(groups, &directions, &by_domain, *min_ess)?;
             adjustments = done;
             weights
         }
@@ -373,6 +377,7 @@ pub fn audit_frame(rows: &[AuditRow]) -> PolarsResult<DataFrame> {
         "share_after" => rows.iter().map(|r| r.share_after).collect::<Vec<_>>(),
         "mean_weight" => rows.iter().map(|r| r.mean_weight).collect::<Vec<_>>(),
         "rows_after" => rows.iter().map(|r| r.rows_after).collect::<Vec<_>>(),
+        "domain_ess" => rows.iter().map(|r| r.domain_ess).collect::<Vec<_>>(),
     )
 }
 
@@ -442,14 +447,19 @@ mod tests {
         let flip = Rule::Flip {
             directions: None,
             targets: vec!["code=0,1".parse().unwrap()],
+            min_ess: None,
         };
         let weighed = weigh(&groups, &flip, Preserve::Domain, None).unwrap();
         assert_eq!(weighed.adjustments.len(), 2);
-        assert_eq!(weighed.adjustments[1], Adjustment::Targeted);
+        assert_eq!(
+            weighed.adjustments[1],
+            Adjustment::Targeted { strength: 1.0 }
+        );
         assert_eq!(&weighed.weights[2..], [0.0, 2.0]);
         let unknown = Rule::Flip {
             directions: Some(vec!["physics=hard".parse().unwrap()]),
             targets: Vec::new(),
+            min_ess: None,
         };
         let err = weigh(&groups, &unknown, Preserve::Domain, None).unwrap_err();
         assert_eq!(

@@ -16,7 +16,7 @@ pub(crate) use levels::assign;
 pub(crate) use levels::{Groups, LevelError};
 pub use resample::systematic;
 pub(crate) use rules::CapError;
-pub use rules::{Adjustment, Direction, Preserve, TargetError, cap, flip};
+pub use rules::{Adjustment, Direction, Preserve, TargetError, cap, effective_sample_sizes, flip};
 pub(crate) use rules::{from_group_scores, random_group_scores, top_fraction};
 pub(crate) use scores::rank_by;
 pub(crate) use scores::{MeanScores, ScoreJoinError};

@@ -27,12 +27,18 @@ impl fmt::Display for Direction {
 pub enum Adjustment {
     /// No direction or target: weights stay 1.
     Untouched,
-    /// The level histogram was mirrored toward `Direction`.
-    Mirrored(Direction),
-    /// Mirroring would have moved mass the other way (or nowhere): weights stay 1.
-    AlreadyLeaning(Direction),
-    /// Explicit level proportions were applied.
-    Targeted,
+    /// The level histogram moved toward its mirror image by `strength` (1: all the way; less
+    /// when `--min-ess` tempered it).
+    Mirrored { direction: Direction, strength: f64 },
+    /// Mirroring would have moved the mean difficulty the other way (or nowhere): weights
+    /// stay 1. The domain's mean difficulty, and what the mirrored histogram's would be.
+    AlreadyLeaning {
+        direction: Direction,
+        mean: f64,
+        mirrored_mean: f64,
+    },
+    /// Explicit level proportions were applied, by `strength` (1: exactly).
+    Targeted { strength: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,12 +80,17 @@ impl fmt::Display for TargetError {
     }
 }
 
-/// Per domain: mirror the level histogram toward its direction when that moves mass the
-/// requested way, or apply explicit target proportions; other domains keep weight 1.
+/// Per domain: mirror the level histogram toward its direction when that moves the mean
+/// difficulty the requested way, or apply explicit target proportions; other domains keep
+/// weight 1. With `min_ess` (a fraction of the domain's rows), a domain whose new histogram
+/// would leave an effective sample size below it gets the histogram `(1 - t) p + t q` between
+/// its own `p` and the new `q` instead, with the largest `t` that holds it: the mean still
+/// moves the requested way, only less far.
 pub fn flip(
     groups: &Groups,
     directions: &HashMap<usize, Direction>,
     targets: &HashMap<usize, Vec<f64>>,
+    min_ess: Option<f64>,
 ) -> Result<(Vec<f64>, Vec<Adjustment>), TargetError> {
     let counts = groups.counts();
     let mut shares_wanted: Vec<Option<Vec<f64>>> = vec![None; groups.domains()];
@@ -91,12 +102,11 @@ pub fn flip(
             continue;
         }
         let current: Vec<f64> = counts[d].iter().map(|&c| c as f64 / total as f64).collect();
-        if let Some(target) = targets.get(&d) {
-            shares_wanted[d] = Some(normalise_target(name, target, &counts[d])?);
-            adjustments[d] = Adjustment::Targeted;
+        let wanted = if let Some(target) = targets.get(&d) {
+            normalise_target(name, target, &counts[d])?
         } else if let Some(&direction) = directions.get(&d) {
             let mut mirrored: Vec<f64> = current.iter().rev().copied().collect();
-            // Quantile bins can be empty; mass mirrored onto them has no rows to carry it.
+            // Mass mirrored onto a level no row is in has no rows to carry it.
             for (share, &count) in mirrored.iter_mut().zip(&counts[d]) {
                 if count == 0 {
                     *share = 0.0;
@@ -104,18 +114,41 @@ pub fn flip(
             }
             let sum: f64 = mirrored.iter().sum();
             mirrored.iter_mut().for_each(|s| *s /= sum);
-            let shift = mean_level(&mirrored) - mean_level(&current);
+            let means = &groups.level_means[d];
+            let (mean, mirrored_mean) = (mean_of(&current, means), mean_of(&mirrored, means));
+            let shift = mirrored_mean - mean;
+            let tolerance = 1e-12 * mean.abs().max(1.0);
             let moves_right_way = match direction {
-                Direction::Hard => shift > 1e-12,
-                Direction::Easy => shift < -1e-12,
+                Direction::Hard => shift > tolerance,
+                Direction::Easy => shift < -tolerance,
             };
-            if moves_right_way {
-                shares_wanted[d] = Some(mirrored);
-                adjustments[d] = Adjustment::Mirrored(direction);
-            } else {
-                adjustments[d] = Adjustment::AlreadyLeaning(direction);
+            if !moves_right_way {
+                adjustments[d] = Adjustment::AlreadyLeaning {
+                    direction,
+                    mean,
+                    mirrored_mean,
+                };
+                continue;
             }
-        }
+            mirrored
+        } else {
+            continue;
+        };
+        let strength = min_ess.map_or(1.0, |f| tempering(&current, &wanted, &counts[d], f));
+        adjustments[d] = match targets.contains_key(&d) {
+            true => Adjustment::Targeted { strength },
+            false => Adjustment::Mirrored {
+                direction: directions[&d],
+                strength,
+            },
+        };
+        shares_wanted[d] = Some(
+            current
+                .iter()
+                .zip(&wanted)
+                .map(|(p, q)| (1.0 - strength) * p + strength * q)
+                .collect(),
+        );
     }
     let weights = (0..groups.rows())
         .map(|i| {
@@ -132,8 +165,48 @@ pub fn flip(
     Ok((weights, adjustments))
 }
 
-fn mean_level(shares: &[f64]) -> f64 {
-    shares.iter().enumerate().map(|(k, s)| k as f64 * s).sum()
+/// Mean difficulty of a level histogram.
+fn mean_of(shares: &[f64], level_means: &[f64]) -> f64 {
+    shares
+        .iter()
+        .zip(level_means)
+        .filter(|(s, _)| **s > 0.0)
+        .map(|(s, m)| s * m)
+        .sum()
+}
+
+/// The largest `t` in [0, 1] for which the histogram `(1 - t) p + t q` keeps an effective
+/// sample size of at least `fraction` of the domain's `n` rows. Each row of level k weighs
+/// `h_k n / c_k`, so ESS = 1 / sum_k h_k^2 / c_k; with `h = p + t (q - p)` and `p_k = c_k / n`
+/// the cross term vanishes (the differences sum to 0), leaving 1 / (1/n + t^2 C) with
+/// `C = sum_k (q_k - p_k)^2 / c_k`: solved exactly.
+fn tempering(current: &[f64], wanted: &[f64], counts: &[usize], fraction: f64) -> f64 {
+    let n: usize = counts.iter().sum();
+    let spread: f64 = current
+        .iter()
+        .zip(wanted)
+        .zip(counts)
+        .filter(|(_, c)| **c > 0)
+        .map(|((p, q), &c)| (q - p).powi(2) / c as f64)
+        .sum();
+    if spread <= 0.0 {
+        return 1.0;
+    }
+    let room = (1.0 / fraction - 1.0) / (n as f64 * spread);
+    room.sqrt().min(1.0)
+}
+
+/// Effective sample size of each domain's weights, `(sum w)^2 / sum w^2`: how many rows the
+/// weighted domain is worth.
+pub fn effective_sample_sizes(domain: &[usize], domains: usize, weights: &[f64]) -> Vec<f64> {
+    let mut sums = vec![(0.0, 0.0); domains];
+    for (&d, &w) in domain.iter().zip(weights) {
+        sums[d].0 += w;
+        sums[d].1 += w * w;
+    }
+    sums.iter()
+        .map(|&(s, s2)| if s2 > 0.0 { s * s / s2 } else { 0.0 })
+        .collect()
 }
 
 fn normalise_target(
@@ -384,12 +457,18 @@ mod tests {
     fn flip_mirrors_toward_the_requested_end() {
         let groups = math_and_code();
         let directions = HashMap::from([(0, Direction::Hard), (1, Direction::Easy)]);
-        let (weights, adjustments) = flip(&groups, &directions, &HashMap::new()).unwrap();
+        let (weights, adjustments) = flip(&groups, &directions, &HashMap::new(), None).unwrap();
         assert_eq!(
             adjustments,
             vec![
-                Adjustment::Mirrored(Direction::Hard),
-                Adjustment::Mirrored(Direction::Easy)
+                Adjustment::Mirrored {
+                    direction: Direction::Hard,
+                    strength: 1.0
+                },
+                Adjustment::Mirrored {
+                    direction: Direction::Easy,
+                    strength: 1.0
+                }
             ]
         );
         let mass = groups.mass(&weights);
@@ -404,28 +483,85 @@ mod tests {
     fn flip_leaves_a_domain_already_leaning_the_right_way() {
         let groups = math_and_code();
         let directions = HashMap::from([(0, Direction::Easy), (1, Direction::Hard)]);
-        let (weights, adjustments) = flip(&groups, &directions, &HashMap::new()).unwrap();
-        assert_eq!(
-            adjustments,
-            vec![
-                Adjustment::AlreadyLeaning(Direction::Easy),
-                Adjustment::AlreadyLeaning(Direction::Hard)
-            ]
-        );
+        let (weights, adjustments) = flip(&groups, &directions, &HashMap::new(), None).unwrap();
+        // math: mean difficulty 10/6, mirrored 14/6; code: 7/4, mirrored 5/4.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        match &adjustments[..] {
+            [
+                Adjustment::AlreadyLeaning {
+                    direction: Direction::Easy,
+                    mean: m0,
+                    mirrored_mean: r0,
+                },
+                Adjustment::AlreadyLeaning {
+                    direction: Direction::Hard,
+                    mean: m1,
+                    mirrored_mean: r1,
+                },
+            ] => {
+                assert!(close(*m0, 10.0 / 6.0) && close(*r0, 14.0 / 6.0));
+                assert!(close(*m1, 7.0 / 4.0) && close(*r1, 5.0 / 4.0));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(weights.iter().all(|&w| w == 1.0));
+    }
+
+    #[test]
+    fn min_ess_tempers_the_flip_and_keeps_its_direction() {
+        // Skewed: 90 rows at 8, 9 at 7, 1 at 2. Easy up mirrors 90% of the mass onto one row.
+        let mut difficulty = vec![8.0; 90];
+        difficulty.extend([7.0; 9]);
+        difficulty.push(2.0);
+        let groups = assign(
+            vec!["code".into()],
+            vec![0; 100],
+            &difficulty,
+            Binning::Ordinal,
+        )
+        .unwrap();
+        let easy = HashMap::from([(0, Direction::Easy)]);
+        let (full, _) = flip(&groups, &easy, &HashMap::new(), None).unwrap();
+        let ess = |w: &[f64]| effective_sample_sizes(&groups.domain, 1, w)[0];
+        assert!(ess(&full) < 2.0, "{}", ess(&full));
+        let (tempered, adjustments) = flip(&groups, &easy, &HashMap::new(), Some(0.5)).unwrap();
+        assert!((ess(&tempered) - 50.0).abs() < 1e-9, "{}", ess(&tempered));
+        let Adjustment::Mirrored { strength, .. } = adjustments[0] else {
+            panic!("{adjustments:?}")
+        };
+        assert!(strength > 0.0 && strength < 1.0);
+        let ones = vec![1.0; 100];
+        let means = |w: &[f64]| groups.mean_difficulty(w)[0];
+        assert!(means(&full) < means(&tempered) && means(&tempered) < means(&ones));
+        assert!((tempered.iter().sum::<f64>() - 100.0).abs() < 1e-9);
+        // A flip that already holds the limit is not tempered.
+        let (_, adjustments) = flip(&groups, &easy, &HashMap::new(), Some(0.001)).unwrap();
+        assert_eq!(
+            adjustments[0],
+            Adjustment::Mirrored {
+                direction: Direction::Easy,
+                strength: 1.0
+            }
+        );
     }
 
     #[test]
     fn targets_give_exact_proportions() {
         let groups = math_and_code();
         let targets = HashMap::from([(0, vec![1.0, 1.0, 2.0])]);
-        let (weights, adjustments) = flip(&groups, &HashMap::new(), &targets).unwrap();
-        assert_eq!(adjustments[0], Adjustment::Targeted);
+        let (weights, adjustments) = flip(&groups, &HashMap::new(), &targets, None).unwrap();
+        assert_eq!(adjustments[0], Adjustment::Targeted { strength: 1.0 });
         let mass = groups.mass(&weights);
         for (got, want) in mass[0].iter().zip([1.5, 1.5, 3.0]) {
             assert!((got - want).abs() < 1e-12);
         }
-        let err = flip(&groups, &HashMap::new(), &HashMap::from([(1, vec![1.0])])).unwrap_err();
+        let err = flip(
+            &groups,
+            &HashMap::new(),
+            &HashMap::from([(1, vec![1.0])]),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "the target for domain 'code' gives 1 proportions but the domain has 2 difficulty levels"
@@ -434,6 +570,7 @@ mod tests {
             &groups,
             &HashMap::new(),
             &HashMap::from([(1, vec![-1.0, 2.0])]),
+            None,
         )
         .unwrap_err();
         assert_eq!(
