@@ -509,3 +509,58 @@ fn outputs_do_not_depend_on_the_thread_count() {
     }
     assert_eq!(test.read("t1.jsonl"), test.read("t3.jsonl"));
 }
+
+/// Rows tied at a cut-off: four rows of class 0 give it exactly 0 and only two issues are
+/// counted, so which two is a tie order's choice. curate takes the earlier rows, whatever the
+/// table's order, and says how many flagged rows came from a tie.
+#[test]
+fn ties_at_the_cut_off_go_by_row_order_and_are_counted() {
+    let path = fixture("reveal/ties.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    // The same rows with the tied class-0 rows in reverse order.
+    lines[1..7].reverse();
+    let mut test = Test::new().file("reversed.csv", format!("{}\n", lines.join("\n")));
+    for (input, expected) in [
+        (path.display().to_string(), ["b", "d"]),
+        ("reversed.csv".to_string(), ["f", "e"]),
+    ] {
+        let out = test
+            .args(["reveal", "--labels", &input, "--source"])
+            .arg(format!("model={input}"))
+            .args(["--detectors", "cl", "--filter-by", "low_self_confidence"])
+            .args(["--out", "t.jsonl", "--summary", "s.json", "--force"])
+            .run()
+            .success();
+        let flagged: Vec<String> = test
+            .read_lines("t.jsonl")
+            .iter()
+            .filter(|r| r["is_label_issue"] == true)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let mut got = flagged.clone();
+        got.sort();
+        assert_eq!(got, want, "{input}");
+        assert!(
+            out.stderr
+                .contains("cl: 2 flagged rows were chosen among rows tied at a cut-off"),
+            "{}",
+            out.stderr
+        );
+        let summary: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
+        assert_eq!(summary["flagged_from_ties"]["cl"], 2);
+    }
+    // A mode with no tie at its cut says nothing about ties.
+    let out = test
+        .args(["reveal", "--labels", path.to_str().unwrap(), "--source"])
+        .arg(format!("model={}", path.display()))
+        .args(["--detectors", "cl", "--filter-by", "confident_learning"])
+        .args(["--out", "t.jsonl", "--summary", "s.json", "--force"])
+        .run()
+        .success();
+    assert!(!out.stderr.contains("tied"), "{}", out.stderr);
+    let summary: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
+    assert_eq!(summary["flagged_from_ties"]["cl"], 0);
+}

@@ -2,11 +2,15 @@
 //! (calibrated) confident joint, every `filter_by` mode and `num_label_issues`.
 //!
 //! Every float step follows cleanlab's numpy expression in the same order (pairwise sums, round
-//! half to even, truncating casts, the same tie order when a count is cut from a sorted list),
-//! so the flags are cleanlab's own, not an approximation of them.
+//! half to even, truncating casts), so the flags are cleanlab's own, not an approximation of
+//! them. One choice is ours: where a count of rows is cut from a sorted list and rows tie at
+//! the cut, the earlier rows are taken (cleanlab takes numpy's sort order, which depends on the
+//! CPU's sort kernel), and the rows chosen that way are reported.
 
 use super::Probabilities;
-use super::numeric::{argmax, argsort, pairwise_sum, pairwise_sum_by, round_half_even, smallest};
+use super::numeric::{
+    Cut, argmax, argsort, pairwise_sum, pairwise_sum_by, round_half_even, smallest,
+};
 use super::quality::{QualityMethod, quality_scores};
 
 /// cleanlab's `FLOATING_POINT_COMPARISON`.
@@ -303,15 +307,46 @@ fn model_agrees(row: &[f64], label: usize) -> bool {
     best == label
 }
 
+/// Label issues, and which flagged rows were picked from a tie at a cut-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelIssues {
+    pub flags: Vec<bool>,
+    /// Rows chosen from values tied at a cut (a prune count, or the number of issues in the
+    /// low-score modes) while other rows with that value were left out: another tie order
+    /// (cleanlab's numpy sort) could have flagged one of those instead.
+    pub tied: Vec<bool>,
+}
+
+impl LabelIssues {
+    /// Flagged rows that were chosen among ties at a cut-off.
+    pub fn flagged_from_ties(&self) -> usize {
+        self.flags
+            .iter()
+            .zip(&self.tied)
+            .filter(|&(&f, &t)| f && t)
+            .count()
+    }
+}
+
 /// `cleanlab.filter.find_label_issues` for one-label-per-example data: one flag per row.
 pub fn find_label_issues(
     labels: &[usize],
     probs: &Probabilities,
     options: FilterOptions,
 ) -> Vec<bool> {
+    label_issues(labels, probs, options).flags
+}
+
+/// [`find_label_issues`], with the rows chosen among ties at a cut-off named.
+pub fn label_issues(
+    labels: &[usize],
+    probs: &Probabilities,
+    options: FilterOptions,
+) -> LabelIssues {
     let n = labels.len();
     let classes = probs.classes();
     let mut flags = vec![false; n];
+    let mut tied = vec![false; n];
     match options.filter_by {
         FilterBy::LowSelfConfidence | FilterBy::LowNormalizedMargin => {
             let method = if options.filter_by == FilterBy::LowSelfConfidence {
@@ -321,11 +356,15 @@ pub fn find_label_issues(
             };
             let scores = quality_scores(labels, probs, method);
             let count = num_label_issues(labels, probs, IssueCount::OffDiagonal);
-            for i in smallest(&scores, count) {
+            let cut = smallest(&scores, count);
+            for i in cut.chosen {
                 flags[i] = true;
             }
+            for i in cut.tied {
+                tied[i] = true;
+            }
             // cleanlab does not drop argmax-agreeing rows in these two modes.
-            return flags;
+            return LabelIssues { flags, tied };
         }
         FilterBy::ConfidentLearning => {
             for i in confident_joint(labels, probs, true).off_diagonal {
@@ -347,24 +386,24 @@ pub fn find_label_issues(
                 FilterBy::PruneByNoiseRate | FilterBy::Both
             );
             // Classes are independent: prune them in parallel.
-            let pruned: Vec<(Vec<usize>, Vec<usize>)> = {
+            let pruned: Vec<(Cut, Cut)> = {
                 use rayon::prelude::*;
                 members
                     .par_iter()
                     .enumerate()
                     .map(|(k, rows)| {
                         if rows.len() <= options.min_examples_per_class {
-                            return (Vec::new(), Vec::new());
+                            return (Cut::default(), Cut::default());
                         }
                         let by_class_rows = if by_class {
                             prune_by_class(rows, probs, k, &prune)
                         } else {
-                            Vec::new()
+                            Cut::default()
                         };
                         let by_noise_rows = if by_noise {
                             prune_by_noise_rate(rows, probs, k, &prune)
                         } else {
-                            Vec::new()
+                            Cut::default()
                         };
                         (by_class_rows, by_noise_rows)
                     })
@@ -373,11 +412,14 @@ pub fn find_label_issues(
             let mut class_flags = vec![!by_class; n];
             let mut noise_flags = vec![!by_noise; n];
             for (by_class_rows, by_noise_rows) in pruned {
-                for i in by_class_rows {
+                for i in by_class_rows.chosen {
                     class_flags[i] = true;
                 }
-                for i in by_noise_rows {
+                for i in by_noise_rows.chosen {
                     noise_flags[i] = true;
+                }
+                for i in by_class_rows.tied.into_iter().chain(by_noise_rows.tied) {
+                    tied[i] = true;
                 }
             }
             for i in 0..n {
@@ -390,7 +432,7 @@ pub fn find_label_issues(
             *flag = false;
         }
     }
-    flags
+    LabelIssues { flags, tied }
 }
 
 /// Rows of each class, ascending.
@@ -444,36 +486,31 @@ fn prune_counts(joint: &CountMatrix, min_examples: usize, frac_noise: f64) -> Ve
 }
 
 /// In class `k`, the rows with the lowest probability of `k`, as many as the class has beyond
-/// its kept diagonal count.
-fn prune_by_class(
-    rows: &[usize],
-    probs: &Probabilities,
-    k: usize,
-    prune: &[Vec<i64>],
-) -> Vec<usize> {
+/// its kept diagonal count (ties at the cut: earlier rows first).
+fn prune_by_class(rows: &[usize], probs: &Probabilities, k: usize, prune: &[Vec<i64>]) -> Cut {
     let issues = rows.len() as i64 - prune[k][k];
     if issues < 1 {
-        return Vec::new();
+        return Cut::default();
     }
     let own: Vec<f64> = rows.iter().map(|&i| probs.get(i, k)).collect();
-    smallest(&own, issues as usize)
-        .into_iter()
-        .map(|p| rows[p])
-        .collect()
+    to_rows(smallest(&own, issues as usize), rows)
+}
+
+/// A cut over a class's positions, as table rows.
+fn to_rows(cut: Cut, rows: &[usize]) -> Cut {
+    Cut {
+        chosen: cut.chosen.into_iter().map(|p| rows[p]).collect(),
+        tied: cut.tied.into_iter().map(|p| rows[p]).collect(),
+    }
 }
 
 /// In class `k`, for every other class `j` with a prune count, the rows with the largest
-/// margin `p_j - p_k` (the first of `argsort(-margin)`).
+/// margin `p_j - p_k` (ties at the cut: earlier rows first).
 ///
 /// Prune counts are usually small: those are found in one pass over the class's rows, keeping
-/// a short sorted list per class `j`, then checked in a second pass for ties at the cut (which
-/// send that `j` to the exact order). Large counts take the margin column whole.
-fn prune_by_noise_rate(
-    rows: &[usize],
-    probs: &Probabilities,
-    k: usize,
-    prune: &[Vec<i64>],
-) -> Vec<usize> {
+/// a short sorted list per class `j` (rows in order, so an equal margin never displaces an
+/// earlier row). Large counts take the margin column whole.
+fn prune_by_noise_rate(rows: &[usize], probs: &Probabilities, k: usize, prune: &[Vec<i64>]) -> Cut {
     const FEW: usize = 32;
     let targets: Vec<(usize, usize)> = prune
         .iter()
@@ -489,10 +526,10 @@ fn prune_by_noise_rate(
         -(row[j] - row[k])
     };
     let mut chosen = vec![false; rows.len()];
+    let mut tied = vec![false; rows.len()];
     // One pass: the m smallest negated margins for every few-count class, and the smallest
-    // value left out. Everything left out is at least the cut, so the kept set is exactly
-    // numpy's unless a left-out value equals the cut (a tie across it). Inputs are finite
-    // (checked on reading), so plain comparisons order them as numpy does.
+    // value left out (a tie across the cut when it equals the cut). Inputs are finite (checked
+    // on reading), so plain comparisons order them as numpy does.
     let classes = probs.classes();
     let mut want = vec![0usize; classes];
     for &(j, m) in &few {
@@ -539,29 +576,38 @@ fn prune_by_noise_rate(
             }
         }
     }
-    let mut exact = many;
-    for &(j, m) in &few {
+    for &(j, _) in &few {
         let list = &kept[j];
         let cut = list[list.len() - 1].0;
-        if list.len() == m && left_out[j] == cut {
-            exact.push((j, m));
-        } else {
-            for &(_, pos) in list {
-                chosen[pos] = true;
+        let straddles = left_out[j] == cut;
+        for &(x, pos) in list {
+            chosen[pos] = true;
+            if straddles && x == cut {
+                tied[pos] = true;
             }
         }
     }
-    for (j, m) in exact {
+    for (j, m) in many {
         let column: Vec<f64> = rows.iter().map(|&i| negated(i, j)).collect();
-        for pos in smallest(&column, m) {
+        let cut = smallest(&column, m);
+        for pos in cut.chosen {
             chosen[pos] = true;
         }
+        for pos in cut.tied {
+            tied[pos] = true;
+        }
     }
-    rows.iter()
-        .zip(&chosen)
-        .filter(|&(_, &c)| c)
-        .map(|(&i, _)| i)
-        .collect()
+    let pick = |marks: &[bool]| -> Vec<usize> {
+        rows.iter()
+            .zip(marks)
+            .filter(|&(_, &c)| c)
+            .map(|(&i, _)| i)
+            .collect()
+    };
+    Cut {
+        chosen: pick(&chosen),
+        tied: pick(&tied),
+    }
 }
 
 #[cfg(test)]
@@ -617,7 +663,9 @@ mod tests {
             (FilterBy::ConfidentLearning, vec![4]),
             (FilterBy::PredictedNeqGiven, vec![4, 7]),
             (FilterBy::LowSelfConfidence, vec![7]),
-            (FilterBy::LowNormalizedMargin, vec![7]),
+            // Rows 4 and 7 tie at normalised margin 0.25 for the one issue: the earlier row is
+            // taken (cleanlab 2.9.0's numpy sort took 7 on an AVX2 machine).
+            (FilterBy::LowNormalizedMargin, vec![4]),
         ];
         for (filter_by, rows) in expected {
             let options = FilterOptions {
@@ -627,6 +675,81 @@ mod tests {
             let flags = find_label_issues(&labels, &p, options);
             let flagged: Vec<usize> = (0..flags.len()).filter(|&i| flags[i]).collect();
             assert_eq!(flagged, rows, "{}", filter_by.name());
+        }
+        // The tie is named; the other modes chose no row from a tie.
+        for (filter_by, from_ties) in [
+            (FilterBy::LowNormalizedMargin, 1),
+            (FilterBy::LowSelfConfidence, 0),
+            (FilterBy::Both, 0),
+        ] {
+            let options = FilterOptions {
+                filter_by,
+                ..FilterOptions::default()
+            };
+            let issues = label_issues(&labels, &p, options);
+            assert_eq!(
+                issues.flagged_from_ties(),
+                from_ties,
+                "{}",
+                filter_by.name()
+            );
+        }
+        let options = FilterOptions {
+            filter_by: FilterBy::LowNormalizedMargin,
+            ..FilterOptions::default()
+        };
+        assert!(label_issues(&labels, &p, options).tied[4]);
+    }
+
+    /// Rows tied at a cut-off: the earlier rows are taken, and the rows chosen that way are
+    /// named. Four rows of class 0 give it exactly 0; two of them are confidently class 1, the
+    /// other two split evenly and are confident in nothing, so fewer issues are counted than
+    /// rows tie.
+    #[test]
+    fn ties_at_a_cut_go_to_the_earlier_rows() {
+        let p = probs(&[
+            &[0.9, 0.05, 0.05],
+            &[0.0, 0.5, 0.5],
+            &[0.8, 0.1, 0.1],
+            &[0.0, 1.0, 0.0],
+            &[0.0, 0.5, 0.5],
+            &[0.0, 1.0, 0.0],
+            &[0.05, 0.9, 0.05],
+            &[0.1, 0.8, 0.1],
+            &[0.05, 0.95, 0.0],
+            &[0.05, 0.05, 0.9],
+            &[0.1, 0.1, 0.8],
+            &[0.0, 0.1, 0.9],
+        ]);
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2];
+        // (mode, flagged rows, how many of them were chosen among ties at a cut)
+        let expected = [
+            // The zero rows 1, 3, 4 of the four (1, 3, 4, 5) for three prune-by-class issues.
+            (FilterBy::PruneByClass, vec![1, 3, 4], 3),
+            // Rows 3 and 5 have the largest margin toward class 1; rows 1 and 4 tie toward
+            // class 2, and the earlier is pruned.
+            (FilterBy::PruneByNoiseRate, vec![1, 3, 5], 1),
+            (FilterBy::Both, vec![1, 3], 2),
+            (FilterBy::ConfidentLearning, vec![3, 5], 0),
+            (FilterBy::PredictedNeqGiven, vec![1, 3, 4, 5], 0),
+            // Two issues, four self-confidences of exactly 0: the first two rows.
+            (FilterBy::LowSelfConfidence, vec![1, 3], 2),
+            (FilterBy::LowNormalizedMargin, vec![3, 5], 0),
+        ];
+        for (filter_by, rows, from_ties) in expected {
+            let options = FilterOptions {
+                filter_by,
+                ..FilterOptions::default()
+            };
+            let issues = label_issues(&labels, &p, options);
+            let flagged: Vec<usize> = (0..12).filter(|&i| issues.flags[i]).collect();
+            assert_eq!(flagged, rows, "{}", filter_by.name());
+            assert_eq!(
+                issues.flagged_from_ties(),
+                from_ties,
+                "{}",
+                filter_by.name()
+            );
         }
     }
 }

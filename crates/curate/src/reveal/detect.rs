@@ -17,7 +17,7 @@ use super::decide::{DecisionOptions, Detector, IssueType, RowDecision, decide, m
 use super::knn::{Embeddings, KnnOptions, knn_vote};
 use super::multilabel::{find_multilabel_issues, multilabel_quality};
 use super::numeric::argmax;
-use super::{FilterOptions, Probabilities, QualityMethod, find_label_issues, quality_scores};
+use super::{FilterOptions, Probabilities, QualityMethod, label_issues, quality_scores};
 use crate::error::Interrupted;
 use crate::model::probe::{ProbeKind, ProbeSettings, out_of_fold_probabilities};
 
@@ -229,6 +229,9 @@ pub struct Detection<'a> {
     pub vote: Option<VoteWeights>,
     /// `num_label_issues` (off_diagonal, off_diagonal_calibrated), single-label only.
     pub counts: Option<(usize, usize)>,
+    /// Per confident-learning detector (single-label data), how many of its flagged rows were
+    /// chosen among rows tied at a cut-off (earlier rows first).
+    pub flagged_from_ties: Vec<(Detector, usize)>,
 }
 
 /// The class order from the names given, the labels, the hard/set predictions and the
@@ -430,6 +433,7 @@ pub fn detect<'a>(
     };
 
     let mut flags: Vec<(Detector, Vec<bool>)> = Vec::new();
+    let mut flagged_from_ties: Vec<(Detector, usize)> = Vec::new();
     let mut distributions: Vec<Probabilities> = Vec::new();
     let mut vote_result: Option<VoteResult> = None;
     for &detector in &detectors {
@@ -443,16 +447,17 @@ pub fn detect<'a>(
                 let fired = if inputs.multi_label {
                     find_multilabel_issues(inputs.given, probs, settings.filter)
                 } else {
-                    find_label_issues(&single, probs, settings.filter)
+                    let issues = label_issues(&single, probs, settings.filter);
+                    flagged_from_ties.push((Detector::Cl, issues.flagged_from_ties()));
+                    issues.flags
                 };
                 flags.push((Detector::Cl, fired));
             }
             Detector::Probe => {
                 let probs = probe.as_ref().expect("checked: the probe ran");
-                flags.push((
-                    Detector::Probe,
-                    find_label_issues(&single, probs, settings.filter),
-                ));
+                let issues = label_issues(&single, probs, settings.filter);
+                flagged_from_ties.push((Detector::Probe, issues.flagged_from_ties()));
+                flags.push((Detector::Probe, issues.flags));
             }
             Detector::Knn => {
                 let (dim, values) = inputs.embeddings.expect("checked: knn needs embeddings");
@@ -540,6 +545,7 @@ pub fn detect<'a>(
         decisions,
         vote: vote_result.map(|v| v.weights),
         counts,
+        flagged_from_ties,
     })
 }
 

@@ -17,7 +17,8 @@ pub mod quality;
 pub mod report;
 
 pub use confident::{
-    FilterBy, FilterOptions, IssueCount, confident_joint, find_label_issues, num_label_issues,
+    FilterBy, FilterOptions, IssueCount, LabelIssues, confident_joint, find_label_issues,
+    label_issues, num_label_issues,
 };
 pub use quality::{QualityMethod, quality_scores};
 

@@ -79,7 +79,7 @@ pub fn find_multilabel_issues(
                 .count();
             let scores = multilabel_quality(labels, probs, QualityMethod::SelfConfidence);
             let mut flags = vec![false; labels.len()];
-            for i in smallest(&scores, count) {
+            for i in smallest(&scores, count).chosen {
                 flags[i] = true;
             }
             flags

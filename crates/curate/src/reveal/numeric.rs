@@ -1,7 +1,7 @@
 //! The few numeric primitives whose exact behaviour decides cleanlab's flags: numpy's pairwise
 //! summation (thresholds and calibration are means and sums that are then compared or rounded),
-//! numpy's default argsort order on ties (which examples fill a prune count), and round half to
-//! even.
+//! numpy's default argsort order on ties where cleanlab rounds the calibrated joint, round half
+//! to even, and the cut of the m smallest values, where rows tied at the cut go by row order.
 
 /// Sum in numpy's order (`np.add.reduce` on a contiguous run): blocks of up to 128 values are
 /// summed with eight interleaved accumulators, longer runs are split in two recursively. Equal
@@ -224,74 +224,82 @@ fn network_argsort(values: &[f64]) -> Vec<usize> {
     vectors.iter().flat_map(|v| v.index).take(n).collect()
 }
 
-/// The first `m` positions of `np.argsort(values)`, in O(n) unless values tie across the cut
-/// (then the full numpy order decides, exactly as cleanlab's slice does).
-pub(crate) fn smallest(values: &[f64], m: usize) -> Vec<usize> {
-    let n = values.len();
-    if m == 0 {
-        return Vec::new();
-    }
-    if m >= n {
-        return (0..n).collect();
-    }
-    if m <= SMALL_CUT {
-        return smallest_few(values, m);
-    }
-    let mut keys: Vec<(f64, usize)> = values.iter().copied().zip(0..).collect();
-    let by_value = |a: &(f64, usize), b: &(f64, usize)| {
-        if less(a.0, b.0) {
-            std::cmp::Ordering::Less
-        } else if less(b.0, a.0) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    };
-    keys.select_nth_unstable_by(m - 1, by_value);
-    let cut = keys[m - 1].0;
-    exact_or_numpy(values, m, cut, keys[..m].iter().map(|&(_, i)| i))
+/// The `m` smallest of some values, sorted by position, and which of them were picked from a
+/// tie across the cut.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cut {
+    pub chosen: Vec<usize>,
+    /// Chosen positions whose value equals the cut while other positions with that value were
+    /// left out: rows a different tie order would have swapped (ascending).
+    pub tied: Vec<usize>,
 }
 
-/// `kept` (the `m` smallest under some tie order, the largest of them `cut`) when no value
-/// outside it ties with `cut`; else the first `m` of numpy's own order. Sorted by position.
-fn exact_or_numpy(
-    values: &[f64],
-    m: usize,
-    cut: f64,
-    kept: impl Iterator<Item = usize>,
-) -> Vec<usize> {
-    let (mut below, mut at_cut) = (0usize, 0usize);
-    for &x in values {
-        below += usize::from(less(x, cut));
-        at_cut += usize::from(!less(x, cut) && !less(cut, x));
+/// The positions of the `m` smallest values, ties broken by position (the earlier row first),
+/// in O(n). cleanlab takes the first `m` of `np.argsort`, whose order among equal values is
+/// that of numpy's sort kernel (it differs between AVX2 and AVX-512 machines); here it is the
+/// row order, and the rows that were chosen from a tie at the cut are named, so a difference
+/// from cleanlab can be traced to them.
+pub(crate) fn smallest(values: &[f64], m: usize) -> Cut {
+    let n = values.len();
+    if m == 0 {
+        return Cut::default();
     }
-    let mut chosen: Vec<usize> = if below + at_cut == m {
-        kept.collect()
+    if m >= n {
+        return Cut {
+            chosen: (0..n).collect(),
+            tied: Vec::new(),
+        };
+    }
+    let cut = if m <= SMALL_CUT {
+        smallest_few_cut(values, m)
     } else {
-        let mut order = argsort(values);
-        order.truncate(m);
-        order
+        let mut keys: Vec<f64> = values.to_vec();
+        let (_, cut, _) = keys.select_nth_unstable_by(m - 1, |a, b| {
+            if less(*a, *b) {
+                std::cmp::Ordering::Less
+            } else if less(*b, *a) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        *cut
     };
-    chosen.sort_unstable();
-    chosen
+    let equal = |x: f64| !less(x, cut) && !less(cut, x);
+    let below = values.iter().filter(|&&x| less(x, cut)).count();
+    let at_cut = values.iter().filter(|&&x| equal(x)).count();
+    let mut from_tie = m - below;
+    let straddles = below + at_cut > m;
+    let mut cut_rows = Cut::default();
+    for (i, &x) in values.iter().enumerate() {
+        if less(x, cut) {
+            cut_rows.chosen.push(i);
+        } else if from_tie > 0 && equal(x) {
+            from_tie -= 1;
+            cut_rows.chosen.push(i);
+            if straddles {
+                cut_rows.tied.push(i);
+            }
+        }
+    }
+    cut_rows
 }
 
 /// Up to this many, the smallest values are kept in a sorted buffer during one scan.
 const SMALL_CUT: usize = 32;
 
-/// [`smallest`] for small `m`: one scan with a sorted buffer, one count of the cut value.
-fn smallest_few(values: &[f64], m: usize) -> Vec<usize> {
-    let mut best: Vec<(f64, usize)> = Vec::with_capacity(m + 1);
-    for (i, &x) in values.iter().enumerate() {
-        if best.len() == m && !less(x, best[m - 1].0) {
+/// The `m`-th smallest value, by one scan with a sorted buffer of `m`.
+fn smallest_few_cut(values: &[f64], m: usize) -> f64 {
+    let mut best: Vec<f64> = Vec::with_capacity(m + 1);
+    for &x in values {
+        if best.len() == m && !less(x, best[m - 1]) {
             continue;
         }
-        let at = best.partition_point(|&(y, _)| !less(x, y));
-        best.insert(at, (x, i));
+        let at = best.partition_point(|&y| !less(x, y));
+        best.insert(at, x);
         best.truncate(m);
     }
-    let cut = best[m - 1].0;
-    exact_or_numpy(values, m, cut, best.into_iter().map(|(_, i)| i))
+    best[m - 1]
 }
 
 /// `np.round`: halves go to the even neighbour.
@@ -358,17 +366,40 @@ mod tests {
     }
 
     #[test]
-    fn smallest_agrees_with_the_argsort_prefix() {
+    fn smallest_breaks_ties_by_position_and_names_them() {
+        let cut = smallest(&[0.3, 0.0, 0.5, 0.0, 0.0, 0.1], 2);
+        assert_eq!(cut.chosen, vec![1, 3]);
+        assert_eq!(cut.tied, vec![1, 3]);
+        // No tie across the cut: nothing to name.
+        let cut = smallest(&[0.3, 0.0, 0.5, 0.0, 0.0, 0.1], 3);
+        assert_eq!((cut.chosen, cut.tied), (vec![1, 3, 4], vec![]));
+        let cut = smallest(&[0.3, 0.0, 0.5, 0.1, 0.1, 0.1], 2);
+        assert_eq!((cut.chosen, cut.tied), (vec![1, 3], vec![3]));
+        // Against a stable sort by value, at every size and cut.
         let mut rng = SplitMix64::new(3);
         for n in [1usize, 5, 40, 300] {
             for distinct in [3.0, 1e9] {
                 let values: Vec<f64> = (0..n)
                     .map(|_| (rng.next_f64() * distinct).floor())
                     .collect();
+                let mut stable: Vec<usize> = (0..n).collect();
+                stable.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
                 for m in [0, 1, n / 3, n / 2, n] {
-                    let mut expected: Vec<usize> = argsort(&values)[..m].to_vec();
+                    let mut expected: Vec<usize> = stable[..m].to_vec();
                     expected.sort_unstable();
-                    assert_eq!(smallest(&values, m), expected, "n {n} m {m}");
+                    let cut = smallest(&values, m);
+                    assert_eq!(cut.chosen, expected, "n {n} m {m}");
+                    let straddles = m > 0
+                        && m < n
+                        && stable[m..]
+                            .iter()
+                            .any(|&i| values[i] == values[stable[m - 1]]);
+                    let tied: Vec<usize> = expected
+                        .iter()
+                        .copied()
+                        .filter(|&i| straddles && values[i] == values[stable[m - 1]])
+                        .collect();
+                    assert_eq!(cut.tied, tied, "n {n} m {m}");
                 }
             }
         }

@@ -283,6 +283,16 @@ impl Report<'_> {
         if rows.len() > shown {
             writeln!(err, "({} more classes {more})", rows.len() - shown)?;
         }
+        for (detector, count) in &self.detection.flagged_from_ties {
+            if *count > 0 {
+                writeln!(
+                    err,
+                    "{}: {count} flagged rows were chosen among rows tied at a cut-off (the \
+                     earlier rows; cleanlab's numpy sort may pick other rows of the tie)",
+                    detector.name()
+                )?;
+            }
+        }
         if let Some(w) = &self.detection.vote
             && w.model_weight.len() == 1
         {
@@ -377,6 +387,12 @@ impl Report<'_> {
                 "ambiguous": self.of_type(IssueType::Ambiguous),
             },
             "detector_flags": detectors,
+            "flagged_from_ties": self
+                .detection
+                .flagged_from_ties
+                .iter()
+                .map(|(d, n)| (d.name().to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "num_label_issues": self.detection.counts.map(|(off, calibrated)| json!({
                 "off_diagonal": off,
                 "off_diagonal_calibrated": calibrated,
