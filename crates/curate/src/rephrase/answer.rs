@@ -111,11 +111,43 @@ fn answer_phrase(text: &str) -> Option<String> {
     }
     let start = best?;
     let tail = text[start..].trim_start_matches([':', ' ', '\t']);
-    let value = sentence_head(tail).trim();
+    let head = sentence_head(tail).trim();
+    // "The answer is **12** apples.": the emphasised part is the value.
+    let value = emphasised_head(head).unwrap_or(head);
     // A leading `$...$` span or number is the answer; words after it are prose.
     let value = leading_value(value).unwrap_or(value);
     let value = value.trim().trim_end_matches(['.', ',', ';', ':']).trim();
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The text inside Markdown emphasis (`**x**`, `__x__`, `*x*`, `_x_`) or code (`` `x` ``) that
+/// `text` opens with, when it closes.
+pub(crate) fn emphasised_head(text: &str) -> Option<&str> {
+    for wrapper in ["**", "__", "*", "_", "`"] {
+        if let Some(rest) = text.strip_prefix(wrapper)
+            && let Some(end) = rest.find(wrapper)
+            && end > 0
+        {
+            return Some(rest[..end].trim());
+        }
+    }
+    None
+}
+
+/// `text` without Markdown emphasis or code wrapped around all of it.
+fn strip_emphasis(text: &str) -> &str {
+    let mut s = text.trim();
+    loop {
+        let before = s;
+        for wrapper in ["**", "__", "*", "_", "`"] {
+            if s.len() > 2 * wrapper.len() && s.starts_with(wrapper) && s.ends_with(wrapper) {
+                s = s[wrapper.len()..s.len() - wrapper.len()].trim();
+            }
+        }
+        if s == before {
+            return s;
+        }
+    }
 }
 
 /// The `$...$` span or number a phrase starts with, when prose follows it.
@@ -317,7 +349,7 @@ const UNITS: &[&str] = &[
 
 /// The MATH normalisation (Hendrycks et al.'s `strip_string`, with a few common additions).
 pub(crate) fn normalize(answer: &str) -> String {
-    let mut s = answer.trim().to_string();
+    let mut s = strip_emphasis(answer).to_string();
     if let Some(inner) = last_boxed(&s) {
         s = inner;
     }
@@ -524,6 +556,11 @@ mod tests {
                 Some(("6", AnswerKind::Boxed)),
             ),
             ("We continue.", None),
+            ("The answer is **12**.", Some(("12", AnswerKind::Phrase))),
+            (
+                "The answer is *$\\frac{1}{2}$* cups.",
+                Some(("$\\frac{1}{2}$", AnswerKind::Phrase)),
+            ),
             (
                 "3 + 4 = 7 apples\n\n#### 7",
                 Some(("7", AnswerKind::Phrase)),
@@ -560,6 +597,9 @@ mod tests {
             ("\\sqrt3", "\\sqrt{3}"),
             (".25", "0.25"),
             ("  7.  ", "7"),
+            ("**12**", "12"),
+            ("__$\\frac{1}{2}$__", "\\frac{1}{2}"),
+            ("`42`", "42"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "{input}");

@@ -334,6 +334,7 @@ fn labelled_answer(step: &str) -> Option<String> {
 
 fn label_value(rest: &str) -> Option<String> {
     let rest = rest.trim().trim_end_matches(['.', '。']).trim();
+    let rest = super::answer::emphasised_head(rest).unwrap_or(rest);
     if rest.is_empty() {
         return None;
     }
@@ -775,6 +776,7 @@ mod tests {
             ("Answer: 42", "42"),
             ("**Final answer:** $\\frac{1}{2}$", "\\frac{1}{2}"),
             ("Answer: There are 12 ways.", "12"),
+            ("**Final Answer:** __12__", "12"),
             ("We add them up.\n$2^6 - 2 = 62$", "62"),
             ("10 * 9 * 8 = 720", "720"),
             (
