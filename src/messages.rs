@@ -35,8 +35,7 @@ fn flag_advice(err: &anyhow::Error) -> Option<&'static str> {
     err.chain().find_map(|cause| {
         if let Some(exists) = cause.downcast_ref::<OutputExists>() {
             return Some(match exists.kind {
-                OutputKind::File => "pass --force to overwrite it",
-                OutputKind::Directory => "use --force to replace it",
+                OutputKind::File | OutputKind::Directory => "pass --force to replace it",
             });
         }
         if let Some(mismatch) = cause.downcast_ref::<TensorMismatch>() {
@@ -64,12 +63,12 @@ mod tests {
         let exists = anyhow::Error::new(OutputExists::file("o.csv")).context("writing scores");
         assert_eq!(
             error_line(&exists),
-            "writing scores: o.csv: already exists; pass --force to overwrite it"
+            "writing scores: o.csv: already exists; pass --force to replace it"
         );
         let dir = anyhow::Error::new(OutputExists::directory("m"));
         assert_eq!(
             error_line(&dir),
-            "m already exists; use --force to replace it"
+            "m already exists; pass --force to replace it"
         );
         let diverged = anyhow::Error::new(Diverged {
             loss: f64::NAN,

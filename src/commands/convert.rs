@@ -71,7 +71,8 @@ pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
     if args.out != "-" {
         writeln!(
             context.printer.stderr(),
-            "wrote {rows} rows to {label} ({format})"
+            "wrote {} to {label} ({format})",
+            curate::text::count(rows as usize, "row", "rows")
         )?;
     }
     Ok(ExitStatus::Success)

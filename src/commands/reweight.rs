@@ -87,7 +87,12 @@ pub fn run(args: ReweightArgs, context: &Context) -> Result<ExitStatus> {
         writeln!(stderr, "{line}")?;
     }
     if args.out != "-" {
-        writeln!(stderr, "wrote {} rows to {}", out_frame.height(), args.out)?;
+        writeln!(
+            stderr,
+            "wrote {} to {}",
+            curate::text::count(out_frame.height(), "row", "rows"),
+            args.out
+        )?;
     }
     Ok(ExitStatus::Success)
 }

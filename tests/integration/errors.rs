@@ -170,7 +170,7 @@ fn existing_output_is_untouched_without_force() {
         .file("out.parquet", "precious");
     test.args(["convert", "in.jsonl", "--out", "out.parquet"])
         .run()
-        .invalid("out.parquet: already exists; pass --force to overwrite it");
+        .invalid("out.parquet: already exists; pass --force to replace it");
     assert_eq!(test.read("out.parquet"), b"precious");
     assert_eq!(test.entries(), ["in.jsonl", "out.parquet"]);
 }

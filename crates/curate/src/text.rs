@@ -10,6 +10,11 @@ pub enum Align {
 
 /// Render rows under a header as aligned text lines (two spaces between columns, no trailing
 /// spaces), for the human-readable reports commands print.
+/// "1 row", "2 rows": a count and its noun, singular or plural.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn text_table(header: &[&str], rows: &[Vec<String>], align: &[Align]) -> Vec<String> {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {

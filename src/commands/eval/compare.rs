@@ -64,9 +64,11 @@ pub fn run(args: CompareArgs, context: &Context) -> Result<ExitStatus> {
         args.control.as_deref().unwrap_or_default(),
     );
     for (domain, gain) in &gains {
+        let side = if *gain >= 0.0 { "below" } else { "above" };
         writeln!(
             err,
-            "{domain}: {candidate} is {gain:+.4} below {control} in mean loss"
+            "{domain}: {candidate}'s mean loss is {:.4} {side} {control}'s (gain {gain:+.4})",
+            gain.abs()
         )?;
     }
     let overall = gains.iter().find(|(d, _)| d == "all").map_or(0.0, |g| g.1);

@@ -137,8 +137,8 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     eval::write_summary_text(&mut err, &summary, args.generate)?;
     writeln!(
         err,
-        "evaluated {} rows in {seconds:.1}s; wrote {out}",
-        results.len()
+        "evaluated {} in {seconds:.1}s; wrote {out}",
+        curate::text::count(results.len(), "row", "rows")
     )?;
     Ok(ExitStatus::Success)
 }

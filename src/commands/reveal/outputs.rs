@@ -29,7 +29,11 @@ pub fn print(report: &Report, out: &str, printer: &Printer) -> Result<()> {
     let mut err = printer.stderr();
     report.write_text(&mut err, "in --summary")?;
     if out != "-" {
-        writeln!(err, "wrote {} rows to {out}", report.rows())?;
+        writeln!(
+            err,
+            "wrote {} to {out}",
+            curate::text::count(report.rows(), "row", "rows")
+        )?;
     }
     for failure in &report.gate.failures {
         writeln!(err, "gate failed: {}", failure_message(failure))?;
