@@ -95,6 +95,28 @@ fn stdin_to_stdout_in_every_format() {
     }
 }
 
+/// `cat x.parquet | curate inspect -`: Parquet and Arrow files on stdin are known by their magic
+/// bytes, with no --input-format.
+#[test]
+fn stdin_parquet_and_arrow_are_recognised() {
+    let expected = parse_lines(SCALARS);
+    let mut test = Test::new().file("base.jsonl", SCALARS);
+    for file in ["t.parquet", "t.arrow"] {
+        test.args(["convert", "base.jsonl", "--out", file])
+            .run()
+            .success();
+        let bytes = test.read(file);
+        let out = test
+            .args(["convert", "-", "--out", "-"])
+            .stdin(bytes.clone())
+            .run()
+            .success();
+        assert_eq!(out.json_lines(), expected, "{file} on stdin");
+        let shown = test.args(["inspect", "-"]).stdin(bytes).run().success();
+        assert!(shown.stdout.contains("rows"), "{}", shown.stdout);
+    }
+}
+
 #[test]
 fn stdin_defaults_to_json_lines() {
     let out = Test::new()

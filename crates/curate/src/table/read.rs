@@ -27,9 +27,21 @@ enum Source {
     Bytes(Arc<Vec<u8>>),
 }
 
+/// The format bytes on stdin are in: Parquet and Arrow IPC files open with magic bytes; anything
+/// else is taken for JSON Lines (CSV on stdin needs `--input-format csv`).
+fn sniff(bytes: &[u8]) -> Format {
+    if bytes.starts_with(b"PAR1") {
+        Format::Parquet
+    } else if bytes.starts_with(b"ARROW1") {
+        Format::Ipc
+    } else {
+        Format::Jsonl
+    }
+}
+
 impl Input {
     /// Resolve `path` (or `-`) and its format: `format` when given, else the extension; stdin
-    /// defaults to JSON Lines. Fails on a missing, empty or unrecognised file before any
+    /// is Parquet or Arrow IPC when it starts with their magic bytes, else JSON Lines. Fails on a missing, empty or unrecognised file before any
     /// work is done.
     pub fn open(path: &str, format: Option<Format>) -> Result<Input, InputError> {
         if path == "-" {
@@ -38,7 +50,8 @@ impl Input {
                 .lock()
                 .read_to_end(&mut bytes)
                 .map_err(|err| InputError::new("<stdin>", format!("cannot read: {err}")))?;
-            return Self::from_bytes("<stdin>", bytes, format.unwrap_or(Format::Jsonl));
+            let format = format.unwrap_or_else(|| sniff(&bytes));
+            return Self::from_bytes("<stdin>", bytes, format);
         }
         let file_path = PathBuf::from(path);
         let meta = std::fs::metadata(&file_path).map_err(|err| {
