@@ -106,15 +106,27 @@ impl Output {
     /// Start writing batches of `schema`. Provenance goes into the file's key-value metadata
     /// where the format has any (Parquet, IPC).
     pub fn writer(self, schema: &Schema, provenance: Option<&Provenance>) -> Result<TableWriter> {
-        if !self.format.holds_nested()
-            && let Some((name, dtype)) = schema.iter().find(|(_, dtype)| dtype.is_nested())
-        {
-            bail!(UsageError(format!(
-                "{}: column '{name}' has nested type {dtype}, which CSV cannot hold; \
-                 write .parquet, .jsonl or .arrow instead",
-                self.label
-            )));
-        }
+        // CSV holds no nested values: list and struct columns are written as JSON text.
+        let json_columns: Vec<PlSmallStr> = if self.format.holds_nested() {
+            Vec::new()
+        } else {
+            schema
+                .iter()
+                .filter(|(_, dtype)| dtype.is_nested())
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let written_schema: Schema = schema
+            .iter()
+            .map(|(name, dtype)| {
+                let dtype = if json_columns.contains(name) {
+                    DataType::String
+                } else {
+                    dtype.clone()
+                };
+                Field::new(name.clone(), dtype)
+            })
+            .collect();
         let stream: Box<dyn Write + Send> = match &self.sink {
             Sink::Stdout => Box::new(io::stdout()),
             Sink::File { file, .. } => Box::new(
@@ -141,13 +153,14 @@ impl Output {
                 }
                 Encoder::Ipc(writer)
             }
-            Format::Csv => Encoder::Csv(CsvWriter::new(stream).batched(schema)?),
+            Format::Csv => Encoder::Csv(CsvWriter::new(stream).batched(&written_schema)?),
             Format::Jsonl => Encoder::Jsonl(polars::io::json::BatchedWriter::new(stream)),
         };
         Ok(TableWriter {
             output: self,
             encoder,
             schema: schema.clone(),
+            json_columns,
             rows: 0,
         })
     }
@@ -370,7 +383,33 @@ pub struct TableWriter {
     output: Output,
     encoder: Encoder,
     schema: Schema,
+    /// Nested columns written as JSON text (CSV).
+    json_columns: Vec<PlSmallStr>,
     rows: u64,
+}
+
+/// A cell as JSON, lists and structs included (for CSV's JSON text columns).
+fn cell_json(value: &AnyValue) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        AnyValue::List(series) => Value::Array(series.iter().map(|v| cell_json(&v)).collect()),
+        AnyValue::Struct(_, _, fields) => Value::Object(
+            fields
+                .iter()
+                .zip(value._iter_struct_av())
+                .map(|(field, v)| (field.name().to_string(), cell_json(&v)))
+                .collect(),
+        ),
+        AnyValue::StructOwned(payload) => Value::Object(
+            payload
+                .1
+                .iter()
+                .zip(&payload.0)
+                .map(|(field, v)| (field.name().to_string(), cell_json(v)))
+                .collect(),
+        ),
+        other => super::summary::to_json(other),
+    }
 }
 
 impl TableWriter {
@@ -386,6 +425,17 @@ impl TableWriter {
             );
         }
         let mut batch = batch.clone();
+        for name in &self.json_columns {
+            let column = batch.column(name)?.as_materialized_series().clone();
+            let text: StringChunked = column
+                .iter()
+                .map(|value| match value {
+                    AnyValue::Null => None,
+                    value => Some(cell_json(&value).to_string()),
+                })
+                .collect();
+            batch.with_column(text.with_name(name.clone()).into_column())?;
+        }
         batch.align_chunks();
         let written = match &mut self.encoder {
             Encoder::Parquet(w) => write_compat_parquet(w, &batch),
