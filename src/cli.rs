@@ -1044,9 +1044,10 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_new_tokens: usize,
 
-    /// Reference answer column for --generate (a null reference gives a null verdict).
-    #[arg(long, default_value = "reference", value_name = "NAME")]
-    pub reference_col: String,
+    /// Reference answer column for --generate (a null reference gives a null verdict; without
+    /// the column, answers are generated and every verdict is null) [default: reference].
+    #[arg(long, value_name = "NAME")]
+    pub reference_col: Option<String>,
 
     /// Rows per forward pass (and per decoding batch), or `auto`: the largest batch (at most
     /// 16) whose estimated peak memory stays within --memory-budget.

@@ -182,6 +182,34 @@ fn influence_leaves_out_queries_without_a_correct_verdict() {
     assert!(rows.iter().all(|r| r["query_id"] == "qmath-0"));
 }
 
+/// `--generate` on rows with no reference column: answers are generated and `correct` is null,
+/// as the docs' table says, with a note on stderr.
+#[test]
+fn generation_needs_no_reference() {
+    let mut test = Test::new().file(
+        "prompts.jsonl",
+        "{\"prompt\": \"What is 2+2?\"}\n{\"prompt\": \"What is 3+3?\"}\n",
+    );
+    let out = test
+        .args(["eval", "--model"])
+        .arg(fixture("tiny-lm"))
+        .args(["--data", "prompts.jsonl", "--out", "g.jsonl", "--generate"])
+        .args(["--max-new-tokens", "4"])
+        .run()
+        .success();
+    assert!(
+        out.stderr.contains("no 'reference' column"),
+        "{}",
+        out.stderr
+    );
+    let rows = test.read_lines("g.jsonl");
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(row["generation"].is_string());
+        assert!(row["correct"].is_null());
+    }
+}
+
 #[test]
 fn invalid_evaluations_fail_cleanly() {
     let data = fixture("math_code_queries.jsonl");
@@ -199,8 +227,8 @@ fn invalid_evaluations_fail_cleanly() {
         assert!(!test.path("e.jsonl").exists());
     };
     fails(
-        &["--generate"],
-        "--generate needs the reference answer column 'reference'",
+        &["--generate", "--reference-col", "missing"],
+        "no reference answer column 'missing' (--reference-col)",
     );
     fails(&["--batch-size", "0"], "is not a positive number or `auto`");
     fails(

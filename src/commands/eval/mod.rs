@@ -61,7 +61,12 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
         args.generate,
     )?;
     let references = if args.generate {
-        Some(reference_column(&frame, &file, &args.reference_col)?)
+        Some(reference_column(
+            &frame,
+            &file,
+            args.reference_col.as_deref(),
+            &context.printer,
+        )?)
     } else {
         None
     };
@@ -143,14 +148,32 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
+/// The reference column --generate reads unless --reference-col names another.
+const DEFAULT_REFERENCE_COL: &str = "reference";
+
 /// The reference answers, as text (numbers are read as their decimal text); null is None.
-fn reference_column(frame: &DataFrame, file: &str, name: &str) -> Result<Vec<Option<String>>> {
-    let column = frame.column(name).map_err(|_| {
-        usage(format!(
-            "{file}: --generate needs the reference answer column '{name}' (name it with \
-             --reference-col)"
-        ))
-    })?;
+/// Without the default column every reference is None (answers are still generated); a column
+/// named with `--reference-col` must exist.
+fn reference_column(
+    frame: &DataFrame,
+    file: &str,
+    named: Option<&str>,
+    printer: &crate::printer::Printer,
+) -> Result<Vec<Option<String>>> {
+    let name = named.unwrap_or(DEFAULT_REFERENCE_COL);
+    let Ok(column) = frame.column(name) else {
+        if named.is_some() {
+            return Err(usage(format!(
+                "{file}: no reference answer column '{name}' (--reference-col)"
+            )));
+        }
+        writeln!(
+            printer.stderr(),
+            "{file}: no '{name}' column: answers are generated, `correct` is left null \
+             (--reference-col names the column)"
+        )?;
+        return Ok(vec![None; frame.height()]);
+    };
     let text = column
         .cast(&DataType::String)
         .map_err(|e| InputError::new(file, e.to_string()).column(name))?;
