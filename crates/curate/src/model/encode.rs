@@ -561,7 +561,9 @@ impl Encoding<'_> {
                 return Err(InputError::new(
                     self.file,
                     format!(
-                        "the prompt fills all {limit} tokens of {}; no response token is left",
+                        "the prompt fills all {limit} tokens of {0}; no response token is left \
+                         (raise {0}, shorten or leave out the row, or use a larger vocabulary, \
+                         which makes fewer tokens: train's --vocab-size)",
                         self.hints.max_length
                     ),
                 )
