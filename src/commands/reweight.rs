@@ -341,7 +341,7 @@ fn scores(
         label,
         &scores_input.read()?,
         scores_input.label(),
-        "--scores",
+        "--scores takes the scores `curate influence` writes (train_id, score, query_id)",
     )
 }
 

@@ -68,13 +68,13 @@ impl FromStr for Format {
 pub(crate) fn unknown_extension_message(path: &Path) -> String {
     match path.extension().and_then(|e| e.to_str()) {
         Some("json") => "unknown extension '.json': JSON Lines files end in .jsonl or .ndjson \
-                         (or name the format with the format flag)"
+                         (or name the format with --input-format / --output-format)"
             .to_string(),
         Some(ext) => format!(
             "unknown extension '.{ext}': expected .parquet, .jsonl, .ndjson, .csv, .arrow or .ipc \
-             (or name the format with the format flag)"
+             (or name the format with --input-format / --output-format)"
         ),
-        None => "no file extension: name the format with the format flag \
+        None => "no file extension: name the format with --input-format / --output-format \
                  (parquet, jsonl, csv or ipc)"
             .to_string(),
     }

@@ -82,15 +82,18 @@ pub(crate) fn require_column<'f>(
     })
 }
 
-/// The error for a column that is not there, listing the columns that are.
+/// The error for a column that is not there, listing the columns that are. A role's flag
+/// (`--id-col`) is advised as the way to name another column; a role whose columns are fixed
+/// carries a sentence saying what the table must be instead.
 pub fn missing_column(file: &str, role: ColumnRole, present: &[&str]) -> InputError {
+    let advice = if role.flag.starts_with("--") && !role.flag.contains(' ') {
+        format!("name another with {}", role.flag)
+    } else {
+        role.flag.to_string()
+    };
     InputError::new(
         file,
-        format!(
-            "not found (columns: {}); name another with {}",
-            present.join(", "),
-            role.flag
-        ),
+        format!("not found (columns: {}); {advice}", present.join(", ")),
     )
     .column(role.name)
 }
