@@ -78,6 +78,27 @@ pub enum Command {
     /// answer` repeated, each unit ending in an intermediate answer; validated, with rejects
     /// and statistics.
     Rephrase(RephraseArgs),
+    /// Print a shell completion script to stdout (bash: `curate completions bash >
+    /// ~/.local/share/bash-completion/completions/curate`).
+    Completions(CompletionsArgs),
+    /// Print the man page of curate, or of one command, as roff to stdout (`curate man
+    /// influence > curate-influence.1`).
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (`influence`, `influence index`, ...); none: curate's
+    /// own page.
+    #[arg(value_name = "COMMAND", num_args = 0..)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! One file per subcommand: read inputs, call the library, write outputs.
 
 mod convert;
+mod docs;
 mod eval;
 mod influence;
 mod inspect;
@@ -205,5 +206,7 @@ pub fn dispatch(command: Command, context: &Context) -> Result<ExitStatus> {
         Command::Influence(args) => influence::run(args, context),
         Command::Reveal(args) => reveal::run(*args, context),
         Command::Rephrase(args) => rephrase::run(args, context),
+        Command::Completions(args) => docs::completions(args, context),
+        Command::Man(args) => docs::man(args, context),
     }
 }

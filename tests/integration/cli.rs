@@ -98,3 +98,67 @@ fn ctrl_c_stops_cleanly_without_output() {
         "no output and no temporary file"
     );
 }
+
+/// Shell completions for every shell clap_complete knows, generated from the flags themselves;
+/// bash's parses.
+#[test]
+fn completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = Test::new().args(["completions", shell]).run().success();
+        assert!(out.stderr.is_empty(), "{shell}: {}", out.stderr);
+        for word in ["influence", "rephrase", "--memory-budget"] {
+            assert!(out.stdout.contains(word), "{shell} lacks {word}");
+        }
+        if shell == "bash" {
+            let test = Test::new().file("curate.bash", out.stdout.as_bytes());
+            let path = test.path("curate.bash");
+            let check = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status();
+            if let Ok(status) = check {
+                assert!(status.success(), "the bash completion does not parse");
+            }
+        }
+    }
+    Test::new()
+        .args(["completions", "tcsh"])
+        .run()
+        .invalid("invalid value 'tcsh'");
+}
+
+/// Man pages for curate and each command, as roff; groff renders them when it is installed.
+#[test]
+fn man_pages_for_curate_and_its_commands() {
+    let top = Test::new().arg("man").run().success();
+    assert!(top.stdout.contains(".TH curate 1"), "{}", top.stdout);
+    assert!(top.stdout.contains("influence"));
+    let page = Test::new()
+        .args(["man", "influence", "index"])
+        .run()
+        .success();
+    assert!(page.stdout.contains(".TH curate-influence-index 1"));
+    assert!(page.stdout.contains("\\-\\-store\\-dtype"));
+    if let Ok(mut groff) = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        groff
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.stdout.as_bytes())
+            .unwrap();
+        let rendered = groff.wait_with_output().unwrap();
+        assert!(rendered.status.success());
+        assert!(String::from_utf8_lossy(&rendered.stdout).contains("store"));
+    }
+    Test::new()
+        .args(["man", "influence", "nope"])
+        .run()
+        .invalid("'curate-influence' has no command 'nope'");
+}
