@@ -627,6 +627,11 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "I/N|auto|auto/N")]
     pub shard: Option<String>,
 
+    /// Refuse a JSON Lines column whose values are of several JSON types (numbers and text,
+    /// say) instead of writing them all as text with a warning.
+    #[arg(long)]
+    pub strict_types: bool,
+
     /// Replace the output file if it exists.
     #[arg(long)]
     pub force: bool,

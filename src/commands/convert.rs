@@ -52,6 +52,36 @@ pub fn run(args: ConvertArgs, context: &Context) -> Result<ExitStatus> {
     if shard == Shard::WHOLE {
         table::require_rows(&frame, input.label())?;
     }
+    // JSON Lines values of several types in one column become text: say where, or refuse.
+    let text_columns: Vec<&str> = frame
+        .schema()
+        .iter()
+        .filter(|(_, dtype)| **dtype == DataType::String)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for mix in input.json_type_mixes(&text_columns)? {
+        if args.strict_types {
+            let row = mix.first_rows[1].1;
+            return Err(InputError::new(
+                input.label(),
+                format!(
+                    "values of several JSON types: {} (--strict-types)",
+                    mix.describe()
+                ),
+            )
+            .column(&mix.column)
+            .row(row)
+            .into());
+        }
+        writeln!(
+            context.printer.stderr(),
+            "warning: {}: column '{}' mixes JSON types: {}; all written as text \
+             (--strict-types refuses it)",
+            input.label(),
+            mix.column,
+            mix.describe()
+        )?;
+    }
     if let Some(id_col) = &args.id_col {
         table::require_unique_ids(&frame, input.label(), ColumnRole::new(id_col, "--id-col"))?;
     }

@@ -286,3 +286,35 @@ fn shard_auto_reads_slurm_array_variables() {
         .run()
         .invalid("--shard 3/3: shards are numbered from 0 to 2");
 }
+
+/// A JSON Lines column with numbers and text is written as text with a warning naming the
+/// first row of each type; --strict-types refuses it and writes nothing.
+#[test]
+fn mixed_json_types_are_named_or_refused() {
+    let rows = "{\"a\": 1, \"b\": 1.5}\n{\"a\": \"two\", \"b\": 2}\n{\"a\": 3, \"b\": null}\n";
+    let mut test = Test::new().file("mixed.jsonl", rows);
+    let out = test
+        .args(["convert", "mixed.jsonl", "--out", "m.jsonl"])
+        .run()
+        .success();
+    assert!(
+        out.stderr.contains(
+            "warning: mixed.jsonl: column 'a' mixes JSON types: number (row 1), string (row 2)"
+        ),
+        "{}",
+        out.stderr
+    );
+    // A column of ints and floats is one type (numbers): no word about it.
+    assert!(!out.stderr.contains("column 'b'"), "{}", out.stderr);
+    assert_eq!(test.read_lines("m.jsonl")[1]["a"], "two");
+    test.args([
+        "convert",
+        "mixed.jsonl",
+        "--out",
+        "s.jsonl",
+        "--strict-types",
+    ])
+    .run()
+    .invalid("mixed.jsonl: column 'a', row 2: values of several JSON types");
+    assert!(!test.path("s.jsonl").exists());
+}

@@ -16,7 +16,7 @@ pub use output_dir::OutputDir;
 pub use place::require_distinct;
 pub(crate) use provenance::hex;
 pub use provenance::{InputDigest, Provenance, ShardRecord, settings_digest};
-pub use read::{Input, digest_in_background};
+pub use read::{Input, TypeMix, digest_in_background};
 pub use shard::{CoverError, Resolved, Shard, ShardError, order_shards};
 pub(crate) use summary::ColumnSummary;
 pub use summary::summarize;

@@ -1,7 +1,7 @@
 //! Reading tables: one entry point for files and stdin in every supported format.
 
 use std::fs::File;
-use std::io::{Cursor, Read};
+use std::io::{BufRead, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -263,6 +263,82 @@ impl Input {
             Source::File(path) => std::fs::read(path).ok(),
             Source::Bytes(bytes) => Some(bytes.as_ref().clone()),
         }
+    }
+}
+
+/// A JSON Lines column whose values are of more than one JSON type (a reader stores them all
+/// as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeMix {
+    pub column: String,
+    /// Each JSON type met, with the first (1-based) row that has it, in order of rows.
+    pub first_rows: Vec<(&'static str, usize)>,
+}
+
+impl TypeMix {
+    /// "number (row 1), string (row 2)".
+    pub fn describe(&self) -> String {
+        self.first_rows
+            .iter()
+            .map(|(kind, row)| format!("{kind} (row {row})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::Bool(_) => Some("boolean"),
+        Value::Number(_) => Some("number"),
+        Value::String(_) => Some("string"),
+        Value::Array(_) => Some("array"),
+        Value::Object(_) => Some("object"),
+    }
+}
+
+impl Input {
+    /// For a JSON Lines input: which of `columns` hold values of more than one JSON type (nulls
+    /// aside), with the first row of each type. One pass over the lines; other formats carry
+    /// their types and give none.
+    pub fn json_type_mixes(&self, columns: &[&str]) -> Result<Vec<TypeMix>, InputError> {
+        if self.format != Format::Jsonl || columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reader: Box<dyn BufRead> = match &self.source {
+            Source::File(path) => Box::new(std::io::BufReader::new(self.open_file(path)?)),
+            Source::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.as_ref().clone())),
+        };
+        let mut seen: Vec<Vec<(&'static str, usize)>> = vec![Vec::new(); columns.len()];
+        let mut row = 0;
+        for line in reader.lines() {
+            let line =
+                line.map_err(|err| InputError::new(&self.label, format!("cannot read: {err}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            row += 1;
+            let Ok(serde_json::Value::Object(object)) = serde_json::from_str(&line) else {
+                continue;
+            };
+            for (kinds, name) in seen.iter_mut().zip(columns) {
+                if let Some(kind) = object.get(*name).and_then(json_kind)
+                    && !kinds.iter().any(|(k, _)| *k == kind)
+                {
+                    kinds.push((kind, row));
+                }
+            }
+        }
+        Ok(columns
+            .iter()
+            .zip(seen)
+            .filter(|(_, kinds)| kinds.len() > 1)
+            .map(|(name, first_rows)| TypeMix {
+                column: name.to_string(),
+                first_rows,
+            })
+            .collect())
     }
 }
 
