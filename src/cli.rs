@@ -351,9 +351,16 @@ pub struct RevealArgs {
     #[arg(long, default_value = "labels", value_name = "COLUMN")]
     pub labels_col: String,
 
-    /// Prefix of wide probability columns (`p0`, `p1`, ...) when a source has no list column.
+    /// Prefix of wide probability columns when a source has no list column: numbered (`p0`,
+    /// `p1`, ...) or named by class (`--probs-prefix p_` for `p_bird`, `p_cat`, matched to the
+    /// label values).
     #[arg(long, default_value = "p", value_name = "PREFIX")]
     pub probs_prefix: String,
+
+    /// Wide probability columns named outright, in class order (the --classes order, else the
+    /// sorted label values); for every probability source without its own :COLUMN.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    pub probs_cols: Option<Vec<String>>,
 
     /// Column of the embedding vectors.
     #[arg(long, default_value = "emb", value_name = "COLUMN")]

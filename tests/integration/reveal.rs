@@ -564,3 +564,66 @@ fn ties_at_the_cut_off_go_by_row_order_and_are_counted() {
     let summary: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
     assert_eq!(summary["flagged_from_ties"]["cl"], 0);
 }
+
+/// Wide probability columns named by class (`p_bird`, `p_cat`, `p_dog`, in any column order)
+/// with `--probs-prefix p_`, or named outright with `--probs-cols`, give what numbered columns
+/// in class order give; a column naming no class is refused.
+#[test]
+fn probability_columns_named_by_class() {
+    let classes = ["bird", "cat", "dog"];
+    let (mut labels, mut named, mut numbered) = (String::new(), String::new(), String::new());
+    for i in 0..30usize {
+        let given = classes[i % 3];
+        // The labelled class is likely, except every seventh row, which another class wins.
+        let mut p = [0.1, 0.1, 0.1];
+        p[if i % 7 == 0 { (i + 1) % 3 } else { i % 3 }] = 0.8;
+        labels.push_str(&format!("{{\"id\": {i}, \"label\": \"{given}\"}}\n"));
+        named.push_str(&format!(
+            "{{\"id\": {i}, \"p_dog\": {}, \"p_bird\": {}, \"p_cat\": {}}}\n",
+            p[2], p[0], p[1]
+        ));
+        numbered.push_str(&format!(
+            "{{\"id\": {i}, \"p0\": {}, \"p1\": {}, \"p2\": {}}}\n",
+            p[0], p[1], p[2]
+        ));
+    }
+    let mut test = Test::new()
+        .file("labels.jsonl", labels)
+        .file("named.jsonl", named)
+        .file("numbered.jsonl", numbered);
+    let mut run = |source: &str, extra: &[&str], out: &str| {
+        test.args(["reveal", "--labels", "labels.jsonl", "--source"])
+            .arg(format!("m={source}"))
+            .args(["--out", out])
+            .args(extra)
+            .run()
+            .success();
+    };
+    run("numbered.jsonl", &[], "numbered-out.jsonl");
+    run("named.jsonl", &["--probs-prefix", "p_"], "named-out.jsonl");
+    run(
+        "named.jsonl",
+        &["--probs-cols", "p_bird,p_cat,p_dog"],
+        "cols-out.jsonl",
+    );
+    let expected = test.read("numbered-out.jsonl");
+    assert!(
+        test.read_lines("numbered-out.jsonl")
+            .iter()
+            .any(|r| r["is_label_issue"] == true)
+    );
+    assert_eq!(test.read("named-out.jsonl"), expected);
+    assert_eq!(test.read("cols-out.jsonl"), expected);
+    test.args([
+        "reveal",
+        "--labels",
+        "labels.jsonl",
+        "--source",
+        "m=named.jsonl",
+    ])
+    .args(["--probs-prefix", "p_", "--classes", "bird,cat,fish"])
+    .args(["--out", "x.jsonl"])
+    .run()
+    .invalid("named.jsonl: column 'p_dog' names no class (classes: bird, cat, fish)");
+    assert!(!test.path("x.jsonl").exists());
+}

@@ -133,6 +133,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         label: ColumnRole::new(&args.label_col, "--label-col"),
         labels: ColumnRole::new(&args.labels_col, "--labels-col"),
         probs_prefix: ColumnRole::new(&args.probs_prefix, "--probs-prefix"),
+        probs_cols: args.probs_cols.as_deref(),
         embedding: ColumnRole::new(&args.emb_col, "--emb-col"),
         source: "--source",
     };
@@ -211,13 +212,27 @@ fn read_inputs(
     let labels = read_labels(labels_input, columns)?;
     stage("read labels");
     let mut sources = Vec::new();
+    let mut class_named = Vec::new();
     for spec in &args.sources {
         interrupt::check()?;
-        sources.push(read_source(spec, &labels, columns)?);
+        let read = read_source(spec, &labels, columns)?;
+        if let Some(column_classes) = read.column_classes {
+            class_named.push((sources.len(), column_classes, spec.path.as_str()));
+        }
+        sources.push(read.source);
     }
     stage("read labels and sources");
     let classes = class_order(args.classes.as_deref(), &labels.values, &sources)
         .map_err(|e| flag_error(e, &labels, None))?;
+    for (at, column_classes, path) in class_named {
+        curate::reveal::inputs::order_by_class(
+            &mut sources[at],
+            &column_classes,
+            &classes.names,
+            path,
+            &args.probs_prefix,
+        )?;
+    }
     let label_column = if labels.multi_label {
         &args.labels_col
     } else {

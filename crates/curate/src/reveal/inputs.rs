@@ -20,8 +20,11 @@ pub struct RevealColumns<'a> {
     pub label: ColumnRole<'a>,
     /// Label lists (multi-label).
     pub labels: ColumnRole<'a>,
-    /// `name` is the prefix of wide probability columns (`p0`, `p1`, ...).
+    /// `name` is the prefix of wide probability columns (`p0`, `p1`, ... or `p_cat`,
+    /// `p_dog`, ... by class name).
     pub probs_prefix: ColumnRole<'a>,
+    /// Wide probability columns named outright, in class order (`--probs-cols`).
+    pub probs_cols: Option<&'a [String]>,
     pub embedding: ColumnRole<'a>,
     /// What names a source's own columns.
     pub source: &'a str,
@@ -397,7 +400,18 @@ fn require_cover(positions: &[Option<usize>], labels: &Labels, file: &str) -> Re
     Ok(())
 }
 
-pub fn read_source(spec: &SourceSpec, labels: &Labels, columns: &RevealColumns) -> Result<Source> {
+/// A source read, and for wide columns named by class (`p_cat`, `p_dog`), the class each
+/// matrix column holds: [`order_by_class`] puts them in the class order once it is known.
+pub struct ReadSource {
+    pub source: Source,
+    pub column_classes: Option<Vec<String>>,
+}
+
+pub fn read_source(
+    spec: &SourceSpec,
+    labels: &Labels,
+    columns: &RevealColumns,
+) -> Result<ReadSource> {
     let (id_col, probs_prefix) = (columns.id.name, columns.probs_prefix.name);
     let input = Input::open(&spec.path, None)?;
     let file = input.label().to_string();
@@ -406,26 +420,39 @@ pub fn read_source(spec: &SourceSpec, labels: &Labels, columns: &RevealColumns) 
     if schema.contains(id_col) {
         wanted.push(id_col.to_string());
     }
+    let mut column_classes = None;
     let value_columns = match spec.kind {
         SourceKind::Probs | SourceKind::MlProbs => {
             let list = spec.column.clone().unwrap_or_else(|| "probs".to_string());
-            if schema.contains(&list) {
+            if let (None, Some(named)) = (&spec.column, columns.probs_cols) {
+                if let Some(missing) = named.iter().find(|c| !schema.contains(c.as_str())) {
+                    return Err(InputError::new(&file, "column not found (--probs-cols)")
+                        .column(missing.clone())
+                        .into());
+                }
+                named.to_vec()
+            } else if schema.contains(&list) {
                 vec![list]
             } else if spec.column.is_some() {
                 return Err(InputError::new(&file, "column not found")
                     .column(list)
                     .into());
+            } else if let Some(numbered) = wide_columns(&schema, probs_prefix) {
+                numbered
+            } else if let Some((names, classes)) = class_named_columns(&schema, probs_prefix) {
+                column_classes = Some(classes);
+                names
             } else {
-                wide_columns(&schema, probs_prefix).ok_or_else(|| {
-                    InputError::new(
-                        &file,
-                        format!(
-                            "no probabilities: expected a list column 'probs' (or \
-                             NAME=PATH:{}:COLUMN) or columns {probs_prefix}0..{probs_prefix}K-1",
-                            spec.kind.name()
-                        ),
-                    )
-                })?
+                return Err(InputError::new(
+                    &file,
+                    format!(
+                        "no probabilities: expected a list column 'probs' (or \
+                         NAME=PATH:{}:COLUMN), columns {probs_prefix}0..{probs_prefix}K-1 or \
+                         {probs_prefix}CLASS per class (--probs-prefix), or --probs-cols A,B,...",
+                        spec.kind.name()
+                    ),
+                )
+                .into());
             }
         }
         SourceKind::Hard | SourceKind::Set => {
@@ -502,11 +529,14 @@ pub fn read_source(spec: &SourceSpec, labels: &Labels, columns: &RevealColumns) 
         require_cover(&positions, labels, &file)?;
         let covered = positions.iter().flatten().count();
         let probs = Probabilities::new(matrix.classes, matrix.values);
-        return Ok(Source {
-            name: spec.name.clone(),
-            kind: spec.kind,
-            predictions: Predictions::Probabilities(probs),
-            covered,
+        return Ok(ReadSource {
+            source: Source {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                predictions: Predictions::Probabilities(probs),
+                covered,
+            },
+            column_classes,
         });
     }
     let frame = input.collect(input.scan()?.select(selection))?;
@@ -536,12 +566,79 @@ pub fn read_source(spec: &SourceSpec, labels: &Labels, columns: &RevealColumns) 
         }
         Predictions::Set(placed)
     };
-    Ok(Source {
-        name: spec.name.clone(),
-        kind: spec.kind,
-        predictions,
-        covered,
+    Ok(ReadSource {
+        source: Source {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            predictions,
+            covered,
+        },
+        column_classes: None,
     })
+}
+
+/// Wide columns named by class after the prefix (`p_bird`, `p_cat`, `p_dog`): at least two,
+/// sorted by class name, with the names.
+fn class_named_columns(schema: &Schema, prefix: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let mut named: Vec<(String, String)> = schema
+        .iter()
+        .filter(|(_, dtype)| dtype.is_primitive_numeric())
+        .filter_map(|(name, _)| {
+            let class = name.as_str().strip_prefix(prefix)?;
+            (!class.is_empty()).then(|| (class.to_string(), name.to_string()))
+        })
+        .collect();
+    if named.len() < 2 {
+        return None;
+    }
+    named.sort();
+    Some(named.into_iter().map(|(c, n)| (n, c)).unzip())
+}
+
+/// Put a source's class-named columns in the class order: column k of its matrix becomes the
+/// probability of `class_names[k]`. Every class needs a column and every column a class.
+pub fn order_by_class(
+    source: &mut Source,
+    column_classes: &[String],
+    class_names: &[String],
+    file: &str,
+    prefix: &str,
+) -> Result<()> {
+    let Predictions::Probabilities(probs) = &source.predictions else {
+        return Ok(());
+    };
+    if let Some(stray) = column_classes.iter().find(|c| !class_names.contains(c)) {
+        return Err(InputError::new(
+            file,
+            format!(
+                "column '{prefix}{stray}' names no class (classes: {})",
+                class_names.join(", ")
+            ),
+        )
+        .into());
+    }
+    let from: Vec<usize> = class_names
+        .iter()
+        .map(|class| {
+            column_classes
+                .iter()
+                .position(|c| c == class)
+                .ok_or_else(|| {
+                    InputError::new(
+                        file,
+                        format!("no probability column '{prefix}{class}' for class '{class}'"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let k = probs.classes();
+    let mut values = Vec::with_capacity(probs.values().len());
+    for i in 0..probs.len() {
+        let row = probs.row(i);
+        values.extend(from.iter().map(|&c| row[c]));
+    }
+    source.predictions = Predictions::Probabilities(Probabilities::new(k, values));
+    Ok(())
 }
 
 /// Rows per slice when reading probabilities from Parquet.
