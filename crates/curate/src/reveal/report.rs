@@ -436,6 +436,7 @@ mod tests {
             label: role("label"),
             labels: role("labels"),
             probs_prefix: role("p"),
+            probs_cols: None,
             embedding: role("emb"),
             source: "",
         };
