@@ -30,6 +30,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Print no messages or progress on stderr (errors still print).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
