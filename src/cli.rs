@@ -921,6 +921,11 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub text: TextArgs,
 
+    /// Leave out rows whose prompt fills all of --max-length (no response token would be
+    /// left to train on) instead of failing on the first; says how many.
+    #[arg(long, requires = "max_length")]
+    pub skip_long: bool,
+
     /// Per-row loss weights, such as `curate reweight` writes: a row's loss counts w times
     /// (resampling the rows by weight, in expectation); rows of weight 0 are left out.
     #[arg(long, value_name = "COLUMN")]

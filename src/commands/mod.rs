@@ -183,6 +183,7 @@ pub fn encoding<'a>(
         max_length: text.max_length,
         chat,
         system: text.chat.system.as_deref(),
+        skip_long: false,
         hints: ENCODE_HINTS,
     }
 }

@@ -17,7 +17,7 @@ use curate::interrupt;
 use curate::model::budget::{Footprint, PassKind};
 use curate::model::checkpoint::{self, Checkpoint, CheckpointMismatch, CheckpointPlace};
 use curate::model::config::{ConfigSource, fresh_config};
-use curate::model::encode::TextRows;
+use curate::model::encode::{Encoded, TextRows};
 use curate::model::train::{LossWeights, RunEnd, StopPlan, TrainSettings, Trainer, run_steps};
 use curate::model::{
     Architecture, LanguageModel, LoadOptions, Sequence, TemplateChoice, tokenizer,
@@ -36,7 +36,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
     let output = OutputDir::create(&out, args.force)?;
 
     let input = Input::open(&args.input, args.input_format.map(Into::into))?;
-    let (rows, weights) = read_rows(&input, &args)?;
+    let (rows, mut weights) = read_rows(&input, &args)?;
     let template_choice = crate::commands::template_choice(&args.text.chat)?;
 
     let mut lm = starting_model(&args, &rows, &checkpoint_dir, context)?;
@@ -53,8 +53,23 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         )));
     };
 
-    let encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
-    let (sequences, truncated) = encoding.encode_rows(&lm, &tok, &rows)?;
+    let mut encoding = crate::commands::encoding(&args.text, input.label(), chat.as_ref());
+    encoding.skip_long = args.skip_long;
+    let Encoded {
+        sequences,
+        truncated,
+        skipped,
+    } = encoding.encode_rows(&lm, &tok, &rows)?;
+    if !skipped.is_empty() {
+        if sequences.is_empty() {
+            return Err(usage(format!(
+                "{}: every row's prompt fills --max-length {}; nothing is left to train on",
+                input.label(),
+                args.text.max_length.unwrap_or_default()
+            )));
+        }
+        left_out_long(&skipped, weights.as_mut(), input.label(), &args, context)?;
+    }
     let footprint = Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train);
     super::plan_batches(
         &footprint,
@@ -266,6 +281,54 @@ fn train_settings(args: &TrainArgs, seed: u64) -> TrainSettings {
         seed,
         ..TrainSettings::default()
     }
+}
+
+/// Rows `--skip-long` left out: their weights go too, and stderr says which table rows.
+fn left_out_long(
+    skipped: &[usize],
+    weights: Option<&mut LossWeights>,
+    file: &str,
+    args: &TrainArgs,
+    context: &Context,
+) -> Result<()> {
+    // Skipped indices count the rows kept after weight 0; map them back to table rows.
+    let table_rows: Vec<usize> = match &weights {
+        Some(w) => w
+            .keep
+            .iter()
+            .enumerate()
+            .filter(|(_, keep)| **keep)
+            .map(|(i, _)| i)
+            .collect(),
+        None => (0..=skipped.last().copied().unwrap_or(0)).collect(),
+    };
+    if let Some(weights) = weights {
+        let mut index = 0;
+        weights.values.retain(|_| {
+            let keep = skipped.binary_search(&index).is_err();
+            index += 1;
+            keep
+        });
+    }
+    let shown: Vec<String> = skipped
+        .iter()
+        .take(10)
+        .map(|&i| (table_rows[i] + 1).to_string())
+        .collect();
+    writeln!(
+        context.printer.stderr(),
+        "{file}: left out {} whose prompt fills --max-length {} (--skip-long): row{} {}{}",
+        curate::text::count(skipped.len(), "row", "rows"),
+        args.text.max_length.unwrap_or_default(),
+        if skipped.len() == 1 { "" } else { "s" },
+        shown.join(", "),
+        if skipped.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
 }
 
 /// What is about to be trained, on stderr.

@@ -582,3 +582,61 @@ fn bad_weights_fail_cleanly() {
         assert!(!test.path("m").exists());
     }
 }
+
+/// Rows whose prompt fills all of --max-length stop a run with advice, or with --skip-long are
+/// left out by table row (weights follow their rows).
+#[test]
+fn skip_long_leaves_out_rows_whose_prompt_fills_the_limit() {
+    let mut test = Test::new();
+    let mut args = train_args("m");
+    args.extend(["--max-length".to_string(), "100".to_string()]);
+    test.args(&args)
+        .run()
+        .invalid("no response token is left (raise --max-length");
+    let out = test.args(&args).arg("--skip-long").run().success();
+    assert!(
+        out.stderr
+            .contains("whose prompt fills --max-length 100 (--skip-long): rows 2, 4, "),
+        "{}",
+        out.stderr
+    );
+    // Weights: row 2's long prompt is left out with its weight; row 3 (weight 0) was already.
+    let long = "word ".repeat(200);
+    let rows = format!(
+        "{{\"prompt\": \"1+1?\", \"response\": \"2\", \"w\": 1}}\n\
+         {{\"prompt\": \"{long}\", \"response\": \"x\", \"w\": 5}}\n\
+         {{\"prompt\": \"2+2?\", \"response\": \"4\", \"w\": 0}}\n\
+         {{\"prompt\": \"3+3?\", \"response\": \"6\", \"w\": 1}}\n"
+    );
+    let mut test = Test::new().file("rows.jsonl", rows);
+    let out = test
+        .args(["train", "rows.jsonl", "--out", "w", "--weight-col", "w"])
+        .args([
+            "--vocab-size",
+            "300",
+            "--hidden-size",
+            "16",
+            "--intermediate-size",
+            "32",
+        ])
+        .args([
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--steps",
+            "2",
+        ])
+        .args(["--max-positions", "64", "--max-length", "32", "--skip-long"])
+        .run()
+        .success();
+    assert!(
+        out.stderr
+            .contains("left out 1 row whose prompt fills --max-length 32 (--skip-long): row 2"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("on 2 sequences"), "{}", out.stderr);
+}

@@ -183,7 +183,11 @@ pub fn read_rows(
     if has("input_ids") {
         let input_ids = encode::id_list_column(frame, file, "input_ids")?;
         let labels = encode::id_list_column(frame, file, "labels")?;
-        let (sequences, truncated) = encoding.encode_ids(lm, input_ids, labels)?;
+        let crate::model::encode::Encoded {
+            sequences,
+            truncated,
+            ..
+        } = encoding.encode_ids(lm, input_ids, labels)?;
         // The prompt of an id row is what precedes its first label.
         let prompts = sequences
             .iter()
@@ -213,7 +217,11 @@ pub fn read_rows(
     let (sequences, truncated) = if answers_only {
         (None, 0)
     } else {
-        let (sequences, truncated) = encoding.encode_rows(lm, tok, &text_rows)?;
+        let crate::model::encode::Encoded {
+            sequences,
+            truncated,
+            ..
+        } = encoding.encode_rows(lm, tok, &text_rows)?;
         (Some(sequences), truncated)
     };
     let prompts = if generate {
@@ -630,6 +638,7 @@ mod tests {
             max_length: None,
             chat: None,
             system: None,
+            skip_long: false,
             hints: encode::EncodeHints {
                 max_length: "max",
                 system: "system",

@@ -173,6 +173,7 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         max_length: options.max_length,
         chat: options.chat,
         system: options.system,
+        skip_long: false,
         hints: options.hints,
     };
     let has = |name: &str| frame.column(name).is_ok();
@@ -191,12 +192,20 @@ pub fn read(path: &str, lm: &LanguageModel, options: &ReadOptions) -> Result<Exa
         }
         let input_ids = sequences::id_list_column(&frame, &file, "input_ids")?;
         let labels = sequences::id_list_column(&frame, &file, "labels")?;
-        let (sequences, truncated) = encoding.encode_ids(lm, input_ids, labels)?;
+        let crate::model::encode::Encoded {
+            sequences,
+            truncated,
+            ..
+        } = encoding.encode_ids(lm, input_ids, labels)?;
         (sequences, truncated, None)
     } else {
         let tok = sequences::require_tokenizer(lm, &file)?;
         let rows = TextRows::read(&frame, &file, &options.text)?;
-        let (sequences, truncated) = encoding.encode_rows(lm, tok, &rows)?;
+        let crate::model::encode::Encoded {
+            sequences,
+            truncated,
+            ..
+        } = encoding.encode_rows(lm, tok, &rows)?;
         (sequences, truncated, Some(rows.responses()))
     };
     let as_text = |name: &str| -> Result<Option<(Column, Vec<String>)>> {

@@ -257,7 +257,31 @@ pub struct Encoding<'a> {
     pub chat: Option<&'a ChatTemplate>,
     /// System message for conversations that have none.
     pub system: Option<&'a str>,
+    /// Leave out rows whose prompt fills all of `max_length` (no response token would be
+    /// left) instead of failing on them.
+    pub skip_long: bool,
     pub hints: EncodeHints<'a>,
+}
+
+/// Encoded rows: the sequences, how many were cut to the length limit, and (with
+/// `skip_long`) the 0-based rows left out because their prompt filled the limit.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub sequences: Vec<Sequence>,
+    pub truncated: usize,
+    pub skipped: Vec<usize>,
+}
+
+impl Encoded {
+    fn add(&mut self, index: usize, checked: Option<(Sequence, bool)>) {
+        match checked {
+            Some((sequence, cut)) => {
+                self.truncated += usize::from(cut);
+                self.sequences.push(sequence);
+            }
+            None => self.skipped.push(index),
+        }
+    }
 }
 
 impl Encoding<'_> {
@@ -281,7 +305,7 @@ impl Encoding<'_> {
         lm: &LanguageModel,
         tok: &Tokenizer,
         rows: &TextRows,
-    ) -> Result<(Vec<Sequence>, usize)> {
+    ) -> Result<Encoded> {
         let template = self.hints.chat_template;
         let no_template = format!(
             "no chat template is in use (the model has none, or {template} none); give {template} FILE"
@@ -405,9 +429,11 @@ impl Encoding<'_> {
         template: &ChatTemplate,
         conversations: Vec<Vec<Message>>,
         from_messages: bool,
-    ) -> Result<(Vec<Sequence>, usize)> {
-        let mut sequences = Vec::with_capacity(conversations.len());
-        let mut truncated = 0;
+    ) -> Result<Encoded> {
+        let mut encoded = Encoded {
+            sequences: Vec::with_capacity(conversations.len()),
+            ..Encoded::default()
+        };
         for (index, messages) in conversations.into_iter().enumerate() {
             let row = index + 1;
             let messages = self.with_system(messages);
@@ -432,11 +458,9 @@ impl Encoding<'_> {
             } else {
                 self.prompt_col
             };
-            let (sequence, cut) = self.check(lm, sequence, row, prompt_col)?;
-            truncated += usize::from(cut);
-            sequences.push(sequence);
+            encoded.add(index, self.check(lm, sequence, row, prompt_col)?);
         }
-        Ok((sequences, truncated))
+        Ok(encoded)
     }
 
     /// Prompt tokens without loss, response tokens and the end-of-text token with loss. Returns
@@ -447,10 +471,12 @@ impl Encoding<'_> {
         tok: &Tokenizer,
         prompts: &[String],
         responses: &[String],
-    ) -> Result<(Vec<Sequence>, usize)> {
+    ) -> Result<Encoded> {
         let eos = lm.config.eos_token_id;
-        let mut sequences = Vec::with_capacity(prompts.len());
-        let mut truncated = 0;
+        let mut encoded = Encoded {
+            sequences: Vec::with_capacity(prompts.len()),
+            ..Encoded::default()
+        };
         for (index, (prompt, response)) in prompts.iter().zip(responses).enumerate() {
             let row = index + 1;
             let sequence = tokenizer::prompt_response(tok, prompt, response, eos).map_err(|e| {
@@ -464,11 +490,9 @@ impl Encoding<'_> {
                         .into(),
                 );
             }
-            let (sequence, cut) = self.check(lm, sequence, row, self.prompt_col)?;
-            truncated += usize::from(cut);
-            sequences.push(sequence);
+            encoded.add(index, self.check(lm, sequence, row, self.prompt_col)?);
         }
-        Ok((sequences, truncated))
+        Ok(encoded)
     }
 
     /// `input_ids`/`labels` rows in the Hugging Face convention (equal lengths, -100 = no loss).
@@ -477,9 +501,11 @@ impl Encoding<'_> {
         lm: &LanguageModel,
         input_ids: Vec<Vec<i64>>,
         labels: Vec<Vec<i64>>,
-    ) -> Result<(Vec<Sequence>, usize)> {
-        let mut sequences = Vec::with_capacity(input_ids.len());
-        let mut truncated = 0;
+    ) -> Result<Encoded> {
+        let mut encoded = Encoded {
+            sequences: Vec::with_capacity(input_ids.len()),
+            ..Encoded::default()
+        };
         for (index, (ids, labels)) in input_ids.into_iter().zip(labels).enumerate() {
             let row = index + 1;
             if ids.len() != labels.len() {
@@ -523,21 +549,20 @@ impl Encoding<'_> {
                 .row(row)
                 .into());
             }
-            let (sequence, cut) = self.check(lm, sequence, row, "input_ids")?;
-            truncated += usize::from(cut);
-            sequences.push(sequence);
+            encoded.add(index, self.check(lm, sequence, row, "input_ids")?);
         }
-        Ok((sequences, truncated))
+        Ok(encoded)
     }
 
-    /// Cut to the length limit (or fail), and check the ids against the vocabulary.
+    /// Cut to the length limit (or fail), and check the ids against the vocabulary; `None`
+    /// for a row left out by `skip_long`.
     fn check(
         &self,
         lm: &LanguageModel,
         mut sequence: Sequence,
         row: usize,
         prompt_col: &str,
-    ) -> Result<(Sequence, bool)> {
+    ) -> Result<Option<(Sequence, bool)>> {
         let limit = self.limit(lm)?;
         let positions = lm.config.max_position_embeddings;
         let mut cut = false;
@@ -558,12 +583,16 @@ impl Encoding<'_> {
             sequence.truncate(limit);
             cut = true;
             if sequence.loss_tokens() == 0 {
+                if self.skip_long {
+                    return Ok(None);
+                }
                 return Err(InputError::new(
                     self.file,
                     format!(
                         "the prompt fills all {limit} tokens of {0}; no response token is left \
-                         (raise {0}, shorten or leave out the row, or use a larger vocabulary, \
-                         which makes fewer tokens: train's --vocab-size)",
+                         (raise {0}, shorten or leave out the row (train's --skip-long leaves \
+                         out every such row), or use a larger vocabulary, which makes fewer \
+                         tokens: train's --vocab-size)",
                         self.hints.max_length
                     ),
                 )
@@ -587,7 +616,7 @@ impl Encoding<'_> {
             .row(row)
             .into());
         }
-        Ok((sequence, cut))
+        Ok(Some((sequence, cut)))
     }
 }
 
