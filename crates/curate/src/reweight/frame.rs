@@ -367,18 +367,32 @@ pub fn weighted_frame(
 
 /// The before/after audit (domain x level) as a table.
 pub fn audit_frame(rows: &[AuditRow]) -> PolarsResult<DataFrame> {
-    df!(
+    // Whole-number difficulties (ratings, step counts) stay integers; an empty level is null.
+    let whole = rows
+        .iter()
+        .flat_map(|r| [r.difficulty_min, r.difficulty_max])
+        .filter(|v| v.is_finite())
+        .all(|v| v.fract() == 0.0 && v.abs() < 9e15);
+    let finite = |v: f64| Some(v).filter(|v| v.is_finite());
+    let mut frame = df!(
         "domain" => rows.iter().map(|r| r.domain.clone()).collect::<Vec<_>>(),
         "level" => rows.iter().map(|r| r.level as u32).collect::<Vec<_>>(),
-        "difficulty_min" => rows.iter().map(|r| r.difficulty_min).collect::<Vec<_>>(),
-        "difficulty_max" => rows.iter().map(|r| r.difficulty_max).collect::<Vec<_>>(),
+        "difficulty_min" => rows.iter().map(|r| finite(r.difficulty_min)).collect::<Vec<_>>(),
+        "difficulty_max" => rows.iter().map(|r| finite(r.difficulty_max)).collect::<Vec<_>>(),
         "rows" => rows.iter().map(|r| r.rows as u64).collect::<Vec<_>>(),
         "share_before" => rows.iter().map(|r| r.share_before).collect::<Vec<_>>(),
         "share_after" => rows.iter().map(|r| r.share_after).collect::<Vec<_>>(),
         "mean_weight" => rows.iter().map(|r| r.mean_weight).collect::<Vec<_>>(),
         "rows_after" => rows.iter().map(|r| r.rows_after).collect::<Vec<_>>(),
         "domain_ess" => rows.iter().map(|r| r.domain_ess).collect::<Vec<_>>(),
-    )
+    )?;
+    if whole {
+        for name in ["difficulty_min", "difficulty_max"] {
+            let ints = frame.column(name)?.cast(&DataType::Int64)?;
+            frame.with_column(ints)?;
+        }
+    }
+    Ok(frame)
 }
 
 #[cfg(test)]
