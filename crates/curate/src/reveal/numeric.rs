@@ -266,8 +266,12 @@ pub(crate) fn smallest(values: &[f64], m: usize) -> Cut {
         *cut
     };
     let equal = |x: f64| !less(x, cut) && !less(cut, x);
-    let below = values.iter().filter(|&&x| less(x, cut)).count();
-    let at_cut = values.iter().filter(|&&x| equal(x)).count();
+    let (below, at_cut) = values.iter().fold((0, 0), |(below, at_cut), &x| {
+        (
+            below + usize::from(less(x, cut)),
+            at_cut + usize::from(equal(x)),
+        )
+    });
     let mut from_tie = m - below;
     let straddles = below + at_cut > m;
     let mut cut_rows = Cut::default();

@@ -79,16 +79,7 @@ impl Groups {
         self.mass(weights)
             .iter()
             .zip(&self.level_means)
-            .map(|(mass, means)| {
-                let total: f64 = mass.iter().sum();
-                let sum: f64 = mass
-                    .iter()
-                    .zip(means)
-                    .filter(|(m, _)| **m > 0.0)
-                    .map(|(m, mean)| m * mean)
-                    .sum();
-                sum / total
-            })
+            .map(|(mass, means)| histogram_mean(mass, means))
             .collect()
     }
 
@@ -102,6 +93,19 @@ impl Groups {
         }
         mass
     }
+}
+
+/// Mean difficulty of a level histogram (shares or masses, any total): levels weighted by
+/// their mass, empty levels (NaN means) skipped.
+pub(crate) fn histogram_mean(mass: &[f64], level_means: &[f64]) -> f64 {
+    let (sum, total) = mass
+        .iter()
+        .zip(level_means)
+        .filter(|(m, _)| **m > 0.0)
+        .fold((0.0, 0.0), |(sum, total), (m, mean)| {
+            (sum + m * mean, total + m)
+        });
+    sum / total
 }
 
 /// Assign levels per domain. `domain` holds each row's domain index into `domain_names`.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::levels::Groups;
+use super::levels::{Groups, histogram_mean};
 
 /// Which end of the difficulty scale a domain should lean toward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,10 @@ pub fn flip(
             let sum: f64 = mirrored.iter().sum();
             mirrored.iter_mut().for_each(|s| *s /= sum);
             let means = &groups.level_means[d];
-            let (mean, mirrored_mean) = (mean_of(&current, means), mean_of(&mirrored, means));
+            let (mean, mirrored_mean) = (
+                histogram_mean(&current, means),
+                histogram_mean(&mirrored, means),
+            );
             let shift = mirrored_mean - mean;
             let tolerance = 1e-12 * mean.abs().max(1.0);
             let moves_right_way = match direction {
@@ -163,16 +166,6 @@ pub fn flip(
         })
         .collect();
     Ok((weights, adjustments))
-}
-
-/// Mean difficulty of a level histogram.
-fn mean_of(shares: &[f64], level_means: &[f64]) -> f64 {
-    shares
-        .iter()
-        .zip(level_means)
-        .filter(|(s, _)| **s > 0.0)
-        .map(|(s, m)| s * m)
-        .sum()
 }
 
 /// The largest `t` in [0, 1] for which the histogram `(1 - t) p + t q` keeps an effective

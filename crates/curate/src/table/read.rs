@@ -306,9 +306,9 @@ impl Input {
         if self.format != Format::Jsonl || columns.is_empty() {
             return Ok(Vec::new());
         }
-        let reader: Box<dyn BufRead> = match &self.source {
+        let reader: Box<dyn BufRead + '_> = match &self.source {
             Source::File(path) => Box::new(std::io::BufReader::new(self.open_file(path)?)),
-            Source::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.as_ref().clone())),
+            Source::Bytes(bytes) => Box::new(bytes.as_slice()),
         };
         let mut seen: Vec<Vec<(&'static str, usize)>> = vec![Vec::new(); columns.len()];
         let mut row = 0;
