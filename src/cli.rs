@@ -1191,6 +1191,22 @@ pub struct GradientArgs {
     /// array finishes only what is missing.
     #[arg(long, requires = "shard")]
     pub skip_done: bool,
+
+    /// Continue from the progress an interrupted run of the same command, data and settings
+    /// saved in the checkpoint directory. Without one the run starts from the beginning, so a
+    /// job script can always pass it.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Save progress (factor sums, scores or index rows so far) every SECONDS, and always on
+    /// Ctrl-C or SIGTERM, so a stopped run loses at most that much work.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub checkpoint_every: u64,
+
+    /// Where progress is saved [default: OUT.checkpoint beside --out]. Removed when the run
+    /// finishes; never a directory of other files.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<String>,
 }
 
 /// The model and how rows are read and batched through it: shared by every command that

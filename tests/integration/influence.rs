@@ -133,6 +133,7 @@ pub fn scores(
         projection: None,
         cache_bytes: cache,
         on_batch: &mut on_batch,
+        checkpoint: None,
     };
     let factors = influence::fit_factors(
         train,
@@ -155,17 +156,28 @@ pub fn scores(
     let n = train.len();
     let mut example = vec![0.0; m * n];
     let mut tokens: Vec<Vec<f64>> = vec![Vec::new(); m * n];
-    influence::score(train, 0..n, &queries, true, &mut options, |batch| {
-        let total = batch.examples.total();
-        for (b, &row) in batch.rows.iter().enumerate() {
-            let per_token = batch.tokens.as_ref().unwrap()[b].total();
-            for q in 0..m {
-                example[q * n + row] = total[(q, b)];
-                tokens[q * n + row] = (0..per_token.ncols()).map(|t| per_token[(q, t)]).collect();
+    let mut nothing = ();
+    let walk = influence::Walk::from_start(&mut nothing);
+    influence::score(
+        train,
+        0..n,
+        &queries,
+        true,
+        &mut options,
+        walk,
+        |_, batch| {
+            let total = batch.examples.total();
+            for (b, &row) in batch.rows.iter().enumerate() {
+                let per_token = batch.tokens.as_ref().unwrap()[b].total();
+                for q in 0..m {
+                    example[q * n + row] = total[(q, b)];
+                    tokens[q * n + row] =
+                        (0..per_token.ncols()).map(|t| per_token[(q, t)]).collect();
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .unwrap();
     (example, tokens.concat())
 }
@@ -242,6 +254,7 @@ fn sharded_factors_add_up_to_the_whole() {
         projection: None,
         cache_bytes: 0,
         on_batch: &mut on_batch,
+        checkpoint: None,
     };
     let whole = influence::fit_factors(
         &train,
@@ -960,7 +973,7 @@ fn projection_labels_and_modules_are_part_of_the_factors() {
 }
 
 #[test]
-fn ctrl_c_stops_cleanly_and_writes_nothing() {
+fn ctrl_c_stops_cleanly_keeping_progress_and_no_output() {
     let test = Test::new();
     let child = crate::test::curate_command(&test.path(""))
         .args(["influence", "--model"])
@@ -985,7 +998,8 @@ fn ctrl_c_stops_cleanly_and_writes_nothing() {
         crate::test::interrupt_once_staged(&test, child, std::time::Duration::from_millis(800));
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.ends_with("curate: interrupted\n"), "{stderr}");
-    assert!(test.entries().is_empty(), "{:?}", test.entries());
+    // No partial output: only the progress kept for --resume.
+    assert_eq!(test.entries(), ["scores.parquet.checkpoint"], "{stderr}");
 }
 
 /// Validation by retraining: LDS per query and removal controls, reproducible, for several

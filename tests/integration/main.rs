@@ -17,6 +17,7 @@ mod model;
 mod pandas;
 mod rephrase;
 mod rephrase_llm;
+mod resume;
 mod reveal;
 mod reveal_parity;
 mod reweight;

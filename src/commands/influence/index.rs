@@ -6,17 +6,18 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use regex::Regex;
 
 use super::{
-    estimated_peak, fit, gradient_run, load_complete_factors, load_model, preconditioner,
-    provenance_of, read_queries, with_progress,
+    estimated_peak, gradient_run, load_complete_factors, load_model, preconditioner, provenance_of,
+    read_queries, with_progress,
 };
 use crate::ExitStatus;
 use crate::cli::{CacheSize, IndexArgs, PrecondArg, QueryAggArg, QueryArgs, StoreDtypeArg};
 use crate::commands::Context;
 use curate::error::{InputError, usage};
+use curate::influence::checkpoint::{GRADIENTS_FILE, PassState, RunCheckpoint};
 use curate::influence::examples::Examples;
 use curate::influence::index::{
     self, GradientIndex, IndexManifest, IndexWriter, ROWS_FILE, StoreDtype,
@@ -26,7 +27,7 @@ use curate::influence::run::{GradientRun, sequences_digest};
 use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE};
 use curate::influence::{
-    Damping, FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage,
+    Damping, Done, FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage, Walk,
 };
 use curate::model::Sequence;
 use curate::table::{self, Input, InputDigest, Output, OutputDir, Shard, ShardRecord};
@@ -44,9 +45,30 @@ pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
     if !done_before {
         crate::commands::refuse_existing(out, args.force)?;
     }
-    let setup = super::setup(&args.gradients, context, None, shard)?;
+    let mut setup = super::setup(&args.gradients, context, None, shard)?;
+    let mut checkpoint = match done_before {
+        true => None,
+        false => {
+            let fingerprint = table::settings_digest([
+                ("command", "index".to_string()),
+                ("factors", factors_source(&args, &setup)?),
+                ("damping", format!("{:?}", args.damping)),
+                ("dtype", format!("{:?}", args.store_dtype)),
+                ("seed", context.seed.to_string()),
+            ]);
+            super::checkpoint::open(
+                &args.gradients,
+                &args.out,
+                fingerprint,
+                &mut setup,
+                args.force,
+                &context.printer,
+            )?
+        }
+    };
     let started = Instant::now();
-    let (factors, factors_digest) = index_factors(&args, &setup, context)?;
+    let (factors, factors_digest, fitted_now) =
+        index_factors(&args, &setup, checkpoint.as_mut(), context)?;
     let fitted = started.elapsed().as_secs_f64();
     let dtype = match args.store_dtype {
         StoreDtypeArg::F32 => StoreDtype::F32,
@@ -77,28 +99,62 @@ pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
 
     let staging = OutputDir::create(out, args.force)?;
     let rows = setup.rows().len();
+    let mut checkpoint = checkpoint.expect("opened for a directory output");
+    let (writer, modules, done) = start_index(&mut checkpoint, dtype, rows)?;
+    let mut progress = IndexProgress {
+        writer,
+        modules,
+        fitted: fitted_now.then_some(&factors),
+    };
     let first = setup.rows().start;
-    let mut writer = IndexWriter::create(staging.path(), dtype, rows)?;
-    let mut modules = Vec::new();
-    with_progress(
+    let mut save = |progress: &mut IndexProgress,
+                    checkpoint: Option<&mut RunCheckpoint>,
+                    done: Done|
+     -> Result<()> {
+        match checkpoint {
+            Some(checkpoint) if checkpoint.due() => progress.save(checkpoint, done, rows),
+            _ => Ok(()),
+        }
+    };
+    let walk = Walk {
+        skip: done.batches,
+        state: &mut progress,
+        cached: None,
+        save: Some(&mut save),
+    };
+    let built = super::with_progress_from(
         &context.printer,
         "index",
-        rows,
+        (done.rows, rows),
         estimated_peak(&setup),
         |on_batch| {
-            setup.index(&factors, args.damping, on_batch, |names, batch, vectors| {
-                if modules.is_empty() {
-                    modules = names.to_vec();
-                }
-                batch
-                    .iter()
-                    .zip(&vectors)
-                    .try_for_each(|(&row, vector)| writer.write_row(row - first, vector))
-            })
+            setup.index(
+                &factors,
+                args.damping,
+                on_batch,
+                Some(&mut checkpoint),
+                walk,
+                |progress, names, batch, vectors| {
+                    if progress.modules.is_empty() {
+                        progress.modules = names.to_vec();
+                    }
+                    batch.iter().zip(&vectors).try_for_each(|(&row, vector)| {
+                        progress.writer.write_row(row - first, vector)
+                    })
+                },
+            )
         },
-    )?;
+    );
+    super::checkpoint::on_stop(built, Some(&checkpoint), &context.printer)?;
+    let IndexProgress {
+        writer, modules, ..
+    } = progress;
     let (written, dim) = writer.finish()?;
     debug_assert_eq!(written, rows);
+    move_file(
+        &checkpoint.file(GRADIENTS_FILE)?,
+        &staging.path().join(GRADIENTS_FILE),
+    )?;
     manifest.dim = dim;
     manifest.modules = modules;
     let provenance = provenance_of(&setup, context, None);
@@ -107,6 +163,7 @@ pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
         .write_frame(&setup.train.carried_frame(setup.rows())?, Some(&provenance))?;
     index::write_manifest(staging.path(), &manifest)?;
     staging.commit()?;
+    checkpoint.remove()?;
     writeln!(
         context.printer.stderr(),
         "indexed {rows} training examples{} ({} modules, {dim} values per row, {} bytes per row in {}): factors {fitted:.1}s, gradients {:.1}s; wrote {}",
@@ -125,16 +182,19 @@ pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
 
 /// The factors the index is preconditioned with, and their digest: from `--factors` (the
 /// file's sha256), none for identity, or fitted here on every training row.
+/// The index's factors (with what the manifest records of them, and whether this run fitted
+/// them): `--factors`, none for identity, those the checkpoint kept, or a fit on every row.
 fn index_factors(
     args: &IndexArgs,
     setup: &GradientRun,
+    checkpoint: Option<&mut RunCheckpoint>,
     context: &Context,
-) -> Result<(FactorSet, String)> {
+) -> Result<(FactorSet, String, bool)> {
     if let Some(dir) = &args.factors {
         let set = load_complete_factors(dir, args.precond, setup)?;
         let path = Path::new(dir).join(FACTORS_FILE);
         let digest = InputDigest::of_file(path.display().to_string(), &path)?.sha256;
-        return Ok((set, digest));
+        return Ok((set, digest, false));
     }
     let wanted = args
         .precond
@@ -144,14 +204,138 @@ fn index_factors(
         return Ok((
             FactorSet::new(Preconditioner::Identity, Stage::Complete),
             "none".to_string(),
+            false,
         ));
     }
-    let set = fit(setup, wanted, None, context)?;
+    let (set, fitted_now) = super::fit_or_resume(setup, wanted, checkpoint, context)?;
     let digest = format!("fitted:{}", store::covariance_digest(&set));
-    Ok((set, digest))
+    Ok((set, digest, fitted_now))
 }
 
-/// What every shard of one index shares: the manifest without its own rows, sizes and shard.
+/// What the index's factors come from, before any fit: the `--factors` file's digest, or
+/// everything the fit on this run's rows depends on.
+fn factors_source(args: &IndexArgs, setup: &GradientRun) -> Result<String> {
+    Ok(match &args.factors {
+        Some(dir) => {
+            let path = Path::new(dir).join(FACTORS_FILE);
+            InputDigest::of_file(path.display().to_string(), &path)?.sha256
+        }
+        None => {
+            let wanted = args
+                .precond
+                .map(preconditioner)
+                .unwrap_or(Preconditioner::Ekfac);
+            format!("fit {}", super::fit_digest(setup, wanted))
+        }
+    })
+}
+
+/// The index rows written so far, the tracked modules, and factors this run fitted that
+/// the first save keeps (see `GradientRun::score`).
+struct IndexProgress<'a> {
+    writer: IndexWriter,
+    modules: Modules,
+    fitted: Option<&'a FactorSet>,
+}
+
+impl IndexProgress<'_> {
+    /// Flush the rows to disk, then record them: a save never claims a row the file lacks.
+    fn save(&mut self, checkpoint: &mut RunCheckpoint, done: Done, rows: usize) -> Result<()> {
+        if let Some(factors) = self.fitted.take() {
+            curate::influence::run::save_fitted(checkpoint, factors, rows)?;
+        }
+        let (written, dim) = self.writer.progress()?;
+        let m = self.modules.len();
+        let state = PassState {
+            batches: done.batches,
+            rows: done.rows,
+            complete: false,
+            names: self
+                .modules
+                .iter()
+                .map(|(name, _, _)| name.clone())
+                .collect(),
+            arrays: vec![
+                (
+                    "written".to_string(),
+                    vec![written.len()],
+                    written.iter().map(|&w| f64::from(u8::from(w))).collect(),
+                ),
+                (
+                    "dim".to_string(),
+                    vec![1],
+                    vec![dim.map_or(-1.0, |d| d as f64)],
+                ),
+                (
+                    "module_shapes".to_string(),
+                    vec![m, 2],
+                    self.modules
+                        .iter()
+                        .flat_map(|&(_, o, i)| [o as f64, i as f64])
+                        .collect(),
+                ),
+            ],
+        };
+        checkpoint.save("index", &state)
+    }
+}
+
+/// Each tracked module's name, output and input size.
+type Modules = Vec<(String, usize, usize)>;
+
+/// The index writer, the modules and how far the pass is: continuing what
+/// the checkpoint saved, or a new file in it.
+fn start_index(
+    checkpoint: &mut RunCheckpoint,
+    dtype: StoreDtype,
+    rows: usize,
+) -> Result<(IndexWriter, Modules, Done)> {
+    let path = checkpoint.file(GRADIENTS_FILE)?;
+    let Some(state) = checkpoint.take("index") else {
+        let start = Done {
+            batches: 0,
+            rows: 0,
+        };
+        return Ok((IndexWriter::create(&path, dtype, rows)?, Vec::new(), start));
+    };
+    let unusable = || {
+        usage(format!(
+            "--resume: {} does not hold this index's progress; --force starts over",
+            checkpoint.dir().display()
+        ))
+    };
+    let (_, written) = state.array("written").ok_or_else(unusable)?;
+    let (_, dim) = state.array("dim").ok_or_else(unusable)?;
+    let (_, shapes) = state.array("module_shapes").ok_or_else(unusable)?;
+    if written.len() != rows || shapes.len() != 2 * state.names.len() {
+        return Err(unusable());
+    }
+    let written: Vec<bool> = written.iter().map(|&w| w != 0.0).collect();
+    let dim = (dim[0] >= 0.0).then_some(dim[0] as usize);
+    let modules = state
+        .names
+        .iter()
+        .zip(shapes.chunks(2))
+        .map(|(name, shape)| (name.clone(), shape[0] as usize, shape[1] as usize))
+        .collect();
+    let writer = IndexWriter::resume(&path, dtype, written, dim)?;
+    let done = Done {
+        batches: state.batches,
+        rows: state.rows,
+    };
+    Ok((writer, modules, done))
+}
+
+/// Move `from` to `to`: a rename, or a copy where they lie on different file systems.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    std::fs::remove_file(from).with_context(|| format!("cannot remove {}", from.display()))
+}
+
 fn build_digest(manifest: &IndexManifest, setup: &GradientRun) -> String {
     table::settings_digest([
         ("model", manifest.model.clone()),

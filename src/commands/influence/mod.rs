@@ -1,6 +1,7 @@
 //! `curate influence`: score training examples (and their segments and tokens) by their
 //! influence on query examples; `fit-factors` and `merge-factors` for sharded factor fitting.
 
+mod checkpoint;
 mod index;
 mod merge_scores;
 mod outputs;
@@ -22,9 +23,10 @@ use crate::cli::{
 };
 use crate::printer::Printer;
 use curate::error::{InputError, usage};
+use curate::influence::checkpoint::RunCheckpoint;
 use curate::influence::examples::{self, Examples, ReadOptions};
 use curate::influence::report;
-use curate::influence::run::{GradientRun, OnBatch, model_digest, sequences_digest};
+use curate::influence::run::{GradientRun, OnBatch, fitted_in, model_digest, sequences_digest};
 use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
 use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
@@ -294,7 +296,20 @@ fn with_progress<T>(
     estimated_peak: u128,
     pass: impl FnOnce(OnBatch) -> Result<T>,
 ) -> Result<T> {
-    let mut bar = printer.model_progress(total, "rows", label, Some(estimated_peak));
+    with_progress_from(printer, label, (0, total), estimated_peak, pass)
+}
+
+/// [`with_progress`] for a pass resumed with `done` of its `total` rows already done.
+fn with_progress_from<T>(
+    printer: &Printer,
+    label: &str,
+    (done, total): (usize, usize),
+    estimated_peak: u128,
+    pass: impl FnOnce(OnBatch) -> Result<T>,
+) -> Result<T> {
+    let mut bar = printer
+        .model_progress(total, "rows", label, Some(estimated_peak))
+        .resumed_at(done);
     let mut on_batch = |n: usize| {
         bar.inc(n);
         interrupt::check()?;
@@ -305,11 +320,13 @@ fn with_progress<T>(
     Ok(result)
 }
 
-/// Fit what `preconditioner` needs on the run's rows, with a progress bar.
+/// Fit what `preconditioner` needs on the run's rows, with a progress bar, saving progress
+/// to `checkpoint` and continuing what it holds.
 fn fit(
     run: &GradientRun,
     preconditioner: Preconditioner,
     covariance: Option<&FactorSet>,
+    checkpoint: Option<&mut RunCheckpoint>,
     context: &Context,
 ) -> Result<FactorSet> {
     let total = run.fit_passes(preconditioner, covariance.is_some());
@@ -333,9 +350,16 @@ fn fit(
             }
         )?;
     }
-    with_progress(&context.printer, "factors", total, peak, |on_batch| {
-        run.fit(preconditioner, covariance, on_batch)
-    })
+    let done = checkpoint
+        .as_deref()
+        .map_or(0, |c| c.rows_done("covariances") + c.rows_done("lambdas"));
+    with_progress_from(
+        &context.printer,
+        "factors",
+        (done, total),
+        peak,
+        |on_batch| run.fit(preconditioner, covariance, on_batch, checkpoint),
+    )
 }
 
 fn provenance_of(
@@ -372,7 +396,7 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
     if !done_before {
         crate::commands::refuse_existing(out, args.force)?;
     }
-    let setup = setup(&args.gradients, context, None, shard)?;
+    let mut setup = setup(&args.gradients, context, None, shard)?;
     let covariance = match &args.covariance {
         None => None,
         Some(dir) => {
@@ -418,11 +442,34 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
             ))),
         };
     }
+    let fingerprint = curate::table::settings_digest([
+        ("command", "fit-factors".to_string()),
+        ("fit", fit_digest(&setup, preconditioner)),
+        ("covariance", format!("{covariance_digest:?}")),
+    ]);
+    let mut checkpoint = checkpoint::open(
+        &args.gradients,
+        &args.out,
+        fingerprint,
+        &mut setup,
+        args.force,
+        &context.printer,
+    )?;
     let started = Instant::now();
-    let factors = fit(&setup, preconditioner, covariance.as_ref(), context)?;
+    let fitted = fit(
+        &setup,
+        preconditioner,
+        covariance.as_ref(),
+        checkpoint.as_mut(),
+        context,
+    );
+    let factors = checkpoint::on_stop(fitted, checkpoint.as_ref(), &context.printer)?;
     let meta = setup.meta(&factors, covariance_digest);
     let provenance = provenance_of(&setup, context, None);
     store::save_dir(out, &factors, &meta, &provenance.key_values(), args.force)?;
+    if let Some(checkpoint) = &checkpoint {
+        checkpoint.remove()?;
+    }
     writeln!(
         context.printer.stderr(),
         "fitted {} factors ({}{}) on {} examples in {:.1}s; wrote {}",
@@ -436,6 +483,22 @@ fn fit_factors(args: FitFactorsArgs, context: &Context) -> Result<ExitStatus> {
         out.display()
     )?;
     Ok(ExitStatus::Success)
+}
+
+/// A digest of everything a fit's sums depend on besides the batch size (kept with the
+/// checkpoint): model, rows as tokens, labels, modules, projection, shard, preconditioner.
+fn fit_digest(run: &GradientRun, preconditioner: Preconditioner) -> String {
+    curate::table::settings_digest([
+        ("model", run.model_digest.clone()),
+        ("train", run.train.digest.sha256.clone()),
+        ("train tokens", sequences_digest(&run.train.sequences)),
+        ("modules", run.tracked.as_str().to_string()),
+        ("projection", format!("{:?}", run.projection)),
+        ("fisher", format!("{:?}", run.fisher)),
+        ("max length", format!("{:?}", run.max_length)),
+        ("shard", run.shard.to_string()),
+        ("precond", preconditioner.name().to_string()),
+    ])
 }
 
 fn merge_factors(args: MergeFactorsArgs, context: &Context) -> Result<ExitStatus> {
@@ -499,7 +562,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         false => Some(outputs::Outputs::create(&out, &args, &paths)?),
     };
     let segmenting = args.granularity != GranularityArg::Example;
-    let setup = setup(
+    let mut setup = setup(
         &args.gradients,
         context,
         segmenting.then_some(args.answer_col.as_str()),
@@ -519,30 +582,51 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         &setup.train,
         context,
     )?;
-    let started = Instant::now();
-    let factors = score_factors(&args, &setup, context)?;
-    let fitted = started.elapsed().as_secs_f64();
-    // Query gradients, preconditioned once; then this shard's training rows against them.
     let kept: Vec<Sequence> = query_rows
         .iter()
         .map(|&i| query.sequences[i].clone())
         .collect();
+    let run_digest = score_run_digest(&args, &setup, &query, &kept, aggregate, context)?;
     let mut provenance = provenance_of(&setup, context, Some(&query));
-    provenance.shard = setup.shard_record(score_run_digest(
-        &args, &setup, &query, &kept, aggregate, context,
-    )?);
+    provenance.shard = setup.shard_record(run_digest.clone());
     let Some(outputs) = outputs else {
         return skip_done_scores(&paths, &provenance, &setup, context);
     };
+    let fingerprint = curate::table::settings_digest([
+        ("command", "influence".to_string()),
+        ("run", run_digest),
+        ("shard", setup.shard.to_string()),
+    ]);
+    let mut checkpoint = checkpoint::open(
+        &args.gradients,
+        &out,
+        fingerprint,
+        &mut setup,
+        args.force,
+        &context.printer,
+    )?;
 
+    let started = Instant::now();
+    let (factors, fitted_now) = score_factors(&args, &setup, checkpoint.as_mut(), context)?;
+    let fitted = started.elapsed().as_secs_f64();
+    // Query gradients, preconditioned once; then this shard's training rows against them.
     let peak = estimated_peak(&setup);
     let queries = with_progress(&context.printer, "queries", kept.len(), peak, |on_batch| {
         setup.query_gradients(&kept, &factors, args.damping, aggregate, on_batch)
     })?;
     let rows = setup.rows().len();
-    let collected = with_progress(&context.printer, "scores", rows, peak, |on_batch| {
-        setup.score(&queries, segmenting, on_batch)
-    })?;
+    let done = checkpoint.as_ref().map_or(0, |c| c.rows_done("scores"));
+    let collected =
+        with_progress_from(&context.printer, "scores", (done, rows), peak, |on_batch| {
+            setup.score(
+                &queries,
+                segmenting,
+                on_batch,
+                checkpoint.as_mut(),
+                fitted_now.then_some(&factors),
+            )
+        });
+    let collected = checkpoint::on_stop(collected, checkpoint.as_ref(), &context.printer)?;
     let scored = started.elapsed().as_secs_f64() - fitted;
 
     let query_labels = report::QueryLabels::new(&query, &query_rows, aggregate)?;
@@ -558,6 +642,9 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
         },
         &provenance,
     )?;
+    if let Some(checkpoint) = &checkpoint {
+        checkpoint.remove()?;
+    }
     writeln!(
         context.printer.stderr(),
         "scored {rows} training examples against {} (precond {}, {} modules): factors {fitted:.1}s, scores {scored:.1}s; wrote {}",
@@ -736,24 +823,22 @@ fn load_complete_factors(
 }
 
 /// The factors scores are preconditioned with: reused from `--factors`, or fitted on every
-/// training row (then there is no shard) and kept with `--save-factors`.
+/// training row (then there is no shard; a resumed run takes them from its checkpoint) and
+/// kept with `--save-factors`. True with factors fitted by this run.
 fn score_factors(
     args: &InfluenceArgs,
     setup: &GradientRun,
+    checkpoint: Option<&mut RunCheckpoint>,
     context: &Context,
-) -> Result<FactorSet> {
+) -> Result<(FactorSet, bool)> {
     if let Some(dir) = &args.factors {
-        return load_complete_factors(dir, args.precond, setup);
+        return Ok((load_complete_factors(dir, args.precond, setup)?, false));
     }
     let wanted = args
         .precond
         .map(preconditioner)
         .unwrap_or(Preconditioner::Ekfac);
-    let set = if wanted == Preconditioner::Identity {
-        FactorSet::new(wanted, Stage::Complete)
-    } else {
-        fit(setup, wanted, None, context)?
-    };
+    let (set, fitted_now) = fit_or_resume(setup, wanted, checkpoint, context)?;
     if let Some(dir) = &args.save_factors {
         let meta = setup.meta(&set, None);
         let provenance = provenance_of(setup, context, None);
@@ -765,5 +850,26 @@ fn score_factors(
             args.force,
         )?;
     }
-    Ok(set)
+    Ok((set, fitted_now))
+}
+
+/// Factors of `wanted` on every row of the run: none for identity, those a checkpoint kept,
+/// or a fit (continuing the checkpoint's sums). True when this run fitted them.
+fn fit_or_resume(
+    setup: &GradientRun,
+    wanted: Preconditioner,
+    mut checkpoint: Option<&mut RunCheckpoint>,
+    context: &Context,
+) -> Result<(FactorSet, bool)> {
+    if wanted == Preconditioner::Identity {
+        return Ok((FactorSet::new(wanted, Stage::Complete), false));
+    }
+    if let Some(kept) = checkpoint.as_deref_mut()
+        && let Some(set) = fitted_in(kept, wanted)?
+    {
+        return Ok((set, false));
+    }
+    let fitted = fit(setup, wanted, None, checkpoint.as_deref_mut(), context);
+    let set = checkpoint::on_stop(fitted, checkpoint.as_deref(), &context.printer)?;
+    Ok((set, true))
 }

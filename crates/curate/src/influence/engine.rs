@@ -1,10 +1,12 @@
 //! Passes over a `GradientSource`: fitting factors, building query gradients, scoring.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use anyhow::{Result, bail};
 use faer::Mat;
 
+use super::checkpoint::RunCheckpoint;
 use super::{
     Damping, FactorSet, Fisher, GradientSource, ModulePreconditioner, ModuleStacks, Preconditioner,
     Projection, QueryGradients, ScoreMatrix, Stage, TokenScores, score_examples, score_tokens,
@@ -25,6 +27,9 @@ pub struct PassOptions<'a> {
     /// Called after each batch with the number of examples it held; an error stops the pass
     /// (Ctrl-C).
     pub on_batch: &'a mut dyn FnMut(usize) -> Result<()>,
+    /// Saves a factor pass's sums every few minutes and on a stop, and holds what an earlier
+    /// run saved (`--resume`). Score and index passes checkpoint through their callers.
+    pub checkpoint: Option<&'a mut RunCheckpoint>,
 }
 
 /// How query gradients are combined before scoring.
@@ -64,37 +69,135 @@ fn capture(
     Ok(stacks)
 }
 
+/// How far a pass has come: its first `batches` batches, holding `rows` rows, are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub batches: usize,
+    pub rows: usize,
+}
+
+/// Called after each group of batches with the pass's state, the checkpoint and how far the
+/// pass is, to save progress.
+pub type SaveProgress<'w, S> =
+    &'w mut dyn FnMut(&mut S, Option<&mut RunCheckpoint>, Done) -> Result<()>;
+
+/// Where a pass starts and what it adds to: `skip` batches were done by an earlier run (their
+/// results are already in `state`); `cached` hands back stacks kept from an earlier pass by
+/// batch index, so those batches need no model run; `save` checkpoints `state`.
+pub struct Walk<'w, S> {
+    pub skip: usize,
+    pub state: &'w mut S,
+    pub cached: Option<&'w mut dyn FnMut(usize) -> Option<Vec<ModuleStacks>>>,
+    pub save: Option<SaveProgress<'w, S>>,
+}
+
+impl<'w, S> Walk<'w, S> {
+    /// From the first batch, into `state`, saving nothing.
+    pub fn from_start(state: &'w mut S) -> Self {
+        Walk {
+            skip: 0,
+            state,
+            cached: None,
+            save: None,
+        }
+    }
+}
+
 /// Capture every batch of `rows` (projected), hand it to `visit` with its rows, then report
 /// progress: the one loop every pass runs.
 ///
 /// Up to `options.in_flight` batches are captured side by side, one per rayon thread (burn's
 /// element-wise kernels use one core, so a second batch keeps the other busy), and visited one
-/// at a time in order: the
-/// batches are cut the same way whatever the thread count and sums are added in the same
-/// order, so factors and scores do not depend on the number of threads.
-fn each_batch(
+/// at a time in order: the batches are cut the same way whatever the thread count and sums are
+/// added in the same order, so factors and scores do not depend on the number of threads.
+/// After each group the walk's `save` sees the state and how far the pass is (to checkpoint
+/// it); a resumed pass skips the batches an earlier run finished, so it ends with the same
+/// sums.
+fn each_batch<S>(
     source: &dyn GradientSource,
     rows: Range<usize>,
     fisher: Fisher,
     options: &mut PassOptions,
-    mut visit: impl FnMut(&[usize], Vec<ModuleStacks>) -> Result<()>,
+    walk: Walk<S>,
+    mut visit: impl FnMut(&mut S, usize, &[usize], Vec<ModuleStacks>) -> Result<()>,
 ) -> Result<()> {
     use rayon::prelude::*;
+    let Walk {
+        skip,
+        state,
+        mut cached,
+        mut save,
+    } = walk;
     let batches = batches(source, rows, options.batch_size);
+    let skip = skip.min(batches.len());
     let projection = options.projection;
     let in_flight = options.in_flight.min(rayon::current_num_threads()).max(1);
-    for group in batches.chunks(in_flight) {
-        let captured: Vec<Result<Vec<ModuleStacks>>> = group
-            .par_iter()
-            .map(|batch| capture(source, batch, fisher, projection))
+    let mut done = Done {
+        batches: skip,
+        rows: batches[..skip].iter().map(Vec::len).sum(),
+    };
+    let pending: Vec<usize> = (skip..batches.len()).collect();
+    for group in pending.chunks(in_flight) {
+        let mut stacks: Vec<Option<Vec<ModuleStacks>>> = group
+            .iter()
+            .map(|&index| cached.as_mut().and_then(|take| take(index)))
             .collect();
-        for (batch, stacks) in group.iter().zip(captured) {
-            visit(batch, stacks?)?;
+        let missing: Vec<usize> = (0..group.len()).filter(|&p| stacks[p].is_none()).collect();
+        let captured: Vec<Result<Vec<ModuleStacks>>> = missing
+            .par_iter()
+            .map(|&p| capture(source, &batches[group[p]], fisher, projection))
+            .collect();
+        for (&p, result) in missing.iter().zip(captured) {
+            stacks[p] = Some(result?);
+        }
+        let mut rows_in_group = 0;
+        for (&index, batch_stacks) in group.iter().zip(stacks) {
+            let batch = &batches[index];
+            visit(state, index, batch, batch_stacks.expect("captured above"))?;
+            rows_in_group += batch.len();
+        }
+        done.batches = group[group.len() - 1] + 1;
+        done.rows += rows_in_group;
+        if let Some(save) = save.as_mut() {
+            save(state, options.checkpoint.as_deref_mut(), done)?;
         }
         // One report per group: its batches finished together.
-        (options.on_batch)(group.iter().map(Vec::len).sum())?;
+        (options.on_batch)(rows_in_group)?;
     }
     Ok(())
+}
+
+/// A factor pass's sums as an earlier run saved them under `pass` (with the batches they
+/// cover and whether the pass was complete), or empty ones.
+fn resumed_factors(
+    checkpoint: Option<&mut RunCheckpoint>,
+    pass: &str,
+    preconditioner: Preconditioner,
+    stage: Stage,
+) -> Result<(FactorSet, usize, bool)> {
+    match checkpoint.and_then(|c| c.take(pass)) {
+        Some(state) => Ok((
+            FactorSet::from_state(preconditioner, stage, &state)?,
+            state.batches,
+            state.complete,
+        )),
+        None => Ok((FactorSet::new(preconditioner, stage), 0, false)),
+    }
+}
+
+/// Save a factor pass's partial sums when the checkpoint says it is time.
+fn save_factors_if_due(
+    checkpoint: Option<&mut RunCheckpoint>,
+    pass: &str,
+    factors: &FactorSet,
+    done: Done,
+) -> Result<()> {
+    match checkpoint {
+        Some(checkpoint) => {
+            checkpoint.save_if_due(pass, || factors.to_state(done.batches, done.rows, false))
+        }
+        None => Ok(()),
+    }
 }
 
 /// First pass: token covariances of `rows`.
@@ -105,10 +208,28 @@ pub fn fit_covariances(
     preconditioner: Preconditioner,
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
-    let mut factors = FactorSet::new(preconditioner, Stage::Covariance);
-    each_batch(source, rows, fisher, options, |_, stacks| {
-        factors.add_covariances(&stacks)
-    })?;
+    let (mut factors, skip, _) = resumed_factors(
+        options.checkpoint.as_deref_mut(),
+        "covariances",
+        preconditioner,
+        Stage::Covariance,
+    )?;
+    let walk = Walk {
+        skip,
+        state: &mut factors,
+        cached: None,
+        save: Some(&mut |factors, checkpoint, done| {
+            save_factors_if_due(checkpoint, "covariances", factors, done)
+        }),
+    };
+    each_batch(
+        source,
+        rows,
+        fisher,
+        options,
+        walk,
+        |factors, _, _, stacks| factors.add_covariances(&stacks),
+    )?;
     Ok(factors)
 }
 
@@ -123,13 +244,33 @@ pub fn fit_lambdas(
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
     let bases = covariances.map(FactorSet::eigenbases).transpose()?;
-    let mut factors = FactorSet::new(preconditioner, Stage::Lambda);
-    each_batch(source, rows, fisher, options, |_, stacks| {
-        if let Some(covariances) = covariances {
-            check_modules(covariances, &stacks)?;
-        }
-        factors.add_lambdas(&stacks, bases.as_deref())
-    })?;
+    let (mut factors, skip, _) = resumed_factors(
+        options.checkpoint.as_deref_mut(),
+        "lambdas",
+        preconditioner,
+        Stage::Lambda,
+    )?;
+    let walk = Walk {
+        skip,
+        state: &mut factors,
+        cached: None,
+        save: Some(&mut |factors, checkpoint, done| {
+            save_factors_if_due(checkpoint, "lambdas", factors, done)
+        }),
+    };
+    each_batch(
+        source,
+        rows,
+        fisher,
+        options,
+        walk,
+        |factors, _, _, stacks| {
+            if let Some(covariances) = covariances {
+                check_modules(covariances, &stacks)?;
+            }
+            factors.add_lambdas(&stacks, bases.as_deref())
+        },
+    )?;
     Ok(factors)
 }
 
@@ -143,47 +284,98 @@ pub fn fit_factors(
 ) -> Result<FactorSet> {
     let mut factors = FactorSet::new(preconditioner, Stage::Complete);
     if preconditioner.two_passes() {
-        // The covariance pass keeps its stacks while they fit the budget; EK-FAC's second pass
-        // then rotates those instead of running the model again.
-        let mut kept: Option<Vec<Vec<CachedStacks>>> = Some(Vec::new());
-        let mut used = 0usize;
-        let mut covariances = FactorSet::new(preconditioner, Stage::Covariance);
-        let budget = options.cache_bytes;
-        each_batch(source, rows.clone(), fisher, options, |_, stacks| {
-            covariances.add_covariances(&stacks)?;
-            if let Some(cache) = &mut kept {
-                let cached: Vec<CachedStacks> = stacks.iter().map(CachedStacks::new).collect();
-                used += cached.iter().map(CachedStacks::bytes).sum::<usize>();
-                if used <= budget {
-                    cache.push(cached);
-                } else {
-                    kept = None;
-                }
-            }
-            Ok(())
-        })?;
-        factors.merge(&covariances)?;
-        let lambdas = match kept {
-            Some(cache) => {
-                let bases = factors.eigenbases()?;
-                let mut lambdas = FactorSet::new(preconditioner, Stage::Lambda);
-                for cached in cache {
-                    let stacks: Vec<ModuleStacks> =
-                        cached.iter().map(CachedStacks::restore).collect();
-                    lambdas.add_lambdas(&stacks, Some(&bases))?;
-                    (options.on_batch)(stacks.first().map_or(0, |s| s.examples.len()))?;
-                }
-                lambdas
-            }
-            None => fit_lambdas(
+        let (mut covariances, skip, complete) = resumed_factors(
+            options.checkpoint.as_deref_mut(),
+            "covariances",
+            preconditioner,
+            Stage::Covariance,
+        )?;
+        // The covariance pass keeps its stacks (by batch) while they fit the budget; EK-FAC's
+        // second pass then rotates those instead of running the model again. A resumed pass
+        // holds only the batches it ran itself; the second pass captures the others again.
+        let mut kept: Option<HashMap<usize, Vec<CachedStacks>>> = Some(HashMap::new());
+        if !complete {
+            let mut used = 0usize;
+            let budget = options.cache_bytes;
+            let walk = Walk {
+                skip,
+                state: &mut covariances,
+                cached: None,
+                save: Some(&mut |covariances, checkpoint, done| {
+                    save_factors_if_due(checkpoint, "covariances", covariances, done)
+                }),
+            };
+            each_batch(
                 source,
-                rows,
+                rows.clone(),
                 fisher,
-                preconditioner,
-                Some(&factors),
                 options,
-            )?,
+                walk,
+                |covariances, index, _, stacks| {
+                    covariances.add_covariances(&stacks)?;
+                    if let Some(cache) = &mut kept {
+                        let cached: Vec<CachedStacks> =
+                            stacks.iter().map(CachedStacks::new).collect();
+                        used += cached.iter().map(CachedStacks::bytes).sum::<usize>();
+                        if used <= budget {
+                            cache.insert(index, cached);
+                        } else {
+                            kept = None;
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        factors.merge(&covariances)?;
+        let bases = factors.eigenbases()?;
+        let (mut lambdas, skip, _) = resumed_factors(
+            options.checkpoint.as_deref_mut(),
+            "lambdas",
+            preconditioner,
+            Stage::Lambda,
+        )?;
+        let rows_in_pass = rows.len();
+        let mut covariances_saved = complete;
+        let mut from_cache = |index: usize| -> Option<Vec<ModuleStacks>> {
+            let cached = kept.as_mut()?.remove(&index)?;
+            Some(cached.iter().map(CachedStacks::restore).collect())
         };
+        let mut save = |lambdas: &mut FactorSet,
+                        checkpoint: Option<&mut RunCheckpoint>,
+                        done: Done|
+         -> Result<()> {
+            let Some(checkpoint) = checkpoint else {
+                return Ok(());
+            };
+            if !checkpoint.due() {
+                return Ok(());
+            }
+            // The finished covariances go into the first save of this pass, so a resumed
+            // run starts from the eigenvalues.
+            if !covariances_saved {
+                checkpoint.save("covariances", &covariances.to_state(0, rows_in_pass, true))?;
+                covariances_saved = true;
+            }
+            checkpoint.save("lambdas", &lambdas.to_state(done.batches, done.rows, false))
+        };
+        let walk = Walk {
+            skip,
+            state: &mut lambdas,
+            cached: Some(&mut from_cache),
+            save: Some(&mut save),
+        };
+        each_batch(
+            source,
+            rows,
+            fisher,
+            options,
+            walk,
+            |lambdas, _, _, stacks| {
+                check_modules(&covariances, &stacks)?;
+                lambdas.add_lambdas(&stacks, Some(&bases))
+            },
+        )?;
         factors.merge(&lambdas)?;
     } else {
         if preconditioner.needs_covariance() {
@@ -320,7 +512,7 @@ pub fn query_gradients(
     let mut names: Vec<String> = Vec::new();
     // [layer][query slot]: one slot per query, or one for the aggregate.
     let mut gradients: Vec<Vec<Option<Mat<f64>>>> = Vec::new();
-    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
+    let visit = |_: &mut (), _: usize, batch: &[usize], stacks: Vec<ModuleStacks>| {
         check_modules(factors, &stacks)?;
         if names.is_empty() {
             names = stacks.iter().map(|s| s.name.clone()).collect();
@@ -345,7 +537,15 @@ pub fn query_gradients(
             }
         }
         Ok(())
-    })?;
+    };
+    each_batch(
+        source,
+        rows,
+        Fisher::Empirical,
+        options,
+        Walk::from_start(&mut ()),
+        visit,
+    )?;
     let mut gradients: Vec<Vec<Mat<f64>>> = gradients
         .into_iter()
         .map(|layer| {
@@ -385,19 +585,21 @@ fn preconditioners(
 
 /// Each example of `rows` as one flat vector: per tracked module in order, its weight
 /// gradient preconditioned by `factors` (damped, as for scoring) and laid out row-major
-/// (`out x in`). Handed to `sink` batch by batch in row order, with the modules as
-/// `(name, out, in)`; only one batch is held at a time.
-pub fn preconditioned_gradients(
+/// (`out x in`). Handed to `sink` batch by batch with the modules as `(name, out, in)`; only
+/// one batch is held at a time. `walk` lets the caller resume and checkpoint what its sink
+/// wrote (see [`each_batch`]).
+pub fn preconditioned_gradients<S>(
     source: &dyn GradientSource,
     rows: Range<usize>,
     factors: &FactorSet,
     damping: Damping,
     options: &mut PassOptions,
-    mut sink: impl FnMut(&[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
+    walk: Walk<S>,
+    mut sink: impl FnMut(&mut S, &[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
 ) -> Result<()> {
     let mut preconditioners: Option<Vec<ModulePreconditioner>> = None;
     let mut modules: Vec<(String, usize, usize)> = Vec::new();
-    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
+    let visit = |state: &mut S, _: usize, batch: &[usize], stacks: Vec<ModuleStacks>| {
         check_modules(factors, &stacks)?;
         if preconditioners.is_none() {
             modules = stacks
@@ -417,8 +619,9 @@ pub fn preconditioned_gradients(
                 }
             }
         }
-        sink(&modules, batch, vectors)
-    })
+        sink(state, &modules, batch, vectors)
+    };
+    each_batch(source, rows, Fisher::Empirical, options, walk, visit)
 }
 
 /// Scores of one batch of training examples, handed to the caller in order.
@@ -430,16 +633,18 @@ pub struct BatchScores {
     pub tokens: Option<Vec<TokenScores>>,
 }
 
-/// Score `rows` of the training source against `queries`, batch by batch.
-pub fn score(
+/// Score `rows` of the training source against `queries`, batch by batch, into `walk`'s
+/// state through `sink`; the walk's `save` may checkpoint that state (see [`each_batch`]).
+pub fn score<S>(
     source: &dyn GradientSource,
     rows: Range<usize>,
     queries: &QueryGradients,
     with_tokens: bool,
     options: &mut PassOptions,
-    mut sink: impl FnMut(BatchScores) -> Result<()>,
+    walk: Walk<S>,
+    mut sink: impl FnMut(&mut S, BatchScores) -> Result<()>,
 ) -> Result<()> {
-    each_batch(source, rows, Fisher::Empirical, options, |batch, stacks| {
+    let visit = |state: &mut S, _: usize, batch: &[usize], stacks: Vec<ModuleStacks>| {
         let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
         if names != queries.names.iter().map(String::as_str).collect::<Vec<_>>() {
             bail!("the training and query examples track different modules");
@@ -450,10 +655,14 @@ pub fn score(
                 .collect()
         });
         let examples = score_examples(queries, &stacks);
-        sink(BatchScores {
-            rows: batch.to_vec(),
-            examples,
-            tokens,
-        })
-    })
+        sink(
+            state,
+            BatchScores {
+                rows: batch.to_vec(),
+                examples,
+                tokens,
+            },
+        )
+    };
+    each_batch(source, rows, Fisher::Empirical, options, walk, visit)
 }

@@ -6,6 +6,7 @@
 use anyhow::{Result, bail};
 use faer::{Mat, Side};
 
+use super::checkpoint::PassState;
 use super::{ModuleStacks, Preconditioner};
 
 /// What a factor set holds so far.
@@ -229,6 +230,48 @@ impl FactorSet {
 
     pub(crate) fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
         self.modules.iter().map(ModuleFactors::eigenbasis).collect()
+    }
+
+    /// This set as a checkpoint's pass state, after `batches` batches holding `rows` rows.
+    pub(crate) fn to_state(&self, batches: usize, rows: usize, complete: bool) -> PassState {
+        PassState {
+            batches,
+            rows,
+            complete,
+            names: self.modules.iter().map(|m| m.name.clone()).collect(),
+            arrays: self.to_arrays(),
+        }
+    }
+
+    /// The set a checkpoint saved with [`FactorSet::to_state`]; the layer shapes come from
+    /// the arrays themselves.
+    pub(crate) fn from_state(
+        preconditioner: Preconditioner,
+        stage: Stage,
+        state: &PassState,
+    ) -> Result<FactorSet> {
+        let modules = state
+            .names
+            .iter()
+            .map(|name| {
+                let shape = |stat: &str| state.array(&format!("{name}.{stat}")).map(|(s, _)| s);
+                let (in_dim, out_dim) = match (
+                    shape("activation_covariance_sum"),
+                    shape("gradient_covariance_sum"),
+                    shape("lambda_sum"),
+                ) {
+                    (_, _, Some(&[o, i])) => (i, o),
+                    (Some(&[i, _]), Some(&[o, _]), None) => (i, o),
+                    _ => bail!("the checkpoint holds no sums of {name}"),
+                };
+                Ok((name.clone(), in_dim, out_dim))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        FactorSet::from_arrays(preconditioner, stage, &modules, |key| {
+            state
+                .array(key)
+                .map(|(shape, values)| (shape.to_vec(), values.to_vec()))
+        })
     }
 
     /// Named arrays (row-major) for storage: `<module>.<stat>` with shapes; counts are 1-element.

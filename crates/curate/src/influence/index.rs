@@ -145,11 +145,10 @@ pub struct IndexWriter {
 }
 
 impl IndexWriter {
-    /// A writer for `rows` rows.
-    pub fn create(dir: &Path, dtype: StoreDtype, rows: usize) -> Result<Self> {
-        let path = dir.join(GRADIENTS_FILE);
+    /// A writer of `rows` rows to a new file at `path`.
+    pub fn create(path: &Path, dtype: StoreDtype, rows: usize) -> Result<Self> {
         let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(IndexWriter {
             file,
             dtype,
@@ -158,6 +157,49 @@ impl IndexWriter {
             written: vec![false; rows],
             buffer: Vec::new(),
         })
+    }
+
+    /// A writer continuing the file at `path`, whose rows marked in `written` (of `dim`
+    /// values each) are already there (see [`IndexWriter::progress`]).
+    pub fn resume(
+        path: &Path,
+        dtype: StoreDtype,
+        written: Vec<bool>,
+        dim: Option<usize>,
+    ) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if let Some(dim) = dim {
+            let needed = written
+                .iter()
+                .rposition(|&w| w)
+                .map_or(0, |last| (last as u64 + 1) * (dim * dtype.bytes()) as u64);
+            let held = file.metadata()?.len();
+            anyhow::ensure!(
+                held >= needed,
+                "{} holds {held} bytes, less than the {needed} of the rows saved as written",
+                path.display()
+            );
+        }
+        Ok(IndexWriter {
+            file,
+            dtype,
+            rows: written.len(),
+            dim,
+            written,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Which rows are written and their length, once the file is flushed to disk: what a
+    /// checkpoint keeps to resume the writer.
+    pub fn progress(&self) -> Result<(Vec<bool>, Option<usize>)> {
+        self.file
+            .sync_all()
+            .context("cannot flush the index to disk")?;
+        Ok((self.written.clone(), self.dim))
     }
 
     /// Write row `row` (0-based within this index); every row has the first one's length.
@@ -410,7 +452,7 @@ mod tests {
     }
 
     fn write(dir: &Path, rows: &[Vec<f64>], dtype: StoreDtype) -> GradientIndex {
-        let mut writer = IndexWriter::create(dir, dtype, rows.len()).unwrap();
+        let mut writer = IndexWriter::create(&dir.join(GRADIENTS_FILE), dtype, rows.len()).unwrap();
         // Out of order, as passes hand them over.
         for (r, row) in rows.iter().enumerate().rev() {
             writer.write_row(r, row).unwrap();
@@ -479,7 +521,8 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = GradientIndex::open(empty.path()).err().unwrap().to_string();
         assert!(err.contains("not a gradient index"), "{err}");
-        let mut writer = IndexWriter::create(empty.path(), StoreDtype::F32, 3).unwrap();
+        let mut writer =
+            IndexWriter::create(&empty.path().join(GRADIENTS_FILE), StoreDtype::F32, 3).unwrap();
         writer.write_row(1, &[1.0, 2.0]).unwrap();
         assert!(writer.write_row(0, &[1.0]).is_err());
         assert!(writer.write_row(1, &[1.0, 2.0]).is_err());

@@ -9,6 +9,7 @@
 //! per-token inputs `a` and output gradients `g` of the summed sequence loss. Any model that can
 //! produce them (`GradientSource`) can be attributed; `LmSource` adapts the causal LM.
 
+pub mod checkpoint;
 mod engine;
 pub mod examples;
 mod factors;
@@ -28,8 +29,8 @@ pub mod validate;
 
 pub(crate) use engine::BatchScores;
 pub use engine::{
-    PassOptions, QueryAggregate, fit_covariances, fit_factors, fit_lambdas,
-    preconditioned_gradients, query_gradients, score,
+    Done, PassOptions, QueryAggregate, SaveProgress, Walk, fit_covariances, fit_factors,
+    fit_lambdas, preconditioned_gradients, query_gradients, score,
 };
 pub(crate) use factors::ModuleFactors;
 pub use factors::{FactorSet, Stage};

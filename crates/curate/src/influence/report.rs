@@ -8,6 +8,7 @@ use faer::Mat;
 use polars::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::checkpoint::PassState;
 use super::examples::{Examples, is_response, take};
 use super::segment::{self, Segmenter};
 use super::{BatchScores, QueryAggregate};
@@ -100,6 +101,98 @@ impl Collected {
                 tokens[row - self.rows.start] = scores.total();
             }
         }
+    }
+
+    /// These scores as a checkpoint's pass state, after `done` of the pass.
+    pub fn to_state(&self, done: super::Done) -> PassState {
+        let n = self.rows.len();
+        let mut arrays = vec![
+            (
+                "examples".to_string(),
+                vec![self.queries, n],
+                self.examples.concat(),
+            ),
+            (
+                "per_module".to_string(),
+                vec![self.modules.len(), self.queries, n],
+                self.per_module
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .copied()
+                    .collect(),
+            ),
+        ];
+        if let Some(tokens) = &self.tokens {
+            let shapes: Vec<f64> = tokens
+                .iter()
+                .flat_map(|m| [m.nrows() as f64, m.ncols() as f64])
+                .collect();
+            let values: Vec<f64> = tokens
+                .iter()
+                .flat_map(|m| {
+                    (0..m.nrows()).flat_map(move |i| (0..m.ncols()).map(move |j| m[(i, j)]))
+                })
+                .collect();
+            arrays.push(("token_shapes".to_string(), vec![n, 2], shapes));
+            arrays.push(("tokens".to_string(), vec![values.len()], values));
+        }
+        PassState {
+            batches: done.batches,
+            rows: done.rows,
+            complete: false,
+            names: self.modules.clone(),
+            arrays,
+        }
+    }
+
+    /// Scores a checkpoint saved with [`Collected::to_state`] for the same run; `None` when
+    /// its arrays do not fit this run's shape.
+    pub fn from_state(
+        queries: usize,
+        modules: Vec<String>,
+        rows: Range<usize>,
+        tokens: bool,
+        state: &PassState,
+    ) -> Option<Self> {
+        let n = rows.len();
+        let mut collected = Collected::new(queries, modules, rows, tokens);
+        if state.names != collected.modules {
+            return None;
+        }
+        let (shape, values) = state.array("examples")?;
+        if shape != [queries, n] {
+            return None;
+        }
+        for (q, chunk) in values.chunks(n.max(1)).enumerate().take(queries) {
+            collected.examples[q].copy_from_slice(chunk);
+        }
+        let (shape, values) = state.array("per_module")?;
+        if shape != [collected.modules.len(), queries, n] {
+            return None;
+        }
+        for (i, chunk) in values
+            .chunks(n.max(1))
+            .enumerate()
+            .take(queries * collected.modules.len())
+        {
+            collected.per_module[i / queries][i % queries].copy_from_slice(chunk);
+        }
+        if let Some(tokens) = &mut collected.tokens {
+            let (shape, shapes) = state.array("token_shapes")?;
+            let (_, values) = state.array("tokens")?;
+            if shape != [n, 2] {
+                return None;
+            }
+            let mut offset = 0;
+            for (row, size) in tokens.iter_mut().zip(shapes.chunks(2)) {
+                let (r, c) = (size[0] as usize, size[1] as usize);
+                let part = values.get(offset..offset + r * c)?;
+                *row = Mat::from_fn(r, c, |i, j| part[i * c + j]);
+                offset += r * c;
+            }
+        }
+        Some(collected)
     }
 
     /// The mean over queries of each local row's score.

@@ -8,12 +8,13 @@ use anyhow::Result;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
+use super::checkpoint::RunCheckpoint;
 use super::examples::Examples;
 use super::report::Collected;
 use super::store::{FactorMeta, RunFit};
 use super::{
-    Damping, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection, QueryAggregate,
-    QueryGradients, Stage,
+    Damping, Done, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
+    QueryAggregate, QueryGradients, Stage, Walk,
 };
 use crate::model::{self, ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{InputDigest, Provenance, Shard, ShardRecord};
@@ -55,13 +56,19 @@ impl GradientRun {
         }
     }
 
-    fn options<'a>(&self, cache_bytes: usize, on_batch: OnBatch<'a>) -> PassOptions<'a> {
+    fn options<'a>(
+        &self,
+        cache_bytes: usize,
+        on_batch: OnBatch<'a>,
+        checkpoint: Option<&'a mut RunCheckpoint>,
+    ) -> PassOptions<'a> {
         PassOptions {
             batch_size: self.batch_size,
             in_flight: self.in_flight,
             projection: self.projection,
             cache_bytes,
             on_batch,
+            checkpoint,
         }
     }
 
@@ -146,16 +153,18 @@ impl GradientRun {
 
     /// Fit what `preconditioner` needs on this run's rows: complete factors, or with sharding
     /// the partial sums of one stage (covariances, or eigenvalue corrections against the
-    /// merged `covariance`).
+    /// merged `covariance`). With a checkpoint, the sums are saved as the passes go and a
+    /// resumed fit continues from them.
     pub fn fit(
         &self,
         preconditioner: Preconditioner,
         covariance: Option<&FactorSet>,
         on_batch: OnBatch,
+        checkpoint: Option<&mut RunCheckpoint>,
     ) -> Result<FactorSet> {
         let source = self.source(&self.train.sequences);
         let rows = self.rows();
-        let mut options = self.options(self.cache_bytes, on_batch);
+        let mut options = self.options(self.cache_bytes, on_batch, checkpoint);
         if let Some(covariance) = covariance {
             super::fit_lambdas(
                 &source,
@@ -182,7 +191,7 @@ impl GradientRun {
         on_batch: OnBatch,
     ) -> Result<QueryGradients> {
         let source = self.source(queries);
-        let mut options = self.options(0, on_batch);
+        let mut options = self.options(0, on_batch, None);
         super::query_gradients(
             &source,
             0..queries.len(),
@@ -194,37 +203,93 @@ impl GradientRun {
     }
 
     /// Score this run's training rows against `queries`, per example and, with `tokens`,
-    /// per token.
+    /// per token. With a checkpoint, the scores so far are saved every few minutes and on a
+    /// stop (with `fitted`, factors this run fitted, on the first save, so a resumed run need
+    /// not fit them again), and a resumed run continues after the saved batches.
     pub fn score(
         &self,
         queries: &QueryGradients,
         tokens: bool,
         on_batch: OnBatch,
+        mut checkpoint: Option<&mut RunCheckpoint>,
+        mut fitted: Option<&FactorSet>,
     ) -> Result<Collected> {
         let rows = self.rows();
-        let mut collected =
-            Collected::new(queries.count, queries.names.clone(), rows.clone(), tokens);
+        let fresh = || Collected::new(queries.count, queries.names.clone(), rows.clone(), tokens);
+        let (mut collected, skip) = match checkpoint.as_deref_mut().and_then(|c| c.take("scores")) {
+            Some(state) => {
+                let resumed = Collected::from_state(
+                    queries.count,
+                    queries.names.clone(),
+                    rows.clone(),
+                    tokens,
+                    &state,
+                )
+                .ok_or_else(|| anyhow::anyhow!("the checkpoint's scores do not fit this run"))?;
+                (resumed, state.batches)
+            }
+            None => (fresh(), 0),
+        };
         let source = self.source(&self.train.sequences);
-        let mut options = self.options(0, on_batch);
-        super::score(&source, rows, queries, tokens, &mut options, |batch| {
-            collected.add(batch);
-            Ok(())
-        })?;
+        let mut options = self.options(0, on_batch, checkpoint);
+        let mut save = |collected: &mut Collected,
+                        checkpoint: Option<&mut RunCheckpoint>,
+                        done: Done|
+         -> Result<()> {
+            let Some(checkpoint) = checkpoint else {
+                return Ok(());
+            };
+            if !checkpoint.due() {
+                return Ok(());
+            }
+            if let Some(factors) = fitted.take() {
+                save_fitted(checkpoint, factors, self.rows().len())?;
+            }
+            checkpoint.save("scores", &collected.to_state(done))
+        };
+        let walk = Walk {
+            skip,
+            state: &mut collected,
+            cached: None,
+            save: Some(&mut save),
+        };
+        super::score(
+            &source,
+            rows,
+            queries,
+            tokens,
+            &mut options,
+            walk,
+            |collected, batch| {
+                collected.add(batch);
+                Ok(())
+            },
+        )?;
         Ok(collected)
     }
 
     /// This run's training rows as preconditioned gradient vectors (see
-    /// [`super::preconditioned_gradients`]), batch by batch in row order.
-    pub fn index(
+    /// [`super::preconditioned_gradients`]), batch by batch, into `walk`'s state.
+    pub fn index<S>(
         &self,
         factors: &FactorSet,
         damping: Damping,
         on_batch: OnBatch,
-        sink: impl FnMut(&[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
+        checkpoint: Option<&mut RunCheckpoint>,
+        walk: Walk<S>,
+        sink: impl FnMut(&mut S, &[(String, usize, usize)], &[usize], Vec<Vec<f64>>) -> Result<()>,
     ) -> Result<()> {
         let source = self.source(&self.train.sequences);
-        let mut options = self.options(0, on_batch);
-        super::preconditioned_gradients(&source, self.rows(), factors, damping, &mut options, sink)
+        let mut options = self.options(0, on_batch, checkpoint);
+        super::preconditioned_gradients(
+            &source,
+            self.rows(),
+            factors,
+            damping,
+            &mut options,
+            walk,
+            sink,
+        )
     }
 
     /// What factors fitted by this run record about it.
@@ -281,6 +346,26 @@ pub(crate) fn fisher_name(fisher: Fisher) -> String {
         Fisher::Empirical => "empirical".to_string(),
         Fisher::Sampled { seed } => format!("sampled:{seed}"),
     }
+}
+
+/// Keep factors a run fitted in its checkpoint, complete, in place of the partial sums of
+/// their passes, so a resumed run goes straight to what came after the fit.
+pub fn save_fitted(checkpoint: &mut RunCheckpoint, factors: &FactorSet, rows: usize) -> Result<()> {
+    checkpoint.save("factors", &factors.to_state(0, rows, true))?;
+    checkpoint.discard("covariances")?;
+    checkpoint.discard("lambdas")
+}
+
+/// The factors a checkpoint kept complete (see [`save_fitted`]), when it holds them.
+pub fn fitted_in(
+    checkpoint: &mut RunCheckpoint,
+    preconditioner: Preconditioner,
+) -> Result<Option<FactorSet>> {
+    if !checkpoint.complete("factors") {
+        return Ok(None);
+    }
+    let state = checkpoint.take("factors").expect("checked above");
+    FactorSet::from_state(preconditioner, Stage::Complete, &state).map(Some)
 }
 
 /// sha256 over token sequences (ids and labels, with their lengths): what a table became
@@ -354,10 +439,15 @@ mod tests {
         assert_eq!(whole.fit_passes(Preconditioner::Diagonal, false), 5);
         let mut batches = 0;
         let factors = whole
-            .fit(Preconditioner::Ekfac, None, &mut |n| {
-                batches += n;
-                Ok(())
-            })
+            .fit(
+                Preconditioner::Ekfac,
+                None,
+                &mut |n| {
+                    batches += n;
+                    Ok(())
+                },
+                None,
+            )
             .unwrap();
         assert_eq!(factors.stage, super::super::Stage::Complete);
         assert_eq!(factors.modules.len(), 3);
@@ -372,7 +462,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(gradients.count, 2);
-        let collected = whole.score(&gradients, true, &mut |_| Ok(())).unwrap();
+        let collected = whole
+            .score(&gradients, true, &mut |_| Ok(()), None, None)
+            .unwrap();
         assert_eq!(collected.rows, 0..5);
         assert_eq!(collected.examples.len(), 2);
         assert!(collected.examples[0].iter().all(|s| s.is_finite()));
@@ -386,9 +478,12 @@ mod tests {
         assert!(whole.mismatch(&meta, Preconditioner::Ekfac).is_none());
         assert!(whole.mismatch(&meta, Preconditioner::Kfac).is_some());
         // A stop request from the batch callback ends the pass with its error.
-        let stopped = whole.fit(Preconditioner::Diagonal, None, &mut |_| {
-            anyhow::bail!("stop")
-        });
+        let stopped = whole.fit(
+            Preconditioner::Diagonal,
+            None,
+            &mut |_| anyhow::bail!("stop"),
+            None,
+        );
         assert_eq!(stopped.unwrap_err().to_string(), "stop");
     }
 
@@ -398,7 +493,7 @@ mod tests {
         assert_eq!(part.rows(), 2..5);
         assert_eq!(part.fit_passes(Preconditioner::Ekfac, false), 3);
         let factors = part
-            .fit(Preconditioner::Ekfac, None, &mut |_| Ok(()))
+            .fit(Preconditioner::Ekfac, None, &mut |_| Ok(()), None)
             .unwrap();
         assert_eq!(factors.stage, super::super::Stage::Covariance);
         assert_eq!(part.meta(&factors, None).shard.as_deref(), Some("1/2"));
