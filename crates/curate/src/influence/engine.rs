@@ -16,9 +16,8 @@ use super::{
 pub struct PassOptions<'a> {
     pub batch_size: usize,
     /// Batches captured at once, side by side (at most the rayon threads; 1: one at a time).
-    /// Results do not depend on it; memory grows with it. Above 1 the source's model must have
-    /// frozen weights (loaded for inference): trainable weights join every batch's backward
-    /// pass into one graph, which the first backward consumes.
+    /// Results do not depend on it; memory grows with it. A source with trainable weights
+    /// runs one batch at a time whatever this says (see `GradientSource::trainable`).
     pub in_flight: usize,
     pub projection: Option<Projection>,
     /// EK-FAC keeps the first pass's stacks up to this many bytes, so its second pass need
@@ -131,7 +130,10 @@ fn each_batch<S>(
     let batches = batches(source, rows, options.batch_size);
     let skip = skip.min(batches.len());
     let projection = options.projection;
-    let in_flight = options.in_flight.min(rayon::current_num_threads()).max(1);
+    let in_flight = match source.trainable() {
+        true => 1,
+        false => options.in_flight.min(rayon::current_num_threads()).max(1),
+    };
     let mut done = Done {
         batches: skip,
         rows: batches[..skip].iter().map(Vec::len).sum(),
@@ -143,10 +145,12 @@ fn each_batch<S>(
             .map(|&index| cached.as_mut().and_then(|take| take(index)))
             .collect();
         let missing: Vec<usize> = (0..group.len()).filter(|&p| stacks[p].is_none()).collect();
-        let captured: Vec<Result<Vec<ModuleStacks>>> = missing
-            .par_iter()
-            .map(|&p| capture(source, &batches[group[p]], fisher, projection))
-            .collect();
+        let capture_at = |&p: &usize| capture(source, &batches[group[p]], fisher, projection);
+        // A lone batch runs on this thread: there is nothing to run beside it.
+        let captured: Vec<Result<Vec<ModuleStacks>>> = match missing.len() {
+            1 => missing.iter().map(capture_at).collect(),
+            _ => missing.par_iter().map(capture_at).collect(),
+        };
         for (&p, result) in missing.iter().zip(captured) {
             stacks[p] = Some(result?);
         }

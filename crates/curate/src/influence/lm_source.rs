@@ -23,6 +23,10 @@ impl GradientSource for LmSource<'_> {
         self.sequences[row].len()
     }
 
+    fn trainable(&self) -> bool {
+        self.model.model.embed_tokens.val().is_require_grad()
+    }
+
     fn capture(&self, rows: &[usize], fisher: Fisher) -> Result<Vec<ModuleStacks>> {
         let sequences: Vec<&Sequence> = rows.iter().map(|&row| &self.sequences[row]).collect();
         let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();

@@ -69,4 +69,11 @@ pub trait GradientSource: Sync {
     /// The tracked modules' stacks for examples `rows` (in that order), modules in a fixed
     /// order.
     fn capture(&self, rows: &[usize], fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>>;
+
+    /// Whether captures share trainable weights: batches captured side by side then build
+    /// their backward passes on the weights' one autodiff graph, which can deadlock, so they
+    /// run one at a time.
+    fn trainable(&self) -> bool {
+        false
+    }
 }

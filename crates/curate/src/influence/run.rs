@@ -405,11 +405,15 @@ mod tests {
     use polars::prelude::Column;
 
     fn run(shard: Shard) -> GradientRun {
+        with_weights(shard, false)
+    }
+
+    /// Frozen weights, as commands load models for influence, unless `trainable`.
+    fn with_weights(shard: Shard, trainable: bool) -> GradientRun {
         let mut config = LmConfig::new(Architecture::Llama, 16, 8, 16, 1, 2, 1);
         config.max_position_embeddings = 16;
-        // Frozen weights, as commands load models for influence: batches are captured side by
-        // side, and trainable weights would put both backward passes on one shared graph.
-        let lm = LanguageModel::init(config, None, 0, &Device::flex(), DType::F32, false).unwrap();
+        let lm =
+            LanguageModel::init(config, None, 0, &Device::flex(), DType::F32, trainable).unwrap();
         let sequences: Vec<Sequence> = (0..5)
             .map(|i| Sequence::prompt_response(&[1, 2 + i % 3], &[4 + i % 5, 9]))
             .collect();
@@ -485,6 +489,23 @@ mod tests {
             None,
         );
         assert_eq!(stopped.unwrap_err().to_string(), "stop");
+    }
+
+    #[test]
+    fn trainable_weights_run_one_batch_at_a_time_to_the_same_factors() {
+        // Two batches side by side would build both backward passes on the trainable
+        // weights' one graph, which deadlocked about one fit in twenty; the pass runs them one
+        // at a time instead. Repeated, so a lost guard shows.
+        let fit = |trainable: bool| {
+            with_weights(Shard::WHOLE, trainable)
+                .fit(Preconditioner::Ekfac, None, &mut |_| Ok(()), None)
+                .unwrap()
+                .to_arrays()
+        };
+        let frozen = fit(false);
+        for _ in 0..10 {
+            assert_eq!(fit(true), frozen);
+        }
     }
 
     #[test]
