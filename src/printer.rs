@@ -109,6 +109,7 @@ impl Printer {
             plain: self.progress && !io::stderr().is_terminal(),
             interval,
             estimated_peak,
+            work: None,
         }
     }
 
@@ -154,9 +155,27 @@ pub struct Progress {
     plain: bool,
     interval: Duration,
     estimated_peak: Option<u128>,
+    /// Model work (padded tokens) of the whole pass, done before this run and done so far:
+    /// time estimates follow it where rows are not all alike.
+    work: Option<(u64, u64, u64)>,
 }
 
 impl Progress {
+    /// Estimate the time left from `total` units of work (of which `done` were done before
+    /// this run) reported by [`Progress::advance`], instead of from the units counted.
+    pub fn with_work(mut self, total: u64, done: u64) -> Self {
+        self.work = Some((total, done, done));
+        self
+    }
+
+    /// `n` more units are done, taking `work` of the work (see [`Progress::with_work`]).
+    pub fn advance(&mut self, n: usize, work: u64) {
+        if let Some((_, _, done)) = &mut self.work {
+            *done += work;
+        }
+        self.inc(n);
+    }
+
     /// The pass resumes with `done` units already done.
     pub fn resumed_at(mut self, done: usize) -> Self {
         self.start = done;
@@ -174,8 +193,14 @@ impl Progress {
             return;
         }
         let elapsed = self.started.elapsed();
-        let left =
-            elapsed.mul_f64((self.total - self.done) as f64 / (self.done - self.start) as f64);
+        let share_left = match self.work {
+            Some((total, start, done)) if done > start && total > done => {
+                (total - done) as f64 / (done - start) as f64
+            }
+            Some((total, _, done)) if done >= total => 0.0,
+            _ => (self.total - self.done) as f64 / (self.done - self.start) as f64,
+        };
+        let left = elapsed.mul_f64(share_left);
         if first {
             let memory = match (curate::model::budget::peak_resident(), self.estimated_peak) {
                 (Some(peak), Some(estimate)) => format!(

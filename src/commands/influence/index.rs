@@ -122,10 +122,11 @@ pub fn build(args: IndexArgs, context: &Context) -> Result<ExitStatus> {
         cached: None,
         save: Some(&mut save),
     };
-    let built = super::with_progress_from(
+    let size = super::PassSize::new(rows, setup.pass_work()).resumed(done.rows);
+    let built = with_progress(
         &context.printer,
         "index",
-        (done.rows, rows),
+        size,
         estimated_peak(&setup),
         |on_batch| {
             setup.index(
@@ -518,7 +519,7 @@ pub fn query(args: QueryArgs, context: &Context) -> Result<ExitStatus> {
     let queries = with_progress(
         &context.printer,
         "queries",
-        kept.len(),
+        super::PassSize::new(kept.len(), run.query_work(&kept)),
         estimated_peak(&run),
         |on_batch| run.query_gradients(&kept, &identity, Damping::Heuristic, aggregate, on_batch),
     )?;

@@ -29,7 +29,9 @@ use curate::influence::report;
 use curate::influence::run::{GradientRun, OnBatch, fitted_in, model_digest, sequences_digest};
 use curate::influence::segment::Segmenter;
 use curate::influence::store::{self, FACTORS_FILE, FactorMeta, StoredFactors};
-use curate::influence::{FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage};
+use curate::influence::{
+    Advance, FactorSet, Fisher, Preconditioner, Projection, QueryAggregate, Stage,
+};
 use curate::interrupt;
 use curate::model::budget::{Footprint, PassKind, bytes};
 use curate::model::{ChatTemplate, LanguageModel, LoadOptions, Sequence};
@@ -287,31 +289,50 @@ fn estimated_peak(run: &GradientRun) -> u128 {
         )
 }
 
+/// How big a pass is, for its progress: rows and model work (padded tokens), each as (done
+/// before this run, total).
+#[derive(Debug, Clone, Copy)]
+struct PassSize {
+    rows: (usize, usize),
+    work: (u64, u64),
+}
+
+impl PassSize {
+    fn new(rows: usize, work: u64) -> Self {
+        PassSize {
+            rows: (0, rows),
+            work: (0, work),
+        }
+    }
+
+    /// Resumed with `done` rows done before; their work is taken as the same share.
+    fn resumed(self, done: usize) -> Self {
+        let (_, rows) = self.rows;
+        let (_, work) = self.work;
+        let share = done as f64 / rows.max(1) as f64;
+        PassSize {
+            rows: (done, rows),
+            work: ((work as f64 * share) as u64, work),
+        }
+    }
+}
+
 /// Run one pass with progress on stderr (a bar on a terminal, plain lines in a log, the
-/// estimate line after the first batch) and a Ctrl-C check after every batch.
+/// estimate line after the first batch, from the work done rather than the rows, since rows
+/// run shortest first) and a Ctrl-C check after every batch.
 fn with_progress<T>(
     printer: &Printer,
     label: &str,
-    total: usize,
-    estimated_peak: u128,
-    pass: impl FnOnce(OnBatch) -> Result<T>,
-) -> Result<T> {
-    with_progress_from(printer, label, (0, total), estimated_peak, pass)
-}
-
-/// [`with_progress`] for a pass resumed with `done` of its `total` rows already done.
-fn with_progress_from<T>(
-    printer: &Printer,
-    label: &str,
-    (done, total): (usize, usize),
+    size: PassSize,
     estimated_peak: u128,
     pass: impl FnOnce(OnBatch) -> Result<T>,
 ) -> Result<T> {
     let mut bar = printer
-        .model_progress(total, "rows", label, Some(estimated_peak))
-        .resumed_at(done);
-    let mut on_batch = |n: usize| {
-        bar.inc(n);
+        .model_progress(size.rows.1, "rows", label, Some(estimated_peak))
+        .resumed_at(size.rows.0)
+        .with_work(size.work.1, size.work.0);
+    let mut on_batch = |advance: Advance| {
+        bar.advance(advance.rows, advance.work);
         interrupt::check()?;
         Ok(())
     };
@@ -353,13 +374,16 @@ fn fit(
     let done = checkpoint
         .as_deref()
         .map_or(0, |c| c.rows_done("covariances") + c.rows_done("lambdas"));
-    with_progress_from(
-        &context.printer,
-        "factors",
-        (done, total),
-        peak,
-        |on_batch| run.fit(preconditioner, covariance, on_batch, checkpoint),
-    )
+    // A second pass over kept stacks runs no model.
+    let model_passes = if both_passes && run.cache_bytes < needed {
+        2
+    } else {
+        1
+    };
+    let size = PassSize::new(total, model_passes * run.pass_work()).resumed(done);
+    with_progress(&context.printer, "factors", size, peak, |on_batch| {
+        run.fit(preconditioner, covariance, on_batch, checkpoint)
+    })
 }
 
 fn provenance_of(
@@ -611,21 +635,22 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let fitted = started.elapsed().as_secs_f64();
     // Query gradients, preconditioned once; then this shard's training rows against them.
     let peak = estimated_peak(&setup);
-    let queries = with_progress(&context.printer, "queries", kept.len(), peak, |on_batch| {
+    let size = PassSize::new(kept.len(), setup.query_work(&kept));
+    let queries = with_progress(&context.printer, "queries", size, peak, |on_batch| {
         setup.query_gradients(&kept, &factors, args.damping, aggregate, on_batch)
     })?;
     let rows = setup.rows().len();
     let done = checkpoint.as_ref().map_or(0, |c| c.rows_done("scores"));
-    let collected =
-        with_progress_from(&context.printer, "scores", (done, rows), peak, |on_batch| {
-            setup.score(
-                &queries,
-                segmenting,
-                on_batch,
-                checkpoint.as_mut(),
-                fitted_now.then_some(&factors),
-            )
-        });
+    let size = PassSize::new(rows, setup.pass_work()).resumed(done);
+    let collected = with_progress(&context.printer, "scores", size, peak, |on_batch| {
+        setup.score(
+            &queries,
+            segmenting,
+            on_batch,
+            checkpoint.as_mut(),
+            fitted_now.then_some(&factors),
+        )
+    });
     let collected = checkpoint::on_stop(collected, checkpoint.as_ref(), &context.printer)?;
     let scored = started.elapsed().as_secs_f64() - fitted;
 

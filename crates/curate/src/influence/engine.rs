@@ -23,9 +23,9 @@ pub struct PassOptions<'a> {
     /// EK-FAC keeps the first pass's stacks up to this many bytes, so its second pass need
     /// not run the model again (0: always rerun).
     pub cache_bytes: usize,
-    /// Called after each batch with the number of examples it held; an error stops the pass
+    /// Called after each group of batches with what it held; an error stops the pass
     /// (Ctrl-C).
-    pub on_batch: &'a mut dyn FnMut(usize) -> Result<()>,
+    pub on_batch: &'a mut dyn FnMut(Advance) -> Result<()>,
     /// Saves a factor pass's sums every few minutes and on a stop, and holds what an earlier
     /// run saved (`--resume`). Score and index passes checkpoint through their callers.
     pub checkpoint: Option<&'a mut RunCheckpoint>,
@@ -66,6 +66,24 @@ fn capture(
         }
     }
     Ok(stacks)
+}
+
+/// What a group of batches added to a pass: its rows, and the model work they took
+/// (`GradientSource::batch_work`; 0 for batches whose stacks were kept from an earlier pass),
+/// for time estimates: batches run shortest first, so rows alone underestimate what is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    pub rows: usize,
+    pub work: u64,
+}
+
+/// The work of capturing `rows` in batches of `batch_size`: what [`Advance::work`] adds up to
+/// over a pass that runs the model on every batch.
+pub fn pass_work(source: &dyn GradientSource, rows: Range<usize>, batch_size: usize) -> u64 {
+    batches(source, rows, batch_size)
+        .iter()
+        .map(|batch| source.batch_work(batch))
+        .sum()
 }
 
 /// How far a pass has come: its first `batches` batches, holding `rows` rows, are done.
@@ -151,6 +169,10 @@ fn each_batch<S>(
             1 => missing.iter().map(capture_at).collect(),
             _ => missing.par_iter().map(capture_at).collect(),
         };
+        let work: u64 = missing
+            .iter()
+            .map(|&p| source.batch_work(&batches[group[p]]))
+            .fold(0u64, u64::saturating_add);
         for (&p, result) in missing.iter().zip(captured) {
             stacks[p] = Some(result?);
         }
@@ -166,7 +188,10 @@ fn each_batch<S>(
             save(state, options.checkpoint.as_deref_mut(), done)?;
         }
         // One report per group: its batches finished together.
-        (options.on_batch)(rows_in_group)?;
+        (options.on_batch)(Advance {
+            rows: rows_in_group,
+            work,
+        })?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use anyhow::Result;
 use regex::Regex;
 
 use super::{Fisher, GradientSource, ModuleStacks, stacks_from_activations};
-use crate::model::{LanguageModel, Padding, Sequence, TokenBatch};
+use crate::model::{IGNORE_INDEX, LanguageModel, Padding, Sequence, TokenBatch};
 use crate::rng::SplitMix64;
 
 pub struct LmSource<'a> {
@@ -21,6 +21,19 @@ impl GradientSource for LmSource<'_> {
 
     fn length(&self, row: usize) -> usize {
         self.sequences[row].len()
+    }
+
+    /// Every row runs padded to the batch's longest; projections, attention and the head
+    /// weigh as they do for sharding.
+    fn batch_work(&self, rows: &[usize]) -> u64 {
+        let longest = rows.iter().map(|&row| self.length(row)).max().unwrap_or(0);
+        rows.iter()
+            .map(|&row| {
+                let labels = &self.sequences[row].labels;
+                let labelled = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+                crate::model::budget::sequence_work(&self.model.config, longest, labelled)
+            })
+            .fold(0u64, u64::saturating_add)
     }
 
     fn trainable(&self) -> bool {

@@ -29,8 +29,8 @@ pub mod validate;
 
 pub(crate) use engine::BatchScores;
 pub use engine::{
-    Done, PassOptions, QueryAggregate, SaveProgress, Walk, fit_covariances, fit_factors,
-    fit_lambdas, preconditioned_gradients, query_gradients, score,
+    Advance, Done, PassOptions, QueryAggregate, SaveProgress, Walk, fit_covariances, fit_factors,
+    fit_lambdas, pass_work, preconditioned_gradients, query_gradients, score,
 };
 pub(crate) use factors::ModuleFactors;
 pub use factors::{FactorSet, Stage};
@@ -69,6 +69,13 @@ pub trait GradientSource: Sync {
     /// The tracked modules' stacks for examples `rows` (in that order), modules in a fixed
     /// order.
     fn capture(&self, rows: &[usize], fisher: Fisher) -> anyhow::Result<Vec<ModuleStacks>>;
+
+    /// The relative cost of capturing `rows` as one batch, for time estimates: by default its
+    /// padded tokens.
+    fn batch_work(&self, rows: &[usize]) -> u64 {
+        let longest = rows.iter().map(|&row| self.length(row)).max().unwrap_or(0);
+        (rows.len() * longest) as u64
+    }
 
     /// Whether captures share trainable weights: batches captured side by side then build
     /// their backward passes on the weights' one autodiff graph, which can deadlock, so they

@@ -13,14 +13,14 @@ use super::examples::Examples;
 use super::report::Collected;
 use super::store::{FactorMeta, RunFit};
 use super::{
-    Damping, Done, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
+    Advance, Damping, Done, FactorSet, Fisher, LmSource, PassOptions, Preconditioner, Projection,
     QueryAggregate, QueryGradients, Stage, Walk,
 };
 use crate::model::{self, ChatTemplate, IGNORE_INDEX, LanguageModel, Sequence};
 use crate::table::{InputDigest, Provenance, Shard, ShardRecord};
 
-/// Called after each batch with the examples it held; an error stops the pass.
-pub type OnBatch<'a> = &'a mut dyn FnMut(usize) -> Result<()>;
+/// Called after each group of batches with what it held; an error stops the pass.
+pub type OnBatch<'a> = &'a mut dyn FnMut(Advance) -> Result<()>;
 
 /// The model, the training examples and how gradients are taken.
 pub struct GradientRun {
@@ -101,6 +101,21 @@ impl GradientRun {
                 run,
             }
         })
+    }
+
+    /// The padded tokens one pass over this run's rows runs through the model (see
+    /// [`super::pass_work`]).
+    pub fn pass_work(&self) -> u64 {
+        super::pass_work(
+            &self.source(&self.train.sequences),
+            self.rows(),
+            self.batch_size,
+        )
+    }
+
+    /// The same for `queries`.
+    pub fn query_work(&self, queries: &[Sequence]) -> u64 {
+        super::pass_work(&self.source(queries), 0..queries.len(), self.batch_size)
     }
 
     /// Examples a fit of `preconditioner` passes over (two passes for EK-FAC and K-FAC on
@@ -441,18 +456,24 @@ mod tests {
         let whole = run(Shard::WHOLE);
         assert_eq!(whole.fit_passes(Preconditioner::Ekfac, false), 10);
         assert_eq!(whole.fit_passes(Preconditioner::Diagonal, false), 5);
-        let mut batches = 0;
+        let (mut rows, mut work) = (0, 0);
         let factors = whole
             .fit(
                 Preconditioner::Ekfac,
                 None,
-                &mut |n| {
-                    batches += n;
+                &mut |advance| {
+                    rows += advance.rows;
+                    work += advance.work;
                     Ok(())
                 },
                 None,
             )
             .unwrap();
+        // Both passes count their rows; only the first runs the model (the second rotates the
+        // kept stacks), and the work reported says so.
+        assert_eq!(rows, 10);
+        assert!(whole.pass_work() > 0);
+        assert_eq!(work, whole.pass_work());
         assert_eq!(factors.stage, super::super::Stage::Complete);
         assert_eq!(factors.modules.len(), 3);
         let queries: Vec<Sequence> = whole.train.sequences[..2].to_vec();
