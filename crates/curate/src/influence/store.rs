@@ -270,8 +270,22 @@ pub fn merge(parts: &[StoredFactors]) -> Result<(FactorSet, FactorMeta), MergeEr
     let (lambda, base): (Vec<&StoredFactors>, Vec<&StoredFactors>) = parts
         .iter()
         .partition(|p| p.meta.stage == Stage::Lambda.name());
-    let shards = if lambda.is_empty() { &base } else { &lambda };
-    check_shard_cover(shards)?;
+    let mut shards = if lambda.is_empty() { base.clone() } else { lambda };
+    check_shard_cover(&shards)?;
+    // Added in shard order, so the merged sums do not depend on the order the parts were
+    // given in (f64 addition is not associative).
+    shards.sort_by_key(|part| {
+        part.meta
+            .shard
+            .as_deref()
+            .and_then(|s| s.parse::<Shard>().ok())
+            .map_or(0, |s| s.index)
+    });
+    let lambda: Vec<&StoredFactors> = if shards[0].meta.stage == Stage::Lambda.name() {
+        shards.clone()
+    } else {
+        Vec::new()
+    };
     let mut merged = FactorSet::new(shards[0].set.preconditioner, Stage::Complete);
     let sums = |e: anyhow::Error| MergeError::Sums(e.to_string());
     let mut covariance_digest_of_base = None;
@@ -291,7 +305,7 @@ pub fn merge(parts: &[StoredFactors]) -> Result<(FactorSet, FactorMeta), MergeEr
         merged.merge(&covariance.set).map_err(sums)?;
         covariance_digest_of_base = Some(digest);
     }
-    for part in shards {
+    for part in &shards {
         merged.merge(&part.set).map_err(sums)?;
     }
     merged.stage = if lambda.is_empty() && shards[0].meta.stage == Stage::Covariance.name() {
@@ -432,6 +446,31 @@ mod tests {
             set: set(stage, value, stage == Stage::Lambda),
             meta: meta(stage, Some(shard)),
         }
+    }
+
+    #[test]
+    fn merged_sums_do_not_depend_on_the_order_of_the_parts() {
+        // Values whose f64 sum depends on the order of addition.
+        let parts = [
+            part("a", Stage::Covariance, 1e16, "0/3"),
+            part("b", Stage::Covariance, 1.0, "1/3"),
+            part("c", Stage::Covariance, -1e16, "2/3"),
+        ];
+        let sums = |order: [usize; 3]| {
+            let given: Vec<StoredFactors> = order
+                .iter()
+                .map(|&i| StoredFactors {
+                    name: parts[i].name,
+                    set: parts[i].set.clone(),
+                    meta: parts[i].meta.clone(),
+                })
+                .collect();
+            merge(&given).unwrap().0.to_arrays()
+        };
+        assert_ne!((1e16 + -1e16) + 1.0, (1e16 + 1.0) + -1e16);
+        let want = sums([0, 1, 2]);
+        assert_eq!(sums([2, 0, 1]), want);
+        assert_eq!(sums([1, 2, 0]), want);
     }
 
     #[test]
