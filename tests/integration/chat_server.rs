@@ -233,7 +233,8 @@ fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec
     let completion = json!({
         "id": format!("chatcmpl-{attempt}"),
         "object": "chat.completion",
-        "model": body["model"],
+        // A server with one model answers as it whatever was asked for.
+        "model": if body["model"] == "not-the-served-model" { json!("/models/served.gguf") } else { body["model"].clone() },
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });

@@ -114,6 +114,7 @@ fn boundaries_mode_cuts_units_from_the_original_bytes() {
     assert_eq!(stats["llm"]["retries"], 0);
     assert_eq!(stats["llm"]["records_asked"], 8);
     assert_eq!(stats["llm"]["without_request"], 4);
+    assert_eq!(stats["llm"]["served_model"], Value::Null);
     assert!(stats["llm"]["tokens"].as_u64().unwrap() > 0);
     assert_eq!(stats["accepted"], 9);
     // A completed run leaves no journal.
@@ -257,6 +258,10 @@ fn a_spent_budget_stops_the_run_and_resume_finishes_it() {
     assert!(server.counts().values().all(|&n| n == 1));
     let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
     assert_eq!(stats["llm"]["from_journal"], 4);
+    assert_eq!(
+        stats["llm"]["records_asked"], 6,
+        "the journal answered the others"
+    );
     assert_eq!(stats["llm"]["requests"], 6);
     assert_eq!(journal_lines(&test, "o.jsonl"), 0);
     // A token budget below one request's estimate sends nothing.
@@ -573,4 +578,25 @@ fn llm_flags_are_checked_before_anything_happens() {
     .run()
     .invalid("--resume needs --out FILE");
     assert_eq!(test.entries(), ["in.jsonl"]);
+}
+
+#[test]
+fn a_server_answering_as_another_model_is_flagged_once() {
+    let server = ChatServer::start();
+    let path = fixture("rephrase/r1_traces.jsonl");
+    let mut test = Test::new();
+    test.args(["rephrase", path.to_str().unwrap(), "--out", "o.jsonl"])
+        .args(["--mode", "llm-boundaries", "--base-url", &server.base_url()])
+        .args(["--model", "not-the-served-model", "--stats", "s.json"]);
+    let outcome = test.run().success();
+    let warned =
+        "asked for model \"not-the-served-model\", the server answered as \"/models/served.gguf\"";
+    assert_eq!(
+        outcome.stderr.matches(warned).count(),
+        1,
+        "{}",
+        outcome.stderr
+    );
+    let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
+    assert_eq!(stats["llm"]["served_model"], "/models/served.gguf");
 }

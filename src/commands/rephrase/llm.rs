@@ -147,6 +147,8 @@ pub fn rephrase(
         seed: context.seed,
     });
     let asked = jobs(&plans).count();
+    // Records this run asks about (the journal answered the others).
+    let asking = pending.len();
     let budget = Budget::new(args.max_requests, args.max_total_tokens);
     let stop = AtomicBool::new(false);
     let worker = Asker {
@@ -200,7 +202,8 @@ pub fn rephrase(
         "mode": llm_mode(args.mode).name(),
         "model": ep.model,
         "endpoint": curate::text::redact_credentials(&ep.url),
-        "records_asked": asked,
+        "served_model": client.other_model(),
+        "records_asked": asking,
         "without_request": traces.len() - asked,
         "from_journal": from_journal,
         "cache_hits": collected.cache_hits,

@@ -270,7 +270,11 @@ pub fn merge(parts: &[StoredFactors]) -> Result<(FactorSet, FactorMeta), MergeEr
     let (lambda, base): (Vec<&StoredFactors>, Vec<&StoredFactors>) = parts
         .iter()
         .partition(|p| p.meta.stage == Stage::Lambda.name());
-    let mut shards = if lambda.is_empty() { base.clone() } else { lambda };
+    let mut shards = if lambda.is_empty() {
+        base.clone()
+    } else {
+        lambda
+    };
     check_shard_cover(&shards)?;
     // Added in shard order, so the merged sums do not depend on the order the parts were
     // given in (f64 addition is not associative).

@@ -155,6 +155,8 @@ pub struct ChatClient {
     settings: ClientSettings,
     retries: AtomicU64,
     backoffs: AtomicU64,
+    /// The model a reply named instead of the one asked for, the first time one did.
+    other_model: Mutex<Option<String>>,
 }
 
 /// What one attempt got back.
@@ -188,6 +190,39 @@ impl ChatClient {
             settings,
             retries: AtomicU64::new(0),
             backoffs: AtomicU64::new(0),
+            other_model: Mutex::new(None),
+        }
+    }
+
+    /// The model a reply named when it was not the one asked for (servers with one model
+    /// answer as it whatever `--model` says), if any reply did.
+    pub fn other_model(&self) -> Option<String> {
+        self.other_model.lock().expect("not poisoned").clone()
+    }
+
+    /// Warn once when a reply names another model than `asked`.
+    fn check_model(&self, asked: &Value, reply: &str) {
+        let (Some(asked), Ok(reply)) = (asked.as_str(), serde_json::from_str::<Value>(reply))
+        else {
+            return;
+        };
+        let Some(served) = reply["model"].as_str() else {
+            return;
+        };
+        // Servers often answer with the path or file a model was loaded from.
+        let base = |name: &str| {
+            let name = name.rsplit(['/', '\\']).next().unwrap_or(name);
+            name.strip_suffix(".gguf").unwrap_or(name).to_lowercase()
+        };
+        if base(served) == base(asked) {
+            return;
+        }
+        let mut other = self.other_model.lock().expect("not poisoned");
+        if other.is_none() {
+            tracing::warn!(
+                "asked for model {asked:?}, the server answered as {served:?}: check --model"
+            );
+            *other = Some(served.to_string());
         }
     }
 
@@ -225,7 +260,13 @@ impl ChatClient {
             budget.admit(estimate)?;
             let outcome = self.send(&payload);
             let (problem, retry_after) = match outcome {
-                Attempt::Reply { status, body, .. } if (200..300).contains(&status) => {
+                Attempt::Reply {
+                    status,
+                    body: reply,
+                    ..
+                } if (200..300).contains(&status) => {
+                    self.check_model(&body["model"], &reply);
+                    let body = reply;
                     let tokens = reported_tokens(&body).unwrap_or(estimate);
                     budget.settle(estimate, tokens);
                     return Ok(Completion { body, tokens });
@@ -349,7 +390,8 @@ fn classify(err: ureq::Error) -> Attempt {
         E::BadUri(_) | E::Http(_) | E::InvalidProxyUrl | E::Tls(_) | E::RedirectFailed => {
             Attempt::Unsendable(err.to_string())
         }
-        E::Timeout(_) => Attempt::Transport(format!("no reply in time ({err})")),
+        // ureq names the timer that ran out ("timeout: global"); the user set --timeout.
+        E::Timeout(_) => Attempt::Transport("no complete reply within --timeout".to_string()),
         other => Attempt::Transport(other.to_string()),
     }
 }
@@ -519,6 +561,26 @@ mod tests {
         budget.settle(60, 30);
         assert!(budget.admit(60).is_ok());
         assert!(budget.admit(11).is_err());
+    }
+
+    #[test]
+    fn a_reply_from_another_model_is_noted_once() {
+        let client = ChatClient::new(ClientSettings {
+            endpoint: "http://127.0.0.1:9/v1/chat/completions".to_string(),
+            api_key: None,
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            seed: 0,
+        });
+        let reply = |model: &str| serde_json::json!({"model": model}).to_string();
+        // The same model under its file path, or with another case, is the same model.
+        client.check_model(&Value::from("SmolLM2"), &reply("/models/smollm2.gguf"));
+        client.check_model(&Value::from("test"), "not json");
+        client.check_model(&Value::from("test"), "{}");
+        assert_eq!(client.other_model(), None);
+        client.check_model(&Value::from("llama-3-8b"), &reply("smollm2.gguf"));
+        client.check_model(&Value::from("llama-3-8b"), &reply("qwen"));
+        assert_eq!(client.other_model().as_deref(), Some("smollm2.gguf"));
     }
 
     #[test]

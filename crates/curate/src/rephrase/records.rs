@@ -250,10 +250,15 @@ impl Stats {
                 v.iter().sum::<usize>() as f64 / v.len() as f64
             }
         };
-        let median = |v: &[usize]| {
+        // The middle value, or the mean of the two middle values of an even count.
+        let median = |v: &[usize]| -> f64 {
             let mut s = v.to_vec();
             s.sort_unstable();
-            s.get(s.len() / 2).copied().unwrap_or(0)
+            match s.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => s[n / 2] as f64,
+                n => (s[n / 2 - 1] + s[n / 2]) as f64 / 2.0,
+            }
         };
         let mut histogram: BTreeMap<usize, usize> = BTreeMap::new();
         for &u in &self.units {
