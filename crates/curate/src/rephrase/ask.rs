@@ -112,57 +112,75 @@ impl Asker<'_> {
     }
 
     pub fn ask(&self, job: &Job) -> Asked {
-        if let Some(content) = cached_content(self.cache, job) {
-            return Asked::Answer {
-                answer: Answer::Content(content),
-                cached: true,
-                repairs: 0,
-            };
-        }
         let mut body = job.body.clone();
+        let mut key = job.key.clone();
         let mut repairs = 0;
-        let mut problem = None;
+        let mut sent = false;
+        let mut problem: Option<ReplyError> = None;
         for _ in 0..=self.parse_retries {
-            let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
-            let completion = match self
-                .client
-                .complete(&body, estimate, self.budget, &|| self.stopping())
-            {
-                Ok(completion) => completion,
-                Err(CallError::Refused { status, message }) => {
-                    return Asked::Answer {
-                        answer: Answer::Rejected {
-                            reason: Reject::RequestRejected,
-                            detail: Some(format!("HTTP {status}: {message}")),
-                        },
-                        cached: false,
-                        repairs,
-                    };
+            // Every request in the chain has its own cache entry: a replay walks the same
+            // chain (an unusable reply, the re-ask quoting it, ...) without asking again.
+            let reply = match self.cache.and_then(|cache| cache.get(&key)) {
+                Some(reply) => reply,
+                None => {
+                    let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
+                    let completion =
+                        match self
+                            .client
+                            .complete(&body, estimate, self.budget, &|| self.stopping())
+                        {
+                            Ok(completion) => completion,
+                            Err(CallError::Refused { status, message }) => {
+                                let refused = format!("HTTP {status}: {message}");
+                                // A refused re-ask (often: the quoted reply overflowed the
+                                // context) is not why the record failed; the unusable reply is.
+                                let (reason, detail) = match &problem {
+                                    Some(problem) => (
+                                        Reject::UnusableReply,
+                                        format!("{problem}; asking again was refused: {refused}"),
+                                    ),
+                                    None => (Reject::RequestRejected, refused),
+                                };
+                                return Asked::Answer {
+                                    answer: Answer::Rejected {
+                                        reason,
+                                        detail: Some(detail),
+                                    },
+                                    cached: false,
+                                    repairs,
+                                };
+                            }
+                            Err(CallError::Failed(message)) => return Asked::Fatal(message),
+                            Err(CallError::BudgetExhausted(message)) => {
+                                return Asked::Halted(message);
+                            }
+                            Err(CallError::Stopped) => return Asked::Stopped,
+                        };
+                    sent = true;
+                    if let Some(cache) = self.cache
+                        && let Err(err) = cache.put(&key, &body, &completion.body)
+                    {
+                        tracing::warn!("reply cache: {err:#}");
+                    }
+                    completion.body
                 }
-                Err(CallError::Failed(message)) => return Asked::Fatal(message),
-                Err(CallError::BudgetExhausted(message)) => return Asked::Halted(message),
-                Err(CallError::Stopped) => return Asked::Stopped,
             };
-            let content = completion_content(&completion.body);
+            let content = completion_content(&reply);
             match content
                 .clone()
                 .and_then(|c| job.expect.check(&c).map(|()| c))
             {
                 Ok(content) => {
-                    if let Some(cache) = self.cache
-                        && let Err(err) = cache.put(&job.key, &job.body, &completion.body)
-                    {
-                        tracing::warn!("reply cache: {err:#}");
-                    }
                     return Asked::Answer {
                         answer: Answer::Content(content),
-                        cached: false,
+                        cached: !sent,
                         repairs,
                     };
                 }
                 Err(err) => {
                     // Ask again from the original request, quoting the reply and its problem.
                     body = with_repair(&job.body, content.ok().as_deref(), &err);
+                    key = repair_key(&job.key, &body);
                     problem = Some(err);
                     repairs += 1;
                 }
@@ -173,11 +191,22 @@ impl Asker<'_> {
                 reason: Reject::UnusableReply,
                 detail: problem.map(|p| p.to_string()),
             },
-            cached: false,
+            cached: !sent,
             // The last unusable reply was not followed by another request.
             repairs: repairs - 1,
         }
     }
+}
+
+/// The cache key of a re-ask: the first request's key (which names the endpoint) and the
+/// re-ask's own body.
+fn repair_key(first: &str, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(first.as_bytes());
+    hash.update(b"\nrepair\n");
+    hash.update(body.to_string().as_bytes());
+    format!("{:x}", hash.finalize())
 }
 
 /// What the workers brought back.
@@ -400,6 +429,84 @@ mod tests {
             Asked::Answer { cached: true, .. }
         ));
         assert!(client.requests.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_re_ask_reports_the_unusable_reply_behind_it() {
+        let client = Scripted::new(vec![
+            completion("sure!"),
+            Err(CallError::Refused {
+                status: 400,
+                message: "the context overflowed".into(),
+            }),
+        ]);
+        let Asked::Answer { answer, .. } = ask(&client, None, 2, &job(0)) else {
+            panic!("expected an answer");
+        };
+        let Answer::Rejected { reason, detail } = answer else {
+            panic!("expected a reject");
+        };
+        assert_eq!(reason, Reject::UnusableReply);
+        let detail = detail.unwrap();
+        assert!(
+            detail.ends_with("; asking again was refused: HTTP 400: the context overflowed"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn each_request_of_a_re_ask_chain_is_cached_with_its_own_reply_and_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ReplyCache::open(dir.path().to_str().unwrap()).unwrap();
+        let job = job(5);
+        let first = Scripted::new(vec![completion("sure!"), completion("{\"ends\": [2]}")]);
+        assert!(matches!(
+            ask(&first, Some(&cache), 2, &job),
+            Asked::Answer {
+                cached: false,
+                repairs: 1,
+                ..
+            }
+        ));
+        let sent = first.requests.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        // The first request holds the unusable reply, the re-ask its own usable one.
+        let entries: Vec<Value> = walk(dir.path())
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2);
+        for entry in &entries {
+            let reply = entry["response"].as_str().unwrap();
+            let wanted = if entry["request"] == sent[0] {
+                completion("sure!").unwrap()
+            } else {
+                assert_eq!(entry["request"], sent[1]);
+                completion("{\"ends\": [2]}").unwrap()
+            };
+            assert_eq!(reply, wanted);
+        }
+        // A second run walks the chain from the cache and sends nothing.
+        let replay = Scripted::new(Vec::new());
+        let Asked::Answer { answer, cached, .. } = ask(&replay, Some(&cache), 2, &job) else {
+            panic!("expected an answer");
+        };
+        assert_eq!(answer, Answer::Content("{\"ends\": [2]}".into()));
+        assert!(cached);
+        assert!(replay.requests.lock().unwrap().is_empty());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+        files
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The reply cache of the LLM modes: one JSON file per usable reply, addressed by the hash of
-//! the endpoint and the exact request (`DIR/ab/abcdef....json`), written atomically, so runs,
-//! shards and interrupted runs share it safely.
+//! The reply cache of the LLM modes: one JSON file per reply (usable or not, so re-ask chains
+//! replay), addressed by the hash of the endpoint and the exact request
+//! (`DIR/ab/abcdef....json`), written atomically, so runs, shards and interrupted runs share
+//! it safely.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
