@@ -225,6 +225,12 @@ pub struct RephraseArgs {
     )]
     pub parse_retries: u32,
 
+    /// Most tokens one reply may take (`max_tokens` in every request) [default: twice the
+    /// expected reply, at least 256]. A reply cut off at it is asked again once shorter, with
+    /// twice the bound: a model that loops stops there instead of filling its context.
+    #[arg(long, value_name = "N", help_heading = "LLM modes")]
+    pub max_tokens: Option<u64>,
+
     /// Seconds one request may take, connection to last byte; then it is retried.
     #[arg(
         long,

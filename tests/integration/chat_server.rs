@@ -228,6 +228,13 @@ fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec
     } else {
         rewrite_answer(user, has("#drift"), has("#wrong-answer"))
     };
+    // #loop: a model that repeats itself until the token limit, unless asked to be brief.
+    let messages = body["messages"].as_array().map_or(0, Vec::len);
+    let (content, finish) = if has("#loop") && messages == 2 {
+        ("1, 2, 1, 2, 1, 2".repeat(8), "length")
+    } else {
+        (content, "stop")
+    };
     let prompt_tokens = body.to_string().len() / 4;
     let completion_tokens = content.len() / 4;
     let completion = json!({
@@ -235,7 +242,7 @@ fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec
         "object": "chat.completion",
         // A server with one model answers as it whatever was asked for.
         "model": if body["model"] == "not-the-served-model" { json!("/models/served.gguf") } else { body["model"].clone() },
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
     Some(response(200, &[], &completion.to_string()))

@@ -600,3 +600,21 @@ fn a_server_answering_as_another_model_is_flagged_once() {
     let stats: Value = serde_json::from_slice(&test.read("s.json")).unwrap();
     assert_eq!(stats["llm"]["served_model"], "/models/served.gguf");
 }
+
+#[test]
+fn a_reply_cut_at_the_token_limit_is_asked_again_shorter_not_resent() {
+    let server = ChatServer::start();
+    let (_, body) = traces(&["#loop"]);
+    let mut test = Test::new().file("in.jsonl", body);
+    rephrase(&mut test, &server, "llm-boundaries", "in.jsonl", "o.jsonl");
+    test.args(["--max-tokens", "300"]).run().success();
+    assert_eq!(test.read_lines("o.jsonl").len(), 1);
+    let asked = server.requests();
+    assert_eq!(asked.len(), 2);
+    // Every request bounds its reply; the re-ask allows more and asks for brevity.
+    assert_eq!(asked[0].body["max_tokens"], 300);
+    assert_eq!(asked[1].body["max_tokens"], 600);
+    let messages = asked[1].body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "the cut reply is not quoted back");
+    assert!(messages[2]["content"].as_str().unwrap().contains("cut off"));
+}

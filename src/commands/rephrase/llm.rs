@@ -74,7 +74,13 @@ fn llm_mode(mode: RephraseModeArg) -> LlmMode {
 
 /// The run's plans, for the endpoint the flags name.
 fn plans(traces: &[Trace], settings: &Settings, args: &RephraseArgs, ep: &Endpoint) -> Vec<Plan> {
-    plan::plan(traces, settings, llm_mode(args.mode), &ep.model, &ep.url)
+    plan::plan(
+        traces,
+        settings,
+        llm_mode(args.mode),
+        (&ep.model, &ep.url),
+        args.max_tokens,
+    )
 }
 
 /// Check the LLM flags before anything is read or written.
@@ -89,6 +95,7 @@ pub fn check_flags(args: &RephraseArgs) -> Result<()> {
             (args.dry_run, "--dry-run"),
             (args.max_requests.is_some(), "--max-requests"),
             (args.max_total_tokens.is_some(), "--max-total-tokens"),
+            (args.max_tokens.is_some(), "--max-tokens"),
         ];
         if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
             return Err(usage(format!(
@@ -100,6 +107,9 @@ pub fn check_flags(args: &RephraseArgs) -> Result<()> {
     endpoint(args)?;
     if args.concurrency == 0 {
         return Err(usage("--concurrency must be at least 1"));
+    }
+    if args.max_tokens == Some(0) {
+        return Err(usage("--max-tokens must be at least 1"));
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err(usage("--timeout must be a positive number of seconds"));

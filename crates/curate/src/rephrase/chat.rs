@@ -9,8 +9,10 @@ use crate::table::hex;
 /// Why a reply could not be used (the request is asked again for these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyError {
-    /// Not a chat-completions response, no message content, or cut off at the token limit.
+    /// Not a chat-completions response, or no message content.
     NotCompletion(String),
+    /// Cut off at the token limit (`finish_reason: length`).
+    CutOff,
     /// The content is not the JSON asked for.
     NotJson(String),
     /// Paragraph numbers out of range, not increasing, or not ending at the last paragraph.
@@ -23,6 +25,10 @@ impl std::fmt::Display for ReplyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReplyError::NotCompletion(m) => write!(f, "not a chat completion: {m}"),
+            ReplyError::CutOff => write!(
+                f,
+                "the reply was cut off at the token limit (finish_reason length)"
+            ),
             ReplyError::NotJson(m) => write!(f, "reply is not the JSON asked for: {m}"),
             ReplyError::BadEnds(m) => write!(f, "unusable unit ends: {m}"),
             ReplyError::BadUnits(m) => write!(f, "unusable units: {m}"),
@@ -36,9 +42,7 @@ pub(crate) fn completion_content(body: &str) -> Result<String, ReplyError> {
         serde_json::from_str(body).map_err(|e| ReplyError::NotCompletion(e.to_string()))?;
     let choice = &value["choices"][0];
     if choice["finish_reason"] == "length" {
-        return Err(ReplyError::NotCompletion(
-            "the reply was cut off at the token limit (finish_reason length)".to_string(),
-        ));
+        return Err(ReplyError::CutOff);
     }
     choice["message"]["content"]
         .as_str()
@@ -53,9 +57,25 @@ pub(crate) fn reported_tokens(body: &str) -> Option<u64> {
 }
 
 /// The request again, with the unusable reply and what was wrong with it, so the model can
-/// correct itself. A reply without content is not quoted: the same request is sent again.
+/// correct itself. A cut-off reply is not quoted (it may be a loop that fills the context):
+/// the request asks for a shorter reply and allows twice the tokens, so it is never the same
+/// request again. A reply without content is not quoted either.
 pub(crate) fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyError) -> Value {
     let mut repaired = body.clone();
+    if *problem == ReplyError::CutOff {
+        if let Some(bound) = repaired["max_tokens"].as_u64() {
+            repaired["max_tokens"] = bound.saturating_mul(2).into();
+        }
+        if let Some(messages) = repaired["messages"].as_array_mut() {
+            messages.push(json!({
+                "role": "user",
+                "content": "Your last reply was cut off at the token limit before it was \
+                            complete. Reply again with only what was asked for, in exactly \
+                            the format asked for, as briefly as it allows.",
+            }));
+        }
+        return repaired;
+    }
     if let (Some(content), Some(messages)) = (content, repaired["messages"].as_array_mut()) {
         messages.push(json!({"role": "assistant", "content": content}));
         messages.push(json!({
@@ -106,10 +126,15 @@ mod tests {
         assert_eq!(reported_tokens(ok), Some(57));
         let cut =
             r#"{"choices":[{"message":{"content":"{\"ends\": [2"},"finish_reason":"length"}]}"#;
-        assert!(matches!(
-            completion_content(cut),
-            Err(ReplyError::NotCompletion(m)) if m.contains("token limit")
-        ));
+        assert!(matches!(completion_content(cut), Err(ReplyError::CutOff)));
+        // A cut reply is asked again shorter with a larger bound: never the same request.
+        let request = json!({"messages": [{"role": "user", "content": "cut"}], "max_tokens": 300});
+        let again = with_repair(&request, Some("{\"ends\": [2"), &ReplyError::CutOff);
+        assert_ne!(again, request);
+        assert_eq!(again["max_tokens"], 600);
+        let messages = again["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2, "the cut reply is not quoted");
+        assert!(messages[1]["content"].as_str().unwrap().contains("cut off"));
         for bad in [
             "{}",
             "<html>",

@@ -44,13 +44,14 @@ pub enum Plan {
     Ask(Job),
 }
 
-/// One plan per trace, requests addressed to `model` at `url` (the cache key includes it).
+/// One plan per trace, requests addressed to `model` at `url` (the cache key includes it),
+/// each reply bounded by `max_tokens` (default: [`reply_bound`] of its expected size).
 pub fn plan(
     traces: &[Trace],
     settings: &Settings,
     mode: LlmMode,
-    model: &str,
-    url: &str,
+    (model, url): (&str, &str),
+    max_tokens: Option<u64>,
 ) -> Vec<Plan> {
     traces
         .iter()
@@ -91,6 +92,10 @@ pub fn plan(
                     )
                 }
             };
+            let mut body = body;
+            body["max_tokens"] = max_tokens
+                .unwrap_or_else(|| reply_bound(reply_estimate))
+                .into();
             Plan::Ask(Job {
                 row,
                 key: cache_key(url, &body),
@@ -100,6 +105,12 @@ pub fn plan(
             })
         })
         .collect()
+}
+
+/// The default `max_tokens` of a request whose reply is expected to take `estimate` tokens:
+/// room for twice that, and never under 256, so an honest reply fits and a looping one stops.
+pub fn reply_bound(estimate: u64) -> u64 {
+    estimate.saturating_mul(2).saturating_add(64).max(256)
 }
 
 /// Names the run's requests: the journal is continued only by the same ones.
@@ -322,8 +333,8 @@ mod tests {
             &traces,
             &settings(),
             LlmMode::Boundaries,
-            "m",
-            "http://x/v1/chat",
+            ("m", "http://x/v1/chat"),
+            None,
         );
         assert!(matches!(&plans[0], Plan::Settled(Err(r)) if r.reason == Reject::NoThinkTags));
         assert!(matches!(&plans[1], Plan::Settled(Ok(_))));
@@ -332,13 +343,27 @@ mod tests {
         assert_eq!(asked[0].row, 2);
         assert!(matches!(asked[0].expect, Expect::Ends { paragraphs: 3 }));
         assert_eq!(asked[0].body["model"], "m");
+        // Every request bounds its reply.
+        let bound = reply_bound(asked[0].reply_estimate);
+        assert!(bound >= 256);
+        assert_eq!(asked[0].body["max_tokens"], bound);
+        let capped = plan(
+            &traces,
+            &settings(),
+            LlmMode::Boundaries,
+            ("m", "http://x/v1/chat"),
+            Some(40),
+        );
+        let capped: Vec<&Job> = jobs(&capped).collect();
+        assert_eq!(capped[0].body["max_tokens"], 40);
+        assert_ne!(capped[0].key, asked[0].key);
         // The journal is continued only by the same requests in the same mode.
         let again = plan(
             &traces,
             &settings(),
             LlmMode::Boundaries,
-            "m",
-            "http://x/v1/chat",
+            ("m", "http://x/v1/chat"),
+            None,
         );
         assert_eq!(
             fingerprint(LlmMode::Boundaries, &plans),
@@ -348,8 +373,8 @@ mod tests {
             &traces,
             &settings(),
             LlmMode::Boundaries,
-            "n",
-            "http://x/v1/chat",
+            ("n", "http://x/v1/chat"),
+            None,
         );
         assert_ne!(
             fingerprint(LlmMode::Boundaries, &plans),
@@ -359,8 +384,8 @@ mod tests {
             &traces,
             &settings(),
             LlmMode::Rewrite,
-            "m",
-            "http://x/v1/chat",
+            ("m", "http://x/v1/chat"),
+            None,
         );
         assert_eq!(jobs(&rewrite).count(), 2);
     }
@@ -372,8 +397,8 @@ mod tests {
             &traces,
             &settings(),
             LlmMode::Boundaries,
-            "m",
-            "http://x/v1/chat",
+            ("m", "http://x/v1/chat"),
+            None,
         );
         let key = jobs(&plans).next().unwrap().key.clone();
         let none = estimate(&plans, &HashMap::new(), None);
@@ -413,8 +438,8 @@ mod tests {
             &traces,
             &settings(),
             LlmMode::Boundaries,
-            "m",
-            "http://x/v1/chat",
+            ("m", "http://x/v1/chat"),
+            None,
         );
         let garbled = HashMap::from([(2, Answer::Content("no json".into()))]);
         let outcomes = settle_all(plans, &traces, garbled, &settings(), ANY_DRIFT);
