@@ -618,3 +618,24 @@ fn a_reply_cut_at_the_token_limit_is_asked_again_shorter_not_resent() {
     assert_eq!(messages.len(), 3, "the cut reply is not quoted back");
     assert!(messages[2]["content"].as_str().unwrap().contains("cut off"));
 }
+
+#[test]
+fn replies_of_an_unfinished_re_ask_are_kept_and_replayed_on_resume() {
+    let server = ChatServer::start();
+    let (_, body) = traces(&["#garbage-once"]);
+    let mut test = Test::new().file("in.jsonl", body);
+    // The budget allows the first, unusable reply but not the re-ask.
+    rephrase(&mut test, &server, "llm-boundaries", "in.jsonl", "o.jsonl");
+    let stopped = test.args(["--max-requests", "1"]).run();
+    assert_eq!(stopped.code, 3, "{}", stopped.stderr);
+    assert!(test.path("o.jsonl.curate-replies").is_dir());
+    rephrase(&mut test, &server, "llm-boundaries", "in.jsonl", "o.jsonl");
+    test.arg("--resume").run().success();
+    // The unusable reply came back from the run's own store: only the re-ask was sent.
+    let asked = server.requests();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1].body["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(test.read_lines("o.jsonl").len(), 1);
+    // A finished run removes its journal and its replies.
+    assert_eq!(test.entries(), ["in.jsonl", "o.jsonl"]);
+}

@@ -148,7 +148,13 @@ pub fn rephrase(
     let pending: Vec<&Job> = jobs(&plans)
         .filter(|job| !answers.contains_key(&job.row))
         .collect();
-    let cache = args.cache_dir.as_deref().map(open_cache).transpose()?;
+    // Without --cache-dir the run still keeps every reply as it arrives, beside its journal,
+    // so a resumed run replays what it got (an unusable reply and its re-ask included).
+    let cache = match (&args.cache_dir, &journal) {
+        (Some(dir), _) => Some(open_cache(dir)?),
+        (None, Some(journal)) => Some(ReplyCache::open_private(&journal.replies(), !args.resume)?),
+        (None, None) => None,
+    };
     let client = ChatClient::new(ClientSettings {
         endpoint: ep.url.clone(),
         api_key: ep.api_key.clone(),

@@ -56,6 +56,53 @@ impl ReplyCache {
     }
 }
 
+/// Marks a reply store a run keeps beside its journal, so only such a directory is removed.
+const PRIVATE_MARKER: &str = ".curate-replies";
+
+impl ReplyCache {
+    /// The reply store of one run (beside its journal, when no `--cache-dir` is given): every
+    /// reply is kept as it arrives, so a resumed run replays unfinished re-ask chains instead
+    /// of asking again. `fresh` empties one an earlier run left.
+    pub fn open_private(dir: &Path, fresh: bool) -> Result<ReplyCache> {
+        if fresh {
+            ReplyCache::remove_private(dir)?;
+        }
+        let cache = ReplyCache::open(&dir.display().to_string())?;
+        std::fs::write(
+            dir.join(PRIVATE_MARKER),
+            "Replies of an unfinished curate rephrase run; removed with its journal.\n",
+        )?;
+        Ok(cache)
+    }
+
+    /// Remove a run's reply store: only a directory carrying the marker, and in it only the
+    /// entries (and temporary files) a cache writes; the directory goes when nothing else is
+    /// left.
+    pub fn remove_private(dir: &Path) -> Result<()> {
+        if !dir.join(PRIVATE_MARKER).is_file() {
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let sub = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bucket = name.len() == 2 && name.chars().all(|c| c.is_ascii_hexdigit());
+            if !(bucket && sub.is_dir()) {
+                continue;
+            }
+            for file in std::fs::read_dir(&sub)?.flatten() {
+                let file_name = file.file_name().to_string_lossy().into_owned();
+                if file_name.ends_with(".json") || file_name.ends_with(".curate-tmp") {
+                    std::fs::remove_file(file.path())?;
+                }
+            }
+            let _ = std::fs::remove_dir(&sub);
+        }
+        std::fs::remove_file(dir.join(PRIVATE_MARKER))?;
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
+    }
+}
+
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut temp = tempfile::Builder::new()
         .prefix(".entry.")
@@ -69,6 +116,37 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_private_store_is_removed_without_what_it_did_not_write() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out.curate-replies");
+        let cache = ReplyCache::open_private(&dir, true).unwrap();
+        let key = "cd".repeat(32);
+        cache.put(&key, &json!({"m": 1}), "{}").unwrap();
+        assert_eq!(
+            ReplyCache::open_private(&dir, false)
+                .unwrap()
+                .get(&key)
+                .as_deref(),
+            Some("{}")
+        );
+        std::fs::write(dir.join("mine.txt"), "keep").unwrap();
+        ReplyCache::remove_private(&dir).unwrap();
+        assert!(!dir.join("cd").exists());
+        assert!(dir.join("mine.txt").is_file());
+        // A fresh run starts empty; a directory without the marker is never touched.
+        std::fs::remove_file(dir.join("mine.txt")).unwrap();
+        let cache = ReplyCache::open_private(&dir, false).unwrap();
+        cache.put(&key, &json!({"m": 1}), "{}").unwrap();
+        let cache = ReplyCache::open_private(&dir, true).unwrap();
+        assert_eq!(cache.get(&key), None);
+        let foreign = root.path().join("foreign");
+        std::fs::create_dir_all(foreign.join("ab")).unwrap();
+        std::fs::write(foreign.join("ab/x.json"), "{}").unwrap();
+        ReplyCache::remove_private(&foreign).unwrap();
+        assert!(foreign.join("ab/x.json").is_file());
+    }
 
     #[test]
     fn entries_round_trip_and_misses_are_quiet() {

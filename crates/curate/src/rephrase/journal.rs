@@ -53,6 +53,14 @@ pub fn path_for(out: &str) -> PathBuf {
     PathBuf::from(format!("{out}.curate-journal"))
 }
 
+/// The reply store beside a journal: `OUT.curate-journal` keeps its replies in
+/// `OUT.curate-replies`.
+fn replies_for(journal: &Path) -> PathBuf {
+    let text = journal.display().to_string();
+    let stem = text.strip_suffix(".curate-journal").unwrap_or(&text);
+    PathBuf::from(format!("{stem}.curate-replies"))
+}
+
 impl Journal {
     /// Start a journal at `path`, or with `resume` continue the one there. An existing journal
     /// is only replaced with `force`.
@@ -125,8 +133,15 @@ impl Journal {
     /// The run is complete and its outputs are written: the journal goes.
     pub fn remove(self) -> Result<()> {
         drop(self.file);
+        super::cache::ReplyCache::remove_private(&replies_for(&self.path))
+            .with_context(|| format!("{}: cannot remove", replies_for(&self.path).display()))?;
         std::fs::remove_file(&self.path)
             .with_context(|| format!("{}: cannot remove", self.path.display()))
+    }
+
+    /// Where the run keeps every reply as it arrives (see `ReplyCache::open_private`).
+    pub fn replies(&self) -> PathBuf {
+        replies_for(&self.path)
     }
 }
 
