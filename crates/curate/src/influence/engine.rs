@@ -374,12 +374,9 @@ pub fn fit_factors(
                         checkpoint: Option<&mut RunCheckpoint>,
                         done: Done|
          -> Result<()> {
-            let Some(checkpoint) = checkpoint else {
+            let Some(checkpoint) = checkpoint.filter(|c| c.due()) else {
                 return Ok(());
             };
-            if !checkpoint.due() {
-                return Ok(());
-            }
             // The finished covariances go into the first save of this pass, so a resumed
             // run starts from the eigenvalues.
             if !covariances_saved {

@@ -251,12 +251,9 @@ impl GradientRun {
                         checkpoint: Option<&mut RunCheckpoint>,
                         done: Done|
          -> Result<()> {
-            let Some(checkpoint) = checkpoint else {
+            let Some(checkpoint) = checkpoint.filter(|c| c.due()) else {
                 return Ok(());
             };
-            if !checkpoint.due() {
-                return Ok(());
-            }
             if let Some(factors) = fitted.take() {
                 save_fitted(checkpoint, factors, self.rows().len())?;
             }
