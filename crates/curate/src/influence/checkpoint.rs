@@ -256,6 +256,9 @@ impl RunCheckpoint {
     /// Delete `pass`'s saved progress (superseded by a later pass's save).
     pub fn discard(&mut self, pass: &str) -> Result<()> {
         self.loaded.remove(pass);
+        if !RunCheckpoint::recognised(&self.dir) {
+            return Ok(());
+        }
         let path = self.pass_path(pass);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -413,12 +416,18 @@ mod tests {
         checkpoint.remove().unwrap();
         assert!(!dir.exists());
 
-        // A directory of someone else's files is never written to.
+        // A directory of someone else's files is never written to or removed from, even
+        // where it holds a file named like a pass.
         let foreign = root.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("x"), b"x").unwrap();
+        std::fs::write(foreign.join("lambdas.safetensors"), b"mine").unwrap();
         let mut misplaced = RunCheckpoint::new(&foreign, "run".into(), 1, Duration::ZERO);
         assert!(misplaced.save("scores", &state(1)).is_err());
+        misplaced.discard("lambdas").unwrap();
+        misplaced.remove().unwrap();
+        assert_eq!(std::fs::read(foreign.join("lambdas.safetensors")).unwrap(), b"mine");
+        assert!(foreign.join("x").is_file());
         assert!(RunCheckpoint::check_place(&foreign, &root.path().join("out")).is_err());
         assert!(
             RunCheckpoint::check_place(&root.path().join("out/c"), &root.path().join("out"))

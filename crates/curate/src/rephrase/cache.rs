@@ -67,6 +67,15 @@ impl ReplyCache {
         if fresh {
             ReplyCache::remove_private(dir)?;
         }
+        // Never mark (and so later empty) a directory of someone else's files.
+        let foreign = !dir.join(PRIVATE_MARKER).is_file()
+            && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        if foreign {
+            anyhow::bail!(
+                "{}: holds files that are not curate's; move them, or name a --cache-dir",
+                dir.display()
+            );
+        }
         let cache = ReplyCache::open(&dir.display().to_string())?;
         std::fs::write(
             dir.join(PRIVATE_MARKER),
@@ -145,7 +154,10 @@ mod tests {
         std::fs::create_dir_all(foreign.join("ab")).unwrap();
         std::fs::write(foreign.join("ab/x.json"), "{}").unwrap();
         ReplyCache::remove_private(&foreign).unwrap();
+        assert!(ReplyCache::open_private(&foreign, true).is_err());
+        ReplyCache::remove_private(&foreign).unwrap();
         assert!(foreign.join("ab/x.json").is_file());
+        assert!(!foreign.join(PRIVATE_MARKER).exists());
     }
 
     #[test]
