@@ -150,6 +150,13 @@ pub fn refuse_existing(path: &std::path::Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// `PATH.<suffix>` beside `PATH` (where a run keeps its checkpoint).
+pub fn sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
 /// The chat template `--chat-template` names: auto, none, or a file.
 pub fn template_choice(args: &crate::cli::ChatArgs) -> Result<curate::model::TemplateChoice> {
     let spec = args.chat_template.as_str();

@@ -31,7 +31,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         .checkpoint_dir
         .as_ref()
         .map(PathBuf::from)
-        .unwrap_or_else(|| sibling(&out, "checkpoint"));
+        .unwrap_or_else(|| crate::commands::sibling(&out, "checkpoint"));
     check_checkpoint_dir(&args, &checkpoint_dir, &out)?;
     let output = OutputDir::create(&out, args.force)?;
 
@@ -457,13 +457,6 @@ fn check_checkpoint_dir(args: &TrainArgs, dir: &Path, out: &Path) -> Result<()> 
         )));
     }
     Ok(())
-}
-
-/// `DIR.<suffix>` beside `DIR`.
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
 }
 
 fn read_tokenizer(path: &str) -> Result<Tokenizer> {

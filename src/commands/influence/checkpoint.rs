@@ -35,7 +35,7 @@ pub(super) fn open(
             ));
         }
         (None, "-") => return Ok(None),
-        (None, out) => sibling(Path::new(out)),
+        (None, out) => crate::commands::sibling(Path::new(out), "checkpoint"),
     };
     RunCheckpoint::check_place(&dir, Path::new(out)).map_err(|err| match err {
         CheckpointPlace::OverlapsOutput { .. } => usage(format!(
@@ -85,13 +85,6 @@ pub(super) fn open(
         writeln!(err, "--resume: continuing from {}", dir.display())?;
     }
     Ok(Some(checkpoint))
-}
-
-/// `DIR.checkpoint` beside `DIR`.
-fn sibling(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".checkpoint");
-    path.with_file_name(name)
 }
 
 /// After a pass: on a stop with progress saved, say where it is and how to continue.

@@ -111,27 +111,14 @@ impl RunCheckpoint {
                 .any(|pass| dir.join(format!("{pass}.{PASS_EXT}")).is_file())
     }
 
-    /// Check that `dir` can hold the checkpoint of a run writing `out`: not `out`, not inside
-    /// it or holding it, and where it exists, a curate checkpoint or an empty directory.
+    /// Check that `dir` can hold the checkpoint of a run writing `out` (see
+    /// [`crate::model::checkpoint::check_place`]).
     pub fn check_place(dir: &Path, out: &Path) -> Result<(), CheckpointPlace> {
-        use crate::table::place::is_within;
-        if is_within(dir, out) || is_within(out, dir) {
-            return Err(CheckpointPlace::OverlapsOutput {
-                checkpoint: dir.display().to_string(),
-                out: out.display().to_string(),
-            });
-        }
-        if RunCheckpoint::replaceable(dir) {
-            Ok(())
-        } else {
-            Err(CheckpointPlace::Foreign(dir.display().to_string()))
-        }
+        crate::model::checkpoint::check_place(dir, out, RunCheckpoint::recognised)
     }
 
     fn replaceable(dir: &Path) -> bool {
-        std::fs::symlink_metadata(dir).is_err()
-            || RunCheckpoint::recognised(dir)
-            || (dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none()))
+        crate::model::checkpoint::replaceable(dir, RunCheckpoint::recognised)
     }
 
     /// Read every saved pass, for a resumed run. A pass saved by another run (other data,
@@ -426,7 +413,10 @@ mod tests {
         assert!(misplaced.save("scores", &state(1)).is_err());
         misplaced.discard("lambdas").unwrap();
         misplaced.remove().unwrap();
-        assert_eq!(std::fs::read(foreign.join("lambdas.safetensors")).unwrap(), b"mine");
+        assert_eq!(
+            std::fs::read(foreign.join("lambdas.safetensors")).unwrap(),
+            b"mine"
+        );
         assert!(foreign.join("x").is_file());
         assert!(RunCheckpoint::check_place(&foreign, &root.path().join("out")).is_err());
         assert!(

@@ -86,26 +86,11 @@ impl Checkpoint {
     /// not be `out`, lie inside it or contain it, and where it exists it must be a curate
     /// checkpoint or an empty directory.
     pub fn check_place(dir: &Path, out: &Path) -> Result<(), CheckpointPlace> {
-        use crate::table::place::is_within;
-        if is_within(dir, out) || is_within(out, dir) {
-            return Err(CheckpointPlace::OverlapsOutput {
-                checkpoint: dir.display().to_string(),
-                out: out.display().to_string(),
-            });
-        }
-        if Checkpoint::replaceable(dir) {
-            Ok(())
-        } else {
-            Err(CheckpointPlace::Foreign(dir.display().to_string()))
-        }
+        check_place(dir, out, Checkpoint::recognised)
     }
 
-    /// Whether a checkpoint may be written at `dir`: nothing is there, an empty directory, or
-    /// a checkpoint curate wrote.
     fn replaceable(dir: &Path) -> bool {
-        std::fs::symlink_metadata(dir).is_err()
-            || Checkpoint::recognised(dir)
-            || (dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none()))
+        replaceable(dir, Checkpoint::recognised)
     }
 
     /// The model saved in the checkpoint in `dir`.
@@ -191,6 +176,35 @@ impl Checkpoint {
         let _ = std::fs::remove_dir(&self.dir);
         Ok(())
     }
+}
+
+/// Check that `dir` can hold a checkpoint of a run writing `out`: not `out`, not inside it
+/// or holding it, and where it exists, one `recognised` as curate's or an empty directory.
+pub(crate) fn check_place(
+    dir: &Path,
+    out: &Path,
+    recognised: fn(&Path) -> bool,
+) -> Result<(), CheckpointPlace> {
+    use crate::table::place::is_within;
+    if is_within(dir, out) || is_within(out, dir) {
+        return Err(CheckpointPlace::OverlapsOutput {
+            checkpoint: dir.display().to_string(),
+            out: out.display().to_string(),
+        });
+    }
+    if replaceable(dir, recognised) {
+        Ok(())
+    } else {
+        Err(CheckpointPlace::Foreign(dir.display().to_string()))
+    }
+}
+
+/// Whether a checkpoint may be written at `dir`: nothing is there, an empty directory, or a
+/// checkpoint curate wrote (`recognised`).
+pub(crate) fn replaceable(dir: &Path, recognised: fn(&Path) -> bool) -> bool {
+    std::fs::symlink_metadata(dir).is_err()
+        || recognised(dir)
+        || (dir.is_dir() && std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none()))
 }
 
 /// What a checkpoint must agree with to be resumed: data, settings, model shape, tokenizer,
