@@ -182,88 +182,8 @@ pub struct RephraseArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// The endpoint's base URL as OpenAI clients take it (http://localhost:8000/v1);
-    /// '/chat/completions' is appended ('/v1/chat/completions' to a bare host:port).
-    #[arg(long, value_name = "URL", help_heading = "LLM modes")]
-    pub base_url: Option<String>,
-
-    /// The model name sent in each request.
-    #[arg(long, value_name = "NAME", help_heading = "LLM modes")]
-    pub model: Option<String>,
-
-    /// Environment variable holding the API key, sent as a bearer token [default:
-    /// OPENAI_API_KEY when set; local servers need none].
-    #[arg(long, value_name = "VAR", help_heading = "LLM modes")]
-    pub api_key_env: Option<String>,
-
-    /// Requests in flight at once.
-    #[arg(
-        long,
-        default_value_t = 4,
-        value_name = "N",
-        help_heading = "LLM modes"
-    )]
-    pub concurrency: usize,
-
-    /// Retries of a request after 408, 409, 429, 5xx or a connection error (jittered
-    /// exponential backoff, or the server's Retry-After).
-    #[arg(
-        long,
-        default_value_t = 5,
-        value_name = "N",
-        help_heading = "LLM modes"
-    )]
-    pub max_retries: u32,
-
-    /// Times an unusable reply (not the JSON or form asked for) is asked again, quoting the
-    /// problem, before the record is rejected as unusable_reply.
-    #[arg(
-        long,
-        default_value_t = 2,
-        value_name = "N",
-        help_heading = "LLM modes"
-    )]
-    pub parse_retries: u32,
-
-    /// Most tokens one reply may take (`max_tokens` in every request) [default: twice the
-    /// expected reply, at least 256]. A reply cut off at it is asked again once shorter, with
-    /// twice the bound: a model that loops stops there instead of filling its context.
-    #[arg(long, value_name = "N", help_heading = "LLM modes")]
-    pub max_tokens: Option<u64>,
-
-    /// Seconds one request may take, connection to last byte; then it is retried.
-    #[arg(
-        long,
-        default_value_t = 120.0,
-        value_name = "SECONDS",
-        help_heading = "LLM modes"
-    )]
-    pub timeout: f64,
-
-    /// Keep every usable reply in DIR, addressed by a hash of the endpoint and the request;
-    /// a request found there is not sent again.
-    #[arg(long, value_name = "DIR", help_heading = "LLM modes")]
-    pub cache_dir: Option<String>,
-
-    /// Continue an interrupted or budget-stopped run from its journal (OUT.curate-journal),
-    /// asking only for the records it lacks; starts afresh when there is none.
-    #[arg(long, help_heading = "LLM modes")]
-    pub resume: bool,
-
-    /// Send at most N requests in this run (retries count); the run then stops, keeping its
-    /// journal for --resume.
-    #[arg(long, value_name = "N", help_heading = "LLM modes")]
-    pub max_requests: Option<u64>,
-
-    /// Use at most N tokens in this run (as the server reports them; estimated before
-    /// sending); the run then stops, keeping its journal for --resume.
-    #[arg(long, value_name = "N", help_heading = "LLM modes")]
-    pub max_total_tokens: Option<u64>,
-
-    /// Print the requests and tokens the run would need (JSON on stdout) and stop: nothing
-    /// is sent or written.
-    #[arg(long, help_heading = "LLM modes")]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub llm: EndpointArgs,
 
     /// llm-rewrite: reject a rewrite whose thinking differs from the original by more than
     /// this share of words (1 - 2 * common / total, in order).
@@ -274,6 +194,94 @@ pub struct RephraseArgs {
         help_heading = "LLM modes"
     )]
     pub max_drift: f64,
+}
+
+/// Where and how an LLM run asks: the endpoint, its limits, the cache, the journal and the
+/// budgets (rephrase's LLM modes, reveal ask).
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// The endpoint's base URL as OpenAI clients take it (http://localhost:8000/v1);
+    /// '/chat/completions' is appended ('/v1/chat/completions' to a bare host:port).
+    #[arg(long, value_name = "URL", help_heading = "LLM endpoint")]
+    pub base_url: Option<String>,
+
+    /// The model name sent in each request.
+    #[arg(long, value_name = "NAME", help_heading = "LLM endpoint")]
+    pub model: Option<String>,
+
+    /// Environment variable holding the API key, sent as a bearer token [default:
+    /// OPENAI_API_KEY when set; local servers need none].
+    #[arg(long, value_name = "VAR", help_heading = "LLM endpoint")]
+    pub api_key_env: Option<String>,
+
+    /// Requests in flight at once.
+    #[arg(
+        long,
+        default_value_t = 4,
+        value_name = "N",
+        help_heading = "LLM endpoint"
+    )]
+    pub concurrency: usize,
+
+    /// Retries of a request after 408, 409, 429, 5xx or a connection error (jittered
+    /// exponential backoff, or the server's Retry-After).
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "N",
+        help_heading = "LLM endpoint"
+    )]
+    pub max_retries: u32,
+
+    /// Times an unusable reply (not the JSON or form asked for) is asked again, quoting the
+    /// problem, before the record is rejected as unusable_reply.
+    #[arg(
+        long,
+        default_value_t = 2,
+        value_name = "N",
+        help_heading = "LLM endpoint"
+    )]
+    pub parse_retries: u32,
+
+    /// Most tokens one reply may take (`max_tokens` in every request) [default: twice the
+    /// expected reply, at least 256]. A reply cut off at it is asked again once shorter, with
+    /// twice the bound: a model that loops stops there instead of filling its context.
+    #[arg(long, value_name = "N", help_heading = "LLM endpoint")]
+    pub max_tokens: Option<u64>,
+
+    /// Seconds one request may take, connection to last byte; then it is retried.
+    #[arg(
+        long,
+        default_value_t = 120.0,
+        value_name = "SECONDS",
+        help_heading = "LLM endpoint"
+    )]
+    pub timeout: f64,
+
+    /// Keep every usable reply in DIR, addressed by a hash of the endpoint and the request;
+    /// a request found there is not sent again.
+    #[arg(long, value_name = "DIR", help_heading = "LLM endpoint")]
+    pub cache_dir: Option<String>,
+
+    /// Continue an interrupted or budget-stopped run from its journal (OUT.curate-journal),
+    /// asking only for the records it lacks; starts afresh when there is none.
+    #[arg(long, help_heading = "LLM endpoint")]
+    pub resume: bool,
+
+    /// Send at most N requests in this run (retries count); the run then stops, keeping its
+    /// journal for --resume.
+    #[arg(long, value_name = "N", help_heading = "LLM endpoint")]
+    pub max_requests: Option<u64>,
+
+    /// Use at most N tokens in this run (as the server reports them; estimated before
+    /// sending); the run then stops, keeping its journal for --resume.
+    #[arg(long, value_name = "N", help_heading = "LLM endpoint")]
+    pub max_total_tokens: Option<u64>,
+
+    /// Print the requests and tokens the run would need (JSON on stdout) and stop: nothing
+    /// is sent or written.
+    #[arg(long, help_heading = "LLM endpoint")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

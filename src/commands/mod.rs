@@ -5,6 +5,7 @@ mod docs;
 mod eval;
 mod influence;
 mod inspect;
+mod llm;
 mod rephrase;
 mod reveal;
 mod reweight;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod influence;
 pub mod interrupt;
+pub mod llm;
 pub mod model;
 pub mod rephrase;
 pub mod reveal;

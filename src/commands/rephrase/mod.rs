@@ -24,7 +24,7 @@ pub fn run(args: RephraseArgs, context: &Context) -> Result<ExitStatus> {
     let shard = crate::commands::shard(args.shard.as_deref(), &context.printer)?;
     let settings = settings(&args)?;
     let input = Input::open(&args.input, None)?;
-    if args.dry_run {
+    if args.llm.dry_run {
         let traces = traces(&input, &args, shard)?;
         llm::dry_run(&traces, &settings, &args, context)?;
         return Ok(ExitStatus::Success);

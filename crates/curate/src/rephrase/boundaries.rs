@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use serde_json::{Value, json};
 
-use super::chat::{ReplyError, estimate_tokens};
+use crate::llm::chat::{ReplyError, estimate_tokens};
 
 /// Instructions for the boundaries request (part of the cache key, so a change re-asks).
 pub(crate) const BOUNDARIES_PROMPT: &str = "You split a step-by-step solution into units for \
@@ -61,27 +61,30 @@ pub(crate) fn parse_ends(content: &str, paragraphs: usize) -> Result<Vec<usize>,
         .ok_or_else(|| ReplyError::NotJson("no \"ends\" array".to_string()))?;
     let mut out = Vec::with_capacity(ends.len());
     for end in ends {
-        let n = end
-            .as_u64()
-            .ok_or_else(|| ReplyError::BadEnds(format!("{end} is not a paragraph number")))?
-            as usize;
+        let n = end.as_u64().ok_or_else(|| ReplyError::Invalid {
+            what: "unit ends",
+            detail: format!("{end} is not a paragraph number"),
+        })? as usize;
         if n == 0 || n > paragraphs {
-            return Err(ReplyError::BadEnds(format!(
-                "paragraph {n} is outside 1..{paragraphs}"
-            )));
+            return Err(ReplyError::Invalid {
+                what: "unit ends",
+                detail: format!("paragraph {n} is outside 1..{paragraphs}"),
+            });
         }
         if out.last().is_some_and(|&last| n - 1 <= last) {
-            return Err(ReplyError::BadEnds(
-                "numbers are not increasing".to_string(),
-            ));
+            return Err(ReplyError::Invalid {
+                what: "unit ends",
+                detail: "numbers are not increasing".to_string(),
+            });
         }
         out.push(n - 1);
     }
     match out.last() {
         Some(&last) if last + 1 == paragraphs => Ok(out),
-        _ => Err(ReplyError::BadEnds(format!(
-            "the last unit must end at paragraph {paragraphs}"
-        ))),
+        _ => Err(ReplyError::Invalid {
+            what: "unit ends",
+            detail: format!("the last unit must end at paragraph {paragraphs}"),
+        }),
     }
 }
 
@@ -134,7 +137,13 @@ mod tests {
         ];
         for (content, n) in bad {
             assert!(
-                matches!(parse_ends(content, n), Err(ReplyError::BadEnds(_))),
+                matches!(
+                    parse_ends(content, n),
+                    Err(ReplyError::Invalid {
+                        what: "unit ends",
+                        ..
+                    })
+                ),
                 "{content}"
             );
         }

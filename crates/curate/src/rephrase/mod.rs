@@ -10,13 +10,8 @@
 //! required to be correct. A record that fails is rejected with a reason, never dropped.
 
 pub mod answer;
-pub mod ask;
 pub mod boundaries;
-pub mod cache;
-pub mod chat;
-pub mod client;
 pub mod conclusion;
-pub mod journal;
 pub mod plan;
 pub mod records;
 pub mod rewrite;
@@ -73,11 +68,6 @@ impl Reject {
         Reject::Drift,
     ];
 
-    /// The reason a code names.
-    pub(crate) fn from_code(code: &str) -> Option<Reject> {
-        Reject::ALL.into_iter().find(|r| r.code() == code)
-    }
-
     pub fn code(self) -> &'static str {
         match self {
             Reject::NoThinkTags => "no_think_tags",
@@ -100,6 +90,15 @@ impl Reject {
 pub struct Rejection {
     pub reason: Reject,
     pub detail: Option<String>,
+}
+
+impl From<crate::llm::Refusal> for Reject {
+    fn from(refusal: crate::llm::Refusal) -> Self {
+        match refusal {
+            crate::llm::Refusal::UnusableReply => Reject::UnusableReply,
+            crate::llm::Refusal::RequestRejected => Reject::RequestRejected,
+        }
+    }
 }
 
 impl From<Reject> for Rejection {

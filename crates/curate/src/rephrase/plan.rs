@@ -3,13 +3,7 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
-use super::ask::{Expect, Job, cached_content};
 use super::boundaries::{self, boundaries_request, parse_ends};
-use super::cache::ReplyCache;
-use super::chat::{ReplyError, cache_key, estimate_prompt_tokens};
-use super::journal::{Answer, Entry};
 use super::records::Trace;
 use super::rewrite::{self, parse_units, rewrite_request};
 use super::units::paragraphs;
@@ -17,7 +11,29 @@ use super::{
     DriftLimit, Reject, Rejection, Rephrased, Settings, rephrase_at_ends, rephrase_rewritten,
     trace_parts,
 };
-use crate::table::hex;
+use crate::llm::ask::{Exchange, Job, reply_bound};
+use crate::llm::chat::{ReplyError, cache_key, completion_content};
+use crate::llm::journal::Answer;
+
+/// What a reply must hold to be usable.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// Unit ends among this many paragraphs.
+    Ends { paragraphs: usize },
+    /// Rewritten units.
+    Units,
+}
+
+impl Exchange for Expect {
+    fn accept(&self, body: &str) -> Result<String, ReplyError> {
+        let content = completion_content(body)?;
+        match self {
+            Expect::Ends { paragraphs } => parse_ends(&content, *paragraphs).map(drop)?,
+            Expect::Units => parse_units(&content).map(drop)?,
+        }
+        Ok(content)
+    }
+}
 
 /// What the model is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +57,7 @@ impl LlmMode {
 /// that is one unit whatever a model says), or needs a request.
 pub enum Plan {
     Settled(Result<Rephrased, Rejection>),
-    Ask(Job),
+    Ask(Job<Expect>),
 }
 
 /// One plan per trace, requests addressed to `model` at `url` (the cache key includes it),
@@ -107,24 +123,13 @@ pub fn plan(
         .collect()
 }
 
-/// The default `max_tokens` of a request whose reply is expected to take `estimate` tokens:
-/// room for twice that, and never under 256, so an honest reply fits and a looping one stops.
-pub fn reply_bound(estimate: u64) -> u64 {
-    estimate.saturating_mul(2).saturating_add(64).max(256)
-}
-
 /// Names the run's requests: the journal is continued only by the same ones.
 pub fn fingerprint(mode: LlmMode, plans: &[Plan]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(mode.name().as_bytes());
-    for job in jobs(plans) {
-        hasher.update(format!("\n{}:{}", job.row, job.key).as_bytes());
-    }
-    hex(&hasher.finalize())
+    crate::llm::ask::fingerprint(mode.name(), jobs(plans))
 }
 
 /// The plans that need a request.
-pub fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job> {
+pub fn jobs(plans: &[Plan]) -> impl Iterator<Item = &Job<Expect>> {
     plans.iter().filter_map(|p| match p {
         Plan::Ask(job) => Some(job),
         Plan::Settled(_) => None,
@@ -158,14 +163,19 @@ pub fn settle_all(
 /// A record from the model's answer.
 fn settle(
     trace: &Trace,
-    job: &Job,
+    job: &Job<Expect>,
     answer: Answer,
     settings: &Settings,
     drift: DriftLimit,
 ) -> Result<Rephrased, Rejection> {
     let content = match answer {
         Answer::Content(content) => content,
-        Answer::Rejected { reason, detail } => return Err(Rejection { reason, detail }),
+        Answer::Rejected { reason, detail } => {
+            return Err(Rejection {
+                reason: reason.into(),
+                detail,
+            });
+        }
     };
     let unusable = |err: ReplyError| Rejection {
         reason: Reject::UnusableReply,
@@ -184,112 +194,10 @@ fn settle(
     }
 }
 
-/// What a run would send, counted before sending anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Estimate {
-    /// Records that need a request.
-    pub asked: u64,
-    pub from_journal: u64,
-    pub cached: u64,
-    pub requests: u64,
-    /// Tokens, at 4 bytes a token.
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
-
-/// Who a dry run would have asked, for its report.
-#[derive(Debug, Clone, Copy)]
-pub struct DryRun<'a> {
-    pub mode: LlmMode,
-    pub model: &'a str,
-    pub endpoint: &'a str,
-    /// Records in the input (asked or not).
-    pub records: usize,
-    pub max_requests: Option<u64>,
-    pub max_total_tokens: Option<u64>,
-}
-
-impl Estimate {
-    pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
-    }
-
-    /// Whether the run fits both budgets (`None` is no limit).
-    pub fn within(&self, max_requests: Option<u64>, max_total_tokens: Option<u64>) -> bool {
-        max_requests.is_none_or(|max| self.requests <= max)
-            && max_total_tokens.is_none_or(|max| self.total_tokens() <= max)
-    }
-
-    /// The dry run's report, one JSON document.
-    pub fn json(&self, run: &DryRun) -> serde_json::Value {
-        serde_json::json!({
-            "mode": run.mode.name(),
-            "model": run.model,
-            "endpoint": run.endpoint,
-            "records": run.records,
-            "without_request": run.records as u64 - self.asked,
-            "from_journal": self.from_journal,
-            "cached": self.cached,
-            "requests": self.requests,
-            "estimated_prompt_tokens": self.prompt_tokens,
-            "estimated_completion_tokens": self.completion_tokens,
-            "estimated_total_tokens": self.total_tokens(),
-            "max_requests": run.max_requests,
-            "max_total_tokens": run.max_total_tokens,
-            "within_budget": self.within(run.max_requests, run.max_total_tokens),
-        })
-    }
-
-    /// The dry run's one-line account for people.
-    pub fn text(&self, run: &DryRun) -> String {
-        format!(
-            "dry run: {} requests of {} records ({} need none, {} in the journal, {} cached), \
-             about {} tokens ({} prompt + {} completion, at 4 bytes a token){}; nothing was sent",
-            self.requests,
-            run.records,
-            run.records as u64 - self.asked,
-            self.from_journal,
-            self.cached,
-            self.total_tokens(),
-            self.prompt_tokens,
-            self.completion_tokens,
-            if self.within(run.max_requests, run.max_total_tokens) {
-                ""
-            } else {
-                "; over the budget"
-            }
-        )
-    }
-}
-
-/// Count the requests `plans` would send given the journal's `entries` and the `cache`.
-pub fn estimate(
-    plans: &[Plan],
-    entries: &HashMap<usize, Entry>,
-    cache: Option<&ReplyCache>,
-) -> Estimate {
-    let mut estimate = Estimate::default();
-    for job in jobs(plans) {
-        estimate.asked += 1;
-        if entries
-            .get(&job.row)
-            .is_some_and(|(key, _)| *key == job.key)
-        {
-            estimate.from_journal += 1;
-        } else if cached_content(cache, job).is_some() {
-            estimate.cached += 1;
-        } else {
-            estimate.requests += 1;
-            estimate.prompt_tokens += estimate_prompt_tokens(&job.body);
-            estimate.completion_tokens += job.reply_estimate;
-        }
-    }
-    estimate
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::estimate::{DryRun, estimate};
     use crate::rephrase::units::{Markers, UnitOptions};
     use serde_json::json;
 
@@ -338,7 +246,7 @@ mod tests {
         );
         assert!(matches!(&plans[0], Plan::Settled(Err(r)) if r.reason == Reject::NoThinkTags));
         assert!(matches!(&plans[1], Plan::Settled(Ok(_))));
-        let asked: Vec<&Job> = jobs(&plans).collect();
+        let asked: Vec<&Job<Expect>> = jobs(&plans).collect();
         assert_eq!(asked.len(), 1);
         assert_eq!(asked[0].row, 2);
         assert!(matches!(asked[0].expect, Expect::Ends { paragraphs: 3 }));
@@ -354,7 +262,7 @@ mod tests {
             ("m", "http://x/v1/chat"),
             Some(40),
         );
-        let capped: Vec<&Job> = jobs(&capped).collect();
+        let capped: Vec<&Job<Expect>> = jobs(&capped).collect();
         assert_eq!(capped[0].body["max_tokens"], 40);
         assert_ne!(capped[0].key, asked[0].key);
         // The journal is continued only by the same requests in the same mode.
@@ -401,14 +309,14 @@ mod tests {
             None,
         );
         let key = jobs(&plans).next().unwrap().key.clone();
-        let none = estimate(&plans, &HashMap::new(), None);
+        let none = estimate(jobs(&plans), &HashMap::new(), None);
         assert_eq!((none.asked, none.requests, none.from_journal), (1, 1, 0));
         assert!(none.prompt_tokens > 0 && none.completion_tokens > 0);
         let journaled = HashMap::from([(2, (key, Answer::Content(String::new())))]);
-        let some = estimate(&plans, &journaled, None);
+        let some = estimate(jobs(&plans), &journaled, None);
         assert_eq!((some.requests, some.from_journal), (0, 1));
         let run = DryRun {
-            mode: LlmMode::Boundaries,
+            mode: LlmMode::Boundaries.name(),
             model: "m",
             endpoint: "http://x/v1/chat",
             records: traces.len(),

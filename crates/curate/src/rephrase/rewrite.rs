@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::{Value, json};
 
-use super::chat::{ReplyError, estimate_tokens};
+use crate::llm::chat::{ReplyError, estimate_tokens};
 
 /// Instructions for the rewrite request (part of the cache key, so a change re-asks).
 pub(crate) const REWRITE_PROMPT: &str = "You rewrite a reasoning trace into multi-turn form for \
@@ -71,32 +71,42 @@ pub(crate) fn parse_units(content: &str) -> Result<Vec<RewrittenUnit>, ReplyErro
         let n = units.len() + 1;
         let Some(body) = rest.strip_prefix(OPEN) else {
             let head: String = rest.chars().take(40).collect();
-            return Err(ReplyError::BadUnits(format!(
-                "expected <think> to open unit {n}, found {head:?}"
-            )));
+            return Err(ReplyError::Invalid {
+                what: "units",
+                detail: format!("expected <think> to open unit {n}, found {head:?}"),
+            });
         };
-        let close = body
-            .find(CLOSE)
-            .ok_or_else(|| ReplyError::BadUnits(format!("unit {n} has no </think>")))?;
+        let close = body.find(CLOSE).ok_or_else(|| ReplyError::Invalid {
+            what: "units",
+            detail: format!("unit {n} has no </think>"),
+        })?;
         let thinking = &body[..close];
         if thinking.contains(OPEN) {
-            return Err(ReplyError::BadUnits(format!(
-                "unit {n} has a nested <think>"
-            )));
+            return Err(ReplyError::Invalid {
+                what: "units",
+                detail: format!("unit {n} has a nested <think>"),
+            });
         }
         let after = &body[close + CLOSE.len()..];
         let answer_end = after.find(OPEN).unwrap_or(after.len());
         let answer = after[..answer_end].trim();
         if thinking.trim().is_empty() {
-            return Err(ReplyError::BadUnits(format!("unit {n} has no reasoning")));
+            return Err(ReplyError::Invalid {
+                what: "units",
+                detail: format!("unit {n} has no reasoning"),
+            });
         }
         if answer.is_empty() {
-            return Err(ReplyError::BadUnits(format!("unit {n} has no answer")));
+            return Err(ReplyError::Invalid {
+                what: "units",
+                detail: format!("unit {n} has no answer"),
+            });
         }
         if answer.contains(CLOSE) {
-            return Err(ReplyError::BadUnits(format!(
-                "a stray </think> after unit {n}"
-            )));
+            return Err(ReplyError::Invalid {
+                what: "units",
+                detail: format!("a stray </think> after unit {n}"),
+            });
         }
         units.push(RewrittenUnit {
             thinking: thinking.trim().to_string(),
@@ -105,7 +115,10 @@ pub(crate) fn parse_units(content: &str) -> Result<Vec<RewrittenUnit>, ReplyErro
         rest = after[answer_end..].trim_start();
     }
     if units.is_empty() {
-        return Err(ReplyError::BadUnits("no <think> units".to_string()));
+        return Err(ReplyError::Invalid {
+            what: "units",
+            detail: "no <think> units".to_string(),
+        });
     }
     Ok(units)
 }
@@ -187,7 +200,9 @@ mod tests {
             ("", "no <think> units"),
         ] {
             match parse_units(bad) {
-                Err(ReplyError::BadUnits(m)) => assert!(m.contains(why), "{bad}: {m}"),
+                Err(ReplyError::Invalid { detail: m, .. }) => {
+                    assert!(m.contains(why), "{bad}: {m}")
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }

@@ -1,4 +1,4 @@
-//! The reply cache of the LLM modes: one JSON file per reply (usable or not, so re-ask chains
+//! The reply cache of an LLM run: one JSON file per reply (usable or not, so re-ask chains
 //! replay), addressed by the hash of the endpoint and the exact request
 //! (`DIR/ab/abcdef....json`), written atomically, so runs, shards and interrupted runs share
 //! it safely.
@@ -79,7 +79,7 @@ impl ReplyCache {
         let cache = ReplyCache::open(&dir.display().to_string())?;
         std::fs::write(
             dir.join(PRIVATE_MARKER),
-            "Replies of an unfinished curate rephrase run; removed with its journal.\n",
+            "Replies of an unfinished curate run; removed with its journal.\n",
         )?;
         Ok(cache)
     }

@@ -1,10 +1,10 @@
-//! The journal of an LLM run, `OUT.curate-journal`: one JSON line per record the endpoint
-//! answered (its reply content, or why the record was rejected), appended and flushed as
-//! answers arrive. An interrupted or budget-stopped run keeps it; `--resume` reads it back and
+//! The journal of an LLM run, `OUT.curate-journal`: one JSON line per request the endpoint
+//! answered (what the run keeps of the reply, or why the record was rejected), appended and
+//! flushed as answers arrive. An interrupted or budget-stopped run keeps it; `--resume` reads it back and
 //! asks only for the records it lacks; a completed run removes it after writing its outputs.
 //!
 //! The header holds a fingerprint of every request the run makes, so a journal is only ever
-//! continued by the same input, mode, model, endpoint and prompts.
+//! continued by the same command, input, mode, model, endpoint and prompts.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
+use super::Refusal;
 use crate::error::InputError;
-use crate::rephrase::Reject;
 
 /// A journal this run may not simply continue or replace.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,21 +31,29 @@ pub enum JournalConflict {
 /// What the endpoint gave for one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    /// A usable reply's message content.
+    /// What the caller keeps of a usable reply (its message content, say).
     Content(String),
     /// Rejected on the endpoint's account (unusable reply, refused request).
     Rejected {
-        reason: Reject,
+        reason: Refusal,
         detail: Option<String>,
     },
 }
 
 /// A journal entry: the request's cache key, and the answer.
-pub(crate) type Entry = (String, Answer);
+pub type Entry = (String, Answer);
 
 pub struct Journal {
     path: PathBuf,
     file: File,
+}
+
+/// What a journal is for: the command that writes it, and a fingerprint of every request its
+/// run makes.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalId<'a> {
+    pub command: &'a str,
+    pub fingerprint: &'a str,
 }
 
 /// The journal beside an output file.
@@ -66,13 +74,13 @@ impl Journal {
     /// is only replaced with `force`.
     pub fn open(
         path: &Path,
-        fingerprint: &str,
+        id: JournalId,
         resume: bool,
         force: bool,
     ) -> Result<(Journal, HashMap<usize, Entry>)> {
         let label = path.display().to_string();
         if path.exists() && resume {
-            let (entries, good_len) = load(path, fingerprint)?;
+            let (entries, good_len) = load(path, id)?;
             // A line cut short by a crash is dropped, so appends start on a fresh line.
             let file = OpenOptions::new()
                 .append(true)
@@ -93,7 +101,7 @@ impl Journal {
         }
         let mut file = File::create(path).with_context(|| format!("{label}: cannot create"))?;
         let header =
-            json!({"curate_journal": 1, "command": "rephrase", "fingerprint": fingerprint});
+            json!({"curate_journal": 1, "command": id.command, "fingerprint": id.fingerprint});
         writeln!(file, "{header}").with_context(|| format!("{label}: cannot write"))?;
         Ok((
             Journal {
@@ -106,18 +114,19 @@ impl Journal {
 
     /// The entries of the journal at `path` without touching it (for `--dry-run`); none when
     /// there is no journal.
-    pub fn peek(path: &Path, fingerprint: &str) -> Result<HashMap<usize, Entry>> {
+    pub fn peek(path: &Path, id: JournalId) -> Result<HashMap<usize, Entry>> {
         if !path.exists() {
             return Ok(HashMap::new());
         }
-        Ok(load(path, fingerprint)?.0)
+        Ok(load(path, id)?.0)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Record the answer for input row `row` (0-based) and flush it to the file.
+    /// Record the answer for job `row` (0-based; an input row, or a request's index where a row
+    /// needs several) and flush it to the file.
     pub(crate) fn append(&mut self, row: usize, key: &str, answer: &Answer) -> Result<()> {
         let line = match answer {
             Answer::Content(content) => json!({"row": row, "key": key, "content": content}),
@@ -146,7 +155,7 @@ impl Journal {
 }
 
 /// Entries by row, and the length of the complete lines.
-fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> {
+fn load(path: &Path, id: JournalId) -> Result<(HashMap<usize, Entry>, u64)> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("{label}: cannot read"))?;
     let mut entries = HashMap::new();
@@ -156,10 +165,10 @@ fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> 
         .next()
         .and_then(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| InputError::new(&label, "not a curate journal (no header line)"))?;
-    if header["curate_journal"] != 1 || header["command"] != "rephrase" {
-        return Err(InputError::new(&label, "not a curate rephrase journal").into());
+    if header["curate_journal"] != 1 || header["command"] != id.command {
+        return Err(InputError::new(&label, format!("not a curate {} journal", id.command)).into());
     }
-    if header["fingerprint"] != fingerprint {
+    if header["fingerprint"] != id.fingerprint {
         return Err(JournalConflict::OtherRun(label).into());
     }
     good_len += text.split_inclusive('\n').next().map_or(0, str::len) as u64;
@@ -171,7 +180,7 @@ fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> 
         let answer = match (value["content"].as_str(), value["reject"].as_str()) {
             (Some(content), None) => Answer::Content(content.to_string()),
             (None, Some(code)) => Answer::Rejected {
-                reason: Reject::from_code(code).ok_or_else(bad)?,
+                reason: Refusal::from_code(code).ok_or_else(bad)?,
                 detail: value["detail"].as_str().map(str::to_string),
             },
             _ => return Err(bad().into()),
@@ -186,17 +195,22 @@ fn load(path: &Path, fingerprint: &str) -> Result<(HashMap<usize, Entry>, u64)> 
 mod tests {
     use super::*;
 
+    const ID: JournalId = JournalId {
+        command: "rephrase",
+        fingerprint: "fp",
+    };
+
     #[test]
     fn entries_survive_a_resume_and_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl.curate-journal");
-        let (mut journal, entries) = Journal::open(&path, "fp", false, false).unwrap();
+        let (mut journal, entries) = Journal::open(&path, ID, false, false).unwrap();
         assert!(entries.is_empty());
         journal
             .append(3, "k3", &Answer::Content("{\"ends\": [1]}".into()))
             .unwrap();
         let rejected = Answer::Rejected {
-            reason: Reject::UnusableReply,
+            reason: Refusal::UnusableReply,
             detail: Some("not JSON".into()),
         };
         journal.append(0, "k0", &rejected).unwrap();
@@ -209,22 +223,30 @@ mod tests {
             result.err().unwrap().downcast::<JournalConflict>().unwrap()
         };
         assert!(matches!(
-            conflict(Journal::open(&path, "fp", false, false)),
+            conflict(Journal::open(&path, ID, false, false)),
             JournalConflict::Interrupted(_)
         ));
         assert!(matches!(
-            conflict(Journal::open(&path, "other", true, false)),
+            conflict(Journal::open(
+                &path,
+                JournalId {
+                    fingerprint: "other",
+                    ..ID
+                },
+                true,
+                false
+            )),
             JournalConflict::OtherRun(_)
         ));
-        assert_eq!(Journal::peek(&path, "fp").unwrap().len(), 2);
-        let (mut journal, entries) = Journal::open(&path, "fp", true, false).unwrap();
+        assert_eq!(Journal::peek(&path, ID).unwrap().len(), 2);
+        let (mut journal, entries) = Journal::open(&path, ID, true, false).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[&0], ("k0".to_string(), rejected));
         journal
             .append(5, "k5", &Answer::Content("c".into()))
             .unwrap();
         drop(journal);
-        let (journal, entries) = Journal::open(&path, "fp", true, false).unwrap();
+        let (journal, entries) = Journal::open(&path, ID, true, false).unwrap();
         assert_eq!(entries.len(), 3);
         journal.remove().unwrap();
         assert!(!path.exists());

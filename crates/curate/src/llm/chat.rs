@@ -1,5 +1,5 @@
-//! What the LLM modes share about the chat-completions protocol: reading a reply, asking again
-//! after an unusable one, the content address of a request, and token estimates.
+//! The chat-completions protocol as the callers share it: reading a reply, asking again after
+//! an unusable one, the content address of a request, and token estimates.
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -15,10 +15,9 @@ pub enum ReplyError {
     CutOff,
     /// The content is not the JSON asked for.
     NotJson(String),
-    /// Paragraph numbers out of range, not increasing, or not ending at the last paragraph.
-    BadEnds(String),
-    /// Rewritten units not in the `<think>...</think> answer` form asked for.
-    BadUnits(String),
+    /// The content is not what the caller asked for: `what` names the kind of answer ("unit
+    /// ends", "classes"), `detail` what is wrong with it.
+    Invalid { what: &'static str, detail: String },
 }
 
 impl std::fmt::Display for ReplyError {
@@ -30,8 +29,7 @@ impl std::fmt::Display for ReplyError {
                 "the reply was cut off at the token limit (finish_reason length)"
             ),
             ReplyError::NotJson(m) => write!(f, "reply is not the JSON asked for: {m}"),
-            ReplyError::BadEnds(m) => write!(f, "unusable unit ends: {m}"),
-            ReplyError::BadUnits(m) => write!(f, "unusable units: {m}"),
+            ReplyError::Invalid { what, detail } => write!(f, "unusable {what}: {detail}"),
         }
     }
 }
@@ -104,13 +102,29 @@ pub(crate) fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Estimated prompt tokens of a request: its messages' text, and a few tokens of framing
-/// each.
+/// What an image part is counted as before a server reports usage: LLaVA-1.5's 576 patches
+/// (other models take more or fewer; the server's count replaces the estimate once known).
+pub const IMAGE_TOKENS: u64 = 576;
+
+/// Estimated prompt tokens of a request: its messages' text and images, and a few tokens of
+/// framing each.
 pub(crate) fn estimate_prompt_tokens(body: &Value) -> u64 {
+    let content_tokens = |content: &Value| match content {
+        Value::String(text) => estimate_tokens(text),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part["type"].as_str() {
+                Some("text") => part["text"].as_str().map_or(0, estimate_tokens),
+                Some("image_url") => IMAGE_TOKENS,
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    };
     body["messages"].as_array().map_or(0, |messages| {
         messages
             .iter()
-            .map(|m| 4 + m["content"].as_str().map_or(0, estimate_tokens))
+            .map(|m| 4 + content_tokens(&m["content"]))
             .sum()
     })
 }
@@ -172,5 +186,10 @@ mod tests {
         assert_eq!(cache_key("http://x", &body).len(), 64);
         assert_eq!(estimate_tokens("abcde"), 2);
         assert_eq!(estimate_prompt_tokens(&body), 6);
+        let with_image = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "abcde"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        ]}]});
+        assert_eq!(estimate_prompt_tokens(&with_image), 6 + IMAGE_TOKENS);
     }
 }

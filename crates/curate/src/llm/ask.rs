@@ -1,8 +1,9 @@
-//! Asking an endpoint for the LLM modes' replies: one request per job, answered from the
-//! reply cache when it can be, checked for what the mode needs and asked again with the
-//! problem quoted while unusable; a pool of workers journals every answer as it arrives and
+//! Asking an endpoint for a run's replies: one request per job, answered from the reply cache
+//! when it can be, checked for what the caller needs and asked again with the problem quoted
+//! while unusable; a pool of workers journals every answer as it arrives and
 //! stops the run on a fatal answer, a spent budget or Ctrl-C.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -10,51 +11,61 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Reject;
-use super::boundaries::parse_ends;
+use super::Refusal;
 use super::cache::ReplyCache;
 use super::chat::{ReplyError, completion_content, estimate_prompt_tokens, with_repair};
 use super::client::{Budget, CallError, ChatClient, Completion, Exhausted};
 use super::journal::{Answer, Journal};
-use super::rewrite::parse_units;
 use crate::interrupt;
 
-/// What a reply must hold to be usable.
-#[derive(Debug, Clone, Copy)]
-pub enum Expect {
-    /// Unit ends among this many paragraphs.
-    Ends { paragraphs: usize },
-    /// Rewritten units.
-    Units,
-}
-
-impl Expect {
-    pub fn check(self, content: &str) -> Result<(), ReplyError> {
-        match self {
-            Expect::Ends { paragraphs } => parse_ends(content, paragraphs).map(drop),
-            Expect::Units => parse_units(content).map(drop),
-        }
+/// One kind of job's side of the exchange: what is sent, what a reply must hold to be usable,
+/// and what of it the run keeps.
+pub trait Exchange: Sync {
+    /// The request to send for a planned body (or a re-ask of it). The planned body is what
+    /// the cache key and the journal name; a job whose request is large (an image) plans a
+    /// stand-in and builds the real request here, just before sending.
+    fn body<'a>(&self, planned: &'a Value) -> Result<Cow<'a, Value>, String> {
+        Ok(Cow::Borrowed(planned))
     }
+
+    /// What to keep of a reply body (its message content, say), or why it cannot be used.
+    fn accept(&self, body: &str) -> Result<String, ReplyError>;
 }
 
 /// The request for one record.
-pub struct Job {
-    /// 0-based input row.
+pub struct Job<C> {
+    /// 0-based job index: the input row, or the request's index where a row needs several.
     pub row: usize,
     /// The cache key of the request.
     pub key: String,
     pub body: Value,
     /// Expected completion tokens.
     pub reply_estimate: u64,
-    pub expect: Expect,
+    pub expect: C,
 }
 
-/// A usable reply the cache holds for `job`.
-pub(crate) fn cached_content(cache: Option<&ReplyCache>, job: &Job) -> Option<String> {
+/// A usable reply the cache holds for `job`: what the run keeps of it.
+pub fn cached_content<C: Exchange>(cache: Option<&ReplyCache>, job: &Job<C>) -> Option<String> {
     let body = cache?.get(&job.key)?;
-    let content = completion_content(&body).ok()?;
-    job.expect.check(&content).ok()?;
-    Some(content)
+    job.expect.accept(&body).ok()
+}
+
+/// The default `max_tokens` of a request whose reply is expected to take `estimate` tokens:
+/// room for twice that, and never under 256, so an honest reply fits and a looping one stops.
+pub fn reply_bound(estimate: u64) -> u64 {
+    estimate.saturating_mul(2).saturating_add(64).max(256)
+}
+
+/// Names a run's requests (`kind` says what the run asks for): a journal is continued only by
+/// the same ones.
+pub fn fingerprint<'a, C: 'a>(kind: &str, jobs: impl Iterator<Item = &'a Job<C>>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(kind.as_bytes());
+    for job in jobs {
+        hasher.update(format!("\n{}:{}", job.row, job.key).as_bytes());
+    }
+    crate::table::hex(&hasher.finalize())
 }
 
 /// What a worker got for one job.
@@ -111,7 +122,7 @@ impl Asker<'_> {
         self.stop.load(Ordering::SeqCst) || interrupt::requested()
     }
 
-    pub fn ask(&self, job: &Job) -> Asked {
+    pub fn ask<C: Exchange>(&self, job: &Job<C>) -> Asked {
         let mut body = job.body.clone();
         let mut key = job.key.clone();
         let mut repairs = 0;
@@ -124,10 +135,14 @@ impl Asker<'_> {
                 Some(reply) => reply,
                 None => {
                     let estimate = estimate_prompt_tokens(&body) + job.reply_estimate;
+                    let request = match job.expect.body(&body) {
+                        Ok(request) => request,
+                        Err(message) => return Asked::Fatal(message),
+                    };
                     let completion =
                         match self
                             .client
-                            .complete(&body, estimate, self.budget, &|| self.stopping())
+                            .complete(&request, estimate, self.budget, &|| self.stopping())
                         {
                             Ok(completion) => completion,
                             Err(CallError::Refused { status, message }) => {
@@ -136,10 +151,10 @@ impl Asker<'_> {
                                 // context) is not why the record failed; the unusable reply is.
                                 let (reason, detail) = match &problem {
                                     Some(problem) => (
-                                        Reject::UnusableReply,
+                                        Refusal::UnusableReply,
                                         format!("{problem}; asking again was refused: {refused}"),
                                     ),
-                                    None => (Reject::RequestRejected, refused),
+                                    None => (Refusal::RequestRejected, refused),
                                 };
                                 return Asked::Answer {
                                     answer: Answer::Rejected {
@@ -165,11 +180,7 @@ impl Asker<'_> {
                     completion.body
                 }
             };
-            let content = completion_content(&reply);
-            match content
-                .clone()
-                .and_then(|c| job.expect.check(&c).map(|()| c))
-            {
+            match job.expect.accept(&reply) {
                 Ok(content) => {
                     return Asked::Answer {
                         answer: Answer::Content(content),
@@ -179,7 +190,8 @@ impl Asker<'_> {
                 }
                 Err(err) => {
                     // Ask again from the original request, quoting the reply and its problem.
-                    body = with_repair(&job.body, content.ok().as_deref(), &err);
+                    let content = completion_content(&reply).ok();
+                    body = with_repair(&job.body, content.as_deref(), &err);
                     key = repair_key(&job.key, &body);
                     problem = Some(err);
                     repairs += 1;
@@ -188,7 +200,7 @@ impl Asker<'_> {
         }
         Asked::Answer {
             answer: Answer::Rejected {
-                reason: Reject::UnusableReply,
+                reason: Refusal::UnusableReply,
                 detail: problem.map(|p| p.to_string()),
             },
             cached: !sent,
@@ -224,8 +236,8 @@ pub struct Collected {
 /// Ask for every pending job from `concurrency` workers, journaling each answer as it
 /// arrives, until all are answered or something stops the run. Requests in flight when it
 /// stops are finished and journaled.
-pub fn ask_all(
-    pending: &[&Job],
+pub fn ask_all<C: Exchange>(
+    pending: &[&Job<C>],
     worker: &Asker,
     concurrency: usize,
     mut journal: Option<&mut Journal>,
@@ -340,17 +352,35 @@ mod tests {
         )
     }
 
-    fn job(row: usize) -> Job {
+    /// Usable: JSON with an `ends` array.
+    struct Ends;
+
+    impl Exchange for Ends {
+        fn accept(&self, body: &str) -> Result<String, ReplyError> {
+            let content = completion_content(body)?;
+            let value: Value =
+                serde_json::from_str(&content).map_err(|e| ReplyError::NotJson(e.to_string()))?;
+            if !value["ends"].is_array() {
+                return Err(ReplyError::Invalid {
+                    what: "unit ends",
+                    detail: "no ends".into(),
+                });
+            }
+            Ok(content)
+        }
+    }
+
+    fn job(row: usize) -> Job<Ends> {
         Job {
             row,
             key: format!("{row:02}").repeat(32),
             body: json!({"messages": [{"role": "user", "content": "cut"}]}),
             reply_estimate: 5,
-            expect: Expect::Ends { paragraphs: 2 },
+            expect: Ends,
         }
     }
 
-    fn ask(client: &Scripted, cache: Option<&ReplyCache>, retries: u32, job: &Job) -> Asked {
+    fn ask(client: &Scripted, cache: Option<&ReplyCache>, retries: u32, job: &Job<Ends>) -> Asked {
         let budget = Budget::new(None, None);
         let stop = AtomicBool::new(false);
         let asker = Asker {
@@ -392,7 +422,7 @@ mod tests {
         assert!(matches!(
             answer,
             Answer::Rejected {
-                reason: Reject::UnusableReply,
+                reason: Refusal::UnusableReply,
                 ..
             }
         ));
@@ -407,7 +437,7 @@ mod tests {
         assert_eq!(
             answer,
             Answer::Rejected {
-                reason: Reject::RequestRejected,
+                reason: Refusal::RequestRejected,
                 detail: Some("HTTP 400: too long".into())
             }
         );
@@ -446,7 +476,7 @@ mod tests {
         let Answer::Rejected { reason, detail } = answer else {
             panic!("expected a reject");
         };
-        assert_eq!(reason, Reject::UnusableReply);
+        assert_eq!(reason, Refusal::UnusableReply);
         let detail = detail.unwrap();
         assert!(
             detail.ends_with("; asking again was refused: HTTP 400: the context overflowed"),
@@ -511,8 +541,8 @@ mod tests {
 
     #[test]
     fn workers_collect_every_answer_and_stop_on_a_fatal_one() {
-        let jobs: Vec<Job> = (0..4).map(job).collect();
-        let pending: Vec<&Job> = jobs.iter().collect();
+        let jobs: Vec<Job<Ends>> = (0..4).map(job).collect();
+        let pending: Vec<&Job<Ends>> = jobs.iter().collect();
         let budget = Budget::new(None, None);
         let run = |replies: Vec<Result<String, CallError>>, concurrency| {
             let client = Scripted::new(replies);
