@@ -4,6 +4,7 @@
 //! Everything here works on plain rows: labels as class indices, probabilities as a row-major
 //! matrix, sources aligned with the label rows; `inputs` reads and joins the tables they come from.
 
+pub mod ask;
 pub mod classes;
 pub mod confident;
 pub mod crowdlab;
