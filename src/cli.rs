@@ -205,7 +205,7 @@ pub struct EndpointArgs {
     #[arg(long, value_name = "URL", help_heading = "LLM endpoint")]
     pub base_url: Option<String>,
 
-    /// The model name sent in each request.
+    /// The model name sent in each request (reveal ask: several, comma-separated, ask in turn).
     #[arg(long, value_name = "NAME", help_heading = "LLM endpoint")]
     pub model: Option<String>,
 
@@ -284,6 +284,111 @@ pub struct EndpointArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RevealAction {
+    /// Ask a vision-language or language model behind an OpenAI-compatible endpoint which
+    /// classes each row shows (REVEAL's first step); the answers are a `set` source (and with
+    /// --scores yes-no an `mlprobs` source) for `curate reveal`.
+    Ask(Box<RevealAskArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("subject").required(true).args(["text_col", "image_col"]))]
+pub struct RevealAskArgs {
+    /// Input table of rows to ask about ('-' reads stdin).
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+
+    /// Output: id, pred (list of classes), raw (the answer), unmatched (names that are no
+    /// class), and with --scores yes-no probs (per-class presence, in --classes order). With
+    /// several --model names, put `{model}` in the path: one file per model.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "dry_run")]
+    pub out: Option<String>,
+
+    /// Rows the model gave no usable answer for, with a reason code and detail.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<String>,
+
+    /// The classes to ask about, in the order `reveal --classes` is given.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "A,B,...")]
+    pub classes: Vec<String>,
+
+    /// Column with each row's text.
+    #[arg(long, value_name = "COLUMN")]
+    pub text_col: Option<String>,
+
+    /// Column with each row's image: a file path (relative to --image-root), an http(s) or
+    /// data URL, image bytes, or a struct with `bytes` or `path` (Hugging Face's Image
+    /// feature). PNG, JPEG and WebP, checked by their first bytes.
+    #[arg(long, value_name = "COLUMN")]
+    pub image_col: Option<String>,
+
+    /// Where relative image paths start [default: the input file's directory].
+    #[arg(long, value_name = "DIR")]
+    pub image_root: Option<String>,
+
+    /// Largest image sent, in bytes.
+    #[arg(long, default_value_t = 20 << 20, value_name = "BYTES")]
+    pub max_image_bytes: u64,
+
+    /// Column of unique ids [default: id, else the row index].
+    #[arg(long, value_name = "COLUMN")]
+    pub id_col: Option<String>,
+
+    /// What each row is asked: every class it shows (select all that apply), or the single
+    /// best class.
+    #[arg(long, value_enum, default_value = "all")]
+    pub question: AskQuestionArg,
+
+    /// Also score each class: one yes/no request per row and class, the presence score being
+    /// P(yes) / (P(yes) + P(no)) from the first token's log-probabilities.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub scores: Option<AskScoresArg>,
+
+    /// The question's text instead of the built-in one: `{classes}` is replaced by the class
+    /// list, `{text}` by the row's text (placed before the question when absent), `{subject}`
+    /// by `text` or `image`.
+    #[arg(long, value_name = "FILE")]
+    pub prompt: Option<String>,
+
+    /// Other names the answers may use, one class per line: `CLASS: alias, alias` (lines
+    /// starting with # are comments).
+    #[arg(long, value_name = "FILE")]
+    pub aliases: Option<String>,
+
+    /// Do not ask for a JSON reply (`response_format`), for servers that refuse it; answers
+    /// are still read from JSON or prose.
+    #[arg(long)]
+    pub no_json_format: bool,
+
+    /// Ask only shard I of N of the rows (0-based, contiguous), or `auto` / `auto/N` from a
+    /// scheduler; the outputs of all shards concatenate.
+    #[arg(long, value_name = "I/N|auto|auto/N")]
+    pub shard: Option<String>,
+
+    /// Replace existing output files (and start over, discarding an interrupted run's
+    /// journal, unless --resume).
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub llm: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AskQuestionArg {
+    /// Every class the row shows; none is an answer too.
+    All,
+    /// Exactly one class.
+    Single,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AskScoresArg {
+    /// One yes/no question per class, scored by the log-probabilities of yes and no.
+    YesNo,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RephraseModeArg {
     /// Paragraphs opening with switch/check markers, a unit closed at the first stated answer.
@@ -329,11 +434,15 @@ impl From<FormatArg> for Format {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RevealArgs {
+    #[command(subcommand)]
+    pub action: Option<RevealAction>,
+
     /// The given labels: `id` (default: the row index) and `label` (integer or string class),
     /// or `labels` (a list of classes, multi-label).
-    #[arg(long, value_name = "FILE")]
-    pub labels: String,
+    #[arg(long, required = true, value_name = "FILE")]
+    pub labels: Option<String>,
 
     /// A prediction source, NAME=PATH[:KIND[:COLUMN]] (repeatable). KIND: probs (class
     /// probabilities: a list column, default `probs`, or wide columns `p0..pK-1`), mlprobs
@@ -347,8 +456,8 @@ pub struct RevealArgs {
     pub embeddings: Option<String>,
 
     /// Output: one row per id (see docs/reveal.md for the columns).
-    #[arg(short, long, value_name = "FILE")]
-    pub out: String,
+    #[arg(short, long, required = true, value_name = "FILE")]
+    pub out: Option<String>,
 
     /// Also write a JSON summary: rates per class, detectors, source weights, gate result.
     #[arg(long, value_name = "FILE")]

@@ -11,6 +11,13 @@
 //! non-JSON 200), `#400` (every request refused), `#401` (every request unauthorised),
 //! `#drift` and `#wrong-answer` (rewrites that stray). Paths under `/old/` redirect; other
 //! paths than `/v1/chat/completions` are 404.
+//!
+//! For `reveal ask` it is a labeller: asked a row's classes, it names the classes whose names
+//! appear in the row's text (or in an image's bytes after the PNG signature), as JSON when
+//! `response_format` asks for it, else in prose; asked yes/no for a class, it says whether the
+//! class appears, with log-probabilities (0.8 for its answer) when asked for them. Directives
+//! in the row: `#say:A+B` (names A and B instead), `#prose` (prose even when JSON is asked
+//! for), `#no-logprobs`, and the ones above.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -94,9 +101,119 @@ impl ChatServer {
 }
 
 fn question_of(body: &Value) -> String {
+    let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+    if system.starts_with("You label") || system.starts_with("You answer questions") {
+        let subject = subject_of(body);
+        // A yes/no request is its own question: the row and the class.
+        return match quoted_class(&user_text(body)) {
+            Some(class) if system.starts_with("You answer") => format!("{subject} ?{class}"),
+            _ => subject,
+        };
+    }
     let user = body["messages"][1]["content"].as_str().unwrap_or_default();
     let rest = user.strip_prefix("Question:\n").unwrap_or(user);
     rest.split("\n\n").next().unwrap_or_default().to_string()
+}
+
+/// The user message's text (the text parts of a multi-part content).
+fn user_text(body: &Value) -> String {
+    let content = &body["messages"][1]["content"];
+    match content.as_array() {
+        Some(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => content.as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// What a labelling request is about: the text after `Text:` (its first paragraph), or what an
+/// image holds: the bytes after a PNG signature of a data URL, or the URL itself.
+fn subject_of(body: &Value) -> String {
+    use base64::Engine as _;
+    for part in body["messages"][1]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(url) = part["image_url"]["url"].as_str() else {
+            continue;
+        };
+        let Some((head, data)) = url.split_once(";base64,") else {
+            return url.to_string();
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_default();
+        let payload = bytes.get(8..).unwrap_or_default();
+        return format!("{head} {}", String::from_utf8_lossy(payload));
+    }
+    let text = user_text(body);
+    let rest = text.strip_prefix("Text:\n").unwrap_or(&text);
+    rest.split("\n\n").next().unwrap_or_default().to_string()
+}
+
+fn quoted_class(text: &str) -> Option<String> {
+    let start = text.find('"')? + 1;
+    let end = start + text[start..].find('"')?;
+    Some(text[start..end].to_string())
+}
+
+/// The classes a labelling request offers (its `Classes:` line).
+fn offered_classes(body: &Value) -> Vec<String> {
+    user_text(body)
+        .lines()
+        .find_map(|l| l.strip_prefix("Classes: "))
+        .map(|l| l.split(", ").map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `class` is a word of `subject`.
+fn shows(subject: &str, class: &str) -> bool {
+    subject
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| w == class.to_lowercase())
+}
+
+/// The labeller's reply content (and log-probabilities) for a `reveal ask` request.
+fn label_answer(body: &Value, question: &str) -> (String, Option<Value>) {
+    let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+    let subject = subject_of(body);
+    let has = |directive: &str| question.split_whitespace().any(|w| w == directive);
+    if system.starts_with("You answer") {
+        let class = quoted_class(&user_text(body)).unwrap_or_default();
+        let yes = shows(&subject, &class);
+        let (chosen, other) = if yes { ("Yes", "No") } else { ("No", "Yes") };
+        let logprobs = (body["logprobs"] == true && !has("#no-logprobs")).then(|| {
+            json!({"content": [{"token": chosen, "logprob": 0.8f64.ln(), "top_logprobs": [
+                {"token": chosen, "logprob": 0.8f64.ln()},
+                {"token": other, "logprob": 0.2f64.ln()},
+            ]}]})
+        });
+        return (chosen.to_string(), logprobs);
+    }
+    let named: Vec<String> = match question
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("#say:"))
+    {
+        Some(said) => said.split('+').map(str::to_string).collect(),
+        None => offered_classes(body)
+            .into_iter()
+            .filter(|c| shows(&subject, c))
+            .collect(),
+    };
+    let content = if has("#garbage") {
+        "I am not sure what this is.".to_string()
+    } else if body["response_format"]["type"] == "json_object" && !has("#prose") {
+        json!({"classes": named}).to_string()
+    } else if named.is_empty() {
+        "None of them.".to_string()
+    } else {
+        format!("I can see: {}.", named.join(" and "))
+    };
+    (content, None)
 }
 
 /// Serve requests on one connection until the client closes it.
@@ -221,7 +338,12 @@ fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec
     }
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
     let user = body["messages"][1]["content"].as_str().unwrap_or_default();
-    let content = if has("#garbage") || (first && has("#garbage-once")) {
+    let mut logprobs = None;
+    let content = if system.starts_with("You label") || system.starts_with("You answer questions") {
+        let (content, lp) = label_answer(body, question);
+        logprobs = lp;
+        content
+    } else if has("#garbage") || (first && has("#garbage-once")) {
         "I think the units end at the second paragraph.".to_string()
     } else if system.starts_with("You split") {
         boundaries_answer(user)
@@ -242,7 +364,7 @@ fn reply(path: &str, body: &Value, question: &str, attempt: usize) -> Option<Vec
         "object": "chat.completion",
         // A server with one model answers as it whatever was asked for.
         "model": if body["model"] == "not-the-served-model" { json!("/models/served.gguf") } else { body["model"].clone() },
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish, "logprobs": logprobs}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
     Some(response(200, &[], &completion.to_string()))

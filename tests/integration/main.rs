@@ -19,6 +19,7 @@ mod rephrase;
 mod rephrase_llm;
 mod resume;
 mod reveal;
+mod reveal_ask;
 mod reveal_parity;
 mod reweight;
 mod smollm2;

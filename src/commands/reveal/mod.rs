@@ -1,5 +1,6 @@
 //! `curate reveal`: label issues and missing labels by consensus of prediction sources.
 
+mod ask;
 mod outputs;
 
 use anyhow::Result;
@@ -7,7 +8,7 @@ use burn::tensor::Device;
 
 use super::Context;
 use crate::ExitStatus;
-use crate::cli::{ProbeArg, RevealArgs};
+use crate::cli::{ProbeArg, RevealAction, RevealArgs};
 use curate::error::{Interrupted, usage};
 use curate::interrupt;
 use curate::model::probe::ProbeKind;
@@ -53,7 +54,7 @@ fn settings(args: &RevealArgs, seed: u64) -> Result<(RevealSettings, GateLimits)
     if args.folds < 2 {
         return Err(usage(format!("--folds {} must be at least 2", args.folds)));
     }
-    if args.summary.as_deref() == Some(args.out.as_str()) {
+    if args.summary.is_some() && args.summary == args.out {
         return Err(usage("--summary and --out name the same file"));
     }
     let settings = RevealSettings {
@@ -98,6 +99,11 @@ fn settings(args: &RevealArgs, seed: u64) -> Result<(RevealSettings, GateLimits)
 }
 
 pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
+    if let Some(RevealAction::Ask(ask_args)) = args.action {
+        return ask::run(*ask_args, context);
+    }
+    let out = args.out.clone().expect("clap requires --out");
+    let labels = args.labels.clone().expect("clap requires --labels");
     let started = std::time::Instant::now();
     let stage = |name: &str| tracing::debug!("{name}: {:.3} s", started.elapsed().as_secs_f64());
     let (settings, limits) = settings(&args, context.seed)?;
@@ -111,16 +117,16 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
         }
     }
     table::require_distinct(&[
-        ("--out", args.out.as_str()),
+        ("--out", out.as_str()),
         ("--summary", args.summary.as_deref().unwrap_or("-")),
     ])?;
-    let output = Output::create(&args.out, None, args.force)?;
+    let output = Output::create(&out, None, args.force)?;
     let summary_output = match &args.summary {
         Some(path) => Some(Output::create(path, Some(Format::Jsonl), args.force)?),
         None => None,
     };
 
-    let labels_input = Input::open(&args.labels, None)?;
+    let labels_input = Input::open(&labels, None)?;
     // Content hashes for provenance take a while on large inputs: compute them meanwhile.
     let others: Vec<String> = specs
         .iter()
@@ -184,7 +190,7 @@ pub fn run(args: RevealArgs, context: &Context) -> Result<ExitStatus> {
     }
     table::commit_all(staged)?;
     stage("write");
-    outputs::print(&report, &args.out, &context.printer)?;
+    outputs::print(&report, &out, &context.printer)?;
     Ok(if verdict.failures.is_empty() {
         ExitStatus::Success
     } else {

@@ -35,7 +35,7 @@ impl std::fmt::Display for ReplyError {
 }
 
 /// The message content of a chat-completions response body.
-pub(crate) fn completion_content(body: &str) -> Result<String, ReplyError> {
+pub fn completion_content(body: &str) -> Result<String, ReplyError> {
     let value: Value =
         serde_json::from_str(body).map_err(|e| ReplyError::NotCompletion(e.to_string()))?;
     let choice = &value["choices"][0];
@@ -88,7 +88,7 @@ pub(crate) fn with_repair(body: &Value, content: Option<&str>, problem: &ReplyEr
 }
 
 /// The cache address of a request: SHA-256 of the endpoint and the exact body.
-pub(crate) fn cache_key(endpoint: &str, body: &Value) -> String {
+pub fn cache_key(endpoint: &str, body: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(endpoint.as_bytes());
     hasher.update([0u8]);
@@ -98,7 +98,7 @@ pub(crate) fn cache_key(endpoint: &str, body: &Value) -> String {
 
 /// A rough token count for budgets and `--dry-run` before a server reports usage: one token
 /// per four bytes, rounded up.
-pub(crate) fn estimate_tokens(text: &str) -> u64 {
+pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 

@@ -303,10 +303,25 @@ impl ClassMatcher {
     pub fn read(&self, content: &str, question: Question) -> Result<Named, ReplyError> {
         let named = match json_answer(content) {
             Some(items) => self.read_items(&items)?,
-            None => Named {
-                classes: self.in_prose(content),
-                unmatched: Vec::new(),
-            },
+            None => {
+                let mut classes = self.in_prose(content);
+                // "It is about math. It has no code, only ...": a single answer is what the
+                // first sentence says when it names one class.
+                if question == Question::Single && classes.len() > 1 {
+                    let first = content
+                        .split_inclusive(['.', '!', '?', '\n'])
+                        .find(|s| !s.trim().is_empty())
+                        .unwrap_or(content);
+                    let in_first = self.in_prose(first);
+                    if in_first.len() == 1 {
+                        classes = in_first;
+                    }
+                }
+                Named {
+                    classes,
+                    unmatched: Vec::new(),
+                }
+            }
         };
         let invalid = |detail: String| ReplyError::Invalid {
             what: "classes",
@@ -594,6 +609,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("names 2 classes (cat, dog)"), "{err}");
+        // One answer: the first sentence's, when it names one class.
+        let single = |text: &str| matcher().read(text, Question::Single).map(|n| n.classes);
+        assert_eq!(single("It is a dog. Cats look different.").unwrap(), [1]);
+        assert!(single("A dog or a cat. Hard to say.").is_err());
         assert_eq!(
             matcher().read("Kitten.", Question::Single).unwrap().classes,
             [0]
