@@ -433,6 +433,12 @@ fn a_budget_stop_and_sigint_and_sigkill_keep_answers_and_resume_asks_each_row_on
     );
     assert_eq!(journal_lines(&test, "a.jsonl"), 6);
     assert!(!test.path("a.jsonl").exists());
+    // The same requests read under other rules are another run: not continued.
+    ask(&mut test, &server, "in.jsonl", "a.jsonl");
+    test.args(["--text-col", "text", "--resume", "--question", "single"])
+        .run()
+        .invalid("written by a different run");
+    assert_eq!(server.requests().len(), 5);
     // Ctrl-C while asking.
     server.set_delay(Duration::from_millis(60));
     ask(&mut test, &server, "in.jsonl", "a.jsonl");

@@ -528,8 +528,15 @@ impl<'a> Asking<'a> {
         jobs
     }
 
+    /// The requests, and how their replies are read: a journal written under other reading
+    /// rules (question, classes, aliases) is not continued.
     fn fingerprint(&self, jobs: &[Job<RowAsk>]) -> String {
-        fingerprint("reveal-ask", jobs.iter())
+        let reading = json!({
+            "question": self.args.question as u8,
+            "classes": self.matcher.classes(),
+            "aliases": self.matcher.aliases(),
+        });
+        fingerprint(&format!("reveal-ask {reading}"), jobs.iter())
     }
 
     fn journal_id<'f>(fingerprint: &'f str) -> JournalId<'f> {

@@ -55,14 +55,16 @@ pub fn data_url(mime: &str, bytes: &[u8]) -> String {
 const SYSTEM: &str = "You label data for a classification data set. You answer only with the \
                       classes asked for, in exactly the format asked for.";
 
-/// The default question; `{classes}` and `{text}` are replaced.
+/// The default question; `{classes}`, `{subject}` and `{text}` are replaced. The reply's form
+/// is described rather than shown: small models copy an example's placeholder as an answer.
 pub const DEFAULT_PROMPT_SELECT: &str = "Classes: {classes}\n\nWhich of these classes does \
-     the {subject} show? Select all that apply; answer with an empty list if none does.\n\
-     Reply with JSON only, in this form: {\"classes\": [\"class\", ...]}";
+     the {subject} show? Select all that apply.\nReply with JSON only: an object whose \
+     \"classes\" member lists the names of the classes that apply (an empty list if none \
+     does), each one of: {classes}.";
 
 pub const DEFAULT_PROMPT_SINGLE: &str = "Classes: {classes}\n\nWhich one of these classes \
-     does the {subject} show? Choose the single best one.\n\
-     Reply with JSON only, in this form: {\"classes\": [\"class\"]}";
+     does the {subject} show? Choose the single best one.\nReply with JSON only: an object \
+     whose \"classes\" member lists the name of that one class, one of: {classes}.";
 
 /// A prompt a user wrote (`--prompt FILE`) is untrusted input: bound what it can make a run
 /// send.
@@ -296,6 +298,17 @@ impl ClassMatcher {
 
     pub fn classes(&self) -> &[String] {
         &self.classes
+    }
+
+    /// Every name an answer may use and the class it names, sorted (plurals included).
+    pub fn aliases(&self) -> Vec<(&str, &str)> {
+        let mut names: Vec<(&str, &str)> = self
+            .names
+            .iter()
+            .map(|(name, &class)| (name.as_str(), self.classes[class].as_str()))
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     /// Read a reply's content. JSON (`{"classes": [...]}`, a list, or a string) is read item
