@@ -5,12 +5,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Result, anyhow};
 
 use crate::cli::EndpointArgs;
-use curate::error::usage;
+use crate::commands::Context;
+use curate::error::{Interrupted, usage};
+use curate::interrupt;
+use curate::llm::ask::{Asker, Exchange, Job, ask_all};
 use curate::llm::cache::{CacheError, ReplyCache};
-use curate::llm::client::{ChatClient, ClientSettings, Exhausted, chat_endpoint};
+use curate::llm::client::{Budget, ChatClient, ClientSettings, Exhausted, chat_endpoint};
 use curate::llm::journal::{self, Answer, Journal, JournalConflict, JournalId};
 
 /// The API key variable read when `--api-key-env` is not given.
@@ -86,7 +91,7 @@ pub fn given_flags(args: &EndpointArgs) -> Vec<&'static str> {
     .collect()
 }
 
-pub fn client(args: &EndpointArgs, ep: &Endpoint, seed: u64) -> ChatClient {
+fn client(args: &EndpointArgs, ep: &Endpoint, seed: u64) -> ChatClient {
     ChatClient::new(ClientSettings {
         endpoint: ep.url.clone(),
         api_key: ep.api_key.clone(),
@@ -154,7 +159,7 @@ fn journal_error(err: anyhow::Error) -> anyhow::Error {
 
 /// The run's reply cache: `--cache-dir`, else (with a journal) a private store beside the
 /// journal, so a resumed run replays what it got (an unusable reply and its re-ask included).
-pub fn reply_cache(args: &EndpointArgs, journal: Option<&Journal>) -> Result<Option<ReplyCache>> {
+fn reply_cache(args: &EndpointArgs, journal: Option<&Journal>) -> Result<Option<ReplyCache>> {
     Ok(match (&args.cache_dir, journal) {
         (Some(dir), _) => Some(open_cache(dir)?),
         (None, Some(journal)) => Some(ReplyCache::open_private(&journal.replies(), !args.resume)?),
@@ -177,8 +182,85 @@ fn open_cache(dir: &str) -> Result<ReplyCache> {
     })
 }
 
+/// What asking for a run's pending jobs brought.
+pub struct Asked {
+    pub answers: HashMap<usize, Answer>,
+    pub cache_hits: u64,
+    /// Re-asks after an unusable reply.
+    pub repairs: u64,
+    pub requests: u64,
+    pub tokens: u64,
+    pub retries: u64,
+    /// The model the server answered as, when not the one asked for.
+    pub served_model: Option<String>,
+    pub seconds: f64,
+}
+
+/// Ask for `pending` (of `total` jobs, the others answered by the journal) from a pool of
+/// workers within the budgets, journaling each answer as it arrives, with a progress bar.
+/// A stop (Ctrl-C, a fatal reply, a spent budget) is an error that says where the answers
+/// are kept.
+pub fn ask_pending<C: Exchange>(
+    args: &EndpointArgs,
+    ep: &Endpoint,
+    pending: &[&Job<C>],
+    total: usize,
+    mut journal: Option<&mut Journal>,
+    context: &Context,
+) -> Result<Asked> {
+    let cache = reply_cache(args, journal.as_deref())?;
+    let client = client(args, ep, context.seed);
+    let budget = Budget::new(args.max_requests, args.max_total_tokens);
+    let stop = AtomicBool::new(false);
+    let worker = Asker {
+        client: &client,
+        budget: &budget,
+        cache: cache.as_ref(),
+        parse_retries: args.parse_retries,
+        stop: &stop,
+    };
+    let bar = context.printer.progress_bar(pending.len() as u64, "asking");
+    let started = std::time::Instant::now();
+    let collected = ask_all(
+        pending,
+        &worker,
+        args.concurrency,
+        journal.as_deref_mut(),
+        &mut |collected| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "{} requests, {} retries, {} cached",
+                budget.used().0,
+                client.retries(),
+                collected.cache_hits
+            ));
+        },
+    );
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let answered = total - pending.len() + collected.answers.len();
+    let kept = kept_message(journal.as_deref(), answered, total);
+    if interrupt::check().is_err() {
+        return Err(anyhow::Error::new(Interrupted).context(format!("stopped: {kept}")));
+    }
+    if let Some(message) = collected.fatal.or(collected.halted.map(budget_message)) {
+        return Err(anyhow!("{message}; {kept}"));
+    }
+    let (requests, tokens) = budget.used();
+    Ok(Asked {
+        answers: collected.answers,
+        cache_hits: collected.cache_hits,
+        repairs: collected.repairs,
+        requests,
+        tokens,
+        retries: client.retries(),
+        served_model: client.other_model(),
+        seconds,
+    })
+}
+
 /// Where the answers of a stopped run are kept, for its error message.
-pub fn kept_message(journal: Option<&Journal>, answered: usize, asked: usize) -> String {
+fn kept_message(journal: Option<&Journal>, answered: usize, asked: usize) -> String {
     match journal {
         Some(journal) => format!(
             "{answered} of {asked} answers are kept in {} (run again with --resume to continue)",
@@ -189,7 +271,7 @@ pub fn kept_message(journal: Option<&Journal>, answered: usize, asked: usize) ->
 }
 
 /// Which budget flag stopped the run.
-pub fn budget_message(exhausted: Exhausted) -> String {
+fn budget_message(exhausted: Exhausted) -> String {
     match exhausted {
         Exhausted::Requests { max } => {
             format!("the request budget (--max-requests {max}) is used up")

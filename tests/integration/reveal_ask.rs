@@ -342,10 +342,25 @@ fn refused_and_retried_requests_and_flag_errors() {
     assert_eq!(rejects[0]["reason"], "request_rejected");
     assert!(rejects[0]["detail"].as_str().unwrap().contains("HTTP 400"));
     // Flags checked before anything is read or sent.
-    test.args(["reveal", "ask", "in.jsonl", "--out", "b.jsonl", "--classes", "cat"])
-        .args(["--base-url", &server.base_url(), "--model", "a,b", "--text-col", "text"])
-        .run()
-        .invalid("put {model} in the path");
+    test.args([
+        "reveal",
+        "ask",
+        "in.jsonl",
+        "--out",
+        "b.jsonl",
+        "--classes",
+        "cat",
+    ])
+    .args([
+        "--base-url",
+        &server.base_url(),
+        "--model",
+        "a,b",
+        "--text-col",
+        "text",
+    ])
+    .run()
+    .invalid("put {model} in the path");
     for (extra, needle) in [
         (
             vec!["--text-col", "text", "--classes", "cat,cat"],

@@ -3,18 +3,15 @@
 //! the budgets, journal every answer as it arrives, then turn the answers into records.
 
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::cli::{RephraseArgs, RephraseModeArg};
 use crate::commands::Context;
 use crate::commands::llm::{self, Endpoint};
-use curate::error::{Interrupted, usage};
-use curate::interrupt;
-use curate::llm::ask::{Asker, Job, ask_all};
-use curate::llm::client::Budget;
+use curate::error::usage;
+use curate::llm::ask::Job;
 use curate::llm::estimate::{DryRun, estimate};
 use curate::llm::journal::{Journal, JournalId};
 use curate::rephrase::plan::{self, Expect, LlmMode, Plan, jobs};
@@ -106,69 +103,30 @@ pub fn rephrase(
     let pending: Vec<&Job<Expect>> = jobs(&plans)
         .filter(|job| !answers.contains_key(&job.row))
         .collect();
-    let cache = llm::reply_cache(&args.llm, journal.as_ref())?;
-    let client = llm::client(&args.llm, &ep, context.seed);
     let asked = jobs(&plans).count();
     // Records this run asks about (the journal answered the others).
     let asking = pending.len();
-    let budget = Budget::new(args.llm.max_requests, args.llm.max_total_tokens);
-    let stop = AtomicBool::new(false);
-    let worker = Asker {
-        client: &client,
-        budget: &budget,
-        cache: cache.as_ref(),
-        parse_retries: args.llm.parse_retries,
-        stop: &stop,
-    };
-    let bar = context.printer.progress_bar(pending.len() as u64, "asking");
-    let collected = ask_all(
-        &pending,
-        &worker,
-        args.llm.concurrency,
-        journal.as_mut(),
-        &mut |collected| {
-            bar.inc(1);
-            bar.set_message(format!(
-                "{} requests, {} retries, {} cached",
-                budget.used().0,
-                client.retries(),
-                collected.cache_hits
-            ));
-        },
-    );
-    bar.finish_and_clear();
-    answers.extend(collected.answers);
-
-    let kept = llm::kept_message(journal.as_ref(), answers.len(), asked);
-    if interrupt::check().is_err() {
-        return Err(anyhow::Error::new(Interrupted).context(format!("stopped: {kept}")));
-    }
-    if let Some(message) = collected
-        .fatal
-        .or(collected.halted.map(llm::budget_message))
-    {
-        return Err(anyhow!("{message}; {kept}"));
-    }
+    let run = llm::ask_pending(&args.llm, &ep, &pending, asked, journal.as_mut(), context)?;
+    answers.extend(run.answers);
 
     let drift = DriftLimit {
         max: args.max_drift,
         name: "--max-drift",
     };
     let outcomes = plan::settle_all(plans, traces, answers, settings, drift);
-    let (requests, tokens) = budget.used();
     let report = json!({
         "mode": llm_mode(args.mode).name(),
         "model": ep.model,
         "endpoint": curate::text::redact_credentials(&ep.url),
-        "served_model": client.other_model(),
+        "served_model": run.served_model,
         "records_asked": asking,
         "without_request": traces.len() - asked,
         "from_journal": from_journal,
-        "cache_hits": collected.cache_hits,
-        "requests": requests,
-        "retries": client.retries(),
-        "repairs": collected.repairs,
-        "tokens": tokens,
+        "cache_hits": run.cache_hits,
+        "requests": run.requests,
+        "retries": run.retries,
+        "repairs": run.repairs,
+        "tokens": run.tokens,
     });
     Ok(LlmRun {
         outcomes,

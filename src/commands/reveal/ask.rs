@@ -2,26 +2,22 @@
 //! row shows, through the shared client (retries, cache, journal, budgets), and write the
 //! answers as a prediction source for `curate reveal`.
 
+use anyhow::Result;
+use polars::prelude::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-
-use anyhow::{Result, anyhow};
-use polars::prelude::*;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::ExitStatus;
 use crate::cli::{AskQuestionArg, AskScoresArg, RevealAskArgs};
 use crate::commands::Context;
 use crate::commands::llm::{self, Endpoint};
-use curate::error::{InputError, Interrupted, usage};
-use curate::interrupt;
-use curate::llm::ask::{Asker, Exchange, Job, ask_all, fingerprint, reply_bound};
+use curate::error::{InputError, usage};
+use curate::llm::ask::{Exchange, Job, fingerprint, reply_bound};
 use curate::llm::chat::{ReplyError, cache_key, completion_content, estimate_tokens};
-use curate::llm::client::Budget;
 use curate::llm::estimate::{DryRun, estimate};
 use curate::llm::journal::{Answer, JournalId};
 use curate::reveal::ask::{
@@ -595,49 +591,15 @@ impl<'a> Asking<'a> {
             .iter()
             .filter(|job| !answers.contains_key(&job.row))
             .collect();
-        let cache = llm::reply_cache(&self.args.llm, journal.as_ref())?;
-        let client = llm::client(&self.args.llm, self.ep, context.seed);
-        let budget = Budget::new(self.args.llm.max_requests, self.args.llm.max_total_tokens);
-        let stop = AtomicBool::new(false);
-        let worker = Asker {
-            client: &client,
-            budget: &budget,
-            cache: cache.as_ref(),
-            parse_retries: self.args.llm.parse_retries,
-            stop: &stop,
-        };
-        let bar = context
-            .printer
-            .progress_bar(pending.len() as u64, &format!("asking {}", self.ep.model));
-        let started = std::time::Instant::now();
-        let collected = ask_all(
+        let run = llm::ask_pending(
+            &self.args.llm,
+            self.ep,
             &pending,
-            &worker,
-            self.args.llm.concurrency,
+            jobs.len(),
             journal.as_mut(),
-            &mut |collected| {
-                bar.inc(1);
-                bar.set_message(format!(
-                    "{} requests, {} retries, {} cached",
-                    budget.used().0,
-                    client.retries(),
-                    collected.cache_hits
-                ));
-            },
-        );
-        bar.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
-        answers.extend(collected.answers);
-        let kept = llm::kept_message(journal.as_ref(), answers.len(), jobs.len());
-        if interrupt::check().is_err() {
-            return Err(anyhow::Error::new(Interrupted).context(format!("stopped: {kept}")));
-        }
-        if let Some(message) = collected
-            .fatal
-            .or(collected.halted.map(llm::budget_message))
-        {
-            return Err(anyhow!("{message}; {kept}"));
-        }
+            context,
+        )?;
+        answers.extend(run.answers);
 
         let settled = self.settle(&answers);
         let mut provenance = context.provenance();
@@ -650,7 +612,6 @@ impl<'a> Asking<'a> {
         if let Some(journal) = journal {
             journal.remove()?;
         }
-        let (requests, tokens) = budget.used();
         let rows = self.rows.subjects.len();
         let mut err = context.printer.stderr();
         writeln!(
@@ -665,10 +626,12 @@ impl<'a> Asking<'a> {
             } else {
                 ""
             },
-            client.retries(),
-            collected.repairs,
-            requests as f64 / seconds.max(1e-9),
-            collected.cache_hits,
+            run.retries,
+            run.repairs,
+            run.requests as f64 / run.seconds.max(1e-9),
+            run.cache_hits,
+            requests = run.requests,
+            tokens = run.tokens,
         )?;
         if settled.without_scores > 0 {
             writeln!(
@@ -677,7 +640,7 @@ impl<'a> Asking<'a> {
                 settled.without_scores
             )?;
         }
-        if let Some(served) = client.other_model() {
+        if let Some(served) = run.served_model {
             writeln!(err, "note: the server answered as {served}")?;
         }
         writeln!(err, "wrote {out}")?;
