@@ -420,6 +420,15 @@ fn several_models_write_one_file_each_and_the_dry_run_counts_requests() {
         .map(|l| l.body["model"].clone())
         .collect();
     assert_eq!(models, ["m1", "m1", "m2", "m2"]);
+    // A later model's existing output is refused before the first model is asked.
+    std::fs::remove_file(test.path("answers-m1.jsonl")).unwrap();
+    test.args(["reveal", "ask", "in.jsonl", "--classes", "cat,dog,bird"])
+        .args(["--base-url", &server.base_url(), "--model", "m1,m2"])
+        .args(["--text-col", "text", "--out", "answers-{model}.jsonl"])
+        .run()
+        .invalid("answers-m2.jsonl");
+    assert_eq!(server.requests().len(), 4);
+    assert!(!test.path("answers-m1.jsonl").exists());
 }
 
 #[test]
@@ -509,4 +518,61 @@ fn a_budget_stop_and_sigint_and_sigkill_keep_answers_and_resume_asks_each_row_on
     let twice = counts.values().filter(|&&n| n == 2).count();
     assert!(counts.values().all(|&n| n <= 2) && twice <= 2, "{counts:?}");
     assert!(!test.path("a.jsonl.curate-journal").exists());
+}
+
+#[test]
+fn image_bytes_in_a_binary_column_are_sent_and_the_answers_read_back_in_pandas() {
+    let Some(python) =
+        crate::test::python_importing("pandas, pyarrow", Some("CURATE_REQUIRE_PANDAS"))
+    else {
+        return;
+    };
+    let server = ChatServer::start();
+    let test = Test::new();
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+sig = b"\x89PNG\r\n\x1a\n"
+pq.write_table(pa.table({"id": [10, 11, 12],
+    "image": [sig + b"a dog", sig + b"a cat and a bird", b"GIF89a not allowed"]}),
+    sys.argv[1])
+pq.write_table(pa.table({"id": [10, 11], "image": [sig + b"a dog", sig + b"a cat"]}), sys.argv[2])
+"#;
+    let made = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(test.path("bad.parquet"))
+        .arg(test.path("good.parquet"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut test = test;
+    ask(&mut test, &server, "bad.parquet", "a.parquet");
+    test.args(["--image-col", "image"]).run().invalid("row 3");
+    assert!(server.requests().is_empty());
+    ask(&mut test, &server, "good.parquet", "a.parquet");
+    test.args(["--image-col", "image", "--scores", "yes-no"])
+        .run()
+        .success();
+    let url = server.requests()[0].body["messages"][1]["content"][1]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("data:image/png;base64,"), "{url}");
+    let read = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, pandas as pd; a = pd.read_parquet(sys.argv[1]); \
+             print(a.id.tolist(), [p.tolist() for p in a.pred], [p.tolist() for p in a.probs])",
+        ])
+        .arg(test.path("a.parquet"))
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout).trim(),
+        "[10, 11] [['dog'], ['cat']] [[0.2, 0.8, 0.2], [0.8, 0.2, 0.2]]"
+    );
 }

@@ -35,6 +35,20 @@ struct LocalImage {
     source: ImageBytes,
     mime: &'static str,
     digest: String,
+    /// `curate-image:sha256:DIGEST`, what planned requests carry instead of the bytes.
+    stand_in: String,
+}
+
+impl LocalImage {
+    fn new(source: ImageBytes, mime: &'static str, bytes: &[u8]) -> LocalImage {
+        let digest = digest(bytes);
+        LocalImage {
+            source,
+            mime,
+            stand_in: format!("{IMAGE_STAND_IN}{digest}"),
+            digest,
+        }
+    }
 }
 
 enum ImageBytes {
@@ -79,15 +93,14 @@ enum RowSubject {
 }
 
 impl RowSubject {
-    /// The subject as a planned request carries it.
-    fn planned(&self) -> (Subject<'_>, Option<String>) {
+    /// The subject as a planned request carries it: a local image by its stand-in.
+    fn planned(&self) -> Subject<'_> {
         match self {
-            RowSubject::Text(text) => (Subject::Text(text), None),
-            RowSubject::ImageUrl(url) => (Subject::Image { url }, None),
-            RowSubject::Image(image) => {
-                let stand_in = format!("{IMAGE_STAND_IN}{}", image.digest);
-                (Subject::Image { url: "" }, Some(stand_in))
-            }
+            RowSubject::Text(text) => Subject::Text(text),
+            RowSubject::ImageUrl(url) => Subject::Image { url },
+            RowSubject::Image(image) => Subject::Image {
+                url: &image.stand_in,
+            },
         }
     }
 }
@@ -166,15 +179,37 @@ pub fn run(args: RevealAskArgs, context: &Context) -> Result<ExitStatus> {
     };
     let input = Input::open(&args.input, None)?;
     let rows = read_rows(&input, &args, shard)?;
-    for model in &models {
-        let out = args
-            .out
-            .as_deref()
-            .map(|o| o.replace("{model}", &file_safe(model)));
-        let rejects = args
-            .rejects
-            .as_deref()
-            .map(|r| r.replace("{model}", &file_safe(model)));
+    let in_path = |path: &Option<String>, model: &str| {
+        path.as_deref()
+            .map(|p| p.replace("{model}", &file_safe(model)))
+    };
+    // Every model's files are checked (and prepared) before the first request: a later
+    // model's existing output must not stop the run after an hour of asking.
+    let mut files = Vec::new();
+    if !args.llm.dry_run {
+        let mut named = Vec::new();
+        for model in &models {
+            named.push((
+                "--out",
+                in_path(&args.out, model).expect("clap requires --out"),
+            ));
+            if let Some(rejects) = in_path(&args.rejects, model) {
+                named.push(("--rejects", rejects));
+            }
+        }
+        let named: Vec<(&str, &str)> = named.iter().map(|(f, p)| (*f, p.as_str())).collect();
+        table::require_distinct(&named)?;
+        for model in &models {
+            let out = in_path(&args.out, model).expect("clap requires --out");
+            let output = Output::create(&out, None, args.force)?;
+            let rejects = match in_path(&args.rejects, model) {
+                Some(path) => Some(Output::create(&path, None, args.force)?),
+                None => None,
+            };
+            files.push(Some((out, output, rejects)));
+        }
+    }
+    for (n, model) in models.iter().enumerate() {
         let ep = Endpoint {
             model: model.clone(),
             ..llm::endpoint(&args.llm, "reveal ask")?
@@ -186,11 +221,9 @@ pub fn run(args: RevealAskArgs, context: &Context) -> Result<ExitStatus> {
             prompt: &prompt,
             rows: &rows,
         };
-        if args.llm.dry_run {
-            asking.dry_run(out.as_deref().unwrap_or("-"), context)?;
-        } else {
-            let out = out.expect("clap requires --out without --dry-run");
-            asking.ask(&out, rejects.as_deref(), &input, context)?;
+        match files.get_mut(n).and_then(Option::take) {
+            Some((out, output, rejects)) => asking.ask(&out, output, rejects, &input, context)?,
+            None => asking.dry_run(in_path(&args.out, model).as_deref().unwrap_or("-"), context)?,
         }
     }
     Ok(ExitStatus::Success)
@@ -264,9 +297,6 @@ fn check_flags(args: &RevealAskArgs) -> Result<Vec<String>> {
         return Err(usage(
             "--resume needs --out FILE: the journal it continues lives beside the output",
         ));
-    }
-    if args.out.is_some() && args.out == args.rejects {
-        return Err(usage("--out and --rejects name the same file"));
     }
     Ok(models)
 }
@@ -415,22 +445,22 @@ fn read_rows(input: &Input, args: &RevealAskArgs, shard: Shard) -> Result<Rows> 
                 let bytes = std::fs::read(&path)
                     .map_err(|e| error(row, format!("{shown}: cannot read: {e}")))?;
                 let mime = check(row, &bytes, &shown)?;
-                subjects.push(RowSubject::Image(LocalImage {
+                subjects.push(RowSubject::Image(LocalImage::new(
+                    ImageBytes::File(path),
                     mime,
-                    digest: digest(&bytes),
-                    source: ImageBytes::File(path),
-                }));
+                    &bytes,
+                )));
             }
         }
         DataType::Binary => {
             for (row, value) in column.binary().expect("binary").iter().enumerate() {
                 let bytes = value.ok_or_else(|| error(row, "value is null".to_string()))?;
                 let mime = check(row, bytes, "image bytes")?;
-                subjects.push(RowSubject::Image(LocalImage {
+                subjects.push(RowSubject::Image(LocalImage::new(
+                    ImageBytes::Inline(bytes.to_vec()),
                     mime,
-                    digest: digest(bytes),
-                    source: ImageBytes::Inline(bytes.to_vec()),
-                }));
+                    bytes,
+                )));
             }
         }
         other => {
@@ -468,11 +498,7 @@ impl<'a> Asking<'a> {
         let classes = self.matcher.classes();
         let mut jobs = Vec::with_capacity(self.rows.subjects.len() * per_row);
         for (row, subject) in self.rows.subjects.iter().enumerate() {
-            let (planned, stand_in) = subject.planned();
-            let planned = match (&stand_in, planned) {
-                (Some(url), Subject::Image { .. }) => Subject::Image { url },
-                (_, planned) => planned,
-            };
+            let planned = subject.planned();
             let image = match subject {
                 RowSubject::Image(image) => Some(image),
                 _ => None,
@@ -569,17 +595,12 @@ impl<'a> Asking<'a> {
     fn ask(
         &self,
         out: &str,
-        rejects: Option<&str>,
+        output: Output,
+        rejects_output: Option<Output>,
         input: &Input,
         context: &Context,
     ) -> Result<()> {
         let force = self.args.force;
-        table::require_distinct(&[("--out", out), ("--rejects", rejects.unwrap_or("-"))])?;
-        let output = Output::create(out, None, force)?;
-        let rejects_output = match rejects {
-            Some(path) => Some(Output::create(path, None, force)?),
-            None => None,
-        };
         let jobs = self.jobs();
         let fingerprint = self.fingerprint(&jobs);
         let (mut journal, entries) =
@@ -621,7 +642,7 @@ impl<'a> Asking<'a> {
             curate::text::count(rows, "row", "rows"),
             rows - settled.rejected,
             settled.rejected,
-            if settled.rejected > 0 && rejects.is_none() {
+            if settled.rejected > 0 && self.args.rejects.is_none() {
                 " (name a --rejects file to keep them)"
             } else {
                 ""
