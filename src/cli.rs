@@ -278,6 +278,23 @@ pub struct EndpointArgs {
     #[arg(long, value_name = "N", help_heading = "LLM endpoint")]
     pub max_total_tokens: Option<u64>,
 
+    /// Prices per million tokens, prompt and completion (any currency): the run counts its
+    /// cost, and --dry-run estimates it.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 1,
+        value_name = "PROMPT,COMPLETION",
+        help_heading = "LLM endpoint"
+    )]
+    pub price_per_mtok: Vec<f64>,
+
+    /// Spend at most this much in this run, at --price-per-mtok (each request is reserved at
+    /// the higher price before sending, settled at the server's usage); the run then stops,
+    /// keeping its journal for --resume.
+    #[arg(long, value_name = "AMOUNT", help_heading = "LLM endpoint")]
+    pub max_cost: Option<f64>,
+
     /// Print the requests and tokens the run would need (JSON on stdout) and stop: nothing
     /// is sent or written.
     #[arg(long, help_heading = "LLM endpoint")]

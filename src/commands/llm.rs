@@ -15,7 +15,7 @@ use curate::error::{Interrupted, usage};
 use curate::interrupt;
 use curate::llm::ask::{Asker, Exchange, Job, ask_all};
 use curate::llm::cache::{CacheError, ReplyCache};
-use curate::llm::client::{Budget, ChatClient, ClientSettings, Exhausted, chat_endpoint};
+use curate::llm::client::{Budget, ChatClient, ClientSettings, Exhausted, Prices, chat_endpoint};
 use curate::llm::journal::{self, Answer, Journal, JournalConflict, JournalId};
 
 /// The API key variable read when `--api-key-env` is not given.
@@ -71,7 +71,36 @@ pub fn check_limits(args: &EndpointArgs) -> Result<()> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         return Err(usage("--timeout must be a positive number of seconds"));
     }
+    prices(args)?;
+    if let Some(max) = args.max_cost
+        && !(max.is_finite() && max > 0.0)
+    {
+        return Err(usage("--max-cost must be a positive amount"));
+    }
     Ok(())
+}
+
+/// `--price-per-mtok`, checked; `--max-cost` needs it.
+pub fn prices(args: &EndpointArgs) -> Result<Option<Prices>> {
+    let prices = match args.price_per_mtok.as_slice() {
+        [] => None,
+        &[prompt, completion]
+            if [prompt, completion]
+                .iter()
+                .all(|p| p.is_finite() && *p >= 0.0) =>
+        {
+            Some(Prices { prompt, completion })
+        }
+        _ => {
+            return Err(usage(
+                "--price-per-mtok takes two prices, PROMPT,COMPLETION, per million tokens (0 or more)",
+            ));
+        }
+    };
+    if args.max_cost.is_some() && prices.is_none() {
+        return Err(usage("--max-cost needs --price-per-mtok PROMPT,COMPLETION"));
+    }
+    Ok(prices)
 }
 
 /// The endpoint flags given, by name (for commands and modes that ask no LLM).
@@ -85,6 +114,8 @@ pub fn given_flags(args: &EndpointArgs) -> Vec<&'static str> {
         (args.max_requests.is_some(), "--max-requests"),
         (args.max_total_tokens.is_some(), "--max-total-tokens"),
         (args.max_tokens.is_some(), "--max-tokens"),
+        (!args.price_per_mtok.is_empty(), "--price-per-mtok"),
+        (args.max_cost.is_some(), "--max-cost"),
     ]
     .into_iter()
     .filter_map(|(set, flag)| set.then_some(flag))
@@ -191,6 +222,8 @@ pub struct Asked {
     pub requests: u64,
     pub tokens: u64,
     pub retries: u64,
+    /// What the run cost, at --price-per-mtok.
+    pub cost: Option<f64>,
     /// The model the server answered as, when not the one asked for.
     pub served_model: Option<String>,
     pub seconds: f64,
@@ -210,7 +243,10 @@ pub fn ask_pending<C: Exchange>(
 ) -> Result<Asked> {
     let cache = reply_cache(args, journal.as_deref())?;
     let client = client(args, ep, context.seed);
-    let budget = Budget::new(args.max_requests, args.max_total_tokens);
+    let mut budget = Budget::new(args.max_requests, args.max_total_tokens);
+    if let Some(prices) = prices(args)? {
+        budget = budget.with_cost(prices, args.max_cost);
+    }
     let stop = AtomicBool::new(false);
     let worker = Asker {
         client: &client,
@@ -254,6 +290,7 @@ pub fn ask_pending<C: Exchange>(
         requests,
         tokens,
         retries: client.retries(),
+        cost: budget.cost(),
         served_model: client.other_model(),
         seconds,
     })
@@ -279,6 +316,10 @@ fn budget_message(exhausted: Exhausted) -> String {
         Exhausted::Tokens { max, used, next } => format!(
             "the token budget (--max-total-tokens {max}) does not allow the next request \
              ({used} used, about {next} more)"
+        ),
+        Exhausted::Cost { max, used, next } => format!(
+            "the cost budget (--max-cost {max}) does not allow the next request \
+             ({used:.4} used, up to {next:.4} more)"
         ),
     }
 }

@@ -576,3 +576,61 @@ pq.write_table(pa.table({"id": [10, 11], "image": [sig + b"a dog", sig + b"a cat
         "[10, 11] [['dog'], ['cat']] [[0.2, 0.8, 0.2], [0.8, 0.2, 0.2]]"
     );
 }
+
+#[test]
+fn a_cost_budget_stops_the_run_at_the_prices_given_and_the_dry_run_prices_it() {
+    let server = ChatServer::start();
+    let rows: Vec<String> = (0..6).map(|i| format!("row {i}: a dog")).collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let mut test = Test::new().file("in.jsonl", texts(&refs));
+    // 1 per thousand tokens: each request costs about 0.1.
+    let priced = ["--price-per-mtok", "1000,1000"];
+    ask(&mut test, &server, "in.jsonl", "a.jsonl");
+    let estimate = test
+        .args(["--text-col", "text", "--dry-run", "--max-cost", "0.2"])
+        .args(priced)
+        .run()
+        .success();
+    let estimate: Value = serde_json::from_str(estimate.stdout.trim()).unwrap();
+    let cost = estimate["estimated_cost"].as_f64().unwrap();
+    let tokens = estimate["estimated_total_tokens"].as_f64().unwrap();
+    assert!((cost - tokens / 1000.0).abs() < 1e-9, "{estimate}");
+    assert_eq!(estimate["within_budget"], false);
+    ask(&mut test, &server, "in.jsonl", "a.jsonl");
+    let stopped = test
+        .args([
+            "--text-col",
+            "text",
+            "--max-cost",
+            "0.2",
+            "--concurrency",
+            "1",
+        ])
+        .args(priced)
+        .run();
+    assert_eq!(stopped.code, 3, "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("--max-cost 0.2"),
+        "{}",
+        stopped.stderr
+    );
+    let sent = server.requests().len();
+    assert!((1..6).contains(&sent), "{sent}");
+    ask(&mut test, &server, "in.jsonl", "a.jsonl");
+    let done = test
+        .args(["--text-col", "text", "--resume"])
+        .args(priced)
+        .run()
+        .success();
+    assert!(done.stderr.contains("cost: 0."), "{}", done.stderr);
+    assert_eq!(server.requests().len(), 6);
+    assert_eq!(test.read_lines("a.jsonl").len(), 6);
+    ask(&mut test, &server, "in.jsonl", "b.jsonl");
+    test.args(["--text-col", "text", "--max-cost", "1"])
+        .run()
+        .invalid("--max-cost needs --price-per-mtok");
+    ask(&mut test, &server, "in.jsonl", "b.jsonl");
+    test.args(["--text-col", "text", "--price-per-mtok", "1"])
+        .run()
+        .invalid("--price-per-mtok takes two prices");
+}

@@ -127,6 +127,7 @@ pub fn rephrase(
         "retries": run.retries,
         "repairs": run.repairs,
         "tokens": run.tokens,
+        "cost": run.cost,
     });
     Ok(LlmRun {
         outcomes,
@@ -161,6 +162,8 @@ pub fn dry_run(
         records: traces.len(),
         max_requests: args.llm.max_requests,
         max_total_tokens: args.llm.max_total_tokens,
+        prices: llm::prices(&args.llm)?,
+        max_cost: args.llm.max_cost,
     };
     let mut out = context.printer.stdout();
     writeln!(out, "{}", estimate.json(&run))?;

@@ -582,6 +582,8 @@ impl<'a> Asking<'a> {
             records: jobs.len(),
             max_requests: self.args.llm.max_requests,
             max_total_tokens: self.args.llm.max_total_tokens,
+            prices: llm::prices(&self.args.llm)?,
+            max_cost: self.args.llm.max_cost,
         };
         let mut report = estimate.json(&run);
         report["rows"] = self.rows.subjects.len().into();
@@ -660,6 +662,9 @@ impl<'a> Asking<'a> {
                 "the server sent no log-probabilities for {} of the yes/no answers: those rows' probs are null",
                 settled.without_scores
             )?;
+        }
+        if let Some(cost) = run.cost {
+            writeln!(err, "cost: {cost:.4} (at --price-per-mtok)")?;
         }
         if let Some(served) = run.served_model {
             writeln!(err, "note: the server answered as {served}")?;

@@ -48,10 +48,18 @@ pub fn completion_content(body: &str) -> Result<String, ReplyError> {
         .ok_or_else(|| ReplyError::NotCompletion("no choices[0].message.content".to_string()))
 }
 
-/// Token usage reported by the server (`usage.total_tokens`), if any.
-pub(crate) fn reported_tokens(body: &str) -> Option<u64> {
+/// Token usage reported by the server, (prompt, completion), if any. A server that reports
+/// only `total_tokens` has them all counted as prompt tokens.
+pub(crate) fn reported_usage(body: &str) -> Option<(u64, u64)> {
     let value: Value = serde_json::from_str(body).ok()?;
-    value["usage"]["total_tokens"].as_u64()
+    let usage = &value["usage"];
+    match (
+        usage["prompt_tokens"].as_u64(),
+        usage["completion_tokens"].as_u64(),
+    ) {
+        (Some(prompt), Some(completion)) => Some((prompt, completion)),
+        _ => usage["total_tokens"].as_u64().map(|total| (total, 0)),
+    }
 }
 
 /// The request again, with the unusable reply and what was wrong with it, so the model can
@@ -137,7 +145,9 @@ mod tests {
     fn replies_are_read_or_say_why() {
         let ok = r#"{"choices":[{"message":{"role":"assistant","content":"{\"ends\": [2, 4]}"}}],"usage":{"total_tokens":57}}"#;
         assert_eq!(completion_content(ok).unwrap(), "{\"ends\": [2, 4]}");
-        assert_eq!(reported_tokens(ok), Some(57));
+        assert_eq!(reported_usage(ok), Some((57, 0)));
+        let split = r#"{"usage":{"prompt_tokens":40,"completion_tokens":17,"total_tokens":57}}"#;
+        assert_eq!(reported_usage(split), Some((40, 17)));
         let cut =
             r#"{"choices":[{"message":{"content":"{\"ends\": [2"},"finish_reason":"length"}]}"#;
         assert!(matches!(completion_content(cut), Err(ReplyError::CutOff)));

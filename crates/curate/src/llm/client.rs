@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::chat::reported_tokens;
+use super::chat::reported_usage;
 use crate::rng::unit_interval;
 
 /// First backoff, doubled per retry up to [`MAX_BACKOFF`], then scaled by a jitter in
@@ -60,21 +60,45 @@ pub struct ClientSettings {
 }
 
 /// Which budget does not allow another request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Exhausted {
     /// All `max` requests are sent.
     Requests { max: u64 },
     /// `used` tokens (spent and reserved) plus about `next` for the next request exceed `max`.
     Tokens { max: u64, used: u64, next: u64 },
+    /// The cost so far (spent and reserved) plus about `next` for the next request exceeds
+    /// `max`, at the prices given.
+    Cost { max: f64, used: f64, next: f64 },
 }
 
-/// Request and token limits shared by every worker of a run. Each attempt counts as a
-/// request; tokens are the server's `usage.total_tokens` (the estimate when it reports none),
-/// and an attempt is only sent while its estimate still fits.
+/// Prices per million tokens, prompt and completion (any currency).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub prompt: f64,
+    pub completion: f64,
+}
+
+impl Prices {
+    /// The cost of a reply's usage.
+    pub fn of(self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt + completion_tokens as f64 * self.completion) / 1e6
+    }
+
+    /// The most `tokens` of either kind can cost: what an estimate is reserved at.
+    fn at_most(self, tokens: u64) -> f64 {
+        tokens as f64 * self.prompt.max(self.completion) / 1e6
+    }
+}
+
+/// Request, token and cost limits shared by every worker of a run. Each attempt counts as a
+/// request; tokens are the server's `usage` (the estimate when it reports none), and an
+/// attempt is only sent while its estimate still fits. An estimate's cost is reserved at the
+/// higher of the two prices, then settled at the reply's own prompt and completion tokens.
 #[derive(Debug, Default)]
 pub struct Budget {
     max_requests: Option<u64>,
     max_tokens: Option<u64>,
+    cost: Option<(Prices, Option<f64>)>,
     state: Mutex<BudgetState>,
 }
 
@@ -84,6 +108,8 @@ struct BudgetState {
     tokens: u64,
     /// Estimates of the attempts in flight.
     reserved: u64,
+    cost: f64,
+    reserved_cost: f64,
 }
 
 impl Budget {
@@ -91,8 +117,15 @@ impl Budget {
         Budget {
             max_requests,
             max_tokens,
+            cost: None,
             state: Mutex::default(),
         }
+    }
+
+    /// Count the cost at `prices`, and stop at `max_cost` when given.
+    pub fn with_cost(mut self, prices: Prices, max_cost: Option<f64>) -> Budget {
+        self.cost = Some((prices, max_cost));
+        self
     }
 
     fn admit(&self, estimate: u64) -> Result<(), CallError> {
@@ -111,15 +144,37 @@ impl Budget {
                 next: estimate,
             }));
         }
+        let next_cost = self
+            .cost
+            .map_or(0.0, |(prices, _)| prices.at_most(estimate));
+        if let Some((_, Some(max))) = self.cost
+            && state.cost + state.reserved_cost + next_cost > max
+        {
+            return Err(CallError::BudgetExhausted(Exhausted::Cost {
+                max,
+                used: state.cost + state.reserved_cost,
+                next: next_cost,
+            }));
+        }
         state.requests += 1;
         state.reserved += estimate;
+        state.reserved_cost += next_cost;
         Ok(())
     }
 
-    fn settle(&self, estimate: u64, tokens: u64) {
+    /// Settle an attempt: `usage` is the reply's (prompt, completion) tokens, `None` for an
+    /// attempt that used none; a reply without usage is charged its estimate.
+    fn settle(&self, estimate: u64, usage: Option<(u64, u64)>) {
         let mut state = self.state.lock().expect("budget lock");
         state.reserved -= estimate;
-        state.tokens += tokens;
+        if let Some((prices, _)) = self.cost {
+            state.reserved_cost = (state.reserved_cost - prices.at_most(estimate)).max(0.0);
+            state.cost += match usage {
+                Some((prompt, completion)) => prices.of(prompt, completion),
+                None => 0.0,
+            };
+        }
+        state.tokens += usage.map_or(0, |(prompt, completion)| prompt + completion);
     }
 
     /// Requests sent and tokens used so far.
@@ -127,10 +182,16 @@ impl Budget {
         let state = self.state.lock().expect("budget lock");
         (state.requests, state.tokens)
     }
+
+    /// The cost so far, when prices were given.
+    pub fn cost(&self) -> Option<f64> {
+        let state = self.state.lock().expect("budget lock");
+        self.cost.map(|_| state.cost)
+    }
 }
 
 /// Why a completion was not had.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
     /// The endpoint refused this request (400, 413, 422); other records may still succeed.
     Refused { status: u16, message: String },
@@ -267,9 +328,13 @@ impl ChatClient {
                 } if (200..300).contains(&status) => {
                     self.check_model(&body["model"], &reply);
                     let body = reply;
-                    let tokens = reported_tokens(&body).unwrap_or(estimate);
-                    budget.settle(estimate, tokens);
-                    return Ok(Completion { body, tokens });
+                    // Without usage, the estimate is charged (as prompt tokens).
+                    let usage = reported_usage(&body).unwrap_or((estimate, 0));
+                    budget.settle(estimate, Some(usage));
+                    return Ok(Completion {
+                        body,
+                        tokens: usage.0 + usage.1,
+                    });
                 }
                 Attempt::Reply {
                     status,
@@ -277,7 +342,7 @@ impl ChatClient {
                     location,
                     body,
                 } => {
-                    budget.settle(estimate, 0);
+                    budget.settle(estimate, None);
                     let message = match location {
                         Some(to) if (300..400).contains(&status) => {
                             format!("redirected to {to}; give the final URL as the base URL")
@@ -297,11 +362,11 @@ impl ChatClient {
                     (format!("HTTP {status}: {message}"), retry_after)
                 }
                 Attempt::Transport(message) => {
-                    budget.settle(estimate, 0);
+                    budget.settle(estimate, None);
                     (self.scrub(message), None)
                 }
                 Attempt::Unsendable(message) => {
-                    budget.settle(estimate, 0);
+                    budget.settle(estimate, None);
                     let message = self.scrub(message);
                     return Err(CallError::Failed(format!("{endpoint}: {message}")));
                 }
@@ -539,13 +604,13 @@ mod tests {
     fn budgets_admit_until_used_up() {
         let budget = Budget::new(Some(2), None);
         assert!(budget.admit(10).is_ok());
-        budget.settle(10, 7);
+        budget.settle(10, Some((5, 2)));
         assert!(budget.admit(10).is_ok());
         assert!(matches!(
             budget.admit(10),
             Err(CallError::BudgetExhausted(Exhausted::Requests { max: 2 }))
         ));
-        budget.settle(10, 0);
+        budget.settle(10, None);
         assert_eq!(budget.used(), (2, 7));
         // Tokens: in-flight estimates count until settled.
         let budget = Budget::new(None, Some(100));
@@ -558,9 +623,24 @@ mod tests {
                 next: 60
             }))
         ));
-        budget.settle(60, 30);
+        budget.settle(60, Some((20, 10)));
         assert!(budget.admit(60).is_ok());
         assert!(budget.admit(11).is_err());
+        // Cost: an estimate is reserved at the higher price, settled at the reply's own.
+        let prices = Prices {
+            prompt: 1.0,
+            completion: 4.0,
+        };
+        let budget = Budget::new(None, None).with_cost(prices, Some(0.001));
+        assert!(budget.admit(200).is_ok()); // 0.0008 reserved
+        assert!(matches!(
+            budget.admit(100),
+            Err(CallError::BudgetExhausted(Exhausted::Cost { .. }))
+        ));
+        budget.settle(200, Some((150, 50))); // 0.00035 spent
+        assert!((budget.cost().unwrap() - 0.00035).abs() < 1e-15);
+        assert!(budget.admit(100).is_ok());
+        assert_eq!(Budget::new(None, None).cost(), None);
     }
 
     #[test]

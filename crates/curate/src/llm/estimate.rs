@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use super::ask::{Exchange, Job, cached_content};
 use super::cache::ReplyCache;
 use super::chat::estimate_prompt_tokens;
+use super::client::Prices;
 use super::journal::Entry;
 
 /// What a run would send, counted before sending anything.
@@ -31,6 +32,9 @@ pub struct DryRun<'a> {
     pub records: usize,
     pub max_requests: Option<u64>,
     pub max_total_tokens: Option<u64>,
+    /// Prices per million tokens, and the cost limit, when given.
+    pub prices: Option<Prices>,
+    pub max_cost: Option<f64>,
 }
 
 impl Estimate {
@@ -38,10 +42,21 @@ impl Estimate {
         self.prompt_tokens + self.completion_tokens
     }
 
-    /// Whether the run fits both budgets (`None` is no limit).
-    pub fn within(&self, max_requests: Option<u64>, max_total_tokens: Option<u64>) -> bool {
-        max_requests.is_none_or(|max| self.requests <= max)
-            && max_total_tokens.is_none_or(|max| self.total_tokens() <= max)
+    /// The estimated cost at `prices`.
+    pub fn cost(&self, prices: Prices) -> f64 {
+        prices.of(self.prompt_tokens, self.completion_tokens)
+    }
+
+    /// Whether the run fits every budget (`None` is no limit).
+    pub fn within(&self, run: &DryRun) -> bool {
+        run.max_requests.is_none_or(|max| self.requests <= max)
+            && run
+                .max_total_tokens
+                .is_none_or(|max| self.total_tokens() <= max)
+            && match (run.prices, run.max_cost) {
+                (Some(prices), Some(max)) => self.cost(prices) <= max,
+                _ => true,
+            }
     }
 
     /// The dry run's report, one JSON document.
@@ -60,7 +75,9 @@ impl Estimate {
             "estimated_total_tokens": self.total_tokens(),
             "max_requests": run.max_requests,
             "max_total_tokens": run.max_total_tokens,
-            "within_budget": self.within(run.max_requests, run.max_total_tokens),
+            "estimated_cost": run.prices.map(|prices| self.cost(prices)),
+            "max_cost": run.max_cost,
+            "within_budget": self.within(run),
         })
     }
 
@@ -68,7 +85,7 @@ impl Estimate {
     pub fn text(&self, run: &DryRun) -> String {
         format!(
             "dry run: {} requests of {} records ({} need none, {} in the journal, {} cached), \
-             about {} tokens ({} prompt + {} completion, at 4 bytes a token){}; nothing was sent",
+             about {} tokens ({} prompt + {} completion, at 4 bytes a token){}{}; nothing was sent",
             self.requests,
             run.records,
             run.records as u64 - self.asked,
@@ -77,7 +94,10 @@ impl Estimate {
             self.total_tokens(),
             self.prompt_tokens,
             self.completion_tokens,
-            if self.within(run.max_requests, run.max_total_tokens) {
+            run.prices
+                .map(|prices| format!(", costing about {:.4}", self.cost(prices)))
+                .unwrap_or_default(),
+            if self.within(run) {
                 ""
             } else {
                 "; over the budget"

@@ -322,8 +322,29 @@ mod tests {
             records: traces.len(),
             max_requests: Some(0),
             max_total_tokens: None,
+            prices: None,
+            max_cost: None,
         };
-        assert!(!none.within(run.max_requests, None) && some.within(run.max_requests, None));
+        assert!(!none.within(&run) && some.within(&run));
+        let priced = DryRun {
+            max_requests: None,
+            prices: Some(crate::llm::client::Prices {
+                prompt: 1e6,
+                completion: 0.0,
+            }),
+            max_cost: Some(none.prompt_tokens as f64),
+            ..run
+        };
+        assert!(none.within(&priced));
+        assert_eq!(
+            none.json(&priced)["estimated_cost"],
+            none.prompt_tokens as f64
+        );
+        let tight = DryRun {
+            max_cost: Some(none.prompt_tokens as f64 - 0.5),
+            ..priced
+        };
+        assert!(!none.within(&tight));
         let report = none.json(&run);
         assert_eq!(report["without_request"], 2);
         assert_eq!(report["within_budget"], false);
