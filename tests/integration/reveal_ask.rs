@@ -634,3 +634,62 @@ fn a_cost_budget_stops_the_run_at_the_prices_given_and_the_dry_run_prices_it() {
         .run()
         .invalid("--price-per-mtok takes two prices");
 }
+
+#[test]
+fn rows_no_model_answered_are_left_out_of_the_vote_not_an_error() {
+    let server = ChatServer::start();
+    let rows = [
+        "photo 0: a cat",
+        "photo 1: a dog",
+        "photo 2: a bird",
+        "photo 3: a cat",
+        "photo 4: a dog",
+        "photo 5: a bird #garbage",
+        "photo 6: a cat and a dog",
+        "photo 7: a bird",
+    ];
+    // Given labels: right but for r4 (labelled cat, shows a dog).
+    let given = ["cat", "dog", "bird", "cat", "cat", "bird", "cat", "bird"];
+    let labels: String = given
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{}\n", json!({"id": format!("r{i}"), "label": l})))
+        .collect();
+    let mut test = Test::new()
+        .file("in.jsonl", texts(&rows))
+        .file("labels.jsonl", labels);
+    test.args(["reveal", "ask", "in.jsonl", "--classes", "cat,dog,bird"])
+        .args(["--base-url", &server.base_url(), "--model", "m1,m2"])
+        .args(["--text-col", "text", "--out", "answers-{model}.jsonl"])
+        .args(["--parse-retries", "0"])
+        .run()
+        .success();
+    // r5 has no answer from either model, r6 two classes from both: no vote for them.
+    test.args([
+        "reveal",
+        "--labels",
+        "labels.jsonl",
+        "--classes",
+        "cat,dog,bird",
+    ])
+    .args([
+        "--source",
+        "m1=answers-m1.jsonl:set",
+        "--source",
+        "m2=answers-m2.jsonl:set",
+    ])
+    .args(["--out", "issues.jsonl"])
+    .run()
+    .success();
+    let issues = by_id(&test.read_lines("issues.jsonl"));
+    let flagged: Vec<&str> = (0..8)
+        .map(|i| format!("r{i}"))
+        .filter(|id| issues[id]["is_label_issue"] == true)
+        .map(|id| if id == "r4" { "r4" } else { "other" })
+        .collect();
+    assert_eq!(flagged, ["r4"]);
+    assert_eq!(issues["r4"]["suggested_label"], "dog");
+    for id in ["r5", "r6"] {
+        assert_eq!(issues[id]["vote_issue"], false, "{:?}", issues[id]);
+    }
+}

@@ -132,6 +132,47 @@ pub fn crowdlab(
     })
 }
 
+/// The vote over rows some source predicts: CROWDLAB on those rows (exactly cleanlab's result
+/// on them), while a row no source predicts keeps the prior as its posterior and has no
+/// consensus label. cleanlab refuses such rows; a model asked about every row leaves some
+/// unanswered (or answered with several classes), and those rows should not stop the rest.
+pub fn crowdlab_where_predicted(
+    annotations: &Annotations,
+    prior: &Probabilities,
+    seed: u64,
+) -> Result<(Vec<Option<usize>>, Probabilities, Consensus), VoteError> {
+    let rows = annotations.rows();
+    let kept: Vec<usize> = (0..rows).filter(|&i| annotations.count(i) > 0).collect();
+    if kept.len() == rows || kept.is_empty() {
+        let consensus = crowdlab(annotations, prior, seed)?;
+        let label = consensus.label.iter().map(|&l| Some(l)).collect();
+        return Ok((label, consensus.posterior.clone(), consensus));
+    }
+    let k = prior.classes();
+    let a = annotations.annotators;
+    let subset = Annotations {
+        annotators: a,
+        labels: kept
+            .iter()
+            .flat_map(|&i| annotations.labels[i * a..(i + 1) * a].iter().copied())
+            .collect(),
+    };
+    let subset_prior = Probabilities::new(
+        k,
+        kept.iter()
+            .flat_map(|&i| prior.row(i).iter().copied())
+            .collect(),
+    );
+    let consensus = crowdlab(&subset, &subset_prior, seed)?;
+    let mut label = vec![None; rows];
+    let mut posterior = prior.values().to_vec();
+    for (j, &i) in kept.iter().enumerate() {
+        label[i] = Some(consensus.label[j]);
+        posterior[i * k..(i + 1) * k].copy_from_slice(consensus.posterior.row(j));
+    }
+    Ok((label, Probabilities::new(k, posterior), consensus))
+}
+
 fn validate(annotations: &Annotations) -> Result<(), VoteError> {
     if annotations.annotators < 2 {
         return Err(VoteError::TooFewAnnotators);
@@ -434,4 +475,67 @@ fn annotator_quality(
             w * label_quality + (1.0 - w) * agreement
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_no_source_predicts_keep_the_prior_and_the_rest_vote_as_alone() {
+        let rows: [[Option<usize>; 3]; 6] = [
+            [Some(0), Some(0), Some(1)],
+            [Some(1), Some(1), Some(1)],
+            [None, None, None],
+            [Some(0), None, Some(0)],
+            [Some(1), Some(0), None],
+            [Some(0), Some(0), Some(0)],
+        ];
+        let prior_rows = [
+            [0.7, 0.3],
+            [0.2, 0.8],
+            [0.6, 0.4],
+            [0.9, 0.1],
+            [0.5, 0.5],
+            [0.8, 0.2],
+        ];
+        let annotations = Annotations {
+            annotators: 3,
+            labels: rows.iter().flatten().copied().collect(),
+        };
+        let prior = Probabilities::new(2, prior_rows.iter().flatten().copied().collect());
+        assert_eq!(
+            crowdlab(&annotations, &prior, 0).unwrap_err(),
+            VoteError::Unlabelled(2)
+        );
+        let (label, posterior, _) = crowdlab_where_predicted(&annotations, &prior, 0).unwrap();
+        assert_eq!(label[2], None);
+        assert_eq!(posterior.row(2), &[0.6, 0.4]);
+        // The others: exactly CROWDLAB on the predicted rows alone.
+        let kept = [0, 1, 3, 4, 5];
+        let alone = crowdlab(
+            &Annotations {
+                annotators: 3,
+                labels: kept.iter().flat_map(|&i| rows[i]).collect(),
+            },
+            &Probabilities::new(2, kept.iter().flat_map(|&i| prior_rows[i]).collect()),
+            0,
+        )
+        .unwrap();
+        for (j, &i) in kept.iter().enumerate() {
+            assert_eq!(label[i], Some(alone.label[j]));
+            assert_eq!(posterior.row(i), alone.posterior.row(j));
+        }
+        // Every row predicted: CROWDLAB itself.
+        let full = Annotations {
+            annotators: 3,
+            labels: kept.iter().flat_map(|&i| rows[i]).collect(),
+        };
+        let full_prior = Probabilities::new(2, kept.iter().flat_map(|&i| prior_rows[i]).collect());
+        let (label, _, _) = crowdlab_where_predicted(&full, &full_prior, 0).unwrap();
+        assert_eq!(
+            label,
+            alone.label.iter().map(|&l| Some(l)).collect::<Vec<_>>()
+        );
+    }
 }

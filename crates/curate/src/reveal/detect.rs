@@ -12,7 +12,7 @@ use burn::tensor::Device;
 
 use super::classes::{ClassOrderError, ClassValue, Classes};
 use super::confident::issue_counts;
-use super::crowdlab::{Annotations, VoteError, crowdlab};
+use super::crowdlab::{Annotations, VoteError, crowdlab_where_predicted};
 use super::decide::{DecisionOptions, Detector, IssueType, RowDecision, decide, mean_distribution};
 use super::knn::{Embeddings, KnnOptions, knn_vote};
 use super::multilabel::{find_multilabel_issues, multilabel_quality};
@@ -629,16 +629,18 @@ fn vote(
             annotators,
             labels: annotations,
         };
-        let result = crowdlab(&annotations, prior, seed)
+        let (label, posterior, result) = crowdlab_where_predicted(&annotations, prior, seed)
             .map_err(|error| RevealError::Vote { class: None, error })?;
-        let fired = (0..n).map(|i| result.label[i] != given[i][0]).collect();
+        let fired = (0..n)
+            .map(|i| label[i].is_some_and(|l| l != given[i][0]))
+            .collect();
         weights.model_weight.push(result.model_weight);
         weights.annotator_weights.push(result.annotator_weights);
         weights.annotator_quality.push(result.annotator_quality);
         weights.agreement.push(result.agreement_with_consensus);
         return Ok(VoteResult {
             fired,
-            posterior: result.posterior,
+            posterior,
             weights,
         });
     }
@@ -679,16 +681,16 @@ fn vote(
             annotators,
             labels: annotations,
         };
-        let result = crowdlab(&annotations, &Probabilities::new(2, binary_prior), seed).map_err(
-            |error| RevealError::Vote {
-                class: Some(classes.names[c].clone()),
-                error,
-            },
-        )?;
+        let (label, posterior, result) =
+            crowdlab_where_predicted(&annotations, &Probabilities::new(2, binary_prior), seed)
+                .map_err(|error| RevealError::Vote {
+                    class: Some(classes.names[c].clone()),
+                    error,
+                })?;
         for i in 0..n {
-            presence[i * k + c] = result.posterior.get(i, 1);
+            presence[i * k + c] = posterior.get(i, 1);
             let present = given[i].contains(&c);
-            if (result.label[i] == 1) != present {
+            if label[i].is_some_and(|l| (l == 1) != present) {
                 fired[i] = true;
             }
         }
