@@ -5,6 +5,7 @@ mod chat_server;
 mod cli;
 mod cli_reference;
 mod convert;
+mod doc_examples;
 mod errors;
 mod eval;
 mod gguf;
