@@ -335,8 +335,8 @@ pub struct RevealAskArgs {
     pub text_col: Option<String>,
 
     /// Column with each row's image: a file path (relative to --image-root), an http(s) or
-    /// data URL, image bytes, or a struct with `bytes` or `path` (Hugging Face's Image
-    /// feature). PNG, JPEG and WebP, checked by their first bytes.
+    /// data URL, or the image's bytes (a binary column). PNG, JPEG and WebP, checked by their
+    /// first bytes.
     #[arg(long, value_name = "COLUMN")]
     pub image_col: Option<String>,
 
