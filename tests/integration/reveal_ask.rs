@@ -693,3 +693,28 @@ fn rows_no_model_answered_are_left_out_of_the_vote_not_an_error() {
         assert_eq!(issues[id]["vote_issue"], false, "{:?}", issues[id]);
     }
 }
+
+#[test]
+fn answers_go_to_stdout_as_json_lines_with_messages_on_stderr() {
+    let server = ChatServer::start();
+    let mut test = Test::new().file("in.jsonl", texts(&["a cat", "a dog"]));
+    let outcome = test
+        .args([
+            "reveal",
+            "ask",
+            "in.jsonl",
+            "--out",
+            "-",
+            "--classes",
+            "cat,dog",
+        ])
+        .args(["--base-url", &server.base_url(), "--model", "labeller"])
+        .args(["--text-col", "text", "--quiet"])
+        .run()
+        .success();
+    let answers = outcome.json_lines();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[1]["pred"], json!(["dog"]));
+    assert!(!outcome.stderr.contains("wrote"), "{}", outcome.stderr);
+    assert_eq!(test.entries(), ["in.jsonl"]);
+}

@@ -669,7 +669,9 @@ impl<'a> Asking<'a> {
         if let Some(served) = run.served_model {
             writeln!(err, "note: the server answered as {served}")?;
         }
-        writeln!(err, "wrote {out}")?;
+        if out != "-" {
+            writeln!(err, "wrote {out}")?;
+        }
         Ok(())
     }
 
