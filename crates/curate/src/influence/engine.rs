@@ -357,7 +357,13 @@ pub fn fit_factors(
             )?;
         }
         factors.merge(&covariances)?;
+        let started = std::time::Instant::now();
         let bases = factors.eigenbases()?;
+        tracing::debug!(
+            "eigendecomposition of {} modules' covariances: {:.2} s",
+            bases.len(),
+            started.elapsed().as_secs_f64()
+        );
         let (mut lambdas, skip, _) = resumed_factors(
             options.checkpoint.as_deref_mut(),
             "lambdas",

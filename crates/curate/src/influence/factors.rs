@@ -228,8 +228,23 @@ impl FactorSet {
         Ok(())
     }
 
+    /// Every module's eigenbasis. faer decomposes on one thread, so the modules are spread
+    /// over the thread pool (on SmolLM2's 90 MLP modules this is most of a short fit); each is
+    /// computed alone, so the result does not depend on the thread count.
     pub(crate) fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
-        self.modules.iter().map(ModuleFactors::eigenbasis).collect()
+        use rayon::prelude::*;
+        // Largest first, so the last thread to finish is not left with the largest one.
+        let mut order: Vec<usize> = (0..self.modules.len()).collect();
+        order.sort_by_key(|&i| {
+            let m = &self.modules[i];
+            std::cmp::Reverse(m.in_dim.pow(3) + m.out_dim.pow(3))
+        });
+        let mut bases: Vec<(usize, Eigenbasis)> = order
+            .par_iter()
+            .map(|&i| self.modules[i].eigenbasis().map(|b| (i, b)))
+            .collect::<Result<_>>()?;
+        bases.sort_by_key(|(i, _)| *i);
+        Ok(bases.into_iter().map(|(_, b)| b).collect())
     }
 
     /// This set as a checkpoint's pass state, after `batches` batches holding `rows` rows.
