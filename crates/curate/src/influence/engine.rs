@@ -608,11 +608,21 @@ fn preconditioners(
     if factors.preconditioner == Preconditioner::Identity {
         return Ok(vec![ModulePreconditioner::Identity; modules]);
     }
-    factors
+    // Each K-FAC and EK-FAC module eigendecomposes its covariances on one thread: spread
+    // the modules over the pool (in order; each is built alone, so nothing depends on it).
+    use rayon::prelude::*;
+    let started = std::time::Instant::now();
+    let built = factors
         .modules
-        .iter()
+        .par_iter()
         .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
-        .collect()
+        .collect();
+    tracing::debug!(
+        "preconditioners of {} modules: {:.2} s",
+        factors.modules.len(),
+        started.elapsed().as_secs_f64()
+    );
+    built
 }
 
 /// Each example of `rows` as one flat vector: per tracked module in order, its weight
