@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::chat_server::ChatServer;
 use crate::model::fixture;
 use crate::rephrase::{assert_rebuilds, jsonl};
-use crate::test::{Test, interrupt_when};
+use crate::test::{Test, interrupt_when, journal_lines};
 
 /// A trace whose fourth paragraph only checks the work: the model ends units after the first
 /// and third, and the check joins the last.
@@ -43,11 +43,6 @@ fn traces(directives: &[&str]) -> (Vec<Value>, String) {
 fn rephrase(test: &mut Test, server: &ChatServer, mode: &str, input: &str, out: &str) {
     test.args(["rephrase", input, "--out", out, "--mode", mode])
         .args(["--base-url", &server.base_url(), "--model", "test-model"]);
-}
-
-fn journal_lines(test: &Test, out: &str) -> usize {
-    std::fs::read_to_string(test.path(&format!("{out}.curate-journal")))
-        .map_or(0, |t| t.lines().count())
 }
 
 #[test]

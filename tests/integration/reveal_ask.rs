@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::chat_server::ChatServer;
-use crate::test::{Test, interrupt_when};
+use crate::test::{Test, interrupt_when, journal_lines};
 
 /// A JSON Lines table of rows `r0`, `r1`, ... with these texts.
 fn texts(texts: &[&str]) -> String {
@@ -39,11 +39,6 @@ fn by_id(rows: &[Value]) -> HashMap<String, Value> {
     rows.iter()
         .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
         .collect()
-}
-
-fn journal_lines(test: &Test, out: &str) -> usize {
-    std::fs::read_to_string(test.path(&format!("{out}.curate-journal")))
-        .map_or(0, |t| t.lines().count())
 }
 
 #[test]

@@ -131,6 +131,13 @@ pub fn python_importing(modules: &str, required_by: Option<&str>) -> Option<Stri
     None
 }
 
+/// Lines in the journal an LLM run keeps beside `out` (its header and one per answer); 0 when
+/// there is none.
+pub fn journal_lines(test: &Test, out: &str) -> usize {
+    std::fs::read_to_string(test.path(&format!("{out}.curate-journal")))
+        .map_or(0, |t| t.lines().count())
+}
+
 pub fn curate_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_curate"));
     // A key in the caller's environment must not reach the tests' endpoints.
