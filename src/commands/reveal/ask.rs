@@ -24,7 +24,7 @@ use curate::reveal::ask::{
     ClassMatcher, Prompt, Question, Subject, YesNo, classes_request, data_url, image_mime,
     read_yes_no, yes_no_request,
 };
-use curate::table::{self, ColumnRole, Input, Output, Shard};
+use curate::table::{self, ColumnRole, Expected, Input, Output, Shard};
 
 /// How a local image is named in a planned request (and so in its cache key and journal):
 /// by its digest, so the request holds the image's identity but not its bytes.
@@ -34,21 +34,8 @@ const IMAGE_STAND_IN: &str = "curate-image:sha256:";
 struct LocalImage {
     source: ImageBytes,
     mime: &'static str,
-    digest: String,
     /// `curate-image:sha256:DIGEST`, what planned requests carry instead of the bytes.
     stand_in: String,
-}
-
-impl LocalImage {
-    fn new(source: ImageBytes, mime: &'static str, bytes: &[u8]) -> LocalImage {
-        let digest = digest(bytes);
-        LocalImage {
-            source,
-            mime,
-            stand_in: format!("{IMAGE_STAND_IN}{digest}"),
-            digest,
-        }
-    }
 }
 
 enum ImageBytes {
@@ -58,6 +45,14 @@ enum ImageBytes {
 }
 
 impl LocalImage {
+    fn new(source: ImageBytes, mime: &'static str, bytes: &[u8]) -> LocalImage {
+        LocalImage {
+            source,
+            mime,
+            stand_in: format!("{IMAGE_STAND_IN}{}", digest(bytes)),
+        }
+    }
+
     /// The data URL, read again just before sending; a file changed since it was checked is
     /// an error, not a silently different request.
     fn data_url(&self) -> Result<String, String> {
@@ -67,7 +62,7 @@ impl LocalImage {
             ),
             ImageBytes::Inline(bytes) => Cow::Borrowed(bytes),
         };
-        if digest(&bytes) != self.digest {
+        if !self.stand_in.ends_with(&digest(&bytes)) {
             let ImageBytes::File(path) = &self.source else {
                 unreachable!("inline bytes do not change")
             };
@@ -179,40 +174,42 @@ pub fn run(args: RevealAskArgs, context: &Context) -> Result<ExitStatus> {
     };
     let input = Input::open(&args.input, None)?;
     let rows = read_rows(&input, &args, shard)?;
-    let in_path = |path: &Option<String>, model: &str| {
-        path.as_deref()
-            .map(|p| p.replace("{model}", &file_safe(model)))
-    };
+    // Each model's output and rejects paths (`{model}` filled in).
+    let paths: Vec<(Option<String>, Option<String>)> = models
+        .iter()
+        .map(|model| {
+            let fill = |path: &Option<String>| {
+                path.as_deref()
+                    .map(|p| p.replace("{model}", &file_safe(model)))
+            };
+            (fill(&args.out), fill(&args.rejects))
+        })
+        .collect();
     // Every model's files are checked (and prepared) before the first request: a later
     // model's existing output must not stop the run after an hour of asking.
     let mut files = Vec::new();
     if !args.llm.dry_run {
         let mut named = Vec::new();
-        for model in &models {
-            named.push((
-                "--out",
-                in_path(&args.out, model).expect("clap requires --out"),
-            ));
-            if let Some(rejects) = in_path(&args.rejects, model) {
-                named.push(("--rejects", rejects));
-            }
+        for (out, rejects) in &paths {
+            named.push(("--out", out.as_deref().expect("clap requires --out")));
+            named.extend(rejects.as_deref().map(|r| ("--rejects", r)));
         }
-        let named: Vec<(&str, &str)> = named.iter().map(|(f, p)| (*f, p.as_str())).collect();
         table::require_distinct(&named)?;
-        for model in &models {
-            let out = in_path(&args.out, model).expect("clap requires --out");
-            let output = Output::create(&out, None, args.force)?;
-            let rejects = match in_path(&args.rejects, model) {
-                Some(path) => Some(Output::create(&path, None, args.force)?),
+        for (out, rejects) in &paths {
+            let out = out.as_deref().expect("clap requires --out");
+            let rejects = match rejects {
+                Some(path) => Some(Output::create(path, None, args.force)?),
                 None => None,
             };
-            files.push(Some((out, output, rejects)));
+            files.push(Some((out, Output::create(out, None, args.force)?, rejects)));
         }
     }
+    let endpoint = llm::endpoint(&args.llm, "reveal ask")?;
     for (n, model) in models.iter().enumerate() {
         let ep = Endpoint {
             model: model.clone(),
-            ..llm::endpoint(&args.llm, "reveal ask")?
+            url: endpoint.url.clone(),
+            api_key: endpoint.api_key.clone(),
         };
         let asking = Asking {
             args: &args,
@@ -222,8 +219,8 @@ pub fn run(args: RevealAskArgs, context: &Context) -> Result<ExitStatus> {
             rows: &rows,
         };
         match files.get_mut(n).and_then(Option::take) {
-            Some((out, output, rejects)) => asking.ask(&out, output, rejects, &input, context)?,
-            None => asking.dry_run(in_path(&args.out, model).as_deref().unwrap_or("-"), context)?,
+            Some((out, output, rejects)) => asking.ask(out, output, rejects, &input, context)?,
+            None => asking.dry_run(paths[n].0.as_deref().unwrap_or("-"), context)?,
         }
     }
     Ok(ExitStatus::Success)
@@ -265,10 +262,8 @@ fn check_flags(args: &RevealAskArgs) -> Result<Vec<String>> {
     if models.iter().any(String::is_empty) {
         return Err(usage("--model: an empty model name"));
     }
-    for (i, model) in models.iter().enumerate() {
-        if models[..i].contains(model) {
-            return Err(usage(format!("--model names {model} twice")));
-        }
+    if let Some(model) = first_repeat(&models) {
+        return Err(usage(format!("--model names {model} twice")));
     }
     if models.len() > 1 {
         for (flag, path) in [("--out", &args.out), ("--rejects", &args.rejects)] {
@@ -285,10 +280,8 @@ fn check_flags(args: &RevealAskArgs) -> Result<Vec<String>> {
     if args.classes.iter().any(|c| c.trim().is_empty()) {
         return Err(usage("--classes: an empty class name"));
     }
-    for (i, class) in args.classes.iter().enumerate() {
-        if args.classes[..i].contains(class) {
-            return Err(usage(format!("--classes names {class} twice")));
-        }
+    if let Some(class) = first_repeat(&args.classes) {
+        return Err(usage(format!("--classes names {class} twice")));
     }
     if args.max_image_bytes == 0 {
         return Err(usage("--max-image-bytes must be at least 1"));
@@ -299,6 +292,14 @@ fn check_flags(args: &RevealAskArgs) -> Result<Vec<String>> {
         ));
     }
     Ok(models)
+}
+
+/// The first name that comes again.
+fn first_repeat(names: &[String]) -> Option<&String> {
+    names
+        .iter()
+        .enumerate()
+        .find_map(|(i, name)| names[..i].contains(name).then_some(name))
 }
 
 /// Small text files a user names (prompt, aliases): read whole, bounded.
@@ -350,21 +351,12 @@ fn read_rows(input: &Input, args: &RevealAskArgs, shard: Shard) -> Result<Rows> 
     let ids = table::id_column(&frame, file, id_role, args.id_col.is_some())?;
     let range = shard.rows(frame.height());
     let ids = ids.slice(range.start as i64, range.len());
-    let (name, flag) = match (&args.text_col, &args.image_col) {
-        (Some(text), _) => (text.as_str(), "--text-col"),
-        (None, Some(image)) => (image.as_str(), "--image-col"),
+    let (name, flag, expected) = match (&args.text_col, &args.image_col) {
+        (Some(text), _) => (text.as_str(), "--text-col", Expected::Text),
+        (None, Some(image)) => (image.as_str(), "--image-col", Expected::TextOrBytes),
         (None, None) => unreachable!("clap requires one"),
     };
-    let column = frame
-        .column(name)
-        .map_err(|_| {
-            let present: Vec<&str> = frame
-                .get_column_names()
-                .iter()
-                .map(|c| c.as_str())
-                .collect();
-            table::missing_column(file, ColumnRole::new(name, flag), &present)
-        })?
+    let column = table::require_type(&frame, file, ColumnRole::new(name, flag), expected)?
         .slice(range.start as i64, range.len());
     let error = |row: usize, message: String| -> anyhow::Error {
         InputError::new(file, message)
@@ -374,10 +366,7 @@ fn read_rows(input: &Input, args: &RevealAskArgs, shard: Shard) -> Result<Rows> 
     };
     let mut subjects = Vec::with_capacity(range.len());
     if args.text_col.is_some() {
-        let texts = column.str().map_err(|_| {
-            InputError::new(file, format!("expected text, found {}", column.dtype())).column(name)
-        })?;
-        for (row, text) in texts.iter().enumerate() {
+        for (row, text) in column.str().expect("checked text").iter().enumerate() {
             let text = text.ok_or_else(|| error(row, "value is null".to_string()))?;
             subjects.push(RowSubject::Text(text.to_string()));
         }
@@ -463,14 +452,7 @@ fn read_rows(input: &Input, args: &RevealAskArgs, shard: Shard) -> Result<Rows> 
                 )));
             }
         }
-        other => {
-            return Err(InputError::new(
-                file,
-                format!("expected image paths, URLs or bytes, found {other}"),
-            )
-            .column(name)
-            .into());
-        }
+        _ => unreachable!("checked strings or bytes"),
     }
     Ok(Rows { ids, subjects })
 }

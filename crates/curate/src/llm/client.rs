@@ -643,15 +643,20 @@ mod tests {
         assert_eq!(Budget::new(None, None).cost(), None);
     }
 
-    #[test]
-    fn a_reply_from_another_model_is_noted_once() {
-        let client = ChatClient::new(ClientSettings {
+    /// A client whose endpoint nothing answers (for what needs no server).
+    fn offline_client() -> ChatClient {
+        ChatClient::new(ClientSettings {
             endpoint: "http://127.0.0.1:9/v1/chat/completions".to_string(),
             api_key: None,
             timeout: Duration::from_secs(1),
             max_retries: 0,
             seed: 0,
-        });
+        })
+    }
+
+    #[test]
+    fn a_reply_from_another_model_is_noted_once() {
+        let client = offline_client();
         let reply = |model: &str| serde_json::json!({"model": model}).to_string();
         // The same model under its file path, or with another case, is the same model.
         client.check_model(&Value::from("SmolLM2"), &reply("/models/smollm2.gguf"));
@@ -665,13 +670,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
-        let client = ChatClient::new(ClientSettings {
-            endpoint: "http://127.0.0.1:9/v1/chat/completions".to_string(),
-            api_key: None,
-            timeout: Duration::from_secs(1),
-            max_retries: 0,
-            seed: 0,
-        });
+        let client = offline_client();
         for attempt in 0..8 {
             let wait = client.backoff(attempt);
             let base = FIRST_BACKOFF.saturating_mul(1 << attempt).min(MAX_BACKOFF);

@@ -314,8 +314,9 @@ impl ClassMatcher {
     /// Read a reply's content. JSON (`{"classes": [...]}`, a list, or a string) is read item
     /// by item; anything else as prose, taking every class named and not negated.
     pub fn read(&self, content: &str, question: Question) -> Result<Named, ReplyError> {
-        let named = match json_answer(content) {
-            Some(items) => self.read_items(&items)?,
+        let json = json_answer(content);
+        let named = match &json {
+            Some(items) => self.read_items(items)?,
             None => {
                 let mut classes = self.in_prose(content);
                 // "It is about math. It has no code, only ...": a single answer is what the
@@ -341,12 +342,9 @@ impl ClassMatcher {
             detail,
         };
         match question {
-            Question::SelectAll if named.classes.is_empty() && json_answer(content).is_none() => {
-                Err(invalid(format!(
-                    "names none of the classes ({})",
-                    self.classes.join(", ")
-                )))
-            }
+            Question::SelectAll if named.classes.is_empty() && json.is_none() => Err(invalid(
+                format!("names none of the classes ({})", self.classes.join(", ")),
+            )),
             Question::Single if named.classes.len() != 1 => Err(invalid(format!(
                 "names {} classes{}; exactly one was asked for",
                 named.classes.len(),

@@ -30,6 +30,8 @@ pub enum Expected {
     /// Identifiers: integers or strings.
     Id,
     IntegerList,
+    /// Strings or raw bytes (paths or URLs, or images themselves).
+    TextOrBytes,
 }
 
 impl Expected {
@@ -41,6 +43,7 @@ impl Expected {
             Expected::Boolean => "booleans",
             Expected::Id => "integer or string ids",
             Expected::IntegerList => "lists of integers",
+            Expected::TextOrBytes => "strings or bytes",
         }
     }
 
@@ -51,6 +54,7 @@ impl Expected {
             Expected::Text => matches!(dtype, DataType::String),
             Expected::Boolean => matches!(dtype, DataType::Boolean),
             Expected::Id => dtype.is_integer() || matches!(dtype, DataType::String),
+            Expected::TextOrBytes => matches!(dtype, DataType::String | DataType::Binary),
             Expected::IntegerList => {
                 matches!(dtype, DataType::List(inner) if inner.is_integer() || inner.is_null())
             }
