@@ -5,6 +5,8 @@
 //! Hugging Face tensor names, and list the same names back for saving, so one naming scheme
 //! covers loading, saving and the tracked-module regex.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
@@ -12,6 +14,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use super::batch::TokenBatch;
 use super::capture::Capture;
 use super::config::LmConfig;
+use super::fused;
 use super::weights::TensorSource;
 
 /// How a parameter is initialised when training from scratch (transformers' `_init_weights`).
@@ -144,6 +147,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if fused::applies(&x.device(), x.dtype()) {
+            return fused::rms_norm(x, self.weight.val(), self.eps);
+        }
         let rms = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt();
         (x / rms) * self.weight.val().unsqueeze_dim::<2>(0).unsqueeze_dim(0)
     }
@@ -174,6 +180,8 @@ pub(crate) struct LayerInputs {
     sin: Tensor<4>,
     /// `[B, 1, T, T]`, true where a query may not see a key (future or padding).
     masked: Tensor<4, Bool>,
+    /// The same mask as `[B, T, T]` values, for the fused softmax.
+    masked_rows: Arc<[bool]>,
     /// Most negative finite value of the compute dtype: a fully masked row stays finite.
     mask_value: f64,
 }
@@ -213,37 +221,36 @@ impl Attention {
             *cache = Some((k.clone(), v.clone()));
         }
         let keys = k.dims()[2];
-        let k = self.repeat_kv(k);
-        let v = self.repeat_kv(v);
-
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores.mask_fill(
-            shared
-                .masked
-                .clone()
-                .expand([batch, self.num_heads, seq, keys]),
-            shared.mask_value,
-        );
-        let weights = softmax(scores, 3);
-        let context =
-            weights
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([batch, seq, self.num_heads * self.head_dim]);
+        // Grouped-query attention: query head `h` reads key/value head `h / group`. Heads are
+        // stored group by group, so the `group` query heads of one key/value head are one
+        // `[group * T, D]` block: one product per key/value head, no repeated keys or values.
+        let group = self.num_heads / self.num_kv_heads;
+        let kv_heads = self.num_kv_heads;
+        let d = self.head_dim;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = q
+            .reshape([batch, kv_heads, group * seq, d])
+            .matmul(k.swap_dims(2, 3))
+            .reshape([batch, self.num_heads, seq, keys]);
+        let weights = if fused::applies(&scores.device(), scores.dtype()) {
+            fused::masked_softmax(scores, scale, shared.masked_rows.clone())
+        } else {
+            let scores = scores.mul_scalar(scale).mask_fill(
+                shared
+                    .masked
+                    .clone()
+                    .expand([batch, self.num_heads, seq, keys]),
+                shared.mask_value,
+            );
+            softmax(scores, 3)
+        };
+        let context = weights
+            .reshape([batch, kv_heads, group * seq, keys])
+            .matmul(v)
+            .reshape([batch, self.num_heads, seq, d])
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.num_heads * d]);
         self.o_proj.forward(context, capture)
-    }
-
-    /// Grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`.
-    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
-        let repeats = self.num_heads / self.num_kv_heads;
-        if repeats == 1 {
-            return x;
-        }
-        let [batch, kv_heads, seq, dim] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([batch, kv_heads, repeats, seq, dim])
-            .reshape([batch, kv_heads * repeats, seq, dim])
     }
 }
 
@@ -256,9 +263,14 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>, capture: &mut Capture) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), capture));
+        let gate = self.gate_proj.forward(x.clone(), capture);
         let up = self.up_proj.forward(x, capture);
-        self.down_proj.forward(gate * up, capture)
+        let hidden = if fused::applies(&gate.device(), gate.dtype()) {
+            fused::swiglu(gate, up)
+        } else {
+            silu(gate) * up
+        };
+        self.down_proj.forward(hidden, capture)
     }
 }
 
@@ -521,9 +533,6 @@ impl CausalLm {
         if n == 0 {
             return Tensor::zeros([b], (&device, dtype));
         }
-        let targets =
-            Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
-        let picked = log_softmax(logits, 1).gather(1, targets); // [N, 1]
         // Per-sequence sums as one small product: a row's one-hot over its positions.
         let mut membership = vec![0.0f64; b * n];
         for (i, &row) in scored.row.iter().enumerate() {
@@ -531,6 +540,13 @@ impl CausalLm {
         }
         let membership =
             Tensor::<2>::from_data(TensorData::new(membership, [b, n]), (&device, dtype));
+        if fused::applies(&device, dtype) {
+            let losses = fused::cross_entropy(logits, targets.into());
+            return membership.matmul(losses.reshape([n, 1])).reshape([b]);
+        }
+        let targets =
+            Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
+        let picked = log_softmax(logits, 1).gather(1, targets); // [N, 1]
         membership.matmul(picked).reshape([b]).neg()
     }
 
@@ -656,15 +672,21 @@ impl CausalLm {
         let inv_freq: Vec<f32> = (0..head_dim / 2)
             .map(|i| (1.0 / self.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
             .collect();
+        // Rows share positions (0, 1, ... in every row of a batch): each is computed once.
+        let mut rows: std::collections::HashMap<usize, (Vec<f64>, Vec<f64>)> = Default::default();
         let mut cos = Vec::with_capacity(b * t * head_dim);
         let mut sin = Vec::with_capacity(b * t * head_dim);
         for &position in positions {
+            let (cos_row, sin_row) = rows.entry(position).or_insert_with(|| {
+                let angles = || inv_freq.iter().map(|&f| position as f32 * f);
+                (
+                    angles().map(|a| a.cos() as f64).collect(),
+                    angles().map(|a| a.sin() as f64).collect(),
+                )
+            });
             for _ in 0..2 {
-                for &f in &inv_freq {
-                    let angle = position as f32 * f;
-                    cos.push(angle.cos() as f64);
-                    sin.push(angle.sin() as f64);
-                }
+                cos.extend_from_slice(cos_row);
+                sin.extend_from_slice(sin_row);
             }
         }
         let table = |values: Vec<f64>| {
@@ -681,6 +703,7 @@ impl CausalLm {
         LayerInputs {
             cos: table(cos),
             sin: table(sin),
+            masked_rows: masked.as_slice().into(),
             masked: Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, keys]), device),
             mask_value,
         }

@@ -10,9 +10,11 @@ pub mod config;
 pub mod device;
 pub mod encode;
 pub(crate) mod from_gguf;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
+mod kernels;
 pub mod lm;
 pub mod probe;
 pub mod tokenizer;
@@ -733,6 +735,54 @@ mod tests {
             scale > 0.0 && largest <= 1e-5 * scale,
             "{largest} of {scale}"
         );
+    }
+
+    #[test]
+    fn the_fused_kernels_give_the_composed_model_s_losses_and_gradients() {
+        let (lm, right) = tiny_batch();
+        let rows = [
+            Sequence::prompt_response(&[1, 2, 3, 4], &[5, 6]),
+            Sequence::prompt_response(&[7], &[8, 9]),
+        ];
+        let refs: Vec<&Sequence> = rows.iter().collect();
+        // Left padding: the first queries of the short row see no key at all.
+        let left = TokenBatch::pad(&refs, 0, Padding::Left);
+        let m = &lm.model;
+        let run = |batch: &TokenBatch| {
+            let losses = m.forward_losses(batch, &mut Capture::none());
+            let grads = losses.clone().sum().backward();
+            let layer = &m.layers[1];
+            let mut out = vec![tensor_to_f64(losses.detach())];
+            for weight in [
+                m.embed_tokens.val(),
+                layer.self_attn.q_proj.weight.val(),
+                layer.self_attn.k_proj.weight.val(),
+                layer.mlp.gate_proj.weight.val(),
+                layer.mlp.up_proj.weight.val(),
+            ] {
+                out.push(tensor_to_f64(weight.grad(&grads).unwrap()));
+            }
+            for weight in [
+                m.layers[0].input_layernorm.weight.val(),
+                layer.post_attention_layernorm.weight.val(),
+                m.norm.weight.val(),
+            ] {
+                out.push(tensor_to_f64(weight.grad(&grads).unwrap()));
+            }
+            out
+        };
+        for batch in [&right, &left] {
+            let fused = run(batch);
+            let composed = fused::with_composed_ops(|| run(batch));
+            for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let largest = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    scale > 0.0 && largest <= 2e-5 * scale,
+                    "tensor {i}: {largest} of {scale}"
+                );
+            }
+        }
     }
 
     #[test]
