@@ -1,11 +1,13 @@
 # Shared by the side-by-side benchmarks (bench-influence, bench-eval); sourced, not run.
 # Sets $curate (the release binary, built) and $work (a scratch directory removed on exit), and
-# defines measure.
+# defines measure. BEFORE=<another curate binary> also runs that binary on the same rows in the
+# same run (labels "before-..."), for before-and-after tables.
 
 cargo build --release --quiet
 target_dir=$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 curate="$target_dir/release/curate"
+before=${BEFORE:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

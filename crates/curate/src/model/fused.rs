@@ -1,6 +1,6 @@
 //! The model's row-wise steps as single kernels with their gradients written by hand: RMSNorm,
-//! SwiGLU, the attention's scaled and masked softmax, and the cross-entropy of the head's
-//! logits.
+//! SwiGLU, rotary embeddings, the attention's scaled and masked softmax, and the cross-entropy of
+//! the head's logits.
 //!
 //! Composed from burn's tensor operations, each of these is a chain of element-wise operations
 //! (RMSNorm alone is seven), every link a full-size tensor that autodiff keeps for the backward
@@ -28,8 +28,9 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 
 use super::kernels::{
-    ScoreShape, cross_entropy_backward, cross_entropy_forward, masked_softmax_backward,
-    masked_softmax_forward, rms_norm_backward, rms_norm_forward, swiglu_backward, swiglu_forward,
+    HeadShape, ScoreShape, cross_entropy_backward, cross_entropy_forward, masked_softmax_backward,
+    masked_softmax_forward, rms_norm_backward, rms_norm_forward, rotary_backward, rotary_forward,
+    swiglu_backward, swiglu_forward,
 };
 
 thread_local! {
@@ -73,6 +74,10 @@ pub trait FusedOps: Backend {
         masked: Arc<[bool]>,
     ) -> FloatTensor<Self>;
 
+    /// Rotary embeddings of `x` (`[B, T, H, D]`, as a projection writes it) with the tables
+    /// `cos` and `sin` (`[B, T, D]`), returned as `[B, H, T, D]`, as attention reads it.
+    fn fused_rotary(x: FloatTensor<Self>, cos: Arc<[f32]>, sin: Arc<[f32]>) -> FloatTensor<Self>;
+
     /// `-log softmax(logits)[target]` of each row of `logits` (`[N, V]`): `[N]`.
     fn fused_cross_entropy(logits: FloatTensor<Self>, targets: Arc<[i64]>) -> FloatTensor<Self>;
 }
@@ -100,6 +105,15 @@ pub(crate) fn masked_softmax(scores: Tensor<4>, scale: f64, masked: Arc<[bool]>)
         scores.into_dispatch(),
         scale,
         masked,
+    ))
+}
+
+/// [`FusedOps::fused_rotary`] on high-level tensors.
+pub(crate) fn rotary(x: Tensor<4>, cos: Arc<[f32]>, sin: Arc<[f32]>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_rotary(
+        x.into_dispatch(),
+        cos,
+        sin,
     ))
 }
 
@@ -196,6 +210,16 @@ fn masked_softmax_primitive(scores: &FlexTensor, scale: f64, masked: &[bool]) ->
     tensor(out, &dims)
 }
 
+fn rotary_primitive(x: &FlexTensor, cos: &[f32], sin: &[f32]) -> FlexTensor {
+    let x = dense(x);
+    let shape = HeadShape::of(&dims(&x));
+    assert_eq!(cos.len(), shape.table_len(), "rotary tables are [B, T, D]");
+    assert_eq!(sin.len(), shape.table_len(), "rotary tables are [B, T, D]");
+    let mut out = vec![0.0f32; slice(&x).len()];
+    rotary_forward(slice(&x), cos, sin, shape, &mut out);
+    tensor(out, &[shape.batch, shape.heads, shape.seq, shape.dim])
+}
+
 /// The losses `[N]` and the softmax `[N, V]`, written over the logits when nothing else holds
 /// them.
 fn cross_entropy_primitive(logits: FlexTensor, targets: &[i64]) -> (FlexTensor, FlexTensor) {
@@ -220,6 +244,10 @@ impl FusedOps for Flex {
 
     fn fused_masked_softmax(scores: FlexTensor, scale: f64, masked: Arc<[bool]>) -> FlexTensor {
         masked_softmax_primitive(&scores, scale, &masked)
+    }
+
+    fn fused_rotary(x: FlexTensor, cos: Arc<[f32]>, sin: Arc<[f32]>) -> FlexTensor {
+        rotary_primitive(&x, &cos, &sin)
     }
 
     fn fused_cross_entropy(logits: FlexTensor, targets: Arc<[i64]>) -> FlexTensor {
@@ -317,6 +345,25 @@ impl Backward<Flex, 1> for MaskedSoftmaxBackward {
 }
 
 #[derive(Debug)]
+struct RotaryBackward;
+
+impl Backward<Flex, 1> for RotaryBackward {
+    /// The tables and the input's shape.
+    type State = (Arc<[f32]>, Arc<[f32]>, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = dense(&grads.consume::<Flex>(&ops.node));
+        let (cos, sin, dims) = ops.state;
+        if let Some(node) = node {
+            let mut dx = vec![0.0f32; slice(&dy).len()];
+            rotary_backward(slice(&dy), &cos, &sin, HeadShape::of(&dims), &mut dx);
+            grads.register::<Flex>(node.id, tensor(dx, &dims));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct CrossEntropyBackward;
 
 impl Backward<Flex, 1> for CrossEntropyBackward {
@@ -391,6 +438,21 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(masked_softmax_primitive(scores.primitive(), scale, &masked))
             }
+        }
+    }
+
+    fn fused_rotary(x: FloatTensor<Self>, cos: Arc<[f32]>, sin: Arc<[f32]>) -> FloatTensor<Self> {
+        match RotaryBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = rotary_primitive(x.primitive(), &cos, &sin);
+                let d = dims(x.primitive());
+                prep.finish((cos, sin, [d[0], d[1], d[2], d[3]]), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(rotary_primitive(x.primitive(), &cos, &sin)),
         }
     }
 
@@ -564,6 +626,38 @@ mod tests {
         let weights = values(fused.0);
         let first = &weights[2 * h * t * t..2 * h * t * t + t];
         assert!(first.iter().all(|&w| (w - 1.0 / t as f32).abs() < 1e-7));
+    }
+
+    #[test]
+    fn rotary_matches_the_composed_ops_and_their_gradients() {
+        let (b, t, h, d) = (2, 19, 3, 8);
+        let x = random([b, t, h, d], 15, 3.0);
+        let upstream = random([b, h, t, d], 16, 1.0);
+        let table = |seed| {
+            let n = b * t * d;
+            (0..n)
+                .map(|i| (unit_interval(seed, i as u64) * 2.0 - 1.0) as f32)
+                .collect::<Vec<f32>>()
+        };
+        let (cos, sin) = (table(17), table(18));
+        let as_tensor = |v: &[f32]| {
+            Tensor::<4>::from_data(TensorData::new(v.to_vec(), [b, 1, t, d]), &device())
+        };
+        let (cos_t, sin_t) = (as_tensor(&cos), as_tensor(&sin));
+        let (cos, sin): (Arc<[f32]>, Arc<[f32]>) = (cos.into(), sin.into());
+        let [fused, composed] = both([x], upstream, |[x]| {
+            if applies(&x.device(), x.dtype()) {
+                rotary(x, cos.clone(), sin.clone())
+            } else {
+                let x = x.swap_dims(1, 2);
+                let first = x.clone().narrow(3, 0, d / 2);
+                let second = x.clone().narrow(3, d / 2, d / 2);
+                let rotated = Tensor::cat(vec![second.neg(), first], 3);
+                x * cos_t.clone() + rotated * sin_t.clone()
+            }
+        });
+        assert_close("output", fused.0, composed.0, 1e-6);
+        assert_close("dx", fused.1[0].clone(), composed.1[0].clone(), 1e-6);
     }
 
     #[test]

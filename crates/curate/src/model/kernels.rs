@@ -327,12 +327,25 @@ impl ScoreShape {
     }
 }
 
+/// The keys of a mask row up to its last visible one: under a causal mask the rest of the row
+/// is masked and needs no work. `None` when no key is visible.
+fn visible_prefix(mask: &[bool]) -> Option<usize> {
+    mask.iter().rposition(|&m| !m).map(|last| last + 1)
+}
+
 per_level! {
     /// One row of the masked softmax: `out` gets the weights of `scale * scores`, 0 where masked,
     /// uniform when every key is masked.
     fn masked_softmax_row(out: &mut [f32], scores: &[f32], mask: &[bool], scale: f32) {
+        let Some(end) = visible_prefix(mask) else {
+            out.fill(1.0 / out.len() as f32);
+            return;
+        };
+        let (out, hidden) = out.split_at_mut(end);
+        hidden.fill(0.0);
+        let (scores, mask) = (&scores[..end], &mask[..end]);
         let mut lanes = [f32::NEG_INFINITY; LANES];
-        let blocks = scores.len() / LANES * LANES;
+        let blocks = end / LANES * LANES;
         for (s, m) in scores[..blocks].chunks_exact(LANES).zip(mask[..blocks].chunks_exact(LANES)) {
             for i in 0..LANES {
                 let v = if m[i] { f32::NEG_INFINITY } else { s[i] * scale };
@@ -344,10 +357,6 @@ per_level! {
             if !m {
                 max = max.max(s * scale);
             }
-        }
-        if max == f32::NEG_INFINITY {
-            out.fill(1.0 / out.len() as f32);
-            return;
         }
         for ((o, &s), &m) in out.iter_mut().zip(scores).zip(mask) {
             let e = exp(s * scale - max);
@@ -392,6 +401,11 @@ pub(crate) fn masked_softmax_forward(
 
 per_level! {
     fn masked_softmax_backward_row(d: &mut [f32], p: &[f32], mask: &[bool], scale: f32) {
+        // Past the last visible key every weight is 0, and so is the gradient.
+        let end = visible_prefix(mask).unwrap_or(0);
+        let (d, hidden) = d.split_at_mut(end);
+        hidden.fill(0.0);
+        let (p, mask) = (&p[..end], &mask[..end]);
         let centre = dot(d, p);
         for ((d, &p), &m) in d.iter_mut().zip(p).zip(mask) {
             let g = scale * p * (*d - centre);
@@ -421,6 +435,119 @@ pub(crate) fn masked_softmax_backward(
             {
                 let mask = shape.mask_row(masked, task * ROWS_PER_TASK + i);
                 masked_softmax_backward_row(d, p, mask, scale);
+            }
+        });
+}
+
+/// The `[B, T, H, D]` layout of a projection's heads and its `[B, T, D]` rotary tables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadShape {
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+    pub(crate) heads: usize,
+    pub(crate) dim: usize,
+}
+
+impl HeadShape {
+    pub(crate) fn of(dims: &[usize]) -> Self {
+        assert_eq!(dims.len(), 4, "heads are [B, T, H, D]");
+        assert!(
+            dims[3] % 2 == 0,
+            "rotary embeddings need an even head dimension"
+        );
+        HeadShape {
+            batch: dims[0],
+            seq: dims[1],
+            heads: dims[2],
+            dim: dims[3],
+        }
+    }
+
+    pub(crate) fn table_len(&self) -> usize {
+        self.batch * self.seq * self.dim
+    }
+}
+
+per_level! {
+    /// `out = x * cos + rotate_half(x) * sin` for one head at one position, where
+    /// `rotate_half(x) = [-x2, x1]`.
+    fn rotary_row(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
+        let half = x.len() / 2;
+        let (x1, x2) = x.split_at(half);
+        let (out1, out2) = out.split_at_mut(half);
+        let (c1, c2) = cos.split_at(half);
+        let (s1, s2) = sin.split_at(half);
+        for i in 0..half {
+            out1[i] = x1[i] * c1[i] - x2[i] * s1[i];
+            out2[i] = x2[i] * c2[i] + x1[i] * s2[i];
+        }
+    }
+}
+
+per_level! {
+    /// The gradient of [`rotary_row`]: the rotation transposed.
+    fn rotary_backward_row(dx: &mut [f32], dy: &[f32], cos: &[f32], sin: &[f32]) {
+        let half = dy.len() / 2;
+        let (dy1, dy2) = dy.split_at(half);
+        let (dx1, dx2) = dx.split_at_mut(half);
+        let (c1, c2) = cos.split_at(half);
+        let (s1, s2) = sin.split_at(half);
+        for i in 0..half {
+            dx1[i] = dy1[i] * c1[i] + dy2[i] * s2[i];
+            dx2[i] = dy2[i] * c2[i] - dy1[i] * s1[i];
+        }
+    }
+}
+
+/// Rotary embeddings of `x` (`[B, T, H, D]`, as the projection writes it) into `out`
+/// (`[B, H, T, D]`, as attention reads it).
+pub(crate) fn rotary_forward(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    shape: HeadShape,
+    out: &mut [f32],
+) {
+    let HeadShape {
+        seq, heads, dim, ..
+    } = shape;
+    out.par_chunks_mut(seq * dim)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let (b, h) = (block / heads, block % heads);
+            for (t, out) in out.chunks_exact_mut(dim).enumerate() {
+                let row = b * seq + t;
+                let from = (row * heads + h) * dim;
+                let table = row * dim..(row + 1) * dim;
+                rotary_row(out, &x[from..from + dim], &cos[table.clone()], &sin[table]);
+            }
+        });
+}
+
+/// The gradient of [`rotary_forward`]: `dy` is `[B, H, T, D]`, `dx` `[B, T, H, D]`.
+pub(crate) fn rotary_backward(
+    dy: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    shape: HeadShape,
+    dx: &mut [f32],
+) {
+    let HeadShape {
+        seq, heads, dim, ..
+    } = shape;
+    dx.par_chunks_mut(heads * dim)
+        .enumerate()
+        .for_each(|(row, dx)| {
+            let (b, t) = (row / seq, row % seq);
+            let table = row * dim..(row + 1) * dim;
+            for (h, dx) in dx.chunks_exact_mut(dim).enumerate() {
+                let from = ((b * heads + h) * seq + t) * dim;
+                rotary_backward_row(
+                    dx,
+                    &dy[from..from + dim],
+                    &cos[table.clone()],
+                    &sin[table.clone()],
+                );
             }
         });
 }

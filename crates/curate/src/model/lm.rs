@@ -178,6 +178,9 @@ pub(crate) struct LayerInputs {
     /// `[B, 1, T, head_dim]`, the halves repeated as transformers does.
     cos: Tensor<4>,
     sin: Tensor<4>,
+    /// The same tables as `[B, T, head_dim]` values, for the fused rotary embedding.
+    cos_rows: Arc<[f32]>,
+    sin_rows: Arc<[f32]>,
     /// `[B, 1, T, T]`, true where a query may not see a key (future or padding).
     masked: Tensor<4, Bool>,
     /// The same mask as `[B, T, T]` values, for the fused softmax.
@@ -204,15 +207,26 @@ impl Attention {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        // `[B, T, H, D]`, as the projection writes it.
+        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]);
         let q = heads(self.q_proj.forward(x.clone(), capture), self.num_heads);
         let k = heads(self.k_proj.forward(x.clone(), capture), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x, capture), self.num_kv_heads);
+        let mut v = heads(self.v_proj.forward(x, capture), self.num_kv_heads).swap_dims(1, 2);
 
-        let q = q.clone() * shared.cos.clone() + rotate_half(q) * shared.sin.clone();
-        let mut k = k.clone() * shared.cos.clone() + rotate_half(k) * shared.sin.clone();
-        let mut v = v;
+        // Rotated, as `[B, H, T, D]`.
+        let (q, mut k) = if fused::applies(&q.device(), q.dtype()) {
+            let (cos, sin) = (&shared.cos_rows, &shared.sin_rows);
+            (
+                fused::rotary(q, cos.clone(), sin.clone()),
+                fused::rotary(k, cos.clone(), sin.clone()),
+            )
+        } else {
+            let rotate = |t: Tensor<4>| {
+                let t = t.swap_dims(1, 2);
+                t.clone() * shared.cos.clone() + rotate_half(t) * shared.sin.clone()
+            };
+            (rotate(q), rotate(k))
+        };
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.take() {
                 k = Tensor::cat(vec![past_k, k], 2);
@@ -673,15 +687,15 @@ impl CausalLm {
             .map(|i| (1.0 / self.rope_theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
             .collect();
         // Rows share positions (0, 1, ... in every row of a batch): each is computed once.
-        let mut rows: std::collections::HashMap<usize, (Vec<f64>, Vec<f64>)> = Default::default();
+        let mut rows: std::collections::HashMap<usize, (Vec<f32>, Vec<f32>)> = Default::default();
         let mut cos = Vec::with_capacity(b * t * head_dim);
         let mut sin = Vec::with_capacity(b * t * head_dim);
         for &position in positions {
             let (cos_row, sin_row) = rows.entry(position).or_insert_with(|| {
                 let angles = || inv_freq.iter().map(|&f| position as f32 * f);
                 (
-                    angles().map(|a| a.cos() as f64).collect(),
-                    angles().map(|a| a.sin() as f64).collect(),
+                    angles().map(f32::cos).collect(),
+                    angles().map(f32::sin).collect(),
                 )
             });
             for _ in 0..2 {
@@ -689,7 +703,8 @@ impl CausalLm {
                 sin.extend_from_slice(sin_row);
             }
         }
-        let table = |values: Vec<f64>| {
+        let table = |values: &[f32]| {
+            let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
             Tensor::<4>::from_data(
                 TensorData::new(values, [b, 1, t, head_dim]),
                 (device, dtype),
@@ -701,8 +716,10 @@ impl CausalLm {
             _ => f32::MIN as f64,
         };
         LayerInputs {
-            cos: table(cos),
-            sin: table(sin),
+            cos: table(&cos),
+            sin: table(&sin),
+            cos_rows: cos.into(),
+            sin_rows: sin.into(),
             masked_rows: masked.as_slice().into(),
             masked: Tensor::<4, Bool>::from_data(TensorData::new(masked, [b, 1, t, keys]), device),
             mask_value,
