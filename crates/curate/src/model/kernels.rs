@@ -452,7 +452,7 @@ impl HeadShape {
     pub(crate) fn of(dims: &[usize]) -> Self {
         assert_eq!(dims.len(), 4, "heads are [B, T, H, D]");
         assert!(
-            dims[3] % 2 == 0,
+            dims[3].is_multiple_of(2),
             "rotary embeddings need an even head dimension"
         );
         HeadShape {
