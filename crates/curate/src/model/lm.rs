@@ -214,19 +214,20 @@ impl Attention {
         let mut v = heads(self.v_proj.forward(x, capture), self.num_kv_heads).swap_dims(1, 2);
 
         // Rotated, as `[B, H, T, D]`.
-        let (q, mut k) = if fused::applies(&q.device(), q.dtype()) {
-            let (cos, sin) = (&shared.cos_rows, &shared.sin_rows);
-            (
-                fused::rotary(q, cos.clone(), sin.clone()),
-                fused::rotary(k, cos.clone(), sin.clone()),
-            )
-        } else {
-            let rotate = |t: Tensor<4>| {
-                let t = t.swap_dims(1, 2);
-                t.clone() * shared.cos.clone() + rotate_half(t) * shared.sin.clone()
+        let (q, mut k) =
+            if fused::applies(&q.device(), q.dtype()) && self.head_dim.is_multiple_of(2) {
+                let (cos, sin) = (&shared.cos_rows, &shared.sin_rows);
+                (
+                    fused::rotary(q, cos.clone(), sin.clone()),
+                    fused::rotary(k, cos.clone(), sin.clone()),
+                )
+            } else {
+                let rotate = |t: Tensor<4>| {
+                    let t = t.swap_dims(1, 2);
+                    t.clone() * shared.cos.clone() + rotate_half(t) * shared.sin.clone()
+                };
+                (rotate(q), rotate(k))
             };
-            (rotate(q), rotate(k))
-        };
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.take() {
                 k = Tensor::cat(vec![past_k, k], 2);
