@@ -109,77 +109,108 @@ pub struct RephraseArgs {
     pub input: String,
 
     /// Output: the rephrased records in --format shape (not needed with --dry-run).
-    #[arg(short, long, value_name = "FILE", required_unless_present = "dry_run")]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "dry_run",
+        help_heading = "Output"
+    )]
     pub out: Option<String>,
 
     /// Records that could not be rephrased, with a reason code (otherwise only counted).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub rejects: Option<String>,
 
     /// Statistics as JSON: units per example, characters to the first answer before and after,
     /// first correct unit, rejects by reason.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub stats: Option<String>,
 
     /// How units are found: by rules (offline, deterministic), or by an LLM behind an
     /// OpenAI-compatible endpoint that names unit ends or rewrites the trace.
-    #[arg(long, value_enum, default_value = "rules")]
+    #[arg(long, value_enum, default_value = "rules", help_heading = "Method")]
     pub mode: RephraseModeArg,
 
     /// Shape of the output records.
-    #[arg(long, value_enum, default_value = "completion")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "completion",
+        help_heading = "Output"
+    )]
     pub format: RecordFormatArg,
 
     /// Column of unique ids [default: id, else the row index].
-    #[arg(long, value_name = "COLUMN")]
+    #[arg(long, value_name = "COLUMN", help_heading = "Inputs")]
     pub id_col: Option<String>,
 
     /// Column with the question (the prompt).
-    #[arg(long, default_value = "question", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "question",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub question_col: String,
 
     /// Column with the trace.
-    #[arg(long, default_value = "response", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "response",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub response_col: String,
 
     /// Column with the reference answer (used where present).
-    #[arg(long, default_value = "reference", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "reference",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub reference_col: String,
 
     /// Traces are plain multi-step solutions, not `<think>...</think> answer`.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs")]
     pub no_think_tags: bool,
 
     /// Marker file (KIND<TAB>PHRASE lines) instead of the bundled one.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Method")]
     pub markers: Option<String>,
 
     /// Units shorter than this many characters join the next one.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Method")]
     pub min_unit_chars: usize,
 
     /// At most this many units per record (the rest join the last).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Method")]
     pub max_units: Option<usize>,
 
     /// Reject records whose final answer differs from the reference (or that have none).
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     pub require_correct: bool,
 
     /// The user turn between units in the messages and sharegpt formats.
-    #[arg(long, default_value = "Continue.", value_name = "TEXT")]
+    #[arg(
+        long,
+        default_value = "Continue.",
+        value_name = "TEXT",
+        help_heading = "Method"
+    )]
     pub continue_prompt: String,
 
     /// Rephrase only shard I of N of the traces (0-based; contiguous rows, so the outputs of
     /// all shards concatenate to the whole run's), or `auto` / `auto/N` from a scheduler (a
     /// Slurm array's task id, JOB_COMPLETION_INDEX, CURATE_SHARD=I/N). Ids default to the row
     /// index in the whole input.
-    #[arg(long, value_name = "I/N|auto|auto/N")]
+    #[arg(long, value_name = "I/N|auto|auto/N", help_heading = "Inputs")]
     pub shard: Option<String>,
 
     /// Replace existing output files (and start over, discarding an interrupted run's
     /// journal, unless --resume).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 
     #[command(flatten)]
@@ -191,7 +222,7 @@ pub struct RephraseArgs {
         long,
         default_value_t = 0.3,
         value_name = "SHARE",
-        help_heading = "LLM modes"
+        help_heading = "Method"
     )]
     pub max_drift: f64,
 }
@@ -319,73 +350,85 @@ pub struct RevealAskArgs {
     /// Output: id, pred (list of classes), raw (the answer), unmatched (names that are no
     /// class), and with --scores yes-no probs (per-class presence, in --classes order). With
     /// several --model names, put `{model}` in the path: one file per model.
-    #[arg(short, long, value_name = "FILE", required_unless_present = "dry_run")]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "dry_run",
+        help_heading = "Output"
+    )]
     pub out: Option<String>,
 
     /// Rows the model gave no usable answer for, with a reason code and detail.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub rejects: Option<String>,
 
     /// The classes to ask about, in the order `reveal --classes` is given.
-    #[arg(long, required = true, value_delimiter = ',', value_name = "A,B,...")]
+    #[arg(
+        long,
+        required = true,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        help_heading = "Method"
+    )]
     pub classes: Vec<String>,
 
     /// Column with each row's text.
-    #[arg(long, value_name = "COLUMN")]
+    #[arg(long, value_name = "COLUMN", help_heading = "Inputs")]
     pub text_col: Option<String>,
 
     /// Column with each row's image: a file path (relative to --image-root), an http(s) or
     /// data URL, or the image's bytes (a binary column). PNG, JPEG and WebP, checked by their
     /// first bytes.
-    #[arg(long, value_name = "COLUMN")]
+    #[arg(long, value_name = "COLUMN", help_heading = "Inputs")]
     pub image_col: Option<String>,
 
     /// Where relative image paths start [default: the input file's directory].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Inputs")]
     pub image_root: Option<String>,
 
     /// Largest image sent, in bytes.
-    #[arg(long, default_value_t = 20 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = 20 << 20, value_name = "BYTES", help_heading = "Inputs")]
     pub max_image_bytes: u64,
 
     /// Column of unique ids [default: id, else the row index].
-    #[arg(long, value_name = "COLUMN")]
+    #[arg(long, value_name = "COLUMN", help_heading = "Inputs")]
     pub id_col: Option<String>,
 
     /// What each row is asked: every class it shows (select all that apply), or the single
     /// best class.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, value_enum, default_value = "all", help_heading = "Method")]
     pub question: AskQuestionArg,
 
     /// Also score each class: one yes/no request per row and class, the presence score being
     /// P(yes) / (P(yes) + P(no)) from the first token's log-probabilities.
-    #[arg(long, value_enum, value_name = "KIND")]
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Method")]
     pub scores: Option<AskScoresArg>,
 
     /// The question's text instead of the built-in one: `{classes}` is replaced by the class
     /// list, `{text}` by the row's text (placed before the question when absent), `{subject}`
     /// by `text` or `image`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Method")]
     pub prompt: Option<String>,
 
     /// Other names the answers may use, one class per line: `CLASS: alias, alias` (lines
     /// starting with # are comments).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Method")]
     pub aliases: Option<String>,
 
     /// Do not ask for a JSON reply (`response_format`), for servers that refuse it; answers
     /// are still read from JSON or prose.
-    #[arg(long)]
+    #[arg(long, help_heading = "Method")]
     pub no_json_format: bool,
 
     /// Ask only shard I of N of the rows (0-based, contiguous), or `auto` / `auto/N` from a
     /// scheduler; the outputs of all shards concatenate.
-    #[arg(long, value_name = "I/N|auto|auto/N")]
+    #[arg(long, value_name = "I/N|auto|auto/N", help_heading = "Inputs")]
     pub shard: Option<String>,
 
     /// Replace existing output files (and start over, discarding an interrupted run's
     /// journal, unless --resume).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 
     #[command(flatten)]
@@ -458,58 +501,103 @@ pub struct RevealArgs {
 
     /// The given labels: `id` (default: the row index) and `label` (integer or string class),
     /// or `labels` (a list of classes, multi-label).
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(long, required = true, value_name = "FILE", help_heading = "Inputs")]
     pub labels: Option<String>,
 
     /// A prediction source, NAME=PATH[:KIND[:COLUMN]] (repeatable). KIND: probs (class
     /// probabilities: a list column, default `probs`, or wide columns `p0..pK-1`), mlprobs
     /// (independent per-class presence, same layout), hard (one class, default column `pred`),
     /// set (a list of classes, default column `pred`). Rows join the labels on the id column.
-    #[arg(long = "source", value_name = "NAME=PATH[:KIND[:COLUMN]]")]
+    #[arg(
+        long = "source",
+        value_name = "NAME=PATH[:KIND[:COLUMN]]",
+        help_heading = "Inputs"
+    )]
     pub sources: Vec<curate::reveal::inputs::SourceSpec>,
 
     /// Embeddings for the kNN vote and the probe: id and a list column `emb`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Inputs")]
     pub embeddings: Option<String>,
 
     /// Output: one row per id (see docs/reveal.md for the columns).
-    #[arg(short, long, required = true, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        required = true,
+        value_name = "FILE",
+        help_heading = "Output"
+    )]
     pub out: Option<String>,
 
     /// Also write a JSON summary: rates per class, detectors, source weights, gate result.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub summary: Option<String>,
 
     /// Id column in every input.
-    #[arg(long, default_value = "id", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "id",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub id_col: String,
 
     /// Column of single labels.
-    #[arg(long, default_value = "label", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "label",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub label_col: String,
 
     /// Column of label lists (multi-label); used when present and --label-col is not.
-    #[arg(long, default_value = "labels", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "labels",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub labels_col: String,
 
     /// Prefix of wide probability columns when a source has no list column: numbered (`p0`,
     /// `p1`, ...) or named by class (`--probs-prefix p_` for `p_bird`, `p_cat`, matched to the
     /// label values).
-    #[arg(long, default_value = "p", value_name = "PREFIX")]
+    #[arg(
+        long,
+        default_value = "p",
+        value_name = "PREFIX",
+        help_heading = "Inputs"
+    )]
     pub probs_prefix: String,
 
     /// Wide probability columns named outright, in class order (the --classes order, else the
     /// sorted label values); for every probability source without its own :COLUMN.
-    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        help_heading = "Inputs"
+    )]
     pub probs_cols: Option<Vec<String>>,
 
     /// Column of the embedding vectors.
-    #[arg(long, default_value = "emb", value_name = "COLUMN")]
+    #[arg(
+        long,
+        default_value = "emb",
+        value_name = "COLUMN",
+        help_heading = "Inputs"
+    )]
     pub emb_col: String,
 
     /// Class names in order (probability column k is class k) [default: 0..K-1 for integer
     /// labels, else the sorted union of the classes seen].
-    #[arg(long, value_delimiter = ',', value_name = "CLASS,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CLASS,...",
+        help_heading = "Inputs"
+    )]
     pub classes: Option<Vec<String>>,
 
     /// Detectors to run [default: cl; vote with two or more sources; knn with --embeddings;
@@ -518,7 +606,8 @@ pub struct RevealArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        value_name = "cl,knn,vote,probe"
+        value_name = "cl,knn,vote,probe",
+        help_heading = "Detectors"
     )]
     pub detectors: Option<Vec<DetectorArg>>,
 
@@ -527,16 +616,27 @@ pub struct RevealArgs {
         long,
         value_enum,
         default_value = "prune_by_noise_rate",
-        value_name = "MODE"
+        value_name = "MODE",
+        help_heading = "Detectors"
     )]
     pub filter_by: FilterByArg,
 
     /// Share of the estimated noise the prune modes remove.
-    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "F",
+        help_heading = "Detectors"
+    )]
     pub frac_noise: f64,
 
     /// Classes with at most this many examples are not pruned.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        help_heading = "Detectors"
+    )]
     pub min_examples_per_class: usize,
 
     /// Label-quality score in the `quality` column (cleanlab's get_label_quality_scores).
@@ -544,75 +644,117 @@ pub struct RevealArgs {
         long,
         value_enum,
         default_value = "self_confidence",
-        value_name = "METHOD"
+        value_name = "METHOD",
+        help_heading = "Detectors"
     )]
     pub quality_method: QualityMethodArg,
 
     /// Detectors that must fire for a label issue [default: a majority of those run].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Decision")]
     pub min_detectors: Option<usize>,
 
     /// Also require the consensus probability of the given label to be below TAU.
-    #[arg(long, value_name = "TAU")]
+    #[arg(long, value_name = "TAU", help_heading = "Decision")]
     pub tau: Option<f64>,
 
     /// Consensus probability another class needs to be suggested (else the issue is
     /// ambiguous).
-    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "P",
+        help_heading = "Decision"
+    )]
     pub confidence: f64,
 
     /// Consensus probability from which another class also applies [default: 0.3; 0.5 for
     /// multi-label presence].
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", help_heading = "Decision")]
     pub missing_threshold: Option<f64>,
 
     /// kNN: neighbours per row.
-    #[arg(long, default_value_t = 10, value_name = "K")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "K",
+        help_heading = "Detectors"
+    )]
     pub knn_k: usize,
 
     /// kNN: subsampling rounds.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "N",
+        help_heading = "Detectors"
+    )]
     pub knn_rounds: usize,
 
     /// kNN: share of rows kept per round.
-    #[arg(long, default_value_t = 0.9, value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 0.9,
+        value_name = "F",
+        help_heading = "Detectors"
+    )]
     pub knn_sample: f64,
 
     /// Train a probe on the embeddings (out-of-fold probabilities; adds the probe detector).
-    #[arg(long, value_enum, value_name = "KIND")]
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Detectors")]
     pub probe: Option<ProbeArg>,
 
     /// Probe: stratified folds.
-    #[arg(long, default_value_t = 5, value_name = "K")]
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "K",
+        help_heading = "Detectors"
+    )]
     pub folds: usize,
 
     /// Probe: training epochs per fold.
-    #[arg(long, default_value_t = 30, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "N",
+        help_heading = "Detectors"
+    )]
     pub probe_epochs: usize,
 
     /// Probe: hidden units of the MLP.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "N",
+        help_heading = "Detectors"
+    )]
     pub probe_hidden: usize,
 
     /// Gate: exit 1 (after writing outputs) when more than this share of rows are label
     /// issues.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", help_heading = "Gate")]
     pub max_issue_rate: Option<f64>,
 
     /// Gate: exit 1 when more than this share of rows have missing labels.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", help_heading = "Gate")]
     pub max_missing_rate: Option<f64>,
 
     /// Gate: exit 1 when any row has one of these issue types.
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "TYPE,...")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "TYPE,...",
+        help_heading = "Gate"
+    )]
     pub fail_on: Option<Vec<IssueTypeArg>>,
 
     /// Leave the soft_label column out (it holds K numbers per row).
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub no_soft_label: bool,
 
     /// Replace existing output files.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -1001,61 +1143,61 @@ pub struct TrainArgs {
     pub input: String,
 
     /// Output model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR", help_heading = "Output")]
     pub out: String,
 
     /// Start from a Hugging Face config.json (random weights) instead of the shape flags.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub config: Option<String>,
 
     /// Continue training a model (its weights, tokenizer and chat template): a directory in
     /// Hugging Face layout or a llama.cpp GGUF file.
-    #[arg(long, value_name = "DIR|FILE.gguf")]
+    #[arg(long, value_name = "DIR|FILE.gguf", help_heading = "Model")]
     pub model: Option<String>,
 
     /// With --model: initialise tensors the checkpoint lacks and ignore ones the model does
     /// not use, instead of failing.
-    #[arg(long, requires = "model")]
+    #[arg(long, requires = "model", help_heading = "Model")]
     pub allow_partial: bool,
 
     /// Use this tokenizer.json instead of training a byte-level BPE on the input.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
     pub tokenizer: Option<String>,
 
     /// Vocabulary size of the trained tokenizer (and of the model built from flags).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(long, default_value_t = 1024, value_name = "N", help_heading = "Model")]
     pub vocab_size: usize,
 
     /// Architecture when building from flags.
-    #[arg(long, value_enum, default_value = "llama")]
+    #[arg(long, value_enum, default_value = "llama", help_heading = "Model")]
     pub arch: ArchArg,
 
     /// Hidden size when building from flags.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N", help_heading = "Model")]
     pub hidden_size: usize,
 
     /// MLP intermediate size when building from flags.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, default_value_t = 128, value_name = "N", help_heading = "Model")]
     pub intermediate_size: usize,
 
     /// Decoder layers when building from flags.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = 2, value_name = "N", help_heading = "Model")]
     pub layers: usize,
 
     /// Attention heads when building from flags.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 4, value_name = "N", help_heading = "Model")]
     pub heads: usize,
 
     /// Key/value heads (grouped-query attention) when building from flags.
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = 2, value_name = "N", help_heading = "Model")]
     pub kv_heads: usize,
 
     /// Maximum sequence length (positions) when building from flags.
-    #[arg(long, default_value_t = 512, value_name = "N")]
+    #[arg(long, default_value_t = 512, value_name = "N", help_heading = "Model")]
     pub max_positions: usize,
 
     /// Tie the output projection to the token embeddings when building from flags.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub tie_embeddings: bool,
 
     #[command(flatten)]
@@ -1063,83 +1205,113 @@ pub struct TrainArgs {
 
     /// Leave out rows whose prompt fills all of --max-length (no response token would be
     /// left to train on) instead of failing on the first; says how many.
-    #[arg(long, requires = "max_length")]
+    #[arg(long, requires = "max_length", help_heading = "Inputs")]
     pub skip_long: bool,
 
     /// Per-row loss weights, such as `curate reweight` writes: a row's loss counts w times
     /// (resampling the rows by weight, in expectation); rows of weight 0 are left out.
-    #[arg(long, value_name = "COLUMN")]
+    #[arg(long, value_name = "COLUMN", help_heading = "Inputs")]
     pub weight_col: Option<String>,
 
     /// Passes over the data.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_name = "N", help_heading = "Training")]
     pub epochs: usize,
 
     /// Total optimizer steps instead of --epochs.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Training")]
     pub steps: Option<usize>,
 
     /// Sequences per batch (batches group sequences of similar length). A fixed number: the
     /// batch is part of the optimisation, so it is not chosen by memory.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), help_heading = "Training")]
     pub batch_size: usize,
 
     /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
     /// A batch whose estimate exceeds it is refused before any work.
-    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "80%",
+        value_name = "SIZE",
+        help_heading = "Training"
+    )]
     pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
+    #[arg(
+        long,
+        default_value_t = 1e-3,
+        value_name = "LR",
+        help_heading = "Training"
+    )]
     pub lr: f64,
 
     /// Linear warmup steps.
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "N",
+        help_heading = "Training"
+    )]
     pub warmup: usize,
 
     /// Decay after warmup, to zero at the last step.
-    #[arg(long, value_enum, default_value = "cosine")]
+    #[arg(long, value_enum, default_value = "cosine", help_heading = "Training")]
     pub schedule: ScheduleArg,
 
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.01, value_name = "W")]
+    #[arg(
+        long,
+        default_value_t = 0.01,
+        value_name = "W",
+        help_heading = "Training"
+    )]
     pub weight_decay: f64,
 
     /// Clip the global gradient norm to this value (0 disables).
-    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "NORM",
+        help_heading = "Training"
+    )]
     pub grad_clip: f64,
 
     /// Write a checkpoint every N steps (always on Ctrl-C and at --stop-after).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Long runs")]
     pub checkpoint_every: Option<usize>,
 
     /// Checkpoint directory [default: OUT.checkpoint].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
     pub checkpoint_dir: Option<String>,
 
     /// Continue from the checkpoint of an earlier run with the same data and flags.
-    #[arg(long)]
+    #[arg(long, help_heading = "Long runs")]
     pub resume: bool,
 
     /// Stop after N steps of this run, leaving a checkpoint for --resume (for jobs with a
     /// wall-time limit).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Long runs")]
     pub stop_after: Option<usize>,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
-    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    #[arg(
+        long,
+        default_value = "flex",
+        value_name = "DEVICE",
+        help_heading = "Model"
+    )]
     pub device: String,
 
     /// Compute precision (weights are saved as float32).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Model")]
     pub dtype: DtypeArg,
 
     /// Replace an existing output directory.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 
     /// Input format, when the extension does not say.
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Inputs")]
     pub input_format: Option<FormatArg>,
 }
 
@@ -1147,11 +1319,21 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct TextArgs {
     /// Prompt text column (no loss).
-    #[arg(long, default_value = "prompt", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "prompt",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub prompt_col: String,
 
     /// Response text column (the loss is on its tokens and the end-of-text token).
-    #[arg(long, default_value = "response", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "response",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub response_col: String,
 
     #[command(flatten)]
@@ -1159,7 +1341,7 @@ pub struct TextArgs {
 
     /// Cut sequences longer than N tokens to their first N (prompt first, then as much of
     /// the response as fits). Without it a row longer than the model's positions is an error.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Inputs")]
     pub max_length: Option<usize>,
 }
 
@@ -1169,16 +1351,26 @@ pub struct ChatArgs {
     /// Chat template for text rows: auto (the model's own, when it has one), none (prompt,
     /// response and the end-of-text token), or a Jinja template file. With a template the loss
     /// is on the assistant messages (and the end-of-turn token after each) only.
-    #[arg(long, default_value = "auto", value_name = "auto|none|FILE")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|none|FILE",
+        help_heading = "Inputs"
+    )]
     pub chat_template: String,
 
     /// System message put first in every conversation that has none (needs a chat template).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", help_heading = "Inputs")]
     pub system: Option<String>,
 
     /// Column of whole conversations, lists of {role, content} messages (used when present;
     /// needs a chat template).
-    #[arg(long, default_value = "messages", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "messages",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub messages_col: String,
 }
 
@@ -1189,65 +1381,101 @@ pub struct EvalArgs {
     pub action: Option<EvalAction>,
 
     /// Model: a directory in Hugging Face layout or a llama.cpp GGUF file.
-    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
+    #[arg(
+        long,
+        required = true,
+        value_name = "DIR|FILE.gguf",
+        help_heading = "Model"
+    )]
     pub model: Option<String>,
 
     /// Rows to evaluate: prompt/response text, conversations or input_ids/labels lists; every
     /// column is kept in the output.
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(long, required = true, value_name = "FILE", help_heading = "Inputs")]
     pub data: Option<String>,
 
     /// The rows with `loss`, `loss_tokens`, `mean_loss` (and `generation`, `predicted_answer`,
     /// `correct` with --generate) added.
-    #[arg(short, long, required = true, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        required = true,
+        value_name = "FILE",
+        help_heading = "Output"
+    )]
     pub out: Option<String>,
 
     /// Per domain and overall: rows, loss tokens, mean token loss, and accuracy with --generate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub summary: Option<String>,
 
     #[command(flatten)]
     pub text: TextArgs,
 
     /// Domain column the summary groups by (when present).
-    #[arg(long, default_value = "domain", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "domain",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub domain_col: String,
 
     /// Also answer each prompt by greedy decoding, extract the final answer (\boxed{}, "the
     /// answer is", "#### N") and check it against --reference-col.
-    #[arg(long)]
+    #[arg(long, help_heading = "Generation")]
     pub generate: bool,
 
     /// Most tokens generated per row (decoding also stops at the end-of-text or end-of-turn
     /// token).
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 256,
+        value_name = "N",
+        help_heading = "Generation"
+    )]
     pub max_new_tokens: usize,
 
     /// Reference answer column for --generate (a null reference gives a null verdict; without
     /// the column, answers are generated and every verdict is null) [default: reference].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Generation")]
     pub reference_col: Option<String>,
 
     /// Rows per forward pass (and per decoding batch), or `auto`: the largest batch (at most
     /// 16) whose estimated peak memory stays within --memory-budget.
-    #[arg(long, default_value = "8", value_name = "N|auto")]
+    #[arg(
+        long,
+        default_value = "8",
+        value_name = "N|auto",
+        help_heading = "Model"
+    )]
     pub batch_size: BatchSize,
 
     /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
     /// A batch whose estimate exceeds it is refused before any work.
-    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "80%",
+        value_name = "SIZE",
+        help_heading = "Model"
+    )]
     pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
-    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    #[arg(
+        long,
+        default_value = "flex",
+        value_name = "DEVICE",
+        help_heading = "Model"
+    )]
     pub device: String,
 
     /// Model compute precision.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Model")]
     pub dtype: DtypeArg,
 
     /// Replace existing outputs.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -1293,59 +1521,70 @@ pub struct GradientArgs {
 
     /// Training table: prompt/response text or input_ids/labels lists, optional id, domain,
     /// difficulty.
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(long, required = true, value_name = "FILE", help_heading = "Inputs")]
     pub train: Option<String>,
 
     /// Tracked linear layers: a regex searched in module names like model.layers.0.mlp.up_proj.
     #[arg(
         long,
         default_value = r"mlp\.(gate|up|down)_proj",
-        value_name = "REGEX"
+        value_name = "REGEX",
+        help_heading = "Method"
     )]
     pub modules: String,
 
     /// Labels behind the factors.
-    #[arg(long, value_enum, default_value = "empirical")]
+    #[arg(long, value_enum, default_value = "empirical", help_heading = "Method")]
     pub fisher: FisherArg,
 
     /// Kronecker projection of each layer's gradient space to R_IN x R_OUT (kron:R_IN,R_OUT),
     /// seeded by --seed, module and side.
-    #[arg(long, value_name = "kron:R_IN,R_OUT")]
+    #[arg(long, value_name = "kron:R_IN,R_OUT", help_heading = "Method")]
     pub project: Option<curate::influence::Projection>,
 
     /// Memory EK-FAC may use to keep the first pass's per-token inputs and gradients, so its
     /// second pass does not run the model again: `auto` keeps them when they fit in
     /// --memory-budget beside the batches, a number of MiB caps them (0 always reruns it).
-    #[arg(long, default_value = "auto", value_name = "MIB|auto")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "MIB|auto",
+        help_heading = "Method"
+    )]
     pub cache_mib: CacheSize,
 
     /// Process shard I of N (0-based) of the training rows: contiguous rows holding about
     /// 1/N of the work (each row's forward pass from its length). `auto` reads it from a
     /// scheduler (a Slurm array's task id, a Kubernetes Indexed Job's JOB_COMPLETION_INDEX,
     /// or CURATE_SHARD=I/N); `auto/N` gives the count, so a re-submitted task still knows it.
-    #[arg(long, value_name = "I/N|auto|auto/N")]
+    #[arg(long, value_name = "I/N|auto|auto/N", help_heading = "Long runs")]
     pub shard: Option<String>,
 
     /// With --shard: when this shard's complete output of the same run (model, data,
     /// factors, settings) is already there, say so and exit 0, so re-submitting a whole
     /// array finishes only what is missing.
-    #[arg(long, requires = "shard")]
+    #[arg(long, requires = "shard", help_heading = "Long runs")]
     pub skip_done: bool,
 
     /// Continue from the progress an interrupted run of the same command, data and settings
     /// saved in the checkpoint directory. Without one the run starts from the beginning, so a
     /// job script can always pass it.
-    #[arg(long)]
+    #[arg(long, help_heading = "Long runs")]
     pub resume: bool,
 
     /// Save progress (factor sums, scores or index rows so far) every SECONDS, and always on
     /// Ctrl-C or SIGTERM, so a stopped run loses at most that much work.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        help_heading = "Long runs"
+    )]
     pub checkpoint_every: u64,
 
     /// Where progress is saved [default: OUT.checkpoint beside --out]. Removed when the run
     /// finishes; never a directory of other files.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Long runs")]
     pub checkpoint_dir: Option<String>,
 }
 
@@ -1355,11 +1594,16 @@ pub struct GradientArgs {
 pub struct ModelArgs {
     /// Model: a directory in Hugging Face layout (config.json, model.safetensors,
     /// tokenizer.json, chat template) or a llama.cpp GGUF file.
-    #[arg(long, required = true, value_name = "DIR|FILE.gguf")]
+    #[arg(
+        long,
+        required = true,
+        value_name = "DIR|FILE.gguf",
+        help_heading = "Model"
+    )]
     pub model: Option<String>,
 
     /// Id column (default: `id` when present, else the row index).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Inputs")]
     pub id_col: Option<String>,
 
     #[command(flatten)]
@@ -1367,24 +1611,39 @@ pub struct ModelArgs {
 
     /// Examples per forward/backward pass, or `auto`: the largest batch (at most 16) whose
     /// estimated peak memory stays within --memory-budget.
-    #[arg(long, default_value = "8", value_name = "N|auto")]
+    #[arg(
+        long,
+        default_value = "8",
+        value_name = "N|auto",
+        help_heading = "Model"
+    )]
     pub batch_size: BatchSize,
 
     /// Memory the run may plan for: a share of the available memory (80%) or a size (12GiB).
     /// A batch whose estimate exceeds it is refused before any work.
-    #[arg(long, default_value = "80%", value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "80%",
+        value_name = "SIZE",
+        help_heading = "Model"
+    )]
     pub memory_budget: curate::model::budget::MemoryBudget,
 
     /// Compute device: flex (pure-Rust CPU), tch-cpu or tch-cuda:N (builds with --features tch).
-    #[arg(long, default_value = "flex", value_name = "DEVICE")]
+    #[arg(
+        long,
+        default_value = "flex",
+        value_name = "DEVICE",
+        help_heading = "Model"
+    )]
     pub device: String,
 
     /// Model compute precision (factors and scores are always accumulated in f64).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Model")]
     pub dtype: DtypeArg,
 
     /// Initialise tensors the checkpoint lacks and ignore unused ones instead of failing.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub allow_partial: bool,
 }
 
@@ -1398,75 +1657,106 @@ pub struct InfluenceArgs {
     pub gradients: GradientArgs,
 
     /// Query table (same columns as the training table; optional `correct`).
-    #[arg(long, required = true, value_name = "FILE")]
+    #[arg(long, required = true, value_name = "FILE", help_heading = "Inputs")]
     pub query: Option<String>,
 
     /// Example scores: query_id, train_id, score, rank (and domain, difficulty, per-module).
-    #[arg(short, long, required = true, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        required = true,
+        value_name = "FILE",
+        help_heading = "Output"
+    )]
     pub out: Option<String>,
 
     /// Preconditioner [default: ekfac, or the one --factors were fitted for].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Method")]
     pub precond: Option<PrecondArg>,
 
     /// Damping added to every eigenvalue: a number, or `heuristic` (0.1 x the mean eigenvalue
     /// per layer).
-    #[arg(long, default_value = "heuristic", value_name = "LAMBDA")]
+    #[arg(
+        long,
+        default_value = "heuristic",
+        value_name = "LAMBDA",
+        help_heading = "Method"
+    )]
     pub damping: curate::influence::Damping,
 
     /// Reuse factors from `fit-factors`, `merge-factors` or --save-factors.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Method")]
     pub factors: Option<String>,
 
     /// Also save the fitted factors (reusable with --factors).
-    #[arg(long, value_name = "DIR", conflicts_with = "factors")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "factors",
+        help_heading = "Output"
+    )]
     pub save_factors: Option<String>,
 
     /// Score per query, or against the mean (or summed) query gradient.
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_enum, default_value = "none", help_heading = "Method")]
     pub query_agg: QueryAggArg,
 
     /// Boolean query column: only rows where it is true count (Infra's correctly answered
     /// queries); used when present.
-    #[arg(long, default_value = "correct", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "correct",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub correct_col: String,
 
     /// Also attribute to segments or tokens (their scores sum to the example score).
-    #[arg(long, value_enum, default_value = "example")]
+    #[arg(long, value_enum, default_value = "example", help_heading = "Method")]
     pub granularity: GranularityArg,
 
     /// How responses are cut into segments: paragraph, sentence, step, answer, regex:PATTERN.
-    #[arg(long, default_value = "paragraph", value_name = "SEGMENTER")]
+    #[arg(
+        long,
+        default_value = "paragraph",
+        value_name = "SEGMENTER",
+        help_heading = "Method"
+    )]
     pub segmenter: curate::influence::segment::Segmenter,
 
     /// Reference answer column for `--segmenter answer`.
-    #[arg(long, default_value = "answer", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "answer",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub answer_col: String,
 
     /// Token table [default: OUT with .tokens before the extension] (--granularity token).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub tokens: Option<String>,
 
     /// Segment table [default: OUT with .segments before the extension] (--granularity segment
     /// or token).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub segments: Option<String>,
 
     /// Summary by query domain x training domain x difficulty: mean score, share positive.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub summary: Option<String>,
 
     /// Add one score column per tracked module.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub per_module: bool,
 
     /// Print the K most helpful (positive) and most harmful (negative) training examples per
     /// domain, by the mean over queries: on stdout, or on stderr with --out -.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", help_heading = "Output")]
     pub top: Option<usize>,
 
     /// Replace existing outputs.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -1500,31 +1790,36 @@ pub struct IndexArgs {
     pub gradients: GradientArgs,
 
     /// Index directory to write (gradients.bin, rows.parquet, manifest.json).
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR", help_heading = "Output")]
     pub out: String,
 
     /// Preconditioner applied to the stored gradients [default: ekfac, or the one --factors
     /// were fitted for].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help_heading = "Method")]
     pub precond: Option<PrecondArg>,
 
     /// Damping added to every eigenvalue: a number, or `heuristic` (0.1 x the mean eigenvalue
     /// per layer).
-    #[arg(long, default_value = "heuristic", value_name = "LAMBDA")]
+    #[arg(
+        long,
+        default_value = "heuristic",
+        value_name = "LAMBDA",
+        help_heading = "Method"
+    )]
     pub damping: curate::influence::Damping,
 
     /// Factors from `fit-factors` / `merge-factors` (needed with --shard, unless --precond
     /// identity); without them they are fitted on the training rows first.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Method")]
     pub factors: Option<String>,
 
     /// How the gradients are stored: f32, f16 (half the size, scores to about 1e-3) or f64
     /// (twice the size, for f64 runs whose scores must match to 1e-10).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Output")]
     pub store_dtype: StoreDtypeArg,
 
     /// Replace an existing index directory.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -1539,39 +1834,49 @@ pub enum StoreDtypeArg {
 pub struct QueryArgs {
     /// Index directory from `influence index`; for a sharded index, every shard (in any
     /// order).
-    #[arg(long, required = true, value_name = "DIR")]
+    #[arg(long, required = true, value_name = "DIR", help_heading = "Inputs")]
     pub index: Vec<String>,
 
     #[command(flatten)]
     pub lm: ModelArgs,
 
     /// Query table (prompt/response text or input_ids/labels; optional `correct`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Inputs")]
     pub query: String,
 
     /// Scores: query_id, train_id, score, rank (and the training rows' domain, difficulty).
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", help_heading = "Output")]
     pub out: String,
 
     /// Keep only the K highest-scoring training rows per query (ranks 1 to K), found while
     /// streaming over the index instead of holding every pair.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", help_heading = "Output")]
     pub top: Option<usize>,
 
     /// Score per query, or against the mean (or summed) query gradient.
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_enum, default_value = "none", help_heading = "Method")]
     pub query_agg: QueryAggArg,
 
     /// Boolean query column: only rows where it is true count; used when present.
-    #[arg(long, default_value = "correct", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "correct",
+        value_name = "NAME",
+        help_heading = "Inputs"
+    )]
     pub correct_col: String,
 
     /// Summary by query domain x training domain x difficulty (not with --top).
-    #[arg(long, value_name = "FILE", conflicts_with = "top")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "top",
+        help_heading = "Output"
+    )]
     pub summary: Option<String>,
 
     /// Replace existing outputs.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 
@@ -1713,20 +2018,20 @@ pub struct FitFactorsArgs {
     pub gradients: GradientArgs,
 
     /// Factor directory to write.
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR", help_heading = "Output")]
     pub out: String,
 
     /// Preconditioner the factors are for.
-    #[arg(long, value_enum, default_value = "ekfac")]
+    #[arg(long, value_enum, default_value = "ekfac", help_heading = "Method")]
     pub precond: PrecondArg,
 
     /// EK-FAC's second pass: the merged covariances of every shard, whose eigenvectors rotate
     /// this shard's gradients. Without it a sharded EK-FAC fit writes covariances only.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Method")]
     pub covariance: Option<String>,
 
     /// Replace an existing output directory.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub force: bool,
 }
 

@@ -35,6 +35,88 @@ fn help_and_version_go_to_stdout() {
     );
 }
 
+/// The option headings of a help text, in order, each with the flags listed under it.
+fn help_sections(help: &str) -> Vec<(String, Vec<String>)> {
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') && !line.starts_with("Usage") {
+            sections.push((line.trim_end_matches(':').to_string(), Vec::new()));
+        } else if let Some((_, flags)) = sections.last_mut() {
+            let item = line.trim_start();
+            if line.starts_with("  ") && item.starts_with('-') {
+                flags.push(item.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    }
+    sections
+}
+
+#[test]
+fn long_commands_group_their_options_under_headings() {
+    for (command, headings) in [
+        (
+            vec!["influence"],
+            vec!["Inputs", "Model", "Method", "Long runs", "Output"],
+        ),
+        (
+            vec!["train"],
+            vec!["Model", "Inputs", "Training", "Long runs", "Output"],
+        ),
+        (
+            vec!["eval"],
+            vec!["Model", "Inputs", "Output", "Generation"],
+        ),
+        (
+            vec!["reveal"],
+            vec!["Inputs", "Output", "Detectors", "Decision", "Gate"],
+        ),
+        (
+            vec!["rephrase"],
+            vec!["Output", "Method", "Inputs", "LLM endpoint"],
+        ),
+        (
+            vec!["reveal", "ask"],
+            vec!["Output", "Method", "Inputs", "LLM endpoint"],
+        ),
+    ] {
+        let mut long = command.clone();
+        long.push("--help");
+        let help = Test::new().args(long).run().success().stdout;
+        let sections = help_sections(&help);
+        let names: Vec<&str> = sections.iter().map(|(name, _)| name.as_str()).collect();
+        for heading in &headings {
+            assert!(
+                names.contains(heading),
+                "{command:?} --help lacks {heading}: {names:?}"
+            );
+        }
+        assert_eq!(names.last(), Some(&"Global options"), "{command:?}");
+        // Only help and version are left under the plain heading.
+        let (_, plain) = sections
+            .iter()
+            .find(|(name, _)| name == "Options")
+            .expect("clap's own heading");
+        assert!(
+            plain.iter().all(|flag| flag == "-h," || flag == "-V,"),
+            "{command:?}: {plain:?}"
+        );
+        let mut short = command.clone();
+        short.push("-h");
+        let brief = Test::new().args(short).run().success().stdout;
+        // Flags documented in more than a line show only their first with -h.
+        assert!(
+            brief.lines().count() <= help.lines().count(),
+            "{command:?}: -h is longer"
+        );
+        if ["influence", "reveal", "rephrase"].contains(&command[0]) {
+            assert!(
+                brief.lines().count() * 4 < help.lines().count() * 3,
+                "{command:?}: -h is not shorter"
+            );
+        }
+    }
+}
+
 #[test]
 fn quiet_silences_messages_but_not_data() {
     let mut test = Test::new().file("in.jsonl", "{\"a\": 1}\n");
