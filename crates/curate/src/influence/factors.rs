@@ -3,8 +3,11 @@
 //! eigenvalue statistic `sum_n X_n^2` over examples, where `X_n` is the example's weight
 //! gradient rotated into the covariances' eigenbases (EK-FAC) or as it is (diagonal).
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{Result, bail};
 use faer::{Mat, Side};
+use sha2::{Digest, Sha256};
 
 use super::checkpoint::PassState;
 use super::{ModuleStacks, Preconditioner};
@@ -47,6 +50,24 @@ pub struct ModuleFactors {
     pub tokens: f64,
     pub lambda_sum: Option<Mat<f64>>,
     pub examples: f64,
+    /// The eigenbasis last computed from the covariance sums, so the scoring that follows a
+    /// fit in one run does not decompose them again.
+    kept: KeptBasis,
+}
+
+/// An eigenbasis and the digest of the sums it was computed from: used only while the sums
+/// still have that digest, so changing them (merging shards, adding batches) can never leave a
+/// stale basis in use. A cache, not part of the factors' value: equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+struct KeptBasis(Arc<Mutex<Option<DigestedBasis>>>);
+
+/// A basis and the SHA-256 of the sums it was computed from.
+type DigestedBasis = ([u8; 32], Arc<Eigenbasis>);
+
+impl PartialEq for KeptBasis {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl ModuleFactors {
@@ -60,11 +81,45 @@ impl ModuleFactors {
             tokens: 0.0,
             lambda_sum: None,
             examples: 0.0,
+            kept: KeptBasis::default(),
         }
     }
 
-    /// `A = sum a a^T / N_tok`, `G = sum g g^T / N_tok`, eigendecomposed in f64.
-    pub(crate) fn eigenbasis(&self) -> Result<Eigenbasis> {
+    /// SHA-256 of what the eigenbasis is computed from: the token count and both sums.
+    fn covariance_digest(a: &Mat<f64>, g: &Mat<f64>, tokens: f64) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(tokens.to_le_bytes());
+        let mut bytes = Vec::new();
+        for sum in [a, g] {
+            hasher.update((sum.nrows() as u64).to_le_bytes());
+            for j in 0..sum.ncols() {
+                bytes.clear();
+                bytes.extend(sum.col_as_slice(j).iter().flat_map(|v| v.to_le_bytes()));
+                hasher.update(&bytes);
+            }
+        }
+        hasher.finalize().into()
+    }
+
+    /// `A = sum a a^T / N_tok`, `G = sum g g^T / N_tok`, eigendecomposed in f64; the basis last
+    /// computed from the same sums when there is one.
+    pub(crate) fn eigenbasis(&self) -> Result<Arc<Eigenbasis>> {
+        let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
+            bail!("{}: the factors hold no covariances", self.name);
+        };
+        let digest = Self::covariance_digest(a, g, self.tokens);
+        let mut kept = self.kept.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((from, basis)) = kept.as_ref()
+            && *from == digest
+        {
+            return Ok(basis.clone());
+        }
+        let basis = Arc::new(self.decompose()?);
+        *kept = Some((digest, basis.clone()));
+        Ok(basis)
+    }
+
+    fn decompose(&self) -> Result<Eigenbasis> {
         let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
             bail!("{}: the factors hold no covariances", self.name);
         };
@@ -110,7 +165,7 @@ impl ModuleFactors {
 
 /// Eigenvectors (columns) and eigenvalues of one layer's two covariances.
 #[derive(Debug, Clone)]
-pub(crate) struct Eigenbasis {
+pub struct Eigenbasis {
     pub q_a: Mat<f64>,
     pub eig_a: Vec<f64>,
     pub q_g: Mat<f64>,
@@ -176,7 +231,7 @@ impl FactorSet {
     pub(crate) fn add_lambdas(
         &mut self,
         stacks: &[ModuleStacks],
-        bases: Option<&[Eigenbasis]>,
+        bases: Option<&[Arc<Eigenbasis>]>,
     ) -> Result<()> {
         self.module_slots(stacks)?;
         for (index, (module, stack)) in self.modules.iter_mut().zip(stacks).enumerate() {
@@ -231,7 +286,7 @@ impl FactorSet {
     /// Every module's eigenbasis. faer decomposes on one thread, so the modules are spread
     /// over the thread pool (on SmolLM2's 90 MLP modules this is most of a short fit); each is
     /// computed alone, so the result does not depend on the thread count.
-    pub(crate) fn eigenbases(&self) -> Result<Vec<Eigenbasis>> {
+    pub(crate) fn eigenbases(&self) -> Result<Vec<Arc<Eigenbasis>>> {
         use rayon::prelude::*;
         // Largest first, so the last thread to finish is not left with the largest one.
         let mut order: Vec<usize> = (0..self.modules.len()).collect();
@@ -239,7 +294,7 @@ impl FactorSet {
             let m = &self.modules[i];
             std::cmp::Reverse(m.in_dim.pow(3) + m.out_dim.pow(3))
         });
-        let mut bases: Vec<(usize, Eigenbasis)> = order
+        let mut bases: Vec<(usize, Arc<Eigenbasis>)> = order
             .par_iter()
             .map(|&i| self.modules[i].eigenbasis().map(|b| (i, b)))
             .collect::<Result<_>>()?;
@@ -385,5 +440,47 @@ pub(crate) fn rotated_gradient(example: &super::ExampleStack, basis: &Eigenbasis
         g.transpose() * a
     } else {
         basis.q_g.transpose() * example.weight_grad() * &basis.q_a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module() -> ModuleFactors {
+        let mut m = ModuleFactors::empty("m", 3, 2);
+        m.activation_sum = Some(Mat::from_fn(3, 3, |i, j| {
+            if i == j { (i + 1) as f64 } else { 0.1 }
+        }));
+        m.gradient_sum = Some(Mat::from_fn(2, 2, |i, j| {
+            if i == j { 2.0 + i as f64 } else { 0.3 }
+        }));
+        m.tokens = 4.0;
+        m
+    }
+
+    #[test]
+    fn a_basis_is_reused_only_while_its_sums_are_unchanged() {
+        let m = module();
+        let first = m.eigenbasis().unwrap();
+        assert!(Arc::ptr_eq(&first, &m.eigenbasis().unwrap()));
+        // A copy with the same sums (a fit's factors handed to scoring) reuses it.
+        assert!(Arc::ptr_eq(&first, &m.clone().eigenbasis().unwrap()));
+
+        // A copy whose sums change gets its own, computed from the new sums.
+        let mut changed = m.clone();
+        changed.activation_sum.as_mut().unwrap()[(0, 0)] += 1.0;
+        let fresh = changed.eigenbasis().unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        assert_eq!(fresh.eig_a, changed.decompose().unwrap().eig_a);
+        assert_ne!(fresh.eig_a, first.eig_a);
+        // More tokens, the same sums: the covariances halve.
+        changed.tokens = 8.0;
+        let halved = changed.eigenbasis().unwrap();
+        for (h, f) in halved.eig_g.iter().zip(&fresh.eig_g) {
+            assert!((h * 2.0 - f).abs() < 1e-12);
+        }
+        // The original, whose slot the copy overwrote, still gets its own basis.
+        assert_eq!(m.eigenbasis().unwrap().eig_a, first.eig_a);
     }
 }

@@ -1,9 +1,12 @@
 //! Preconditioners: how `(H + damping)^-1` is applied to a query gradient, per layer.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 use faer::Mat;
 
 use super::ModuleFactors;
+use super::factors::Eigenbasis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preconditioner {
@@ -103,10 +106,10 @@ pub enum ModulePreconditioner {
     Diagonal {
         inverse: Mat<f64>,
     },
-    /// `Q_G ((Q_G^T X Q_A) / (Lambda + damping)) Q_A^T`.
+    /// `Q_G ((Q_G^T X Q_A) / (Lambda + damping)) Q_A^T`, with the eigenvectors shared with
+    /// the factors they came from.
     Eigen {
-        q_a: Mat<f64>,
-        q_g: Mat<f64>,
+        basis: Arc<Eigenbasis>,
         inverse: Mat<f64>,
     },
 }
@@ -148,16 +151,14 @@ impl ModulePreconditioner {
                 });
                 ModulePreconditioner::Eigen {
                     inverse: invert(eigenvalues)?,
-                    q_a: basis.q_a,
-                    q_g: basis.q_g,
+                    basis,
                 }
             }
             Preconditioner::Ekfac => {
                 let basis = factors.eigenbasis()?;
                 ModulePreconditioner::Eigen {
                     inverse: invert(factors.lambda_mean()?)?,
-                    q_a: basis.q_a,
-                    q_g: basis.q_g,
+                    basis,
                 }
             }
         })
@@ -172,7 +173,8 @@ impl ModulePreconditioner {
                     gradient[(i, j)] * inverse[(i, j)]
                 })
             }
-            ModulePreconditioner::Eigen { q_a, q_g, inverse } => {
+            ModulePreconditioner::Eigen { basis, inverse } => {
+                let (q_a, q_g) = (&basis.q_a, &basis.q_g);
                 let rotated = q_g.transpose() * gradient * q_a;
                 let scaled = Mat::from_fn(rotated.nrows(), rotated.ncols(), |i, j| {
                     rotated[(i, j)] * inverse[(i, j)]

@@ -3,7 +3,7 @@
 //! the head's logits.
 //!
 //! Composed from burn's tensor operations, each of these is a chain of element-wise operations
-//! (RMSNorm alone is seven), every link a full-size tensor that autodiff keeps for the backward
+//! (RMSNorm alone is six), every link a full-size tensor that autodiff keeps for the backward
 //! pass, and burn-flex runs element-wise operations on one thread. Here each step is one pass
 //! over the rows, spread over the rayon pool in blocks of a fixed size, so every result is
 //! computed in the same order whatever the thread count. Masked attention scores are skipped
@@ -11,8 +11,9 @@
 //! the cross-entropy keeps one `[N, vocab]` tensor, the probabilities, which its backward pass
 //! turns into the gradient in place.
 //!
-//! The kernels themselves are in [`super::kernels`]. Only the flex backend in f32 runs them ([`applies`]); LibTorch and other dtypes run
-//! the composed operations, which stay the reference the kernels are tested against.
+//! The kernels themselves are in [`super::kernels`]. Only the flex backend in f32 runs them
+//! ([`applies`]); LibTorch and other dtypes run the composed operations, which stay the
+//! reference the kernels are tested against.
 
 use std::cell::Cell;
 use std::sync::Arc;
