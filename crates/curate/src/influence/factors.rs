@@ -119,6 +119,25 @@ impl ModuleFactors {
         Ok(basis)
     }
 
+    /// The kept eigenbasis when it was computed from the sums as they are now.
+    fn current_basis(&self) -> Option<Arc<Eigenbasis>> {
+        let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
+            return None;
+        };
+        let kept = self.kept.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (from, basis) = kept.as_ref()?;
+        (*from == Self::covariance_digest(a, g, self.tokens)).then(|| basis.clone())
+    }
+
+    /// Keep `basis` as the eigenbasis of the sums as they are now.
+    fn keep_basis(&self, basis: Eigenbasis) {
+        if let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) {
+            let digest = Self::covariance_digest(a, g, self.tokens);
+            *self.kept.0.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((digest, Arc::new(basis)));
+        }
+    }
+
     fn decompose(&self) -> Result<Eigenbasis> {
         let (Some(a), Some(g)) = (&self.activation_sum, &self.gradient_sum) else {
             bail!("{}: the factors hold no covariances", self.name);
@@ -373,6 +392,64 @@ impl FactorSet {
         arrays
     }
 
+    /// The eigenbases computed from the sums as they are now (a fit's, for EK-FAC), as named
+    /// arrays beside [`FactorSet::to_arrays`]: stored with the factors, so scoring from them does
+    /// not decompose the covariances again.
+    pub(crate) fn basis_arrays(&self) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+        let mut arrays = Vec::new();
+        for m in &self.modules {
+            let Some(basis) = m.current_basis() else {
+                continue;
+            };
+            for (stat, vectors, values) in [
+                ("activation", &basis.q_a, &basis.eig_a),
+                ("gradient", &basis.q_g, &basis.eig_g),
+            ] {
+                let n = vectors.nrows();
+                let flat = (0..n)
+                    .flat_map(|i| (0..n).map(move |j| vectors[(i, j)]))
+                    .collect();
+                arrays.push((format!("{}.{stat}_eigenvectors", m.name), vec![n, n], flat));
+                arrays.push((
+                    format!("{}.{stat}_eigenvalues", m.name),
+                    vec![n],
+                    values.clone(),
+                ));
+            }
+        }
+        arrays
+    }
+
+    /// Take up the eigenbases [`FactorSet::basis_arrays`] stored, for the sums read with them.
+    /// A module without them, or with arrays of the wrong shape, decomposes when asked.
+    pub(crate) fn keep_stored_bases(
+        &self,
+        mut lookup: impl FnMut(&str) -> Option<(Vec<usize>, Vec<f64>)>,
+    ) {
+        for m in &self.modules {
+            let mut side = |stat: &str, n: usize| -> Option<(Mat<f64>, Vec<f64>)> {
+                let (shape, vectors) = lookup(&format!("{}.{stat}_eigenvectors", m.name))?;
+                let (value_shape, values) = lookup(&format!("{}.{stat}_eigenvalues", m.name))?;
+                let fits = shape == [n, n]
+                    && vectors.len() == n * n
+                    && value_shape == [n]
+                    && values.len() == n
+                    && vectors.iter().chain(&values).all(|v| v.is_finite());
+                fits.then(|| (Mat::from_fn(n, n, |i, j| vectors[i * n + j]), values))
+            };
+            if let (Some((q_a, eig_a)), Some((q_g, eig_g))) =
+                (side("activation", m.in_dim), side("gradient", m.out_dim))
+            {
+                m.keep_basis(Eigenbasis {
+                    q_a,
+                    eig_a,
+                    q_g,
+                    eig_g,
+                });
+            }
+        }
+    }
+
     /// Rebuild from named arrays; `modules` gives the order and the layer shapes `(in, out)`.
     pub(crate) fn from_arrays(
         preconditioner: Preconditioner,
@@ -482,5 +559,55 @@ mod tests {
         }
         // The original, whose slot the copy overwrote, still gets its own basis.
         assert_eq!(m.eigenbasis().unwrap().eig_a, first.eig_a);
+    }
+
+    #[test]
+    fn stored_bases_are_taken_up_for_the_sums_stored_with_them() {
+        let mut set = FactorSet::new(Preconditioner::Ekfac, Stage::Complete);
+        set.modules.push(module());
+        assert!(set.basis_arrays().is_empty(), "no basis computed yet");
+        let computed = set.eigenbases().unwrap();
+        let mut arrays = set.to_arrays();
+        let bases = set.basis_arrays();
+        assert_eq!(bases.len(), 4);
+        // Mark the stored eigenvalues, to see which basis a reader uses.
+        arrays.extend(bases.into_iter().map(|(name, shape, mut values)| {
+            if name.ends_with("eigenvalues") {
+                values.iter_mut().for_each(|v| *v *= 10.0);
+            }
+            (name, shape, values)
+        }));
+        let lookup = |key: &str| {
+            arrays
+                .iter()
+                .find(|(name, _, _)| name == key)
+                .map(|(_, shape, values)| (shape.clone(), values.clone()))
+        };
+        let modules = [("m".to_string(), 3, 2)];
+        let read = FactorSet::from_arrays(Preconditioner::Ekfac, Stage::Complete, &modules, lookup)
+            .unwrap();
+        read.keep_stored_bases(lookup);
+        let stored = read.modules[0].eigenbasis().unwrap();
+        assert_eq!(stored.eig_a[0], computed[0].eig_a[0] * 10.0);
+        assert_eq!(stored.q_g.nrows(), 2);
+        // Sums changed after reading: the stored basis no longer applies.
+        let mut changed = read.clone();
+        changed.modules[0].tokens = 8.0;
+        let fresh = changed.modules[0].eigenbasis().unwrap();
+        assert!((fresh.eig_a[0] * 2.0 - computed[0].eig_a[0]).abs() < 1e-12);
+        // Arrays of the wrong shape are not taken up.
+        let wrong =
+            FactorSet::from_arrays(Preconditioner::Ekfac, Stage::Complete, &modules, lookup)
+                .unwrap();
+        wrong.keep_stored_bases(|key: &str| {
+            lookup(key).map(|(shape, mut values)| {
+                values.pop();
+                (shape, values)
+            })
+        });
+        assert_eq!(
+            wrong.modules[0].eigenbasis().unwrap().eig_a,
+            computed[0].eig_a
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Stored factor sets: the bytes of `factors.safetensors` (sums and counts in f64, and what
-//! they were fitted for in its header) and the rules by which shards merge into one set.
+//! Stored factor sets: the bytes of `factors.safetensors` (sums and counts in f64, the
+//! eigenbases a fit computed from them, and what they were fitted for in its header) and the
+//! rules by which shards merge into one set.
 //!
 //! Only bytes in and out here; the command reads and writes the directory.
 
@@ -149,6 +150,7 @@ pub fn encode(
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = factors
         .to_arrays()
         .into_iter()
+        .chain(factors.basis_arrays())
         .map(|(name, shape, values)| {
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             (name, shape, bytes)
@@ -186,7 +188,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(FactorSet, FactorMeta), StoreError
         .ok_or_else(|| StoreError::UnknownPreconditioner(meta.preconditioner.clone()))?;
     let stage =
         Stage::parse(&meta.stage).ok_or_else(|| StoreError::UnknownStage(meta.stage.clone()))?;
-    let set = FactorSet::from_arrays(preconditioner, stage, &meta.modules, |name| {
+    let array = |name: &str| {
         let view = tensors.tensor(name).ok()?;
         if view.dtype() != Dtype::F64 {
             return None;
@@ -197,8 +199,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(FactorSet, FactorMeta), StoreError
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
         Some((view.shape().to_vec(), values))
-    })
-    .map_err(|e| StoreError::Arrays(e.to_string()))?;
+    };
+    let set = FactorSet::from_arrays(preconditioner, stage, &meta.modules, array)
+        .map_err(|e| StoreError::Arrays(e.to_string()))?;
+    set.keep_stored_bases(array);
     Ok((set, meta))
 }
 
