@@ -417,6 +417,7 @@ fn several_models_write_one_file_each_and_the_dry_run_counts_requests() {
     assert_eq!(models, ["m1", "m1", "m2", "m2"]);
     // A later model's existing output is refused before the first model is asked.
     std::fs::remove_file(test.path("answers-m1.jsonl")).unwrap();
+    let kept = std::fs::read(test.path("answers-m2.jsonl")).unwrap();
     test.args(["reveal", "ask", "in.jsonl", "--classes", "cat,dog,bird"])
         .args(["--base-url", &server.base_url(), "--model", "m1,m2"])
         .args(["--text-col", "text", "--out", "answers-{model}.jsonl"])
@@ -424,6 +425,8 @@ fn several_models_write_one_file_each_and_the_dry_run_counts_requests() {
         .invalid("answers-m2.jsonl");
     assert_eq!(server.requests().len(), 4);
     assert!(!test.path("answers-m1.jsonl").exists());
+    // The existing output it refused is left as it was.
+    assert_eq!(std::fs::read(test.path("answers-m2.jsonl")).unwrap(), kept);
 }
 
 #[test]

@@ -57,12 +57,21 @@ pub struct ModuleFactors {
 
 /// An eigenbasis and the digest of the sums it was computed from: used only while the sums
 /// still have that digest, so changing them (merging shards, adding batches) can never leave a
-/// stale basis in use. A cache, not part of the factors' value: equal whatever it holds.
-#[derive(Debug, Clone, Default)]
-struct KeptBasis(Arc<Mutex<Option<DigestedBasis>>>);
+/// stale basis in use. A cache, not part of the factors' value: equal whatever it holds. A copy
+/// starts with the same basis (shared, not recomputed) and keeps its own from then on.
+#[derive(Debug, Default)]
+struct KeptBasis(Mutex<Option<DigestedBasis>>);
 
 /// A basis and the SHA-256 of the sums it was computed from.
 type DigestedBasis = ([u8; 32], Arc<Eigenbasis>);
+
+impl Clone for KeptBasis {
+    fn clone(&self) -> Self {
+        KeptBasis(Mutex::new(
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        ))
+    }
+}
 
 impl PartialEq for KeptBasis {
     fn eq(&self, _: &Self) -> bool {
@@ -557,7 +566,7 @@ mod tests {
         for (h, f) in halved.eig_g.iter().zip(&fresh.eig_g) {
             assert!((h * 2.0 - f).abs() < 1e-12);
         }
-        // The original, whose slot the copy overwrote, still gets its own basis.
+        // The original keeps its own basis.
         assert_eq!(m.eigenbasis().unwrap().eig_a, first.eig_a);
     }
 

@@ -15,6 +15,7 @@
 //! ([`applies`]); LibTorch and other dtypes run the composed operations, which stay the
 //! reference the kernels are tested against.
 
+#[cfg(test)]
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -34,13 +35,15 @@ use super::kernels::{
     swiglu_backward, swiglu_forward,
 };
 
+#[cfg(test)]
 thread_local! {
     static COMPOSED_ONLY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f` with the kernels switched off on this thread, so the composed operations run:
 /// what tests compare the kernels against.
-pub fn with_composed_ops<T>(f: impl FnOnce() -> T) -> T {
+#[cfg(test)]
+pub(crate) fn with_composed_ops<T>(f: impl FnOnce() -> T) -> T {
     let before = COMPOSED_ONLY.with(|c| c.replace(true));
     let out = f();
     COMPOSED_ONLY.with(|c| c.set(before));
@@ -49,9 +52,11 @@ pub fn with_composed_ops<T>(f: impl FnOnce() -> T) -> T {
 
 /// Whether the kernels run for a tensor: f32 on the flex backend (with or without autodiff).
 pub(crate) fn applies(device: &Device, dtype: DType) -> bool {
-    dtype == DType::F32
-        && !COMPOSED_ONLY.with(Cell::get)
-        && device.clone().without_autodiff() == Device::flex()
+    #[cfg(test)]
+    if COMPOSED_ONLY.with(Cell::get) {
+        return false;
+    }
+    dtype == DType::F32 && device.clone().without_autodiff() == Device::flex()
 }
 
 #[backend_extension(Flex, Autodiff)]
