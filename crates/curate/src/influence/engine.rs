@@ -8,8 +8,9 @@ use faer::Mat;
 
 use super::checkpoint::RunCheckpoint;
 use super::{
-    Damping, FactorSet, Fisher, GradientSource, ModulePreconditioner, ModuleStacks, Preconditioner,
-    Projection, QueryGradients, ScoreMatrix, Stage, TokenScores, score_examples, score_tokens,
+    Damping, FactorSet, Fisher, GradientSource, ModulePreconditioner, ModuleStacks, Precision,
+    Preconditioner, Projection, QueryGradient, QueryGradients, Rotation, ScoreMatrix, Stage,
+    TokenScores, score_examples, score_tokens,
 };
 
 /// How a pass walks the data.
@@ -272,7 +273,9 @@ pub fn fit_lambdas(
     covariances: Option<&FactorSet>,
     options: &mut PassOptions,
 ) -> Result<FactorSet> {
-    let bases = covariances.map(FactorSet::eigenbases).transpose()?;
+    let rotations = covariances
+        .map(|c| rotations(c, source.precision()))
+        .transpose()?;
     let (mut factors, skip, _) = resumed_factors(
         options.checkpoint.as_deref_mut(),
         "lambdas",
@@ -297,7 +300,7 @@ pub fn fit_lambdas(
             if let Some(covariances) = covariances {
                 check_modules(covariances, &stacks)?;
             }
-            factors.add_lambdas(&stacks, bases.as_deref())
+            factors.add_lambdas(&stacks, rotations.as_deref())
         },
     )?;
     Ok(factors)
@@ -358,7 +361,7 @@ pub fn fit_factors(
         }
         factors.merge(&covariances)?;
         let started = std::time::Instant::now();
-        let bases = factors.eigenbases()?;
+        let bases = rotations(&factors, source.precision())?;
         tracing::debug!(
             "eigendecomposition of {} modules' covariances: {:.2} s",
             bases.len(),
@@ -543,7 +546,7 @@ pub fn query_gradients(
     let first = rows.start;
     let mut names: Vec<String> = Vec::new();
     // [layer][query slot]: one slot per query, or one for the aggregate.
-    let mut gradients: Vec<Vec<Option<Mat<f64>>>> = Vec::new();
+    let mut gradients: Vec<Vec<Option<QueryGradient>>> = Vec::new();
     let visit = |_: &mut (), _: usize, batch: &[usize], stacks: Vec<ModuleStacks>| {
         check_modules(factors, &stacks)?;
         if names.is_empty() {
@@ -555,16 +558,19 @@ pub fn query_gradients(
             };
             gradients = vec![vec![None; slots]; stacks.len()];
         }
-        for (layer, stack) in gradients.iter_mut().zip(&stacks) {
-            for (example, &row) in stack.examples.iter().zip(batch) {
-                let gradient = example.weight_grad();
-                let slot = match aggregate {
-                    QueryAggregate::None => &mut layer[row - first],
-                    QueryAggregate::Sum | QueryAggregate::Mean => &mut layer[0],
-                };
-                match slot {
-                    Some(sum) => *sum += gradient,
-                    None => *slot = Some(gradient),
+        for (layer, stack) in gradients.iter_mut().zip(stacks) {
+            for (example, &row) in stack.examples.into_iter().zip(batch) {
+                match aggregate {
+                    QueryAggregate::None => {
+                        layer[row - first] = Some(QueryGradient::Stack(example));
+                    }
+                    QueryAggregate::Sum | QueryAggregate::Mean => {
+                        let gradient = example.weight_grad();
+                        match &mut layer[0] {
+                            Some(QueryGradient::Formed(sum)) => *sum += gradient,
+                            slot => *slot = Some(QueryGradient::Formed(gradient)),
+                        }
+                    }
                 }
             }
         }
@@ -578,7 +584,7 @@ pub fn query_gradients(
         Walk::from_start(&mut ()),
         visit,
     )?;
-    let mut gradients: Vec<Vec<Mat<f64>>> = gradients
+    let mut gradients: Vec<Vec<QueryGradient>> = gradients
         .into_iter()
         .map(|layer| {
             layer
@@ -590,12 +596,31 @@ pub fn query_gradients(
     if aggregate == QueryAggregate::Mean && total > 0 {
         for layer in &mut gradients {
             for gradient in layer.iter_mut() {
-                *gradient = &*gradient * faer::Scale(1.0 / total as f64);
+                if let QueryGradient::Formed(sum) = gradient {
+                    *sum = &*sum * faer::Scale(1.0 / total as f64);
+                }
             }
         }
     }
-    let preconditioners = preconditioners(factors, damping, names.len())?;
-    Ok(QueryGradients::new(names, gradients, &preconditioners))
+    let preconditioners = preconditioners(factors, damping, names.len(), source.precision())?;
+    let started = std::time::Instant::now();
+    let preconditioned = QueryGradients::new(names, gradients, &preconditioners);
+    tracing::debug!(
+        "preconditioned {} query gradients of {} modules: {:.2} s",
+        preconditioned.count,
+        preconditioners.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(preconditioned)
+}
+
+/// Each module's eigenbasis of `covariances`, to rotate gradients of `precision` into.
+fn rotations(covariances: &FactorSet, precision: Precision) -> Result<Vec<Rotation>> {
+    Ok(covariances
+        .eigenbases()?
+        .into_iter()
+        .map(|basis| Rotation::new(basis, precision))
+        .collect())
 }
 
 /// Each tracked module's preconditioner from `factors` (`modules` of them for identity, which
@@ -604,6 +629,7 @@ fn preconditioners(
     factors: &FactorSet,
     damping: Damping,
     modules: usize,
+    precision: Precision,
 ) -> Result<Vec<ModulePreconditioner>> {
     if factors.preconditioner == Preconditioner::Identity {
         return Ok(vec![ModulePreconditioner::Identity; modules]);
@@ -615,7 +641,7 @@ fn preconditioners(
     let built = factors
         .modules
         .par_iter()
-        .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping))
+        .map(|m| ModulePreconditioner::build(factors.preconditioner, m, damping, precision))
         .collect();
     tracing::debug!(
         "preconditioners of {} modules: {:.2} s",
@@ -648,14 +674,19 @@ pub fn preconditioned_gradients<S>(
                 .iter()
                 .map(|s| (s.name.clone(), s.out_dim(), s.in_dim()))
                 .collect();
-            preconditioners = Some(self::preconditioners(factors, damping, stacks.len())?);
+            preconditioners = Some(self::preconditioners(
+                factors,
+                damping,
+                stacks.len(),
+                source.precision(),
+            )?);
         }
         let preconditioners = preconditioners.as_ref().expect("built above");
         let dim: usize = modules.iter().map(|(_, o, i)| o * i).sum();
         let mut vectors = vec![Vec::with_capacity(dim); batch.len()];
         for (stack, preconditioner) in stacks.iter().zip(preconditioners) {
             for (vector, example) in vectors.iter_mut().zip(&stack.examples) {
-                let gradient = preconditioner.apply(&example.weight_grad());
+                let gradient = preconditioner.apply_stack(example);
                 for o in 0..gradient.nrows() {
                     vector.extend((0..gradient.ncols()).map(|i| gradient[(o, i)]));
                 }

@@ -10,7 +10,7 @@ use faer::{Mat, Side};
 use sha2::{Digest, Sha256};
 
 use super::checkpoint::PassState;
-use super::{ModuleStacks, Preconditioner};
+use super::{ModuleStacks, Preconditioner, Rotation};
 
 /// What a factor set holds so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,11 +255,11 @@ impl FactorSet {
     }
 
     /// Add a batch's eigenvalue statistics: EK-FAC rotates each example's gradient into
-    /// `bases`; the diagonal preconditioner squares it as it is.
+    /// `rotations`; the diagonal preconditioner squares it as it is.
     pub(crate) fn add_lambdas(
         &mut self,
         stacks: &[ModuleStacks],
-        bases: Option<&[Arc<Eigenbasis>]>,
+        rotations: Option<&[Rotation]>,
     ) -> Result<()> {
         self.module_slots(stacks)?;
         for (index, (module, stack)) in self.modules.iter_mut().zip(stacks).enumerate() {
@@ -267,8 +267,8 @@ impl FactorSet {
                 .lambda_sum
                 .get_or_insert_with(|| Mat::zeros(module.out_dim, module.in_dim));
             for example in &stack.examples {
-                let x = match bases {
-                    Some(bases) => rotated_gradient(example, &bases[index]),
+                let x = match rotations {
+                    Some(rotations) => rotations[index].rotate_stack(example),
                     None => example.weight_grad(),
                 };
                 for j in 0..x.ncols() {
@@ -511,22 +511,6 @@ fn add_gram(sum: &mut Mat<f64>, x: &Mat<f64>) {
         1.0,
         faer::Par::Seq,
     );
-}
-
-/// `Q_G^T DW Q_A` without forming `DW = G^T A` when the stack is short:
-/// `(G Q_G)^T (A Q_A)` costs `T(O^2 + I^2 + O I)` against `T O I + O^2 I + O I^2`.
-pub(crate) fn rotated_gradient(example: &super::ExampleStack, basis: &Eigenbasis) -> Mat<f64> {
-    let t = example.tokens() as f64;
-    let (o, i) = (basis.q_g.nrows() as f64, basis.q_a.nrows() as f64);
-    let stacked = t * (o * o + i * i + o * i);
-    let formed = t * o * i + o * o * i + o * i * i;
-    if stacked <= formed {
-        let g = &example.output_grads * &basis.q_g;
-        let a = &example.inputs * &basis.q_a;
-        g.transpose() * a
-    } else {
-        basis.q_g.transpose() * example.weight_grad() * &basis.q_a
-    }
 }
 
 #[cfg(test)]

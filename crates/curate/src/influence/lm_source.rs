@@ -4,7 +4,7 @@
 use anyhow::Result;
 use regex::Regex;
 
-use super::{Fisher, GradientSource, ModuleStacks, stacks_from_activations};
+use super::{Fisher, GradientSource, ModuleStacks, Precision, stacks_from_activations};
 use crate::model::{IGNORE_INDEX, LanguageModel, Padding, Sequence, TokenBatch};
 use crate::rng::SplitMix64;
 
@@ -34,6 +34,14 @@ impl GradientSource for LmSource<'_> {
                 crate::model::budget::sequence_work(&self.model.config, longest, labelled)
             })
             .fold(0u64, u64::saturating_add)
+    }
+
+    fn precision(&self) -> Precision {
+        if self.model.model.dtype() == burn::tensor::DType::F64 {
+            Precision::Double
+        } else {
+            Precision::Single
+        }
     }
 
     fn trainable(&self) -> bool {

@@ -35,10 +35,12 @@ pub use engine::{
 pub(crate) use factors::ModuleFactors;
 pub use factors::{FactorSet, Stage};
 pub use lm_source::LmSource;
-pub(crate) use precondition::ModulePreconditioner;
-pub use precondition::{Damping, Preconditioner, UndampedZero};
+pub use precondition::{Damping, Precision, Preconditioner, UndampedZero};
+pub(crate) use precondition::{ModulePreconditioner, Rotation};
 pub use projection::Projection;
-pub(crate) use score::{QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens};
+pub(crate) use score::{
+    QueryGradient, QueryGradients, ScoreMatrix, TokenScores, score_examples, score_tokens,
+};
 pub(crate) use stacks::ExampleStack;
 pub use stacks::{ModuleStacks, stacks_from_activations};
 
@@ -75,6 +77,11 @@ pub trait GradientSource: Sync {
     fn batch_work(&self, rows: &[usize]) -> u64 {
         let longest = rows.iter().map(|&row| self.length(row)).max().unwrap_or(0);
         (rows.len() * longest) as u64
+    }
+
+    /// The precision the gradients are captured in; eigenbasis rotations run in it.
+    fn precision(&self) -> Precision {
+        Precision::Double
     }
 
     /// Whether captures share trainable weights: batches captured side by side then build

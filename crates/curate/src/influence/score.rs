@@ -5,14 +5,56 @@ use faer::Mat;
 
 use super::{ExampleStack, ModulePreconditioner, ModuleStacks};
 
-/// One layer's preconditioned query gradients `P_q` `[out, in]`, laid out for both contractions.
+/// One layer's preconditioned query gradients `P_q` `[out, in]`, held once: column q of
+/// `columns` is `P_q` in column-major order (`k = i * out + o`), which is also how faer lays
+/// out a weight gradient, so both contractions read it without another copy.
 #[derive(Debug, Clone)]
 struct PreconditionedLayer {
+    out_dim: usize,
     in_dim: usize,
-    /// `[M, out*in]`, row q = `P_q` flattened row-major.
-    flat: Mat<f64>,
-    /// `[out, M*in]` = `[P_1 | ... | P_M]`.
-    wide: Mat<f64>,
+    /// `[out*in, M]`.
+    columns: Mat<f64>,
+}
+
+impl PreconditionedLayer {
+    /// `P_q` as an `[out, in]` matrix.
+    fn query(&self, q: usize) -> faer::MatRef<'_, f64> {
+        faer::MatRef::from_column_major_slice(
+            self.columns.col_as_slice(q),
+            self.out_dim,
+            self.in_dim,
+        )
+    }
+}
+
+/// Column `b` of `into` = `gradient` `[out, in]` in column-major order.
+fn put_column(into: &mut Mat<f64>, b: usize, gradient: faer::MatRef<'_, f64>) {
+    let rows = gradient.nrows();
+    let column = into.col_as_slice_mut(b);
+    for i in 0..gradient.ncols() {
+        let target = &mut column[i * rows..(i + 1) * rows];
+        for (o, value) in target.iter_mut().enumerate() {
+            *value = gradient[(o, i)];
+        }
+    }
+}
+
+/// One query's gradient of one layer before preconditioning: a single query keeps its token
+/// stacks (the preconditioner may rotate those more cheaply than the formed gradient), an
+/// aggregate of several is summed into the weight gradient.
+#[derive(Debug, Clone)]
+pub enum QueryGradient {
+    Stack(ExampleStack),
+    Formed(Mat<f64>),
+}
+
+impl QueryGradient {
+    fn precondition(&self, preconditioner: &ModulePreconditioner) -> Mat<f64> {
+        match self {
+            QueryGradient::Stack(example) => preconditioner.apply_stack(example),
+            QueryGradient::Formed(gradient) => preconditioner.apply(gradient),
+        }
+    }
 }
 
 /// Preconditioned gradients of every query (or of one aggregated query), per layer.
@@ -24,29 +66,36 @@ pub struct QueryGradients {
 }
 
 impl QueryGradients {
-    /// From raw per-query weight gradients `[layer][query]` and each layer's preconditioner.
+    /// From raw per-query gradients `[layer][query]` and each layer's preconditioner.
     pub fn new(
         names: Vec<String>,
-        gradients: Vec<Vec<Mat<f64>>>,
+        gradients: Vec<Vec<QueryGradient>>,
         preconditioners: &[ModulePreconditioner],
     ) -> QueryGradients {
+        use rayon::prelude::*;
         let count = gradients.first().map_or(0, Vec::len);
+        // The layers are preconditioned side by side over the pool (faer runs each product
+        // on one thread), each in order: nothing depends on the thread count.
         let layers = gradients
-            .into_iter()
+            .into_par_iter()
             .zip(preconditioners)
             .map(|(per_query, preconditioner)| {
-                let preconditioned: Vec<Mat<f64>> =
-                    per_query.iter().map(|g| preconditioner.apply(g)).collect();
+                let preconditioned: Vec<Mat<f64>> = per_query
+                    .iter()
+                    .map(|g| g.precondition(preconditioner))
+                    .collect();
                 let (out_dim, in_dim) = preconditioned
                     .first()
                     .map_or((0, 0), |p| (p.nrows(), p.ncols()));
-                let flat = Mat::from_fn(count, out_dim * in_dim, |q, k| {
-                    preconditioned[q][(k / in_dim, k % in_dim)]
-                });
-                let wide = Mat::from_fn(out_dim, count * in_dim, |o, k| {
-                    preconditioned[k / in_dim][(o, k % in_dim)]
-                });
-                PreconditionedLayer { in_dim, flat, wide }
+                let mut columns = Mat::<f64>::zeros(out_dim * in_dim, count);
+                for (q, p) in preconditioned.iter().enumerate() {
+                    put_column(&mut columns, q, p.as_ref());
+                }
+                PreconditionedLayer {
+                    out_dim,
+                    in_dim,
+                    columns,
+                }
             })
             .collect();
         QueryGradients {
@@ -61,14 +110,19 @@ impl QueryGradients {
     /// Every query's (preconditioned) gradient as one row, `[M, sum of out x in]`: the layers
     /// in order, each row-major, as a gradient index lays out training examples.
     pub fn concatenated(&self) -> Mat<f64> {
-        let dim: usize = self.layers.iter().map(|l| l.flat.ncols()).sum();
+        let dim: usize = self.layers.iter().map(|l| l.columns.nrows()).sum();
         let mut all = Mat::<f64>::zeros(self.count, dim);
         let mut offset = 0;
         for layer in &self.layers {
-            let width = layer.flat.ncols();
-            all.submatrix_mut(0, offset, self.count, width)
-                .copy_from(layer.flat.as_ref());
-            offset += width;
+            for q in 0..self.count {
+                let p = layer.query(q);
+                for o in 0..layer.out_dim {
+                    for i in 0..layer.in_dim {
+                        all[(q, offset + o * layer.in_dim + i)] = p[(o, i)];
+                    }
+                }
+            }
+            offset += layer.columns.nrows();
         }
         all
     }
@@ -95,17 +149,11 @@ pub(crate) fn score_examples(queries: &QueryGradients, stacks: &[ModuleStacks]) 
         .iter()
         .zip(stacks)
         .map(|(layer, stack)| {
-            let in_dim = layer.in_dim;
-            let size = layer.flat.ncols();
-            let mut flat = Mat::<f64>::zeros(size, stack.examples.len());
+            let mut gradients = Mat::<f64>::zeros(layer.columns.nrows(), stack.examples.len());
             for (b, example) in stack.examples.iter().enumerate() {
-                let gradient = example.weight_grad();
-                let mut column = flat.col_mut(b);
-                for k in 0..size {
-                    column[k] = gradient[(k / in_dim, k % in_dim)];
-                }
+                put_column(&mut gradients, b, example.weight_grad().as_ref());
             }
-            &layer.flat * flat
+            layer.columns.transpose() * gradients
         })
         .collect();
     ScoreMatrix { per_layer }
@@ -139,16 +187,19 @@ pub(crate) fn score_tokens(
 }
 
 fn token_scores(layer: &PreconditionedLayer, example: &ExampleStack, queries: usize) -> Mat<f64> {
-    let in_dim = layer.in_dim;
-    // [T, M*in]: row t holds (P_q^T g_t) for every q.
-    let projected = &example.output_grads * &layer.wide;
-    Mat::from_fn(queries, example.tokens(), |q, t| {
-        let mut sum = 0.0;
-        for i in 0..in_dim {
-            sum += projected[(t, q * in_dim + i)] * example.inputs[(t, i)];
+    let mut scores = Mat::<f64>::zeros(queries, example.tokens());
+    for q in 0..queries {
+        // [T, in]: row t holds (P_q^T g_t).
+        let projected = &example.output_grads * layer.query(q);
+        for t in 0..example.tokens() {
+            let mut sum = 0.0;
+            for i in 0..layer.in_dim {
+                sum += projected[(t, i)] * example.inputs[(t, i)];
+            }
+            scores[(q, t)] = sum;
         }
-        sum
-    })
+    }
+    scores
 }
 
 fn sum_layers(layers: &[Mat<f64>]) -> Mat<f64> {
