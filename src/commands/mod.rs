@@ -51,6 +51,11 @@ pub fn longest(sequences: &[curate::model::Sequence]) -> usize {
     sequences.iter().map(|s| s.len()).max().unwrap_or(0)
 }
 
+/// The most labelled tokens of one sequence (what the LM head scores).
+pub fn most_labelled(sequences: &[curate::model::Sequence]) -> usize {
+    sequences.iter().map(|s| s.loss_tokens()).max().unwrap_or(0)
+}
+
 /// What [`plan_batches`] chose.
 pub struct BatchPlan {
     pub size: usize,

@@ -70,7 +70,9 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         }
         left_out_long(&skipped, weights.as_mut(), input.label(), &args, context)?;
     }
-    let footprint = Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train);
+    let footprint = Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train)
+        .fused_kernels(lm.runs_fused_kernels())
+        .labelled(super::most_labelled(&sequences));
     super::plan_batches(
         &footprint,
         sequences.len(),
@@ -195,10 +197,13 @@ fn train_and_save(
     let total = trainer.total_steps();
     let mut err = context.printer.stderr();
     let estimated_peak =
-        Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train).bytes(
-            args.batch_size.min(sequences.len()),
-            super::longest(sequences),
-        );
+        Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train)
+            .fused_kernels(lm.runs_fused_kernels())
+            .labelled(super::most_labelled(sequences))
+            .bytes(
+                args.batch_size.min(sequences.len()),
+                super::longest(sequences),
+            );
     let mut bar = context
         .printer
         .model_progress(total, "steps", "train", Some(estimated_peak))

@@ -74,13 +74,21 @@ fn evaluate(args: EvalArgs, context: &Context) -> Result<ExitStatus> {
     let started = Instant::now();
     let mut results = vec![RowResult::default(); frame.height()];
     // Loss batches run side by side, one per thread (batched_losses).
-    let footprint = Footprint::new(&lm.config, dtype.size(), PassKind::Forward)
-        .in_flight(curate::model::batches_in_flight(usize::MAX));
     // Generation holds one prompt and its answer so far; the loss pass one row.
-    let (count, longest) = match &rows.sequences {
-        Some(sequences) => (sequences.len(), super::longest(sequences)),
-        None => (rows.prompts.len(), 0),
+    let (count, longest, labelled) = match &rows.sequences {
+        Some(sequences) => (
+            sequences.len(),
+            super::longest(sequences),
+            super::most_labelled(sequences),
+        ),
+        None => (rows.prompts.len(), 0, 0),
     };
+    // Decoding scores the last position of each row.
+    let labelled = labelled.max(usize::from(args.generate));
+    let footprint = Footprint::new(&lm.config, dtype.size(), PassKind::Forward)
+        .fused_kernels(lm.runs_fused_kernels())
+        .labelled(labelled)
+        .in_flight(curate::model::batches_in_flight(usize::MAX));
     let longest_answer = match args.generate {
         true => rows.prompts.iter().map(Vec::len).max().unwrap_or(0) + args.max_new_tokens,
         false => 0,

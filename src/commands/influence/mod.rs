@@ -111,7 +111,7 @@ fn gradient_run(
         CacheSize::Mib(mib) => mib << 20,
         CacheSize::Auto => 0,
     };
-    let footprint = footprint(&model.lm, &tracked, capped);
+    let footprint = footprint(&model.lm, &tracked, capped, &train.sequences);
     let plan = crate::commands::plan_batches(
         &footprint,
         rows,
@@ -263,7 +263,12 @@ fn read_options<'a>(
 
 /// What a gradient run holds in memory: the model's backward pass, the inputs and output
 /// gradients of the tracked layers for every token, and the factors with EK-FAC's cache.
-fn footprint(lm: &LanguageModel, tracked: &Regex, cache_bytes: usize) -> Footprint {
+fn footprint(
+    lm: &LanguageModel,
+    tracked: &Regex,
+    cache_bytes: usize,
+    sequences: &[Sequence],
+) -> Footprint {
     let value = lm.model.dtype().size() as u128;
     let (mut per_token, mut factors) = (0u128, 0u128);
     for linear in lm.model.linears() {
@@ -275,13 +280,15 @@ fn footprint(lm: &LanguageModel, tracked: &Regex, cache_bytes: usize) -> Footpri
         }
     }
     Footprint::new(&lm.config, value as usize, PassKind::Gradient)
+        .fused_kernels(lm.runs_fused_kernels())
+        .labelled(crate::commands::most_labelled(sequences))
         .plus_per_token(per_token)
         .plus_fixed(factors + cache_bytes as u128)
 }
 
 /// The estimated peak memory of the run's batches.
 fn estimated_peak(run: &GradientRun) -> u128 {
-    footprint(&run.lm, &run.tracked, 0)
+    footprint(&run.lm, &run.tracked, 0, &run.train.sequences)
         .in_flight(run.in_flight)
         .bytes(
             run.batch_size.min(run.train.sequences.len()),
@@ -642,6 +649,7 @@ fn score(args: InfluenceArgs, context: &Context) -> Result<ExitStatus> {
     let rows = setup.rows().len();
     let done = checkpoint.as_ref().map_or(0, |c| c.rows_done("scores"));
     let size = PassSize::new(rows, setup.pass_work()).resumed(done);
+    let peak = peak.saturating_add(queries.bytes());
     let collected = with_progress(&context.printer, "scores", size, peak, |on_batch| {
         setup.score(
             &queries,

@@ -107,6 +107,14 @@ impl QueryGradients {
 }
 
 impl QueryGradients {
+    /// The memory the preconditioned gradients hold.
+    pub fn bytes(&self) -> u128 {
+        self.layers
+            .iter()
+            .map(|l| (l.columns.nrows() * l.columns.ncols() * 8) as u128)
+            .sum()
+    }
+
     /// Every query's (preconditioned) gradient as one row, `[M, sum of out x in]`: the layers
     /// in order, each row-major, as a gradient index lays out training examples.
     pub fn concatenated(&self) -> Mat<f64> {

@@ -150,18 +150,25 @@ pub enum PassKind {
 /// An estimate of a run's peak memory as a function of its batch: the weights (and what
 /// training keeps beside them), what the run adds that does not depend on the batch (factors,
 /// caches), and the activations of one batch. Calibrated on SmolLM2-135M (eval and influence at
-/// 8 x 256 tokens: within 25% of the measured peak); an estimate for choosing a batch and
-/// refusing one that cannot fit, not a promise.
+/// 8 x 256 tokens, with the fused kernels and with the composed operations: within 25% of the
+/// measured peak); an estimate for choosing a batch and refusing one that cannot fit, not a
+/// promise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footprint {
     fixed: u128,
     bytes_per_value: u128,
     layers: u128,
-    /// Values one layer keeps per token, beyond the attention scores.
-    per_token_layer: u128,
+    pass: PassKind,
+    hidden: u128,
+    kv: u128,
+    intermediate: u128,
     heads: u128,
     vocab: u128,
-    keeps_graph: bool,
+    /// The most tokens of one sequence the head scores (None: all of them).
+    labelled: Option<u128>,
+    /// The passes run the fused row kernels (flex in f32), which keep one tensor where the
+    /// composed operations keep several.
+    fused: bool,
     extra_per_token: u128,
     /// Batches held at once (passes that run batches side by side).
     in_flight: u128,
@@ -169,7 +176,10 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn new(config: &LmConfig, bytes_per_value: usize, pass: PassKind) -> Self {
-        let copies: u128 = if pass == PassKind::Train { 4 } else { 1 };
+        // Training keeps gradients and two optimizer moments beside the weights, and saving
+        // holds one more copy (measured on SmolLM2: 4.4 GiB at the save against 2.8 GiB after
+        // the first step).
+        let copies: u128 = if pass == PassKind::Train { 5 } else { 1 };
         let bytes_per_value = bytes_per_value as u128;
         Footprint {
             fixed: parameters(config)
@@ -177,12 +187,59 @@ impl Footprint {
                 .saturating_mul(copies * bytes_per_value),
             bytes_per_value,
             layers: config.num_layers as u128,
-            per_token_layer: 12 * config.hidden_size as u128 + 4 * config.intermediate_size as u128,
+            pass,
+            hidden: config.hidden_size as u128,
+            kv: (config.num_kv_heads as u128).saturating_mul(config.head_dim as u128),
+            intermediate: config.intermediate_size as u128,
             heads: config.num_heads as u128,
             vocab: config.vocab_size as u128,
-            keeps_graph: pass != PassKind::Forward,
+            labelled: None,
+            fused: false,
             extra_per_token: 0,
             in_flight: 1,
+        }
+    }
+
+    /// At most `tokens` tokens of a sequence carry a label: the head scores only those.
+    pub fn labelled(mut self, tokens: usize) -> Self {
+        self.labelled = Some(tokens as u128);
+        self
+    }
+
+    /// Whether the passes run the fused row kernels.
+    pub fn fused_kernels(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
+    }
+
+    /// Values a layer holds per token beyond its attention probabilities, and how many
+    /// copies of those probabilities (a row of `heads x tokens` per token).
+    /// - Forward only: one layer at a time, its projections, MLP and scores in flight.
+    /// - Backward to follow, fused kernels: what each layer's backward reads (both norms'
+    ///   inputs, the queries, keys and values, the MLP's gate and up projections, one copy of
+    ///   the probabilities); training also keeps every projection's input for its weight's
+    ///   gradient.
+    /// - Backward to follow, composed operations: each element-wise step keeps its own
+    ///   output, about twice as much.
+    fn per_token_layer(&self) -> (u128, u128) {
+        let (h, kv, i) = (self.hidden, self.kv, self.intermediate);
+        match (self.pass, self.fused) {
+            (PassKind::Forward, _) => (12 * h + 4 * i, 2),
+            (PassKind::Gradient, true) => (4 * h + 2 * kv + 2 * i, 1),
+            (PassKind::Train, true) => (6 * h + 2 * kv + 3 * i, 1),
+            (_, false) => (12 * h + 4 * i, 2),
+        }
+    }
+
+    /// Copies of a labelled token's vocabulary-wide row the head holds: the fused
+    /// cross-entropy turns the logits into probabilities (and those into their gradient) in
+    /// place, and a forward pass holds the logits and the probabilities at once; the composed
+    /// log-softmax keeps the logits, their log-softmax and its gradient.
+    fn head_copies(&self) -> u128 {
+        match (self.pass, self.fused) {
+            (PassKind::Forward, _) => 2,
+            (_, true) => 1,
+            (_, false) => 3,
         }
     }
 
@@ -208,25 +265,29 @@ impl Footprint {
     /// The estimated peak of a batch of `batch` sequences padded to `tokens` tokens: per token
     /// and layer the attention's and MLP's inputs and outputs and a row of attention scores
     /// (all layers when a backward pass follows, one otherwise), and the head's logits with
-    /// their log-softmax (and gradient).
+    /// their softmax (and gradient) for the labelled tokens.
     pub fn bytes(&self, batch: usize, tokens: usize) -> u128 {
         let t = tokens as u128;
-        let per_layer = self
-            .per_token_layer
-            .saturating_add(self.heads.saturating_mul(t).saturating_mul(2));
-        let (layers, head) = if self.keeps_graph {
-            (self.layers, 3)
+        let (per_layer, score_copies) = self.per_token_layer();
+        let per_layer =
+            per_layer.saturating_add(self.heads.saturating_mul(t).saturating_mul(score_copies));
+        let layers = if self.pass == PassKind::Forward {
+            1
         } else {
-            (1, 2)
+            self.layers
         };
         let per_token = layers
             .saturating_mul(per_layer)
-            .saturating_add(head * self.vocab)
             .saturating_mul(self.bytes_per_value)
             .saturating_add(self.extra_per_token);
+        let labelled = self.labelled.map_or(t, |l| l.min(t));
+        let head = labelled
+            .saturating_mul(self.head_copies())
+            .saturating_mul(self.vocab)
+            .saturating_mul(self.bytes_per_value);
+        let per_sequence = t.saturating_mul(per_token).saturating_add(head);
         (batch as u128)
-            .saturating_mul(t)
-            .saturating_mul(per_token)
+            .saturating_mul(per_sequence)
             .saturating_mul(self.in_flight)
             .saturating_add(self.fixed)
     }
@@ -520,29 +581,53 @@ mod tests {
     #[test]
     fn estimates_match_measured_peaks_and_grow_with_the_batch() {
         let c = smollm2();
-        // Measured with /usr/bin/time at 8 x 256 tokens: eval 1,161 MiB, influence over 9
-        // tracked MLP projections 6,513 MiB (the estimate is for all positions labelled).
-        let eval = Footprint::new(&c, 4, PassKind::Forward).bytes(8, 256) as f64;
-        let mib = |b: f64| b / (1u64 << 20) as f64;
+        let mib = |b: u128| b as f64 / (1u64 << 20) as f64;
+        // Composed operations, every position labelled, measured with /usr/bin/time at 8 x 256
+        // tokens: eval 1,161 MiB, influence over 9 tracked MLP projections 6,513 MiB.
+        let eval = Footprint::new(&c, 4, PassKind::Forward).bytes(8, 256);
         assert!((900.0..1500.0).contains(&mib(eval)), "{}", mib(eval));
         let tracked = 3 * (2 * (576 + 1 + 1536) + (1536 + 1 + 576)) as u128 * 4;
-        let influence = Footprint::new(&c, 4, PassKind::Gradient)
-            .plus_per_token(tracked)
-            .bytes(8, 256) as f64;
+        let influence = Footprint::new(&c, 4, PassKind::Gradient).plus_per_token(tracked);
+        let composed = influence.bytes(8, 256);
         assert!(
-            (5000.0..8200.0).contains(&mib(influence)),
+            (5000.0..8200.0).contains(&mib(composed)),
             "{}",
-            mib(influence)
+            mib(composed)
         );
+        // Fused kernels, at most 171 labelled tokens a row (fixtures/smollm2's longest rows,
+        // 8 x 256 tokens): eval 1,097 MiB; influence 2,842 MiB (9 projections, the 61 MiB of
+        // one preconditioned query gradient and 430 MiB of factors put aside).
+        let eval = Footprint::new(&c, 4, PassKind::Forward)
+            .fused_kernels(true)
+            .labelled(171)
+            .bytes(8, 256);
+        assert!(
+            (1097.0..1097.0 * 1.25).contains(&mib(eval)),
+            "{}",
+            mib(eval)
+        );
+        let fused = influence.clone().fused_kernels(true).labelled(171);
+        let gradient = fused.bytes(8, 256) + (61 << 20);
+        assert!(
+            (2842.0..2842.0 * 1.25).contains(&mib(gradient)),
+            "{}",
+            mib(gradient)
+        );
+        assert!(fused.bytes(8, 256) < influence.clone().fused_kernels(true).bytes(8, 256));
         let two = Footprint::new(&c, 4, PassKind::Forward).in_flight(2);
+        let one = Footprint::new(&c, 4, PassKind::Forward);
         assert_eq!(
             two.bytes(8, 256) - two.bytes(0, 256),
-            2 * (eval as u128 - two.bytes(0, 256))
+            2 * (one.bytes(8, 256) - one.bytes(0, 256))
         );
-        let train = Footprint::new(&c, 4, PassKind::Train);
-        assert!(train.bytes(1, 256) < train.bytes(2, 256));
-        assert!(train.bytes(2, 256) < train.bytes(2, 512));
-        assert!(train.bytes(0, 256) > Footprint::new(&c, 4, PassKind::Gradient).bytes(0, 256));
+        for fused in [false, true] {
+            let train = Footprint::new(&c, 4, PassKind::Train).fused_kernels(fused);
+            assert!(train.bytes(1, 256) < train.bytes(2, 256));
+            assert!(train.bytes(2, 256) < train.bytes(2, 512));
+            let gradient = Footprint::new(&c, 4, PassKind::Gradient).fused_kernels(fused);
+            assert!(train.bytes(0, 256) > gradient.bytes(0, 256));
+            assert!(train.bytes(8, 256) > gradient.bytes(8, 256));
+        }
     }
 
     #[test]

@@ -147,6 +147,15 @@ pub fn model_files(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl LanguageModel {
+    /// Whether its passes run the fused row kernels (flex in f32), which hold less memory
+    /// than the composed operations.
+    pub fn runs_fused_kernels(&self) -> bool {
+        let weights = self.model.embed_tokens.val();
+        fused::applies(&weights.device(), weights.dtype())
+    }
+}
+
+impl LanguageModel {
     /// Load a model directory in Hugging Face layout (`config.json`, the safetensors weights,
     /// `tokenizer.json` and the chat template when present) or a GGUF file.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
