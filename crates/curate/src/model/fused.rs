@@ -1,6 +1,6 @@
 //! The model's row-wise steps as single kernels with their gradients written by hand: RMSNorm,
 //! SwiGLU, rotary embeddings, the attention's scaled and masked softmax, and the cross-entropy of
-//! the head's logits.
+//! the head's logits; and the linear layers' products written straight into their outputs.
 //!
 //! Composed from burn's tensor operations, each of these is a chain of element-wise operations
 //! (RMSNorm alone is six), every link a full-size tensor that autodiff keeps for the backward
@@ -86,6 +86,9 @@ pub trait FusedOps: Backend {
 
     /// `-log softmax(logits)[target]` of each row of `logits` (`[N, V]`): `[N]`.
     fn fused_cross_entropy(logits: FloatTensor<Self>, targets: Arc<[i64]>) -> FloatTensor<Self>;
+
+    /// `x W^T` for `x` `[M, K]` and `weight` `[N, K]`: `[M, N]`.
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// [`FusedOps::fused_rms_norm`] on high-level tensors.
@@ -128,6 +131,14 @@ pub(crate) fn cross_entropy(logits: Tensor<2>, targets: Arc<[i64]>) -> Tensor<1>
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_cross_entropy(
         logits.into_dispatch(),
         targets,
+    ))
+}
+
+/// [`FusedOps::fused_linear`] on high-level tensors.
+pub(crate) fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
     ))
 }
 
@@ -239,6 +250,104 @@ fn cross_entropy_primitive(logits: FlexTensor, targets: &[i64]) -> (FlexTensor, 
     (tensor(losses, &[dims[0]]), probs)
 }
 
+/// A matrix operand: its values and the strides of its rows and columns.
+struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl<'a> Operand<'a> {
+    /// A dense row-major matrix of `cols` columns.
+    fn rows(values: &'a [f32], cols: usize) -> Self {
+        Operand {
+            values,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a dense row-major matrix of `cols` columns.
+    fn transposed(values: &'a [f32], cols: usize) -> Self {
+        Operand {
+            values,
+            row_stride: 1,
+            col_stride: cols as isize,
+        }
+    }
+}
+
+/// `a b` (`[m, k]` by `[k, n]`) written straight into a new row-major buffer. burn-flex's
+/// product zero-fills its output and then copies it into an aligned allocation; the `gemm`
+/// crate here (the one burn-flex calls, with the same work split) writes every element
+/// without reading it, so the buffer is never filled first.
+fn product(m: usize, n: usize, k: usize, a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
+    assert!(
+        a.values.len() >= m * k && b.values.len() >= k * n,
+        "operand too small"
+    );
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    // As burn-flex: products under 192^3 multiply-adds stay on the calling thread.
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the operands hold `m x k` and `k x n` values at the given strides (asserted
+    // above for the dense layouts `Operand` builds); `out` has room for `m x n` values, and
+    // with `read_dst` false gemm writes each of them without reading it (alpha is unused),
+    // so all are initialised before the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.values.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.values.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `x W^T`, and the dense `x` and `W` it read.
+fn linear_primitive(x: &FlexTensor, weight: &FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, weight) = (dense(x), dense(weight));
+    let ([m, k], [n, kw]) = (dims2(&x), dims2(&weight));
+    assert_eq!(k, kw, "linear: input width {k}, weight width {kw}");
+    let out = product(
+        m,
+        n,
+        k,
+        Operand::rows(slice(&x), k),
+        Operand::transposed(slice(&weight), k),
+    );
+    (tensor(out, &[m, n]), x, weight)
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    let dims = dims(t);
+    assert_eq!(dims.len(), 2, "a matrix");
+    [dims[0], dims[1]]
+}
+
 impl FusedOps for Flex {
     fn fused_rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
         rms_norm_primitive(&x, &weight, eps).0
@@ -258,6 +367,10 @@ impl FusedOps for Flex {
 
     fn fused_cross_entropy(logits: FlexTensor, targets: Arc<[i64]>) -> FlexTensor {
         cross_entropy_primitive(logits, &targets).0
+    }
+
+    fn fused_linear(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        linear_primitive(&x, &weight).0
     }
 }
 
@@ -390,6 +503,43 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
     }
 }
 
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// The weight, and the input when the weight trains.
+    type State = (FlexTensor, Option<FlexTensor>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, weight_node] = ops.parents;
+        let dy = dense(&grads.consume::<Flex>(&ops.node));
+        let (weight, x) = ops.state;
+        let ([m, n], [_, k]) = (dims2(&dy), dims2(&weight));
+        if let (Some(node), Some(x)) = (weight_node, x) {
+            // dW = dy^T x: [n, m] by [m, k].
+            let dweight = product(
+                n,
+                k,
+                m,
+                Operand::transposed(slice(&dy), n),
+                Operand::rows(slice(&x), k),
+            );
+            grads.register::<Flex>(node.id, tensor(dweight, &[n, k]));
+        }
+        if let Some(node) = x_node {
+            // dx = dy W: [m, n] by [n, k].
+            let dx = product(
+                m,
+                k,
+                n,
+                Operand::rows(slice(&dy), n),
+                Operand::rows(slice(&weight), k),
+            );
+            grads.register::<Flex>(node.id, tensor(dx, &[m, k]));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     fn fused_rms_norm(
         x: FloatTensor<Self>,
@@ -474,6 +624,23 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(cross_entropy_primitive(logits.into_primitive(), &targets).0)
+            }
+        }
+    }
+
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let weight_trains = weight.is_tracked();
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, x, weight) = linear_primitive(x.primitive(), weight.primitive());
+                prep.finish((weight, weight_trains.then_some(x)), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(linear_primitive(x.primitive(), weight.primitive()).0)
             }
         }
     }
@@ -589,6 +756,38 @@ mod tests {
         assert_close("output", fused.0, composed.0, 1e-6);
         assert_close("dgate", fused.1[0].clone(), composed.1[0].clone(), 1e-6);
         assert_close("dup", fused.1[1].clone(), composed.1[1].clone(), 1e-6);
+    }
+
+    #[test]
+    fn linear_matches_the_matmul_and_its_gradients() {
+        // One product small enough for one thread, one large enough for gemm's split.
+        for (m, k, n) in [(37, 23, 30), (200, 64, 700)] {
+            let x = random([m, k], 11, 1.0);
+            let weight = random([n, k], 12, 0.5);
+            let upstream = random([m, n], 13, 1.0);
+            let [fused, composed] = both([x, weight], upstream, |[x, w]| {
+                if applies(&x.device(), x.dtype()) {
+                    linear(x, w)
+                } else {
+                    x.matmul(w.transpose())
+                }
+            });
+            assert_close("output", fused.0, composed.0, 1e-6);
+            assert_close("dx", fused.1[0].clone(), composed.1[0].clone(), 1e-6);
+            assert_close("dweight", fused.1[1].clone(), composed.1[1].clone(), 1e-6);
+        }
+    }
+
+    #[test]
+    fn a_frozen_linear_weight_gets_no_gradient() {
+        let x = random([5, 8], 14, 1.0).require_grad();
+        let weight = random([3, 8], 15, 1.0);
+        let grads = linear(x.clone(), weight.clone()).sum().backward();
+        assert!(weight.grad(&grads).is_none());
+        let dx = x.grad(&grads).unwrap();
+        // d/dx of sum(x W^T) is each row's sum of W's rows.
+        let want = weight.sum_dim(0).expand([5, 8]);
+        assert_close("dx", dx, want, 1e-6);
     }
 
     /// A causal mask over `[B, T, T]` with right padding in row 1 and a row whose first query

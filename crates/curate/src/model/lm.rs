@@ -113,7 +113,11 @@ impl Linear {
     pub fn forward(&self, input: Tensor<3>, capture: &mut Capture) -> Tensor<3> {
         let [batch, seq, features] = input.dims();
         let flat = input.clone().reshape([batch * seq, features]);
-        let mut output = flat.matmul(self.weight.val().transpose());
+        let mut output = if fused::applies(&flat.device(), flat.dtype()) {
+            fused::linear(flat, self.weight.val())
+        } else {
+            flat.matmul(self.weight.val().transpose())
+        };
         if let Some(bias) = &self.bias {
             output = output + bias.val().unsqueeze_dim(0);
         }
@@ -531,6 +535,9 @@ impl CausalLm {
             .select(0, index)
             .reshape([1, n, h]);
         let rows = self.norm.forward(rows).reshape([n, h]);
+        if fused::applies(&rows.device(), rows.dtype()) {
+            return fused::linear(rows, self.head());
+        }
         rows.matmul(self.head().transpose())
     }
 
