@@ -143,9 +143,9 @@ impl Rotation {
     }
 
     /// `Q_G^T DW Q_A` of one example's weight gradient `DW = G^T A`, from its token stacks.
-    /// A short stack is rotated before it is contracted, `(G Q_G)^T (A Q_A)`: `T (O^2 + I^2
-    /// + O I)` multiply-adds against `T O I + O I (O + I)` for forming `DW` and rotating it (a
-    /// third of the work for a 200-token example of a 576 x 1536 projection).
+    /// A short stack is rotated before it is contracted, `(G Q_G)^T (A Q_A)`:
+    /// `T (O^2 + I^2 + O I)` multiply-adds against `T O I + O I (O + I)` for forming `DW` and
+    /// rotating it (a third of the work for a 200-token example of a 576 x 1536 projection).
     pub fn rotate_stack(&self, example: &ExampleStack) -> Mat<f64> {
         let (grads, inputs) = (example.output_grads.as_ref(), example.inputs.as_ref());
         let stacks_first = rotate_stacks_first(example.tokens(), grads.ncols(), inputs.ncols());
