@@ -70,9 +70,7 @@ pub fn run(args: TrainArgs, context: &Context) -> Result<ExitStatus> {
         }
         left_out_long(&skipped, weights.as_mut(), input.label(), &args, context)?;
     }
-    let footprint = Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train)
-        .fused_kernels(lm.runs_fused_kernels())
-        .labelled(super::most_labelled(&sequences));
+    let footprint = footprint(&lm, &args, &sequences);
     super::plan_batches(
         &footprint,
         sequences.len(),
@@ -196,14 +194,10 @@ fn train_and_save(
 ) -> Result<ExitStatus> {
     let total = trainer.total_steps();
     let mut err = context.printer.stderr();
-    let estimated_peak =
-        Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train)
-            .fused_kernels(lm.runs_fused_kernels())
-            .labelled(super::most_labelled(sequences))
-            .bytes(
-                args.batch_size.min(sequences.len()),
-                super::longest(sequences),
-            );
+    let estimated_peak = footprint(&lm, args, sequences).bytes(
+        args.batch_size.min(sequences.len()),
+        super::longest(sequences),
+    );
     let mut bar = context
         .printer
         .model_progress(total, "steps", "train", Some(estimated_peak))
@@ -273,6 +267,13 @@ fn train_and_save(
 }
 
 /// The training settings the flags give.
+/// How a training run over `sequences` holds memory.
+fn footprint(lm: &LanguageModel, args: &TrainArgs, sequences: &[Sequence]) -> Footprint {
+    Footprint::new(&lm.config, DType::from(args.dtype).size(), PassKind::Train)
+        .fused_kernels(lm.runs_fused_kernels())
+        .labelled(super::most_labelled(sequences))
+}
+
 fn train_settings(args: &TrainArgs, seed: u64) -> TrainSettings {
     TrainSettings {
         epochs: args.epochs,

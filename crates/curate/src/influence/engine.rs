@@ -361,10 +361,10 @@ pub fn fit_factors(
         }
         factors.merge(&covariances)?;
         let started = std::time::Instant::now();
-        let bases = rotations(&factors, source.precision())?;
+        let rotations = rotations(&factors, source.precision())?;
         tracing::debug!(
             "eigendecomposition of {} modules' covariances: {:.2} s",
-            bases.len(),
+            rotations.len(),
             started.elapsed().as_secs_f64()
         );
         let (mut lambdas, skip, _) = resumed_factors(
@@ -408,7 +408,7 @@ pub fn fit_factors(
             walk,
             |lambdas, _, _, stacks| {
                 check_modules(&covariances, &stacks)?;
-                lambdas.add_lambdas(&stacks, Some(&bases))
+                lambdas.add_lambdas(&stacks, Some(&rotations))
             },
         )?;
         factors.merge(&lambdas)?;

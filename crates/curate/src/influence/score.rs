@@ -159,7 +159,20 @@ pub(crate) fn score_examples(queries: &QueryGradients, stacks: &[ModuleStacks]) 
         .map(|(layer, stack)| {
             let mut gradients = Mat::<f64>::zeros(layer.columns.nrows(), stack.examples.len());
             for (b, example) in stack.examples.iter().enumerate() {
-                put_column(&mut gradients, b, example.weight_grad().as_ref());
+                // The weight gradient `G^T A` written straight into its column.
+                let column = faer::MatMut::from_column_major_slice_mut(
+                    gradients.col_as_slice_mut(b),
+                    layer.out_dim,
+                    layer.in_dim,
+                );
+                faer::linalg::matmul::matmul(
+                    column,
+                    faer::Accum::Replace,
+                    example.output_grads.transpose(),
+                    example.inputs.as_ref(),
+                    1.0,
+                    faer::Par::Seq,
+                );
             }
             layer.columns.transpose() * gradients
         })

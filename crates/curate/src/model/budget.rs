@@ -224,10 +224,9 @@ impl Footprint {
     fn per_token_layer(&self) -> (u128, u128) {
         let (h, kv, i) = (self.hidden, self.kv, self.intermediate);
         match (self.pass, self.fused) {
-            (PassKind::Forward, _) => (12 * h + 4 * i, 2),
             (PassKind::Gradient, true) => (4 * h + 2 * kv + 2 * i, 1),
             (PassKind::Train, true) => (6 * h + 2 * kv + 3 * i, 1),
-            (_, false) => (12 * h + 4 * i, 2),
+            (PassKind::Forward, _) | (_, false) => (12 * h + 4 * i, 2),
         }
     }
 
