@@ -1,12 +1,19 @@
-# Shared by the side-by-side benchmarks (bench-influence, bench-eval); sourced, not run.
-# Sets $curate (the release binary, built) and $work (a scratch directory removed on exit), and
-# defines measure. BEFORE=<another curate binary> also runs that binary on the same rows in the
-# same run (labels "before-..."), for before-and-after tables.
+# Shared by the side-by-side benchmarks (bench-influence, bench-eval, bench-train); sourced, not
+# run. Sets $curate (the release binary, built) and $work (a scratch directory removed on exit),
+# and defines measure. BEFORE=<another curate binary> also runs that binary on the same rows in
+# the same run (labels "before-..."), for before-and-after tables. CURATE=<binary> measures that
+# binary instead of building one (a `--features tch` build, say), and CURATE_ARGS adds flags to
+# its runs only (`--device tch-cpu`), so BEFORE can be the default build in the same run.
 
-cargo build --release --quiet
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-curate="$target_dir/release/curate"
+if [ -n "${CURATE:-}" ]; then
+  curate=$CURATE
+else
+  cargo build --release --quiet
+  target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  curate="$target_dir/release/curate"
+fi
+read -r -a curate_args <<< "${CURATE_ARGS:-}"
 before=${BEFORE:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -212,6 +212,7 @@ fn train_and_save(
         tracing::debug!(
             step = report.step,
             loss = report.loss,
+            tokens = report.tokens,
             lr = report.learning_rate,
             grad_norm = report.grad_norm,
             "step"
@@ -221,6 +222,8 @@ fn train_and_save(
         checkpoint_every: args.checkpoint_every,
         stop_after: args.stop_after,
     };
+    // The first step's start, for timing steps apart from loading and saving (`-vv`).
+    tracing::debug!(steps = total, "training starts");
     let run = run_steps(
         &mut lm,
         &mut trainer,
